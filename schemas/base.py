@@ -1,0 +1,170 @@
+"""Shared base for every Kafka message: strict models, UTC timestamps, one (de)serialiser.
+
+Every message model declares the topic it travels on (``TOPIC``, possibly a template with
+``{flow}``) and the field whose value is its Kafka key (``KEY_FIELD``). Producers and
+consumers never pick topics or keys by hand; they ask the model.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+FLOW_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+"""Flow names become part of topic and consumer-group names, so they are kept to a safe alphabet."""
+
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+"""Camera, track and facility ids: they appear in Kafka keys, S3 keys, metrics labels and URLs."""
+
+
+def _require_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            "timestamp has no time zone; send ISO-8601 with an offset, e.g. 2026-11-21T12:00:00Z"
+        )
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
+"""A timezone-aware timestamp, normalised to UTC. Naive timestamps are rejected."""
+
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+FlowName = Annotated[str, Field(pattern=FLOW_NAME_PATTERN)]
+
+
+def utc_now() -> datetime:
+    """Current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class StrictModel(BaseModel):
+    """Base for everything in schemas: unknown fields are an error, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Message(StrictModel):
+    """A message on a Kafka topic.
+
+    Subclasses set ``TOPIC`` (``"frames.v1"`` or a template such as ``"positions.{flow}.v1"``)
+    and ``KEY_FIELD`` (the attribute whose string value is the Kafka key).
+    """
+
+    TOPIC: ClassVar[str]
+    KEY_FIELD: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    schema_version: int = Field(
+        default=1,
+        description="Version of this message's schema; consumers reject versions they do not know.",
+    )
+
+    @model_validator(mode="after")
+    def _known_schema_version(self) -> Message:
+        if self.schema_version != self.SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {self.schema_version} is not supported "
+                f"(this build reads version {self.SCHEMA_VERSION}); upgrade the consumer"
+            )
+        return self
+
+    @classmethod
+    def topic_name(cls, flow: str | None = None) -> str:
+        """The topic this message type travels on; flow-scoped topics need ``flow``."""
+        if "{flow}" in cls.TOPIC:
+            if flow is None:
+                raise ValueError(f"{cls.__name__} lives on a per-flow topic; pass flow=")
+            if not re.match(FLOW_NAME_PATTERN, flow):
+                raise ValueError(f"flow name {flow!r} must match {FLOW_NAME_PATTERN}")
+            return cls.TOPIC.format(flow=flow)
+        return cls.TOPIC
+
+    def kafka_key(self) -> bytes:
+        """The Kafka key for this message (UTF-8 of the ``KEY_FIELD`` value)."""
+        return str(getattr(self, self.KEY_FIELD)).encode()
+
+
+M = TypeVar("M", bound=Message)
+
+
+class MessageDecodeError(ValueError):
+    """A payload could not be decoded as the expected message type; ``reason`` says why."""
+
+    def __init__(self, model: type[Message], reason: str) -> None:
+        super().__init__(f"not a valid {model.__name__}: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to its wire form (compact UTF-8 JSON)."""
+    return message.model_dump_json().encode()
+
+
+def decode(model: type[M], payload: bytes | None) -> M:
+    """Parse and validate a wire payload as ``model``.
+
+    Raises :class:`MessageDecodeError` with a one-line reason that names the bad field.
+    """
+    if payload is None:
+        raise MessageDecodeError(model, "empty payload (tombstone)")
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MessageDecodeError(model, describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
+    """One line naming each bad field (up to ``limit``), e.g. ``seq: Input should be >= 0``."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<message>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = len(exc.errors()) - limit
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)
+
+
+def with_schema_version(model: type[Message]) -> dict[str, Any]:
+    """JSON Schema of ``model`` with topic and key metadata for non-Python consumers."""
+    schema = model.model_json_schema(mode="serialization")
+    schema["x-kafka-topic"] = model.TOPIC
+    schema["x-kafka-key"] = model.KEY_FIELD
+    schema["x-schema-version"] = model.SCHEMA_VERSION
+    return schema
+
+
+def model_copy_validated(model: M, **changes: Any) -> M:
+    """``model_copy(update=...)`` that re-validates, since frozen copies skip validation."""
+    data = model.model_dump()
+    data.update(changes)
+    return type(model).model_validate(data)
+
+
+__all__ = [
+    "FLOW_NAME_PATTERN",
+    "IDENTIFIER_PATTERN",
+    "FlowName",
+    "Identifier",
+    "Message",
+    "MessageDecodeError",
+    "StrictModel",
+    "UtcDatetime",
+    "decode",
+    "describe_validation_error",
+    "encode",
+    "model_copy_validated",
+    "utc_now",
+    "with_schema_version",
+]

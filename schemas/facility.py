@@ -1,0 +1,448 @@
+"""The facility config (``facility.yaml``): tracks, cameras, flows, locomotive models.
+
+Operators edit this file; every service reads it. Validation reports every problem it can
+find, each as one line naming the field and the fix (see :func:`load_facility`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from schemas.base import FLOW_NAME_PATTERN, Identifier, StrictModel
+from schemas.geometry import (
+    DegenerateHomographyError,
+    FloatArray,
+    apply_homography,
+    fit_homography,
+    pinhole_floor_homography,
+    polyline_length,
+    reprojection_errors,
+)
+
+SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
+Point2 = tuple[float, float]
+Point3 = tuple[float, float, float]
+
+
+class Track(StrictModel):
+    """A track as a polyline on the facility floor, in metres."""
+
+    id: Identifier = Field(description="Track id, e.g. T1.")
+    name: str = Field(default="", description="Display name.")
+    polyline: list[Point2] = Field(
+        min_length=2, description="Centre line as [x, y] metres; position_m runs from the first."
+    )
+    tolerance_m: float = Field(
+        default=2.0, gt=0, le=10, description="Max distance from the centre line to count as on it."
+    )
+
+    @field_validator("polyline")
+    @classmethod
+    def _no_zero_segments(cls, v: list[Point2]) -> list[Point2]:
+        for i, (a, b) in enumerate(zip(v, v[1:], strict=False)):
+            if np.hypot(b[0] - a[0], b[1] - a[1]) < 1e-6:
+                raise ValueError(
+                    f"points {i} and {i + 1} coincide; remove the duplicate point"
+                )
+        return v
+
+    @property
+    def length_m(self) -> float:
+        """Length of the track, metres."""
+        return polyline_length(self.polyline)
+
+
+class CalibrationPoint(StrictModel):
+    """A pixel in the camera image and the floor point (metres) it shows."""
+
+    pixel: Point2 = Field(description="[u, v] pixel, origin top-left.")
+    floor: Point2 = Field(description="[x, y] facility floor metres.")
+
+
+class CameraPose(StrictModel):
+    """Where a camera hangs (simulator rendering; real cameras need only calibration)."""
+
+    position: Point3 = Field(description="[x, y, z] metres; z is height above the floor.")
+    look_at: Point3 = Field(description="[x, y, z] metres of the point the camera centres on.")
+    hfov_deg: float = Field(gt=5, lt=170, description="Horizontal field of view, degrees.")
+
+
+class Camera(StrictModel):
+    """One camera: where its stream comes from and how its pixels map to the floor."""
+
+    id: Identifier = Field(description="Camera id; Kafka key, S3 key prefix and metrics label.")
+    source: str = Field(description="Stream URL: rtsp://, rtsps://, http(s):// or file://.")
+    enabled: bool = Field(default=True, description="Disabled cameras are not captured.")
+    fps: float = Field(default=2.0, gt=0, le=60, description="Target frames per second to keep.")
+    width: int = Field(default=1280, gt=0, le=8192, description="Frame width, pixels.")
+    height: int = Field(default=720, gt=0, le=8192, description="Frame height, pixels.")
+    jpeg_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality for storage.")
+    tracks: list[Identifier] = Field(
+        default_factory=list, description="Tracks this camera looks at (for health and docs)."
+    )
+    calibration: list[CalibrationPoint] = Field(
+        description="At least 4 pixel <-> floor point pairs, not all on one line."
+    )
+    pose: CameraPose | None = Field(
+        default=None, description="Camera pose, used by the simulator to render this view."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in SOURCE_SCHEMES:
+            shown = parsed.scheme or "(none)"
+            raise ValueError(
+                f"URL scheme {shown!r} is not supported; use one of "
+                + ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
+            )
+        if parsed.scheme != "file" and not parsed.hostname:
+            raise ValueError(f"URL {v!r} has no host; write e.g. rtsp://192.0.2.10:554/stream1")
+        if parsed.scheme == "file" and not parsed.path:
+            raise ValueError("file:// URL has no path; write e.g. file:///data/cam1.mp4")
+        return v
+
+    @field_validator("calibration")
+    @classmethod
+    def _enough_points(cls, v: list[CalibrationPoint]) -> list[CalibrationPoint]:
+        if len(v) < 4:
+            raise ValueError(
+                f"has {len(v)} point pairs; measure at least 4 pixel <-> floor pairs "
+                "(corners of a floor area the camera sees)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _usable_homography(self) -> Camera:
+        try:
+            h = self.pixel_to_floor
+        except DegenerateHomographyError as exc:
+            raise ValueError(
+                f"calibration is degenerate ({exc}); pick points spread over the image, "
+                "no three on one line"
+            ) from None
+        errors = reprojection_errors(
+            h, [p.pixel for p in self.calibration], [p.floor for p in self.calibration]
+        )
+        worst = int(np.argmax(errors))
+        if errors[worst] > 0.5:
+            raise ValueError(
+                f"calibration point {worst} is {errors[worst]:.2f} m off the fitted homography; "
+                "re-measure it (pixel and floor must show the same spot)"
+            )
+        for i, p in enumerate(self.calibration):
+            if not (0 <= p.pixel[0] <= self.width and 0 <= p.pixel[1] <= self.height):
+                raise ValueError(
+                    f"calibration point {i} pixel {list(p.pixel)} is outside the "
+                    f"{self.width}x{self.height} image; fix the pixel or the width/height"
+                )
+        return self
+
+    @cached_property
+    def pixel_to_floor(self) -> FloatArray:
+        """Homography from image pixels to facility floor metres."""
+        return fit_homography(
+            [p.pixel for p in self.calibration], [p.floor for p in self.calibration]
+        )
+
+    @cached_property
+    def floor_to_pixel(self) -> FloatArray:
+        """Homography from facility floor metres to image pixels."""
+        return np.asarray(np.linalg.inv(self.pixel_to_floor))
+
+    def floor_points(self, pixels: list[Point2]) -> FloatArray:
+        """Floor metres shown at the given pixels."""
+        return apply_homography(self.pixel_to_floor, pixels)
+
+
+class PositionEstimatorSettings(StrictModel):
+    """Settings of a flow's position estimator."""
+
+    weights: str = Field(description="Path to YOLO weights (.pt or .onnx), relative to the config.")
+    model_version: str = Field(description="Version label published with every estimate.")
+    imgsz: int = Field(default=640, ge=64, le=2048, description="Inference input size, pixels.")
+    confidence: float = Field(default=0.35, gt=0, lt=1, description="Minimum detection confidence.")
+    max_batch: int = Field(default=8, ge=1, le=256, description="Frames per inference batch.")
+    max_wait_ms: int = Field(default=50, ge=0, le=5000, description="Max wait to fill a batch.")
+
+
+class PlateOcrSettings(StrictModel):
+    """Settings of a flow's plate reader."""
+
+    min_plate_confidence: float = Field(default=0.6, ge=0, le=1, description="Below: unreadable.")
+
+
+class StateEstimatorSettings(StrictModel):
+    """Settings of a flow's state estimator (fusion)."""
+
+    stale_after_s: float = Field(default=30, gt=0, description="Camera silent this long -> stale.")
+    heartbeat_s: float = Field(default=5, gt=0, description="Publish state at least this often.")
+    pairing_tolerance_m: float = Field(
+        default=3.0, gt=0, description="Head-tail distance may differ from model length by this."
+    )
+
+
+class Flow(StrictModel):
+    """A named set of estimator versions and settings (prod, dev, ...).
+
+    A stage that is not set is not run for this flow; ``positions_from`` / ``identities_from``
+    let a flow's state estimator read another flow's estimates (mixed flows).
+    """
+
+    description: str = Field(default="", description="What this flow is for.")
+    position_estimator: PositionEstimatorSettings | None = Field(
+        default=None, description="Position estimator settings, or null to not run one."
+    )
+    plate_ocr: PlateOcrSettings | None = Field(
+        default=None, description="Plate reader settings, or null to not run one."
+    )
+    state_estimator: StateEstimatorSettings | None = Field(
+        default=None, description="State estimator settings, or null to not run one."
+    )
+    positions_from: str | None = Field(
+        default=None, description="Read positions from this flow instead of our own."
+    )
+    identities_from: str | None = Field(
+        default=None, description="Read identities from this flow instead of our own."
+    )
+
+
+class LocomotiveModel(StrictModel):
+    """A locomotive model in the fleet."""
+
+    name: str = Field(min_length=1, max_length=32, description="Model name, e.g. TEM2.")
+    length_m: float = Field(gt=3, lt=60, description="Length over couplers, metres.")
+    plate_pattern: str = Field(description="Regular expression every plate of this model matches.")
+    livery: tuple[int, int, int] = Field(
+        default=(40, 90, 160), description="Body colour [R, G, B] (simulator)."
+    )
+
+    @field_validator("plate_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression ({exc}); fix the pattern") from None
+        return v
+
+    def plate_matches(self, text: str) -> bool:
+        """Whether ``text`` is a plate of this model."""
+        return re.fullmatch(self.plate_pattern, text) is not None
+
+
+class CrossReferenceErrors(ValueError):
+    """Several problems that involve more than one field (duplicates, unknown references)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class FacilityConfig(StrictModel):
+    """The whole facility: what operators edit and every service reads."""
+
+    facility_id: Identifier = Field(description="Facility id; the key of facility-state messages.")
+    name: str = Field(default="", description="Display name.")
+    tracks: list[Track] = Field(min_length=1, description="Tracks on the floor.")
+    cameras: list[Camera] = Field(min_length=1, description="Cameras.")
+    flows: dict[str, Flow] = Field(min_length=1, description="Flows by name; prod is the default.")
+    locomotive_models: list[LocomotiveModel] = Field(
+        min_length=1, description="Locomotive models in the fleet."
+    )
+
+    @field_validator("flows")
+    @classmethod
+    def _flow_names(cls, v: dict[str, Flow]) -> dict[str, Flow]:
+        for name in v:
+            if not re.match(FLOW_NAME_PATTERN, name):
+                raise ValueError(
+                    f"flow name {name!r} must be lower-case letters, digits and '-', "
+                    "starting with a letter (it becomes part of topic names)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> FacilityConfig:
+        problems = cross_reference_problems(self)
+        if problems:
+            raise CrossReferenceErrors(problems)
+        return self
+
+    def camera(self, camera_id: str) -> Camera:
+        """The camera with this id (KeyError names the known ones)."""
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam
+        known = ", ".join(c.id for c in self.cameras)
+        raise KeyError(f"no camera {camera_id!r} in the facility config (known: {known})")
+
+    def track(self, track_id: str) -> Track:
+        """The track with this id."""
+        for t in self.tracks:
+            if t.id == track_id:
+                return t
+        raise KeyError(f"no track {track_id!r} in the facility config")
+
+    def flow(self, name: str) -> Flow:
+        """The flow with this name (KeyError names the known ones)."""
+        if name not in self.flows:
+            raise KeyError(f"no flow {name!r} in the facility config (known: {', '.join(self.flows)})")
+        return self.flows[name]
+
+    def locomotive_model(self, name: str) -> LocomotiveModel:
+        """The locomotive model with this name."""
+        for m in self.locomotive_models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no locomotive model {name!r} in the facility config")
+
+    @property
+    def enabled_cameras(self) -> list[Camera]:
+        """Cameras to capture."""
+        return [c for c in self.cameras if c.enabled]
+
+
+def _duplicates(values: list[str]) -> list[str]:
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def cross_reference_problems(cfg: FacilityConfig) -> list[str]:
+    """Problems that involve several fields, each as ``field: problem; fix``."""
+    problems: list[str] = []
+    for what, ids in (
+        ("tracks", [t.id for t in cfg.tracks]),
+        ("cameras", [c.id for c in cfg.cameras]),
+        ("locomotive_models", [m.name for m in cfg.locomotive_models]),
+    ):
+        for dup in _duplicates(ids):
+            problems.append(f"{what}: id {dup!r} is used twice; give each entry its own id")
+    track_ids = {t.id for t in cfg.tracks}
+    for i, cam in enumerate(cfg.cameras):
+        for tid in cam.tracks:
+            if tid not in track_ids:
+                problems.append(
+                    f"cameras[{i}].tracks: unknown track {tid!r}; "
+                    f"use one of {sorted(track_ids)} or add the track"
+                )
+        if cam.pose is not None:
+            problems += _pose_agreement(i, cam)
+    for name, flow in cfg.flows.items():
+        for attr, stage in (("positions_from", "position_estimator"), ("identities_from", "plate_ocr")):
+            ref = getattr(flow, attr)
+            if ref is None:
+                continue
+            if ref not in cfg.flows:
+                problems.append(
+                    f"flows.{name}.{attr}: unknown flow {ref!r}; use one of {sorted(cfg.flows)}"
+                )
+            elif getattr(cfg.flows[ref], stage) is None:
+                problems.append(
+                    f"flows.{name}.{attr}: flow {ref!r} runs no {stage}; point at a flow that does"
+                )
+    return problems
+
+
+def _pose_agreement(index: int, cam: Camera) -> list[str]:
+    """A simulated camera's calibration must agree with its pose (else labels would be wrong)."""
+    assert cam.pose is not None
+    h = pinhole_floor_homography(
+        cam.pose.position, cam.pose.look_at, cam.pose.hfov_deg, cam.width, cam.height
+    )
+    pixels = apply_homography(h, [p.floor for p in cam.calibration])
+    off = np.linalg.norm(pixels - np.asarray([p.pixel for p in cam.calibration]), axis=1)
+    worst = int(np.argmax(off))
+    if not np.isfinite(off[worst]) or off[worst] > 3.0:
+        return [
+            f"cameras[{index}].calibration: point {worst} is {off[worst]:.1f} px from where the "
+            "pose projects it; re-derive the calibration with `depotwatch sim calibrate` "
+            "or fix the pose"
+        ]
+    return []
+
+
+class ConfigError(Exception):
+    """The facility config cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + f"\n{source}: ".join(problems))
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<file>"
+
+
+_PYDANTIC_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+}
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One line per problem in a facility-config ValidationError."""
+    lines: list[str] = []
+    for err in exc.errors():
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, CrossReferenceErrors):
+            lines += ctx_error.problems
+            continue
+        loc = _format_loc(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        fix = _PYDANTIC_FIXES.get(err["type"])
+        if err["type"] == "missing":
+            msg = "is required"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a known field"
+        lines.append(f"{loc}: {msg}" + (f"; {fix}" if fix else ""))
+    return lines
+
+
+def parse_facility(data: Any, source: str = "<facility>") -> FacilityConfig:
+    """Validate already-parsed YAML; raises :class:`ConfigError` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the file must be a YAML mapping with facility_id, tracks, ..."])
+    try:
+        return FacilityConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, validation_problems(exc)) from None
+
+
+def load_facility(path: str | Path) -> FacilityConfig:
+    """Read and validate a facility YAML file; raises :class:`ConfigError` listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["file not found; pass --config PATH or set DEPOTWATCH_FACILITY_CONFIG"]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot be read ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(p), [f"{where}not valid YAML ({problem}); fix the syntax"]) from None
+    return parse_facility(data, str(p))
+
+
+ModelName = Annotated[str, Field(min_length=1)]
+SourceScheme = Literal["rtsp", "rtsps", "http", "https", "file"]

@@ -1,0 +1,66 @@
+"""``facility-state.<flow>.v1``: the live answer dashboards consume (compacted topic)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.base import FlowName, Identifier, Message, StrictModel, UtcDatetime
+
+
+class LocomotiveState(StrictModel):
+    """One locomotive standing on a track."""
+
+    locomotive_id: str = Field(description="Stable id the state estimator keeps for it.")
+    head_m: float = Field(description="Position of the cab (head) end along the track, metres.")
+    tail_m: float = Field(description="Position of the coupler (tail) end along the track, metres.")
+    model: str | None = Field(default=None, description="Locomotive model, null if not known yet.")
+    plate: str | None = Field(default=None, description="Number plate, null if not read yet.")
+    confidence: float = Field(ge=0.0, le=1.0, description="Confidence in this locomotive's state.")
+    cameras: list[Identifier] = Field(default_factory=list, description="Cameras that saw it.")
+    last_seen: UtcDatetime = Field(description="Event time of the latest estimate about it.")
+    stale: bool = Field(default=False, description="True when the cameras that saw it are silent.")
+
+
+class TrackState(StrictModel):
+    """The locomotives on one track, ordered by position."""
+
+    track_id: Identifier = Field(description="Track id from the facility config.")
+    locomotives: list[LocomotiveState] = Field(default_factory=list, description="On this track.")
+
+
+CameraStatus = Literal["ok", "stale", "disabled"]
+
+
+class CameraHealth(StrictModel):
+    """Whether a camera is still contributing."""
+
+    camera_id: Identifier = Field(description="Camera id.")
+    status: CameraStatus = Field(description="ok, stale (silent), or disabled in config.")
+    last_frame_at: UtcDatetime | None = Field(default=None, description="Latest frame event time.")
+
+
+class FacilityState(Message):
+    """Which locomotives are where, per track, as one flow sees it."""
+
+    TOPIC: ClassVar[str] = "facility-state.{flow}.v1"
+    KEY_FIELD: ClassVar[str] = "facility_id"
+
+    facility_id: Identifier = Field(description="Facility id (the Kafka key; topic is compacted).")
+    flow: FlowName = Field(description="Flow that produced this state.")
+    as_of: UtcDatetime = Field(description="Event time this state describes.")
+    tracks: list[TrackState] = Field(default_factory=list, description="Every configured track.")
+    cameras: list[CameraHealth] = Field(default_factory=list, description="Camera health.")
+
+    @model_validator(mode="after")
+    def _unique_tracks(self) -> FacilityState:
+        ids = [t.track_id for t in self.tracks]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a track appears twice in tracks")
+        return self
+
+    @property
+    def locomotive_count(self) -> int:
+        """Number of locomotives in the facility."""
+        return sum(len(t.locomotives) for t in self.tracks)

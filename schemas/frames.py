@@ -1,0 +1,27 @@
+"""``frames.v1``: the claim-check reference to one stored camera frame."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from schemas.base import Identifier, Message, UtcDatetime
+
+
+class FrameRef(Message):
+    """One camera frame stored in the object store. Images never travel through Kafka."""
+
+    TOPIC: ClassVar[str] = "frames.v1"
+    KEY_FIELD: ClassVar[str] = "camera_id"
+
+    camera_id: Identifier = Field(description="Camera that captured the frame (the Kafka key).")
+    seq: int = Field(ge=0, description="Per-camera sequence number, increasing from capture start.")
+    captured_at: UtcDatetime = Field(description="When the capture service read the frame (UTC).")
+    bucket: str = Field(min_length=3, max_length=63, description="Object store bucket.")
+    key: str = Field(min_length=1, max_length=1024, description="Object key of the JPEG.")
+    width: int = Field(gt=0, le=16384, description="Image width in pixels.")
+    height: int = Field(gt=0, le=16384, description="Image height in pixels.")
+    size: int = Field(gt=0, description="Object size in bytes.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the object bytes.")
+    content_type: str = Field(default="image/jpeg", description="MIME type of the object.")

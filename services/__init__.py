@@ -1,0 +1,1 @@
+"""depotwatch services: capture, aggregator, estimators, state estimator, and their runtime."""

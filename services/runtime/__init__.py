@@ -1,0 +1,1 @@
+"""Shared runtime of every service: settings, Kafka and S3 adapters, logs, metrics, shutdown."""

@@ -1,0 +1,122 @@
+"""Process settings from the environment (``DEPOTWATCH_*``) and mounted secret files.
+
+Read once at the entry point and passed down. Nested fields use ``__``:
+``DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``DEPOTWATCH_S3__ENDPOINT=minio:9000``.
+Secrets (``DEPOTWATCH_S3__SECRET_KEY``...) may instead be files in ``DEPOTWATCH_SECRETS_DIR``
+(default ``/run/secrets``), named like the variable, e.g. ``depotwatch_s3__secret_key``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """How to reach the Kafka-protocol broker."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:19092", description="host:port[,host:port]")
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str | None = Field(default=None, description="e.g. SCRAM-SHA-512, PLAIN")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(default=None, description="CA bundle for SSL/SASL_SSL")
+    session_timeout_ms: int = Field(
+        default=6000, ge=1000, description="Consumer group session timeout; low = fast joins."
+    )
+    request_timeout_ms: int = Field(default=10000, ge=1000)
+
+    def client_config(self) -> dict[str, str | int]:
+        """librdkafka properties common to producers, consumers and admin clients."""
+        conf: dict[str, str | int] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class S3Settings(_Frozen):
+    """How to reach the object store (MinIO, SeaweedFS, AWS S3)."""
+
+    endpoint: str = Field(default="127.0.0.1:18333", description="host:port, no scheme")
+    access_key: SecretStr = SecretStr("depotwatch")
+    secret_key: SecretStr = SecretStr("depotwatch-local-only")
+    secure: bool = Field(default=False, description="Use HTTPS")
+    region: str = "us-east-1"
+    bucket: str = Field(default="depotwatch-frames", min_length=3, max_length=63)
+    frame_retention_days: int = Field(default=7, ge=1, description="Lifecycle expiry of frames.")
+
+
+class InfraSettings(_Frozen):
+    """The embedded infrastructure started by ``depotwatch infra up`` (dev, demo, tests)."""
+
+    data_dir: Path = Field(default=Path(".depotwatch"), description="Where data and logs live.")
+    host: str = "127.0.0.1"
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    s3_port: int = Field(default=18333, ge=1, le=65535)
+    weed_master_port: int = Field(default=19333, ge=1, le=65535)
+    weed_volume_port: int = Field(default=18080, ge=1, le=65535)
+    weed_filer_port: int = Field(default=18888, ge=1, le=65535)
+    broker_bucket: str = Field(default="tansu", description="Bucket holding the broker's data.")
+    tansu_bin: Path | None = Field(default=None, description="Override the Tansu binary.")
+    weed_bin: Path | None = Field(default=None, description="Override the SeaweedFS binary.")
+    start_timeout_s: float = Field(default=60.0, gt=0)
+    stop_timeout_s: float = Field(default=40.0, gt=0)
+
+
+class TopicSettings(_Frozen):
+    """Partition counts and retention of the topics ``infra up`` creates."""
+
+    frame_partitions: int = Field(default=6, ge=1)
+    estimate_partitions: int = Field(default=6, ge=1)
+    frames_retention_hours: float = Field(default=24.0, gt=0)
+    estimates_retention_hours: float = Field(default=168.0, gt=0)
+
+
+LogFormat = Literal["json", "console"]
+
+
+class Settings(BaseSettings):
+    """All settings of a depotwatch process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEPOTWATCH_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    facility_config: Path = Field(default=Path("facility.yaml"), description="Facility YAML path.")
+    kafka: KafkaSettings = KafkaSettings()
+    s3: S3Settings = S3Settings()
+    infra: InfraSettings = InfraSettings()
+    topics: TopicSettings = TopicSettings()
+    http_host: str = Field(default="127.0.0.1", description="Bind address of /healthz, /metrics.")
+    http_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
+    log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    device: str = Field(default="cpu", description="Inference device: cpu, cuda, cuda:0 ...")
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and secret files (call once, at the entry point)."""
+    secrets = Path(os.environ.get("DEPOTWATCH_SECRETS_DIR", "/run/secrets"))
+    return Settings(_secrets_dir=secrets if secrets.is_dir() else None)
