@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -17,15 +19,15 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from schemas.base import FLOW_NAME_PATTERN, Identifier, StrictModel
+from schemas.base import FLOW_NAME_PATTERN, IDENTIFIER_PATTERN, Identifier, StrictModel
 from schemas.geometry import (
     DegenerateHomographyError,
     FloatArray,
     apply_homography,
     fit_homography,
+    least_consistent_point,
     pinhole_floor_homography,
     polyline_length,
-    reprojection_errors,
 )
 
 SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
@@ -48,11 +50,9 @@ class Track(StrictModel):
     @field_validator("polyline")
     @classmethod
     def _no_zero_segments(cls, v: list[Point2]) -> list[Point2]:
-        for i, (a, b) in enumerate(zip(v, v[1:], strict=False)):
+        for i, (a, b) in enumerate(pairwise(v)):
             if np.hypot(b[0] - a[0], b[1] - a[1]) < 1e-6:
-                raise ValueError(
-                    f"points {i} and {i + 1} coincide; remove the duplicate point"
-                )
+                raise ValueError(f"points {i} and {i + 1} coincide; remove the duplicate point")
         return v
 
     @property
@@ -100,10 +100,11 @@ class Camera(StrictModel):
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         parsed = urlparse(v)
+        if not parsed.scheme:
+            raise ValueError(f"URL {v!r} has no scheme; write e.g. rtsp://192.0.2.10:554/stream1")
         if parsed.scheme not in SOURCE_SCHEMES:
-            shown = parsed.scheme or "(none)"
             raise ValueError(
-                f"URL scheme {shown!r} is not supported; use one of "
+                f"URL scheme {parsed.scheme!r} is not supported; use one of "
                 + ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
             )
         if parsed.scheme != "file" and not parsed.hostname:
@@ -124,21 +125,22 @@ class Camera(StrictModel):
 
     @model_validator(mode="after")
     def _usable_homography(self) -> Camera:
+        pixels = [p.pixel for p in self.calibration]
+        floor = [p.floor for p in self.calibration]
         try:
-            h = self.pixel_to_floor
+            _ = self.pixel_to_floor
+            # Name the pair the others disagree with, not merely the largest residual: one bad
+            # pair drags a least-squares fit towards itself and an innocent pair gets blamed.
+            worst, off_m = least_consistent_point(pixels, floor)
         except DegenerateHomographyError as exc:
             raise ValueError(
                 f"calibration is degenerate ({exc}); pick points spread over the image, "
                 "no three on one line"
             ) from None
-        errors = reprojection_errors(
-            h, [p.pixel for p in self.calibration], [p.floor for p in self.calibration]
-        )
-        worst = int(np.argmax(errors))
-        if errors[worst] > 0.5:
+        if off_m > 0.5:
             raise ValueError(
-                f"calibration point {worst} is {errors[worst]:.2f} m off the fitted homography; "
-                "re-measure it (pixel and floor must show the same spot)"
+                f"calibration point {worst} is {off_m:.2f} m off the homography the other points "
+                "give; re-measure it (pixel and floor must show the same spot)"
             )
         for i, p in enumerate(self.calibration):
             if not (0 <= p.pixel[0] <= self.width and 0 <= p.pixel[1] <= self.height):
@@ -190,6 +192,18 @@ class StateEstimatorSettings(StrictModel):
     pairing_tolerance_m: float = Field(
         default=3.0, gt=0, description="Head-tail distance may differ from model length by this."
     )
+    pairing_window_s: float = Field(
+        default=10.0, gt=0, description="A head and a tail seen this far apart in time may pair."
+    )
+    end_label_offset_m: float = Field(
+        default=0.3,
+        ge=0,
+        le=2,
+        description="Detected ends lie this far inside the true ends (detector label convention).",
+    )
+    hold_s: float = Field(
+        default=5.0, ge=0, description="Keep a locomotive no camera confirms for this long."
+    )
 
 
 class Flow(StrictModel):
@@ -233,7 +247,9 @@ class LocomotiveModel(StrictModel):
         try:
             re.compile(v)
         except re.error as exc:
-            raise ValueError(f"is not a valid regular expression ({exc}); fix the pattern") from None
+            raise ValueError(
+                f"is not a valid regular expression ({exc}); fix the pattern"
+            ) from None
         return v
 
     def plate_matches(self, text: str) -> bool:
@@ -241,7 +257,7 @@ class LocomotiveModel(StrictModel):
         return re.fullmatch(self.plate_pattern, text) is not None
 
 
-class CrossReferenceErrors(ValueError):
+class CrossReferenceError(ValueError):
     """Several problems that involve more than one field (duplicates, unknown references)."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -276,7 +292,7 @@ class FacilityConfig(StrictModel):
     def _cross_references(self) -> FacilityConfig:
         problems = cross_reference_problems(self)
         if problems:
-            raise CrossReferenceErrors(problems)
+            raise CrossReferenceError(problems)
         return self
 
     def camera(self, camera_id: str) -> Camera:
@@ -297,7 +313,8 @@ class FacilityConfig(StrictModel):
     def flow(self, name: str) -> Flow:
         """The flow with this name (KeyError names the known ones)."""
         if name not in self.flows:
-            raise KeyError(f"no flow {name!r} in the facility config (known: {', '.join(self.flows)})")
+            known = ", ".join(self.flows)
+            raise KeyError(f"no flow {name!r} in the facility config (known: {known})")
         return self.flows[name]
 
     def locomotive_model(self, name: str) -> LocomotiveModel:
@@ -319,34 +336,61 @@ def _duplicates(values: list[str]) -> list[str]:
 
 def cross_reference_problems(cfg: FacilityConfig) -> list[str]:
     """Problems that involve several fields, each as ``field: problem; fix``."""
-    problems: list[str] = []
-    for what, ids in (
-        ("tracks", [t.id for t in cfg.tracks]),
-        ("cameras", [c.id for c in cfg.cameras]),
-        ("locomotive_models", [m.name for m in cfg.locomotive_models]),
-    ):
-        for dup in _duplicates(ids):
-            problems.append(f"{what}: id {dup!r} is used twice; give each entry its own id")
-    track_ids = {t.id for t in cfg.tracks}
+    problems = reference_problems(cfg.model_dump())
     for i, cam in enumerate(cfg.cameras):
-        for tid in cam.tracks:
-            if tid not in track_ids:
-                problems.append(
-                    f"cameras[{i}].tracks: unknown track {tid!r}; "
-                    f"use one of {sorted(track_ids)} or add the track"
-                )
         if cam.pose is not None:
             problems += _pose_agreement(i, cam)
-    for name, flow in cfg.flows.items():
-        for attr, stage in (("positions_from", "position_estimator"), ("identities_from", "plate_ocr")):
-            ref = getattr(flow, attr)
+    return problems
+
+
+def _entry_ids(data: Mapping[str, Any], key: str, attr: str) -> list[str] | None:
+    """The string ``attr`` of each entry of the list ``data[key]``; None when it is no list."""
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        return None
+    return [e[attr] for e in entries if isinstance(e, Mapping) and isinstance(e.get(attr), str)]
+
+
+def reference_problems(data: Mapping[str, Any]) -> list[str]:
+    """Duplicate ids and unknown references, read from the raw (possibly invalid) mapping.
+
+    Reading raw data rather than the validated model lets :func:`parse_facility` report these
+    beside field errors, so one run names every problem in the file.
+    """
+    problems: list[str] = []
+    for what, attr in (("tracks", "id"), ("cameras", "id"), ("locomotive_models", "name")):
+        for dup in _duplicates(_entry_ids(data, what, attr) or []):
+            problems.append(f"{what}: id {dup!r} is used twice; give each entry its own id")
+    track_ids = _entry_ids(data, "tracks", "id")
+    cameras = data.get("cameras")
+    if track_ids is not None and isinstance(cameras, list):
+        known = sorted(set(track_ids))
+        for i, cam in enumerate(cameras):
+            refs = cam.get("tracks") if isinstance(cam, Mapping) else None
+            for tid in refs if isinstance(refs, list) else []:
+                if isinstance(tid, str) and tid not in known:
+                    problems.append(
+                        f"cameras[{i}].tracks: unknown track {tid!r}; "
+                        f"use one of {known} or add the track"
+                    )
+    flows = data.get("flows")
+    if not isinstance(flows, Mapping):
+        return problems
+    for name, flow in flows.items():
+        if not isinstance(flow, Mapping):
+            continue
+        for attr, stage in (
+            ("positions_from", "position_estimator"),
+            ("identities_from", "plate_ocr"),
+        ):
+            ref = flow.get(attr)
             if ref is None:
                 continue
-            if ref not in cfg.flows:
+            if ref not in flows:
                 problems.append(
-                    f"flows.{name}.{attr}: unknown flow {ref!r}; use one of {sorted(cfg.flows)}"
+                    f"flows.{name}.{attr}: unknown flow {ref!r}; use one of {sorted(flows)}"
                 )
-            elif getattr(cfg.flows[ref], stage) is None:
+            elif not isinstance(flows[ref], Mapping) or flows[ref].get(stage) is None:
                 problems.append(
                     f"flows.{name}.{attr}: flow {ref!r} runs no {stage}; point at a flow that does"
                 )
@@ -401,7 +445,7 @@ def validation_problems(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for err in exc.errors():
         ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, CrossReferenceErrors):
+        if isinstance(ctx_error, CrossReferenceError):
             lines += ctx_error.problems
             continue
         loc = _format_loc(tuple(err["loc"]))
@@ -411,6 +455,9 @@ def validation_problems(exc: ValidationError) -> list[str]:
             msg = "is required"
         elif err["type"] == "extra_forbidden":
             msg = "is not a known field"
+        elif (err.get("ctx") or {}).get("pattern") == IDENTIFIER_PATTERN:
+            msg = f"{err['input']!r} is not a valid id"
+            fix = "use letters, digits, '_', '.', '-' (at most 63), starting with a letter or digit"
         lines.append(f"{loc}: {msg}" + (f"; {fix}" if fix else ""))
     return lines
 
@@ -422,7 +469,11 @@ def parse_facility(data: Any, source: str = "<facility>") -> FacilityConfig:
     try:
         return FacilityConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, validation_problems(exc)) from None
+        problems = validation_problems(exc)
+        # Pydantic runs the cross-field checks only when every field is valid; run them on the
+        # raw data too so a single pass reports every problem.
+        problems += [p for p in reference_problems(data) if p not in problems]
+        raise ConfigError(source, problems) from None
 
 
 def load_facility(path: str | Path) -> FacilityConfig:
@@ -431,7 +482,9 @@ def load_facility(path: str | Path) -> FacilityConfig:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise ConfigError(str(p), ["file not found; pass --config PATH or set DEPOTWATCH_FACILITY_CONFIG"]) from None
+        raise ConfigError(
+            str(p), ["file not found; pass --config PATH or set DEPOTWATCH_FACILITY_CONFIG"]
+        ) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot be read ({exc.strerror})"]) from None
     try:

@@ -35,7 +35,9 @@ def _collinear(pts: FloatArray, tolerance: float) -> bool:
     return bool(singular[-1] <= tolerance * max(singular[0], 1e-12))
 
 
-def fit_homography(src: Sequence[Point], dst: Sequence[Point]) -> FloatArray:
+def fit_homography(
+    src: Sequence[Point] | FloatArray, dst: Sequence[Point] | FloatArray
+) -> FloatArray:
     """Homography H with ``dst ~ H @ src`` from >= 4 point pairs (normalised DLT, least squares).
 
     Raises :class:`DegenerateHomographyError` when the points are too few, collinear, or the
@@ -57,7 +59,7 @@ def fit_homography(src: Sequence[Point], dst: Sequence[Point]) -> FloatArray:
     for (x, y, _), (u, v, _) in zip(an, bn, strict=True):
         rows.append([-x, -y, -1, 0, 0, 0, u * x, u * y, u])
         rows.append([0, 0, 0, -x, -y, -1, v * x, v * y, v])
-    _, singular, vt = np.linalg.svd(np.asarray(rows))
+    _, _, vt = np.linalg.svd(np.asarray(rows))
     hn = vt[-1].reshape(3, 3)
     h = np.linalg.inv(tb) @ hn @ ta
     if abs(h[2, 2]) < 1e-12 or abs(np.linalg.det(h)) < 1e-12:
@@ -79,10 +81,48 @@ def apply_homography(h: FloatArray, points: Sequence[Point] | FloatArray) -> Flo
     return out
 
 
-def reprojection_errors(h: FloatArray, src: Sequence[Point], dst: Sequence[Point]) -> FloatArray:
+def reprojection_errors(
+    h: FloatArray, src: Sequence[Point] | FloatArray, dst: Sequence[Point] | FloatArray
+) -> FloatArray:
     """Distance between H(src) and dst for each pair."""
     mapped = apply_homography(h, src)
     return np.asarray(np.linalg.norm(mapped - np.asarray(dst, dtype=np.float64), axis=1))
+
+
+def least_consistent_point(
+    src: Sequence[Point] | FloatArray, dst: Sequence[Point] | FloatArray
+) -> tuple[int, float]:
+    """The pair that agrees least with the others (the one to re-measure) and how far off it is.
+
+    Returns its index and its distance (in ``dst`` units) from where the homography fitted to
+    the other pairs maps its source point.
+
+    The largest residual of a least-squares fit often points at an innocent pair, because one
+    bad pair drags the whole fit towards itself. Instead each pair is left out in turn: the
+    culprit is the pair whose removal makes the others agree best (and, on ties, which the
+    others predict worst). With 4 pairs every fit is exact, so it falls back to the residual.
+    """
+    a = np.asarray(src, dtype=np.float64)
+    b = np.asarray(dst, dtype=np.float64)
+    errors = reprojection_errors(fit_homography(a, b), a, b)
+    worst = int(np.argmax(errors))
+    if len(a) < 5:
+        return worst, float(errors[worst])
+    scores: list[tuple[float, float]] = []
+    for i in range(len(a)):
+        keep = np.arange(len(a)) != i
+        try:
+            hi = fit_homography(a[keep], b[keep])
+        except DegenerateHomographyError:
+            scores.append((np.inf, 0.0))
+            continue
+        rest = float(reprojection_errors(hi, a[keep], b[keep]).max())
+        held_out = float(reprojection_errors(hi, a[~keep], b[~keep])[0])
+        scores.append((rest, -held_out))
+    culprit = min(range(len(a)), key=lambda i: scores[i])
+    if not np.isfinite(scores[culprit][0]):
+        return worst, float(errors[worst])  # no pair can be left out without degeneracy
+    return culprit, -scores[culprit][1]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-rtsp
+  chromium prometheus
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

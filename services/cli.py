@@ -32,6 +32,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench": ("services.benchmarks.cli:bench", "Benchmarks: ingest, detect, ocr."),
     "eval": ("services.evaluation.cli:evaluate", "Accuracy against simulator ground truth."),
+    "compare": ("services.evaluation.compare:compare_command", "Agreement of two flows' states."),
+    "replay": ("services.flows.replay:replay_command", "Re-run a flow's estimators on stored frames."),
+    "run": ("services.flows.__main__:run_command", "Run one flow's estimators beside the others."),
+    "dashboard": ("services.dashboard.__main__:dashboard_command", "Live web page of the depot."),
+    "grafana": ("services.dashboard.grafana:grafana", "Provision Grafana dashboards + datasource."),
+    "up": ("services.supervisor.__main__:up_command", "Run the whole pipeline, supervised, live status."),
 }
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from prometheus_client import Counter
@@ -110,9 +110,17 @@ class MessageProducer:
                 self._producer.poll(0.05)
 
     def publish_and_wait(
-        self, message: Message, flow: str | None = None, timeout: float = 30.0, topic: str | None = None
+        self,
+        message: Message,
+        flow: str | None = None,
+        timeout: float = 30.0,
+        topic: str | None = None,
     ) -> tuple[int, int]:
-        """Publish and block until acknowledged; returns (partition, offset)."""
+        """Publish and block until acknowledged; returns (partition, offset).
+
+        On :class:`ProduceError` after ``timeout`` the message may still be queued and be
+        delivered later (``message.timeout.ms``), so a retry can duplicate it.
+        """
         done = threading.Event()
         result: dict[str, Any] = {}
 
@@ -255,8 +263,8 @@ class MessageConsumer:
         return Received(
             message=message,
             topic=topic,
-            partition=int(msg.partition()),
-            offset=int(msg.offset()),
+            partition=int(msg.partition() or 0),
+            offset=int(msg.offset() or 0),
             key=msg.key(),
             timestamp_ms=int(ts),
             raw=msg,
@@ -266,8 +274,8 @@ class MessageConsumer:
         """Publish ``msg`` to the dead-letter topic (waiting for the ack), then mark it done."""
         letter = DeadLetter(
             source_topic=str(msg.topic()),
-            source_partition=int(msg.partition()),
-            source_offset=int(msg.offset()),
+            source_partition=int(msg.partition() or 0),
+            source_offset=int(msg.offset() or 0),
             source_key_b64=DeadLetter.b64(msg.key()),
             payload_b64=DeadLetter.b64(msg.value() or b"") or "",
             reason=reason,
@@ -338,7 +346,8 @@ class TopicAdmin:
                 time.sleep(0.2)
         raise KafkaUnavailableError(
             f"Kafka at {self._kafka.bootstrap_servers} did not answer within {timeout:.0f}s "
-            f"({last}); start it with `depotwatch infra up` or fix DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS"
+            f"({last}); start it with `depotwatch infra up` "
+            "or fix DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS"
         )
 
     def existing(self, timeout: float = 10.0) -> dict[str, int]:

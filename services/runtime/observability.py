@@ -99,6 +99,8 @@ class ObservabilityServer:
     def url(self) -> str:
         """Base URL of the server."""
         host = self._server.server_address[0]
+        if isinstance(host, bytes):  # only for AF_UNIX; typed as a union by typeshed
+            host = host.decode()
         return f"http://{host}:{self.port}"
 
     def start(self) -> ObservabilityServer:

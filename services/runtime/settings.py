@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
@@ -75,6 +80,12 @@ class InfraSettings(_Frozen):
     weed_master_port: int = Field(default=19333, ge=1, le=65535)
     weed_volume_port: int = Field(default=18080, ge=1, le=65535)
     weed_filer_port: int = Field(default=18888, ge=1, le=65535)
+    # SeaweedFS also listens on a gRPC port per role (its default is HTTP port + 10000, which
+    # overflows for high ports and collides between stacks), so each one is explicit.
+    s3_grpc_port: int = Field(default=28333, ge=1, le=65535)
+    weed_master_grpc_port: int = Field(default=29333, ge=1, le=65535)
+    weed_volume_grpc_port: int = Field(default=28080, ge=1, le=65535)
+    weed_filer_grpc_port: int = Field(default=28888, ge=1, le=65535)
     broker_bucket: str = Field(default="tansu", description="Bucket holding the broker's data.")
     tansu_bin: Path | None = Field(default=None, description="Override the Tansu binary.")
     weed_bin: Path | None = Field(default=None, description="Override the SeaweedFS binary.")
@@ -114,6 +125,25 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     device: str = Field(default="cpu", description="Inference device: cpu, cuda, cuda:0 ...")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The plain secrets source only knows top-level fields, so a mounted file named
+        # depotwatch_s3__secret_key would be silently ignored; the nested source splits on "__"
+        # like the environment does. Environment variables still win over files.
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            NestedSecretsSettingsSource(file_secret_settings),
+        )
 
 
 def load_settings() -> Settings:

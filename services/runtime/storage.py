@@ -11,6 +11,7 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
+from minio.helpers import check_bucket_name
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
 from services.runtime.settings import S3Settings
@@ -45,27 +46,43 @@ class ObjectStore:
         self.bucket = s3.bucket
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(3.0, timeout_s), read=timeout_s),
-            retries=urllib3.Retry(total=retries, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+            retries=urllib3.Retry(
+                total=retries, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
             maxsize=16,
         )
-        self._client = Minio(
-            s3.endpoint,
-            access_key=s3.access_key.get_secret_value(),
-            secret_key=s3.secret_key.get_secret_value(),
-            secure=s3.secure,
-            region=s3.region,
-            http_client=http,
-        )
+        try:
+            self._client = Minio(
+                s3.endpoint,
+                access_key=s3.access_key.get_secret_value(),
+                secret_key=s3.secret_key.get_secret_value(),
+                secure=s3.secure,
+                region=s3.region,
+                http_client=http,
+            )
+        except ValueError as exc:
+            # minio rejects "http://host:port" and bad ports with a bare ValueError.
+            raise StorageError(
+                f"DEPOTWATCH_S3__ENDPOINT={s3.endpoint!r} is not usable ({exc}); give host:port "
+                "without a scheme (e.g. minio:9000) and set DEPOTWATCH_S3__SECURE for HTTPS"
+            ) from None
 
     def _fail(self, action: str, exc: Exception) -> StorageError:
         return StorageError(
-            f"object store {self.settings.endpoint}: {action} failed ({type(exc).__name__}: {exc}); "
-            "check that it is up and DEPOTWATCH_S3__* settings"
+            f"object store {self.settings.endpoint}: {action} failed "
+            f"({type(exc).__name__}: {exc}); check that it is up and DEPOTWATCH_S3__* settings"
         )
 
     def ensure_bucket(self, bucket: str | None = None) -> bool:
         """Create the bucket if missing; returns True if it was created."""
         name = bucket or self.bucket
+        try:
+            check_bucket_name(name, strict=True)
+        except ValueError:
+            raise StorageError(
+                f"bucket name {name!r} is not valid S3: use 3-63 lowercase letters, digits, dots "
+                "and hyphens (DEPOTWATCH_S3__BUCKET)"
+            ) from None
         try:
             if self._client.bucket_exists(name):
                 return False
@@ -101,7 +118,9 @@ class ObjectStore:
             return None
         return cfg.rules[0].expiration.days
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> StoredObject:
+    def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> StoredObject:
         """Store bytes under ``key``; returns size, SHA-256 and ETag."""
         try:
             res = self._client.put_object(
@@ -150,7 +169,11 @@ class ObjectStore:
     def keys(self, prefix: str = "") -> list[str]:
         """Object keys under ``prefix`` (recursive)."""
         try:
-            return [o.object_name for o in self._client.list_objects(self.bucket, prefix, recursive=True) if o.object_name]
+            return [
+                o.object_name
+                for o in self._client.list_objects(self.bucket, prefix, recursive=True)
+                if o.object_name
+            ]
         except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._fail(f"list {prefix}", exc) from None
 

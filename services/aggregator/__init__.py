@@ -1,0 +1,1 @@
+"""Aggregator: frames from every capture -> object store, then a FrameRef on ``frames.v1``."""

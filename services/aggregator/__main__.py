@@ -1,0 +1,121 @@
+"""``depotwatch aggregator``: receive every camera's frames, store them, publish FrameRefs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from schemas.facility import ConfigError, load_facility
+from services.aggregator.config import AggregatorSettings
+from services.runtime.logs import configure_logging
+from services.runtime.observability import Health, ObservabilityServer
+from services.runtime.settings import Settings, load_settings
+from services.runtime.shutdown import ShutdownSignal
+
+log = logging.getLogger("services.aggregator")
+
+
+def expected_cameras(path: Path | None) -> list[str]:
+    """Enabled cameras of the facility config (watched by /healthz from the start)."""
+    if path is None:
+        return []
+    try:
+        return [c.id for c in load_facility(path).enabled_cameras]
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def run_aggregator(
+    settings: Settings,
+    agg: AggregatorSettings,
+    shutdown: ShutdownSignal,
+    expected: list[str],
+) -> None:
+    """Build the adapters, serve /metrics and /healthz, and run until shutdown."""
+    from confluent_kafka import KafkaException
+
+    from schemas.frames import FrameRef
+    from schemas.topics import TopicLayout, topics_for
+    from services.aggregator.service import AggregatorService
+    from services.runtime.kafka import KafkaUnavailableError, MessageProducer, TopicAdmin
+    from services.runtime.storage import ObjectStore
+
+    store = ObjectStore(settings.s3)
+    producer = MessageProducer(settings.kafka, client_id="depotwatch-aggregator")
+    service = AggregatorService(agg, store, producer, shutdown, expected)
+    health = Health()
+    health.add("cameras", service.health_cameras)
+    health.add("object_store", service.health_store)
+    health.add("kafka", service.health_kafka)
+    server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
+    try:
+        layout = TopicLayout(
+            frame_partitions=settings.topics.frame_partitions,
+            frames_retention_ms=int(settings.topics.frames_retention_hours * 3600 * 1000),
+        )
+        frames = [s for s in topics_for([], layout) if s.name == FrameRef.topic_name()]
+        try:
+            TopicAdmin(settings.kafka).ensure(frames, timeout=10)
+        except (KafkaUnavailableError, KafkaException) as exc:
+            # The producer keeps retrying on its own: a broker that is late is not fatal.
+            log.warning("could not ensure topic frames.v1; continuing", extra={"error": str(exc)})
+        service.prepare_bucket()
+        log.info(
+            "aggregator started",
+            extra={
+                "endpoint": service.endpoint,
+                "bucket": store.bucket,
+                "expected_cameras": len(expected),
+                "http": server.url,
+            },
+        )
+        service.run()
+    finally:
+        producer.close(timeout=5)
+        server.stop()
+        log.info("aggregator stopped")
+
+
+@click.command("aggregator")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Facility YAML whose enabled cameras /healthz expects (default: the configured one).",
+)
+@click.option(
+    "--no-expect",
+    is_flag=True,
+    help="Do not expect the config's cameras; watch only cameras that have sent frames.",
+)
+@click.option("--bind", default=None, help="ZeroMQ endpoint to listen on (tcp://HOST:PORT).")
+def aggregator_command(config_path: Path | None, no_expect: bool, bind: str | None) -> None:
+    """Receive frames from every capture, store each JPEG in S3, then publish its FrameRef.
+
+    New cameras are accepted as they connect. Serves /metrics and /healthz; stops cleanly on
+    SIGTERM (stores what is buffered within DEPOTWATCH_AGGREGATOR__DRAIN_TIMEOUT_S).
+    """
+    settings = load_settings()
+    configure_logging("aggregator", settings.log_level, settings.log_format)
+    agg = AggregatorSettings()
+    if bind:
+        agg = agg.model_copy(update={"bind": bind})
+    expected: list[str]
+    if no_expect:
+        expected = []
+    elif config_path is None and not settings.facility_config.exists():
+        expected = []  # no config at hand: watch the cameras that show up
+    else:
+        expected = expected_cameras(config_path or settings.facility_config)
+    shutdown = ShutdownSignal().install()
+    try:
+        run_aggregator(settings, agg, shutdown, expected)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    aggregator_command()

@@ -1,0 +1,346 @@
+"""The aggregator process: receive frames, store each in S3, then publish its FrameRef.
+
+Threads:
+- receiver: ZeroMQ PULL -> decode -> drop duplicates -> the owning worker's buffer;
+- store workers (one per shard of cameras, so a camera's frames stay in order): put the JPEG,
+  retrying with backoff while S3 is down, and only then publish the FrameRef;
+- delivery: serves the producer's acknowledgements and re-publishes refs the broker refused.
+
+Buffers are bounded (frames and bytes); when S3 is down long enough to fill them the oldest
+frames are dropped and counted. A FrameRef is never published before its object is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError
+from confluent_kafka import Message as KafkaMessage
+from prometheus_client import Counter, Gauge, Histogram
+
+from schemas.frames import FrameRef
+from services.aggregator.config import AggregatorSettings
+from services.aggregator.ingest import CameraActivity, DedupeWindow, frame_key, frame_ref, shard_of
+from services.runtime.backoff import Backoff
+from services.runtime.frame_queue import FrameQueue
+from services.runtime.frame_transport import (
+    EncodedFrame,
+    FrameDecodeError,
+    FrameReceiver,
+    decode_frame,
+)
+from services.runtime.kafka import MessageProducer
+from services.runtime.shutdown import ShutdownSignal
+from services.runtime.storage import ObjectStore, StorageError
+
+log = logging.getLogger(__name__)
+
+FRAMES_IN = Counter(
+    "depotwatch_aggregator_frames_in_total", "Frames received from captures", ["camera_id"]
+)
+FRAMES_STORED = Counter(
+    "depotwatch_aggregator_frames_stored_total", "Frames stored in the object store", ["camera_id"]
+)
+FRAMES_OUT = Counter(
+    "depotwatch_aggregator_frames_out_total", "FrameRefs acknowledged by the broker", ["camera_id"]
+)
+FRAMES_DROPPED = Counter(
+    "depotwatch_aggregator_frames_dropped_total",
+    "Frames not stored or refs not published (buffer_full, shutdown, ref_undelivered)",
+    ["camera_id", "reason"],
+)
+DUPLICATES = Counter(
+    "depotwatch_aggregator_duplicates_total",
+    "Frames already received (same camera, seq)",
+    ["camera_id"],
+)
+BAD_MESSAGES = Counter(
+    "depotwatch_aggregator_bad_messages_total", "ZeroMQ messages that were not valid frames"
+)
+S3_RETRIES = Counter("depotwatch_aggregator_s3_put_failures_total", "Failed S3 puts (retried)")
+REF_RETRIES = Counter(
+    "depotwatch_aggregator_produce_failures_total", "FrameRefs the broker did not ack (re-sent)"
+)
+QUEUE_DEPTH = Gauge("depotwatch_aggregator_queue_depth", "Frames buffered, not yet stored")
+QUEUE_BYTES = Gauge("depotwatch_aggregator_queue_bytes", "Bytes buffered, not yet stored")
+PENDING_REFS = Gauge("depotwatch_aggregator_pending_refs", "FrameRefs awaiting a broker ack")
+CAMERAS = Gauge("depotwatch_aggregator_cameras", "Cameras seen since start")
+S3_PUT_SECONDS = Histogram(
+    "depotwatch_aggregator_s3_put_seconds",
+    "Latency of one successful S3 put",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+PRODUCE_SECONDS = Histogram(
+    "depotwatch_aggregator_produce_seconds",
+    "From publishing a FrameRef to the broker's ack",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 30),
+)
+
+
+@dataclass(frozen=True)
+class _PendingRef:
+    ref: FrameRef
+    attempt: int
+
+
+class AggregatorService:
+    """Runs until shutdown; :meth:`run` returns after draining within ``drain_timeout_s``."""
+
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        store: ObjectStore,
+        producer: MessageProducer,
+        shutdown: ShutdownSignal,
+        expected_cameras: Iterable[str] = (),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+        self.shutdown = shutdown
+        self.activity = CameraActivity(time.monotonic(), expected_cameras)
+        self._dedupe = DedupeWindow(settings.dedupe_window)
+        per_shard = max(1, settings.buffer_frames // settings.store_workers)
+        per_shard_bytes = int(settings.buffer_mb * 2**20 / settings.store_workers)
+        self.queues: list[FrameQueue[EncodedFrame]] = [
+            FrameQueue(per_shard, per_shard_bytes) for _ in range(settings.store_workers)
+        ]
+        self._retry_refs: deque[_PendingRef] = deque()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._receiving_stopped = threading.Event()
+        self._drain_deadline: float | None = None
+        self._workers_done = threading.Event()
+        self._store_failing_since: float | None = None
+        self._kafka_failing_since: float | None = None
+        self.receiver = FrameReceiver(settings.bind, settings.receive_hwm)
+
+    @property
+    def endpoint(self) -> str:
+        """Where captures connect (the real port when ``*`` or 0 was asked for)."""
+        return self.receiver.endpoint
+
+    # -- health --------------------------------------------------------------------------
+    def health_cameras(self) -> tuple[bool, str]:
+        """Fails when a known camera has delivered nothing for the watchdog period."""
+        silent = self.activity.silent(time.monotonic(), self.settings.watchdog_s)
+        if silent:
+            names = ", ".join(
+                f"{s.camera_id} ({s.silent_s:.0f}s{'' if s.ever_seen else ', never seen'})"
+                for s in silent
+            )
+            return False, f"no frames from {names}"
+        return True, f"{len(self.activity.cameras())} camera(s) delivering"
+
+    def health_store(self) -> tuple[bool, str]:
+        """Fails when S3 puts have been failing for the watchdog period."""
+        return self._failing("object store", self._store_failing_since)
+
+    def health_kafka(self) -> tuple[bool, str]:
+        """Fails when the broker has refused FrameRefs for the watchdog period."""
+        return self._failing("kafka", self._kafka_failing_since)
+
+    def _failing(self, what: str, since: float | None) -> tuple[bool, str]:
+        if since is None:
+            return True, f"{what} ok"
+        down = time.monotonic() - since
+        return down <= self.settings.watchdog_s, f"{what} failing for {down:.0f}s, retrying"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def prepare_bucket(self) -> None:
+        """Create the bucket and its expiry rule, retrying until S3 answers or shutdown."""
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        days = self.store.settings.frame_retention_days
+        while not self.shutdown.requested:
+            try:
+                self.store.ensure_bucket()
+            except StorageError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "object store not ready", extra={"error": str(exc), "retry_in_s": delay}
+                )
+                self.shutdown.wait(delay)
+                continue
+            try:
+                self.store.set_expiry(days, prefix=f"{self.settings.key_prefix}/")
+            except StorageError as exc:
+                # Some S3 servers lack lifecycle rules; frames are still stored, so go on.
+                log.warning(
+                    "could not set the frame expiry rule; frames will not expire by themselves",
+                    extra={"error": str(exc), "retention_days": days},
+                )
+            return
+
+    def run(self) -> None:
+        """Serve until shutdown, then drain buffers and flush the producer."""
+        workers = [
+            threading.Thread(target=self._store_loop, args=(i,), name=f"store-{i}", daemon=True)
+            for i in range(len(self.queues))
+        ]
+        delivery = threading.Thread(target=self._delivery_loop, name="delivery", daemon=True)
+        for t in [*workers, delivery]:
+            t.start()
+        log.info("aggregator receiving", extra={"endpoint": self.endpoint})
+        try:
+            self._receive_loop()
+        finally:
+            deadline = time.monotonic() + self.settings.drain_timeout_s
+            self._drain_deadline = deadline
+            self._receiving_stopped.set()
+            self.receiver.close()
+            for t in workers:
+                t.join(timeout=max(0.1, deadline - time.monotonic()) + 1)
+            self._workers_done.set()
+            delivery.join(timeout=max(0.1, deadline - time.monotonic()) + 2)
+            self._count_undelivered()
+
+    def _count_undelivered(self) -> None:
+        left = self.producer.flush(timeout=1.0)
+        for pending in list(self._retry_refs):
+            FRAMES_DROPPED.labels(pending.ref.camera_id, "ref_undelivered").inc()
+        if left or self._retry_refs:
+            log.error(
+                "frame refs not delivered at shutdown (objects are stored)",
+                extra={"in_producer": left, "refused": len(self._retry_refs)},
+            )
+
+    # -- receiver ------------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        while not self.shutdown.requested:
+            parts = self.receiver.receive(0.2)
+            if parts is None:
+                continue
+            try:
+                frame = decode_frame(parts)
+            except FrameDecodeError as exc:
+                BAD_MESSAGES.inc()
+                log.warning("bad frame message dropped", extra={"reason": str(exc)})
+                continue
+            self.accept(frame)
+
+    def accept(self, frame: EncodedFrame) -> None:
+        """Route one received frame to its worker's buffer (receiver thread only)."""
+        cid = frame.header.camera_id
+        FRAMES_IN.labels(cid).inc()
+        if self.activity.record(cid, time.monotonic()):
+            CAMERAS.set(len(self.activity.cameras()))
+            log.info("new camera", extra={"camera_id": cid})
+        if not self._dedupe.first_time(cid, frame.header.seq):
+            DUPLICATES.labels(cid).inc()
+            return
+        queue = self.queues[shard_of(cid, len(self.queues))]
+        for old in queue.put(frame):
+            FRAMES_DROPPED.labels(old.header.camera_id, "buffer_full").inc()
+        self._update_depth()
+
+    def _update_depth(self) -> None:
+        QUEUE_DEPTH.set(sum(len(q) for q in self.queues))
+        QUEUE_BYTES.set(sum(q.bytes for q in self.queues))
+
+    # -- store workers -------------------------------------------------------------------
+    def _past_drain_deadline(self) -> bool:
+        deadline = self._drain_deadline
+        return deadline is not None and time.monotonic() > deadline
+
+    def _store_loop(self, shard: int) -> None:
+        queue = self.queues[shard]
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while not self._past_drain_deadline():
+            frame = queue.get(timeout=0.1)
+            if frame is None:
+                if self._receiving_stopped.is_set():
+                    break
+                continue
+            self._update_depth()
+            if not self._store_and_publish(frame, backoff):
+                queue.put_front(frame)
+                break
+        for frame in queue.drain():
+            FRAMES_DROPPED.labels(frame.header.camera_id, "shutdown").inc()
+        self._update_depth()
+
+    def _store_and_publish(self, frame: EncodedFrame, backoff: Backoff) -> bool:
+        """Store (retrying while S3 is down) then publish; False if draining ran out of time."""
+        h = frame.header
+        key = frame_key(self.settings.key_prefix, h.camera_id, h.captured_at, h.seq)
+        while True:
+            started = time.perf_counter()
+            try:
+                stored = self.store.put(key, frame.jpeg, content_type="image/jpeg")
+                break
+            except StorageError as exc:
+                S3_RETRIES.inc()
+                if self._store_failing_since is None:
+                    self._store_failing_since = time.monotonic()
+                    log.warning(
+                        "object store put failed; buffering and retrying", extra={"error": str(exc)}
+                    )
+            # A plain sleep, not shutdown.wait: while draining, a frame is still worth storing
+            # if S3 comes back before the drain deadline.
+            time.sleep(backoff.next_delay())
+            if self._past_drain_deadline():
+                return False
+        S3_PUT_SECONDS.observe(time.perf_counter() - started)
+        if self._store_failing_since is not None:
+            down = time.monotonic() - self._store_failing_since
+            log.info("object store back", extra={"down_s": round(down, 1)})
+            self._store_failing_since = None
+        backoff.reset()
+        FRAMES_STORED.labels(h.camera_id).inc()
+        ref = frame_ref(h, stored.bucket, stored.key, stored.size, stored.sha256)
+        self._publish(_PendingRef(ref, 0))
+        return True
+
+    # -- publishing ----------------------------------------------------------------------
+    def _publish(self, pending: _PendingRef) -> None:
+        # Bounded: refs awaiting acks are small, but an endless broker outage must not grow
+        # them; serve acks (poll) while waiting, since the waiter may be the delivery thread.
+        while True:
+            with self._pending_lock:
+                if self._pending < self.settings.pending_refs or self._workers_done.is_set():
+                    self._pending += 1
+                    PENDING_REFS.set(self._pending)
+                    break
+            self.producer.poll(0.1)
+        sent = time.perf_counter()
+
+        def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:
+            with self._pending_lock:
+                self._pending -= 1
+                PENDING_REFS.set(self._pending)
+            if err is None:
+                PRODUCE_SECONDS.observe(time.perf_counter() - sent)
+                FRAMES_OUT.labels(pending.ref.camera_id).inc()
+                if self._kafka_failing_since is not None:
+                    log.info("broker acknowledges frame refs again")
+                    self._kafka_failing_since = None
+                return
+            REF_RETRIES.inc()
+            if self._kafka_failing_since is None:
+                self._kafka_failing_since = time.monotonic()
+                log.warning("frame ref not acknowledged; will re-send", extra={"error": str(err)})
+            self._retry_refs.append(_PendingRef(pending.ref, pending.attempt + 1))
+
+        self.producer.publish(pending.ref, on_delivery=delivered)
+
+    def _delivery_loop(self) -> None:
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            self.producer.poll(0.05)
+            if self._retry_refs and not self._past_drain_deadline():
+                # librdkafka already retried for message.timeout.ms; a short pause suffices.
+                time.sleep(min(backoff.next_delay(), 1.0))
+                while self._retry_refs:
+                    self._publish(self._retry_refs.popleft())
+            elif self._kafka_failing_since is None:
+                backoff.reset()
+            if self._workers_done.is_set():
+                with self._pending_lock:
+                    idle = self._pending == 0
+                if (idle and not self._retry_refs) or self._past_drain_deadline():
+                    return

@@ -1,0 +1,1 @@
+"""Benchmarks (``depotwatch bench ...``): one module per benchmark, found by :mod:`.cli`."""

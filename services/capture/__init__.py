@@ -1,0 +1,1 @@
+"""Capture one camera: read the stream, keep frames at the configured rate, send JPEGs on."""

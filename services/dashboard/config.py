@@ -1,0 +1,30 @@
+"""Settings of the built-in dashboard (``DEPOTWATCH_DASHBOARD_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DashboardSettings(BaseSettings):
+    """Where the dashboard listens and who may open it."""
+
+    model_config = SettingsConfigDict(env_prefix="DEPOTWATCH_DASHBOARD_", extra="ignore", frozen=True)
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Bind address; localhost by default so the depot is not shown to the network.",
+    )
+    port: int = Field(default=8088, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Access token; when set, every page and API call needs it (?token=, "
+        "Authorization: Bearer, or the cookie the page sets).",
+    )
+    lag_exporter: bool = Field(
+        default=True, description="Export consumer lag of every depotwatch consumer group."
+    )
+    frame_cache: int = Field(default=64, ge=1, description="Frames kept in memory for tiles.")
+    client_queue: int = Field(
+        default=256, ge=8, description="Events buffered per browser; the oldest is dropped when full."
+    )

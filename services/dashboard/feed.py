@@ -1,0 +1,156 @@
+"""Kafka adapter of the dashboard: tails the topics the page shows, on a background thread.
+
+The dashboard is a viewer, not a stage of the pipeline: it joins no consumer group and commits
+nothing. It assigns every partition itself, starting just before the end (the latest facility
+state of a compacted topic, the latest frames), and re-reads metadata every few seconds so
+topics created after it started (a flow deployed later) are picked up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import Counter
+
+from schemas.base import Message, MessageDecodeError, decode
+from schemas.estimates import PositionEstimate
+from schemas.facility_state import FacilityState
+from schemas.frames import FrameRef
+from schemas.ground_truth import GroundTruth
+from services.runtime.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+FEED_MESSAGES = Counter(
+    "depotwatch_dashboard_messages_total", "Messages the dashboard received", ["topic"]
+)
+FEED_INVALID = Counter(
+    "depotwatch_dashboard_invalid_messages_total",
+    "Messages the dashboard could not decode (logged; the pipeline dead-letters them)",
+    ["topic"],
+)
+
+Sink = Callable[[Message], None]
+
+
+def dashboard_topics(flows: Iterable[str]) -> dict[str, tuple[type[Message], int]]:
+    """topic -> (model, how many of the latest messages per partition to replay at start)."""
+    topics: dict[str, tuple[type[Message], int]] = {
+        FrameRef.topic_name(): (FrameRef, 1),
+        GroundTruth.topic_name(): (GroundTruth, 1),
+    }
+    for flow in flows:
+        topics[FacilityState.topic_name(flow)] = (FacilityState, 1)
+        topics[PositionEstimate.topic_name(flow)] = (PositionEstimate, 1)
+    return topics
+
+
+class KafkaFeed:
+    """Reads the dashboard topics and hands every valid message to ``sink`` (on its thread)."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        flows: Iterable[str],
+        sink: Sink,
+        metadata_interval_s: float = 3.0,
+    ) -> None:
+        self._kafka = kafka
+        self.topics = dashboard_topics(flows)
+        self._sink = sink
+        self._interval = metadata_interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
+        self._assigned: set[tuple[str, int]] = set()
+        self.connected = False
+
+    def start(self) -> KafkaFeed:
+        """Start tailing; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and close the consumer."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _consumer(self) -> Consumer:
+        conf: dict[str, Any] = {
+            **self._kafka.client_config(),
+            # Required by librdkafka even though the dashboard never joins or commits to it.
+            "group.id": "depotwatch-dashboard-viewer",
+            "client.id": "depotwatch-dashboard",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "error_cb": lambda err: log.warning("kafka client error", extra={"error": str(err)}),
+        }
+        return Consumer(conf)
+
+    def _refresh(self, consumer: Consumer) -> None:
+        """Assign partitions that appeared since the last look, starting near their end."""
+        try:
+            meta = consumer.list_topics(timeout=5)
+        except KafkaException as exc:
+            self.connected = False
+            log.warning("kafka metadata unavailable", extra={"error": str(exc)})
+            return
+        self.connected = True
+        new: list[TopicPartition] = []
+        for topic, (_, replay) in self.topics.items():
+            t = meta.topics.get(topic)
+            if t is None or t.error is not None:
+                continue
+            for p in t.partitions:
+                if (topic, p) in self._assigned:
+                    continue
+                try:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                except KafkaException:
+                    continue
+                start = max(low, high - replay) if high >= 0 else OFFSET_END
+                new.append(TopicPartition(topic, p, start))
+                self._assigned.add((topic, p))
+        if new:
+            consumer.incremental_assign(new)
+            log.info("dashboard reading", extra={"partitions": [f"{t.topic}/{t.partition}" for t in new]})
+
+    def _run(self) -> None:
+        consumer = self._consumer()
+        next_refresh = 0.0
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_refresh:
+                    self._refresh(consumer)
+                    next_refresh = time.monotonic() + self._interval
+                if not self._assigned:
+                    self._stop.wait(0.2)
+                    continue
+                for msg in consumer.consume(100, 0.2):
+                    self._handle(msg)
+        finally:
+            consumer.close()
+
+    def _handle(self, msg: Any) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"error": str(err)})
+            return
+        topic = str(msg.topic())
+        model = self.topics[topic][0]
+        try:
+            message = decode(model, msg.value())
+        except MessageDecodeError as exc:
+            FEED_INVALID.labels(topic).inc()
+            log.warning(
+                "undecodable message ignored by the dashboard",
+                extra={"topic": topic, "offset": msg.offset(), "reason": exc.reason},
+            )
+            return
+        FEED_MESSAGES.labels(topic).inc()
+        self._sink(message)

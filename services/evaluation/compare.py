@@ -1,0 +1,555 @@
+"""Agreement between two flows' facility states, or between a flow and simulator ground truth.
+
+Pure part (no Kafka): :func:`compare_states` / :func:`compare_to_truth` score one snapshot,
+:class:`AgreementSummary` aggregates many. Adapters: :func:`read_range` reads a topic over a
+time window (offsets by timestamp); :func:`run_live` follows two topics and keeps Prometheus
+gauges current; :func:`compare_command` is ``depotwatch compare A B``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from prometheus_client import Gauge
+
+from schemas.base import Message, MessageDecodeError, decode
+from schemas.facility_state import FacilityState
+from schemas.ground_truth import GroundTruth
+
+log = logging.getLogger(__name__)
+
+GROUND_TRUTH = "ground-truth"
+"""The pseudo-flow name that means "the simulator's ground-truth.v1"."""
+
+MATCH_M = 4.0
+"""Two locomotives on one track are the same one when their centres are this close."""
+
+
+# --------------------------------------------------------------------------- pure scoring
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A locomotive reduced to what is compared."""
+
+    track_id: str
+    head_m: float
+    tail_m: float
+    plate: str | None
+    model: str | None
+
+    @property
+    def centre(self) -> float:
+        """Midpoint along the track."""
+        return (self.head_m + self.tail_m) / 2
+
+
+@dataclass(frozen=True)
+class SnapshotComparison:
+    """How one snapshot of B agrees with one of A (A is the reference: prod or ground truth)."""
+
+    counts: dict[str, tuple[int, int]]
+    """track_id -> (count in A, count in B)."""
+    end_errors_m: list[float]
+    """|head_a - head_b| and |tail_a - tail_b| of every matched locomotive."""
+    identity_matches: int
+    identity_total: int
+    """Matched locomotives whose plate agrees / matched locomotives A knows the plate of."""
+
+    @property
+    def counts_agree(self) -> bool:
+        """Every track holds the same number of locomotives in A and B."""
+        return all(a == b for a, b in self.counts.values())
+
+
+def placed_from_state(state: FacilityState) -> list[Placed]:
+    """The locomotives of a facility state."""
+    return [
+        Placed(t.track_id, loco.head_m, loco.tail_m, loco.plate, loco.model)
+        for t in state.tracks
+        for loco in t.locomotives
+    ]
+
+
+def placed_from_truth(truth: GroundTruth) -> list[Placed]:
+    """The locomotives the simulator placed."""
+    return [Placed(x.track_id, x.head_m, x.tail_m, x.plate, x.model) for x in truth.locomotives]
+
+
+def compare_placed(
+    a: Sequence[Placed], b: Sequence[Placed], tracks: Sequence[str], match_m: float = MATCH_M
+) -> SnapshotComparison:
+    """Match B's locomotives to A's per track (nearest centres first) and score them."""
+    counts = {t: (0, 0) for t in tracks}
+    errors: list[float] = []
+    id_ok = id_total = 0
+    for track in sorted(set(tracks) | {p.track_id for p in (*a, *b)}):
+        in_a = [p for p in a if p.track_id == track]
+        in_b = [p for p in b if p.track_id == track]
+        counts[track] = (len(in_a), len(in_b))
+        pairs = sorted(
+            (abs(pa.centre - pb.centre), i, j)
+            for i, pa in enumerate(in_a)
+            for j, pb in enumerate(in_b)
+            if abs(pa.centre - pb.centre) <= match_m
+        )
+        used_a: set[int] = set()
+        used_b: set[int] = set()
+        for _, i, j in pairs:
+            if i in used_a or j in used_b:
+                continue
+            used_a.add(i)
+            used_b.add(j)
+            pa, pb = in_a[i], in_b[j]
+            errors += [abs(pa.head_m - pb.head_m), abs(pa.tail_m - pb.tail_m)]
+            if pa.plate is not None:
+                id_total += 1
+                id_ok += int(pa.plate == pb.plate)
+    return SnapshotComparison(counts, errors, id_ok, id_total)
+
+
+def compare_states(a: FacilityState, b: FacilityState) -> SnapshotComparison:
+    """Agreement of flow B's state with flow A's."""
+    tracks = [t.track_id for t in a.tracks]
+    return compare_placed(placed_from_state(a), placed_from_state(b), tracks)
+
+
+def compare_to_truth(truth: GroundTruth, state: FacilityState) -> SnapshotComparison:
+    """Accuracy of a flow's state against the simulator's ground truth."""
+    tracks = [t.track_id for t in state.tracks]
+    return compare_placed(placed_from_truth(truth), placed_from_state(state), tracks)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..1); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[k]
+
+
+@dataclass
+class AgreementSummary:
+    """Many snapshot comparisons aggregated."""
+
+    snapshots: int = 0
+    counts_agree: int = 0
+    track_counts_agree: dict[str, int] = field(default_factory=dict)
+    end_errors_m: list[float] = field(default_factory=list)
+    identity_matches: int = 0
+    identity_total: int = 0
+
+    def add(self, c: SnapshotComparison) -> None:
+        """Fold one snapshot in."""
+        self.snapshots += 1
+        self.counts_agree += int(c.counts_agree)
+        for track, (x, y) in c.counts.items():
+            self.track_counts_agree[track] = self.track_counts_agree.get(track, 0) + int(x == y)
+        self.end_errors_m += c.end_errors_m
+        self.identity_matches += c.identity_matches
+        self.identity_total += c.identity_total
+
+    @property
+    def count_rate(self) -> float | None:
+        """Fraction of snapshots in which every track's count agrees."""
+        return self.counts_agree / self.snapshots if self.snapshots else None
+
+    @property
+    def identity_rate(self) -> float | None:
+        """Fraction of matched locomotives whose plate agrees."""
+        return self.identity_matches / self.identity_total if self.identity_total else None
+
+    @property
+    def median_error_m(self) -> float | None:
+        """Median head/tail position difference."""
+        return statistics.median(self.end_errors_m) if self.end_errors_m else None
+
+    @property
+    def p95_error_m(self) -> float | None:
+        """95th percentile head/tail position difference."""
+        return percentile(self.end_errors_m, 0.95)
+
+    def lines(self) -> list[str]:
+        """A human-readable report."""
+
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{100 * x:.1f}%"
+
+        def metres(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.2f} m"
+
+        per_track = ", ".join(
+            f"{t} {pct(n / self.snapshots if self.snapshots else None)}"
+            for t, n in sorted(self.track_counts_agree.items())
+        )
+        return [
+            f"snapshots compared:          {self.snapshots}",
+            f"count per track agrees:      {pct(self.count_rate)} ({per_track})",
+            f"head/tail difference median: {metres(self.median_error_m)}, "
+            f"p95 {metres(self.p95_error_m)} ({len(self.end_errors_m)} ends)",
+            f"identity agrees:             {pct(self.identity_rate)} "
+            f"({self.identity_matches}/{self.identity_total})",
+        ]
+
+
+# --------------------------------------------------------------------------- pairing in time
+
+
+S = TypeVar("S")
+
+
+def pair_in_time(
+    reference: Sequence[tuple[datetime, S]],
+    candidates: Sequence[FacilityState],
+    max_skew_s: float,
+) -> Iterator[tuple[S, FacilityState]]:
+    """For each candidate state, the latest reference item at or before its ``as_of``.
+
+    Items further than ``max_skew_s`` before it are too old to compare and are skipped.
+    """
+    ref = sorted(reference, key=lambda r: r[0])
+    i = -1
+    for state in sorted(candidates, key=lambda s: s.as_of):
+        while i + 1 < len(ref) and ref[i + 1][0] <= state.as_of:
+            i += 1
+        if i < 0:
+            continue
+        at, item = ref[i]
+        if (state.as_of - at).total_seconds() <= max_skew_s:
+            yield item, state
+
+
+def summarise(
+    reference: Sequence[FacilityState] | Sequence[GroundTruth],
+    states: Sequence[FacilityState],
+    max_skew_s: float = 2.0,
+    warmup_s: float = 0.0,
+) -> AgreementSummary:
+    """Compare every state of B with the reference (flow A's states or ground truth)."""
+    summary = AgreementSummary()
+    refs: list[tuple[datetime, Any]] = [
+        (r.at if isinstance(r, GroundTruth) else r.as_of, r) for r in reference
+    ]
+    if not refs:
+        return summary
+    start = min(at for at, _ in refs) + timedelta(seconds=warmup_s)
+    for ref, state in pair_in_time(refs, [s for s in states if s.as_of >= start], max_skew_s):
+        if isinstance(ref, GroundTruth):
+            summary.add(compare_to_truth(ref, state))
+        else:
+            summary.add(compare_states(ref, state))
+    return summary
+
+
+# --------------------------------------------------------------------------- Kafka adapters
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """A raw Kafka record: broker timestamp (ms), headers and value."""
+
+    timestamp_ms: int
+    headers: dict[str, bytes]
+    value: bytes
+
+
+def read_range_raw(
+    kafka: Any, topic: str, start: datetime, end: datetime, timeout_s: float = 30.0
+) -> list[Stamped]:
+    """Records of ``topic`` whose broker timestamp lies in [start, end].
+
+    Seeks with ``offsets_for_times`` and reads up to the end offset that existed when called,
+    or past ``end``, whichever comes first.
+    """
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            **kafka.client_config(),
+            "group.id": f"depotwatch-compare-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    out: list[Stamped] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise click.ClickException(
+                f"topic {topic} does not exist; is the flow running (depotwatch run --flow ...)?"
+            )
+        parts = list(meta.topics[topic].partitions)
+        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        wanted = consumer.offsets_for_times(
+            [TopicPartition(topic, p, start_ms) for p in parts], timeout=10
+        )
+        remaining: dict[int, int] = {}
+        assign = []
+        for tp in wanted:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)
+            if tp.offset == OFFSET_END or tp.offset < 0 or tp.offset >= high:
+                continue
+            remaining[tp.partition] = high
+            assign.append(TopicPartition(topic, tp.partition, tp.offset))
+        if not assign:
+            return out
+        consumer.assign(assign)
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            _, ts = msg.timestamp()
+            partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+            if ts > end_ms or offset + 1 >= remaining.get(partition, 0):
+                remaining.pop(partition, None)
+            if start_ms <= ts <= end_ms:
+                headers: dict[str, bytes] = {}
+                for item in msg.headers() or []:
+                    key, value = item[0], item[1]
+                    headers[str(key)] = value if isinstance(value, bytes) else b""
+                out.append(Stamped(int(ts), headers, msg.value() or b""))
+    finally:
+        consumer.close()
+    return out
+
+
+def read_range(
+    kafka: Any,
+    topic: str,
+    model: type[M],
+    start: datetime,
+    end: datetime,
+    timeout_s: float = 30.0,
+) -> list[M]:
+    """Messages of ``topic`` in [start, end] by broker timestamp (undecodable ones skipped)."""
+    out: list[M] = []
+    for record in read_range_raw(kafka, topic, start, end, timeout_s):
+        try:
+            out.append(decode(model, record.value))
+        except MessageDecodeError as exc:
+            log.warning("skipping undecodable message", extra={"reason": exc.reason})
+    return out
+
+
+COUNT_AGREEMENT = Gauge(
+    "depotwatch_compare_count_agreement",
+    "1 when both sides have the same locomotive count on the track, else 0",
+    ["a", "b", "track"],
+)
+POSITION_DIFF = Gauge(
+    "depotwatch_compare_position_difference_m",
+    "Median head/tail position difference of matched locomotives, latest snapshot",
+    ["a", "b"],
+)
+IDENTITY_AGREEMENT = Gauge(
+    "depotwatch_compare_identity_agreement",
+    "Fraction of matched locomotives whose plate agrees, latest snapshot",
+    ["a", "b"],
+)
+SNAPSHOTS = Gauge("depotwatch_compare_snapshots", "Snapshots compared since start", ["a", "b"])
+COUNT_RATE = Gauge(
+    "depotwatch_compare_count_agreement_rate",
+    "Fraction of snapshots with all track counts in agreement, since start",
+    ["a", "b"],
+)
+
+
+def export_metrics(a: str, b: str, latest: SnapshotComparison, total: AgreementSummary) -> None:
+    """Set the Prometheus gauges from the latest comparison and the running summary."""
+    for track, (x, y) in latest.counts.items():
+        COUNT_AGREEMENT.labels(a, b, track).set(int(x == y))
+    if latest.end_errors_m:
+        POSITION_DIFF.labels(a, b).set(statistics.median(latest.end_errors_m))
+    if latest.identity_total:
+        IDENTITY_AGREEMENT.labels(a, b).set(latest.identity_matches / latest.identity_total)
+    SNAPSHOTS.labels(a, b).set(total.snapshots)
+    if total.count_rate is not None:
+        COUNT_RATE.labels(a, b).set(total.count_rate)
+
+
+def run_live(
+    kafka: Any,
+    a: str,
+    b: str,
+    on_snapshot: Callable[[SnapshotComparison, AgreementSummary], None],
+    stop: Callable[[], bool],
+    max_skew_s: float = 2.0,
+) -> AgreementSummary:
+    """Follow both topics from now on; compare each new B state with A's latest."""
+    from confluent_kafka import Consumer
+
+    topic_a = topic_for(a)
+    topic_b = topic_for(b)
+    consumer = Consumer(
+        {
+            **kafka.client_config(),
+            "group.id": f"depotwatch-compare-{a}-{b}-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "session.timeout.ms": kafka.session_timeout_ms,
+        }
+    )
+    consumer.subscribe([topic_a, topic_b])
+    summary = AgreementSummary()
+    history_a: list[tuple[datetime, Any]] = []
+    try:
+        while not stop():
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            try:
+                if msg.topic() == topic_a:
+                    ref: GroundTruth | FacilityState = (
+                        decode(GroundTruth, msg.value())
+                        if a == GROUND_TRUTH
+                        else decode(FacilityState, msg.value())
+                    )
+                    at = ref.at if isinstance(ref, GroundTruth) else ref.as_of
+                    history_a = [*history_a[-200:], (at, ref)]
+                    continue
+                state = decode(FacilityState, msg.value())
+            except MessageDecodeError as exc:
+                log.warning("skipping undecodable message", extra={"reason": exc.reason})
+                continue
+            for ref, st in pair_in_time(history_a, [state], max_skew_s):
+                one = (
+                    compare_to_truth(ref, st)
+                    if isinstance(ref, GroundTruth)
+                    else compare_states(ref, st)
+                )
+                summary.add(one)
+                export_metrics(a, b, one, summary)
+                on_snapshot(one, summary)
+    finally:
+        consumer.close()
+    return summary
+
+
+def topic_for(side: str) -> str:
+    """The topic of a flow name, or ground-truth.v1."""
+    if side == GROUND_TRUTH:
+        return GroundTruth.topic_name()
+    return FacilityState.topic_name(side)
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """ISO-8601 with offset (``2026-11-21T12:00:00Z``), ``now``, or relative ``-15m``/``-2h``."""
+    now = now or datetime.now(UTC)
+    t = text.strip()
+    if t == "now":
+        return now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if t.startswith("-") and t[-1:] in units and t[1:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(t[1:-1]) * units[t[-1]])
+    try:
+        parsed = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a time; use ISO-8601 like 2026-11-21T12:00:00Z, 'now' or '-15m'"
+        ) from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone; add Z or +00:00")
+    return parsed.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- command
+
+
+@click.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.option("--from", "start", default=None, help="Start of a time range (ISO-8601, -15m).")
+@click.option("--to", "end", default=None, help="End of the time range (default: now).")
+@click.option("--duration", type=float, default=None, help="Live: stop after this many seconds.")
+@click.option("--warmup", type=float, default=0.0, show_default=True, help="Skip first seconds.")
+@click.option("--max-skew", type=float, default=2.0, show_default=True, help="Pairing window, s.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+def compare_command(
+    a: str,
+    b: str,
+    start: str | None,
+    end: str | None,
+    duration: float | None,
+    warmup: float,
+    max_skew: float,
+    config_path: Path | None,
+) -> None:
+    """Agreement of flow B's facility state with A's (a flow, or `ground-truth`).
+
+    `depotwatch compare prod dev` follows both live and serves Prometheus gauges on
+    DEPOTWATCH_HTTP_PORT; with --from/--to it scores a past time range and exits.
+    `depotwatch compare ground-truth prod` (or `prod ground-truth`) scores prod's accuracy.
+    """
+    from schemas.facility import ConfigError, load_facility
+    from services.runtime.logs import configure_logging
+    from services.runtime.observability import Health, ObservabilityServer
+    from services.runtime.settings import load_settings
+    from services.runtime.shutdown import ShutdownSignal
+
+    settings = load_settings()
+    configure_logging("compare", settings.log_level, settings.log_format)
+    if b == GROUND_TRUTH:  # the reference always goes first
+        a, b = b, a
+    try:
+        facility = load_facility(config_path or settings.facility_config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for side in (a, b):
+        if side != GROUND_TRUTH and side not in facility.flows:
+            raise click.ClickException(
+                f"unknown flow {side!r}; use one of {sorted(facility.flows)} or {GROUND_TRUTH}"
+            )
+    if b == GROUND_TRUTH:
+        raise click.ClickException("compare a flow with ground-truth, not ground-truth with itself")
+
+    if start is not None:
+        t0 = parse_time(start)
+        t1 = parse_time(end) if end else datetime.now(UTC)
+        if t1 <= t0:
+            raise click.BadParameter("--to must be after --from")
+        ref_model: type[Message] = GroundTruth if a == GROUND_TRUTH else FacilityState
+        refs: Any = read_range(settings.kafka, topic_for(a), ref_model, t0, t1)
+        states = read_range(settings.kafka, topic_for(b), FacilityState, t0, t1)
+        summary = summarise(refs, states, max_skew, warmup)
+        click.echo(f"{b} against {a}, {t0.isoformat()} .. {t1.isoformat()}")
+        for line in summary.lines():
+            click.echo(line)
+        return
+
+    shutdown = ShutdownSignal().install()
+    server = ObservabilityServer(Health(), settings.http_host, settings.http_port).start()
+    click.echo(f"comparing {b} against {a} live; metrics on {server.url}/metrics (Ctrl-C stops)")
+    deadline = time.monotonic() + duration if duration else None
+    last_print = [0.0]
+
+    def show(one: SnapshotComparison, total: AgreementSummary) -> None:
+        if time.monotonic() - last_print[0] >= 5.0:
+            last_print[0] = time.monotonic()
+            counts = " ".join(f"{t}:{x}/{y}" for t, (x, y) in sorted(one.counts.items()))
+            click.echo(f"{datetime.now(UTC):%H:%M:%S} counts {counts} | " + total.lines()[2])
+
+    try:
+        summary = run_live(
+            settings.kafka,
+            a,
+            b,
+            show,
+            lambda: shutdown.requested or (deadline is not None and time.monotonic() > deadline),
+            max_skew,
+        )
+    finally:
+        server.stop()
+    for line in summary.lines():
+        click.echo(line)

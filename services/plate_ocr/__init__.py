@@ -1,0 +1,1 @@
+"""Plate reader: number plates and locomotive models from camera frames."""

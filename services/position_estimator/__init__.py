@@ -1,0 +1,1 @@
+"""Position estimator: YOLO head/tail detections placed on the depot tracks."""

@@ -1,0 +1,84 @@
+"""``depotwatch position-estimator --flow NAME``: YOLO head/tail detection -> track positions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import cast
+
+import click
+
+from schemas.facility import ConfigError
+from services.position_estimator.config import (
+    SERVICE,
+    EstimatorConfigError,
+    position_estimator_config,
+)
+from services.runtime.facility_watch import FacilityWatch
+from services.runtime.frame_stream import Mode
+from services.runtime.logs import configure_logging
+from services.runtime.settings import load_settings
+from services.runtime.shutdown import ShutdownSignal
+
+log = logging.getLogger(__name__)
+
+
+@click.command("position-estimator")
+@click.option("--flow", required=True, envvar="DEPOTWATCH_FLOW", help="Flow to run (prod, dev...).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["live", "replay"]),
+    default="live",
+    show_default=True,
+    help="live: skip to the newest frame per camera when behind; replay: process every frame.",
+)
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Override weights.")
+@click.option(
+    "--frames-topic",
+    default="frames.v1",
+    show_default=True,
+    help="Topic of the frame refs (e.g. a copy to replay).",
+)
+@click.option("--max-batch", type=click.IntRange(1, 256), default=None, help="Override max_batch.")
+def position_estimator_command(
+    flow: str,
+    config_path: Path | None,
+    mode: str,
+    weights: Path | None,
+    frames_topic: str,
+    max_batch: int | None,
+) -> None:
+    """Detect locomotive heads/tails in frames.v1 and publish positions.<flow>.v1."""
+    from services.position_estimator.detector import WeightsError, YoloDetector
+    from services.position_estimator.service import position_stream
+    from services.runtime.frame_stream import serve_frame_stream
+
+    settings = load_settings()
+    configure_logging(f"{SERVICE}.{flow}", settings.log_level, settings.log_format)
+    path = config_path or settings.facility_config
+    try:
+        watch = FacilityWatch(path)
+        config = position_estimator_config(
+            watch.config, path, flow, settings, cast(Mode, mode), max_batch, weights, frames_topic
+        )
+        detector = YoloDetector(
+            config.weights, config.imgsz, config.confidence, config.device, config.max_batch
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (EstimatorConfigError, WeightsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    log.info(
+        "starting",
+        extra={"flow": flow, "mode": mode, "weights": str(config.weights), "device": config.device},
+    )
+    detector.warm_up()
+    shutdown = ShutdownSignal().install()
+    serve_frame_stream(position_stream(settings, config, watch, detector), settings, shutdown)

@@ -1,0 +1,51 @@
+"""Pick up facility config edits in a running service (new cameras, moved calibration).
+
+The file is re-read when its modification time changes; an edit that does not validate is
+logged (every problem, one line each) and the last good config stays in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from schemas.facility import ConfigError, FacilityConfig, load_facility
+
+log = logging.getLogger(__name__)
+
+
+class FacilityWatch:
+    """Holds the current facility config and reloads it when the file changes."""
+
+    def __init__(self, path: Path, check_every_s: float = 5.0) -> None:
+        self.path = path
+        self.check_every_s = check_every_s
+        self.config: FacilityConfig = load_facility(path)
+        self._mtime = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload if the file changed (looked at every ``check_every_s``); True if reloaded."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.check_every_s:
+            return False
+        self._checked = now
+        mtime = self._stat()
+        if mtime is None or (mtime == self._mtime and not force):
+            return False
+        self._mtime = mtime
+        try:
+            self.config = load_facility(self.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("facility config edit rejected", extra={"problem": problem})
+            return False
+        log.info("facility config reloaded", extra={"path": str(self.path)})
+        return True

@@ -1,0 +1,353 @@
+"""The loop every per-frame estimator shares: FrameRefs in, estimates out, at least once.
+
+``frames.v1`` refs are consumed in batches (up to ``max_batch`` refs or ``max_wait_ms``), their
+JPEGs fetched from the object store in parallel and decoded, handed to the service's pure
+handler, and its output published. Offsets are marked done only after every output of the batch
+is acknowledged by the broker, so a crash re-processes at most the batch in flight.
+
+* live mode: when the service falls behind, only the newest frame per camera is processed; the
+  older ones are skipped and counted (``depotwatch_frames_skipped_total``).
+* replay mode: every frame is processed, in order.
+
+A ref whose object is missing, truncated or not an image is dead-lettered and the loop goes on;
+an object store outage is not the frame's fault, so the batch is retried until the store answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from confluent_kafka import KafkaError
+from confluent_kafka import Message as KafkaMessage
+from prometheus_client import Counter, Gauge, Histogram
+
+from schemas.base import Message, utc_now
+from schemas.frames import FrameRef
+from services.runtime.frames import (
+    DecodedFrame,
+    FrameDecodeError,
+    FrameOutcome,
+    Rejected,
+    decode_frame,
+)
+from services.runtime.kafka import MessageConsumer, MessageProducer, ProduceError, Received
+from services.runtime.observability import Health, ObservabilityServer
+from services.runtime.settings import Settings
+from services.runtime.shutdown import ShutdownSignal
+from services.runtime.storage import ObjectMissingError, ObjectStore, StorageError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["live", "replay"]
+
+FRAMES_PROCESSED = Counter(
+    "depotwatch_frames_processed_total", "Frames handled by an estimator", ["service", "flow"]
+)
+FRAMES_SKIPPED = Counter(
+    "depotwatch_frames_skipped_total",
+    "Frames skipped in live mode because a newer frame of the camera was waiting",
+    ["service", "flow", "camera_id"],
+)
+FRAMES_REJECTED = Counter(
+    "depotwatch_frames_rejected_total",
+    "Frame refs dead-lettered (object missing, corrupt, unknown camera)",
+    ["service", "flow"],
+)
+OUTPUTS_PUBLISHED = Counter(
+    "depotwatch_estimates_published_total",
+    "Estimates acknowledged by the broker",
+    ["service", "flow"],
+)
+STAGE_SECONDS = Histogram(
+    "depotwatch_frame_stage_seconds",
+    "Time per batch spent in each stage (fetch = S3 get + decode, handle = inference + mapping)",
+    ["service", "flow", "stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "depotwatch_frame_batch_size",
+    "Frames per handled batch",
+    ["service", "flow"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+FRAME_LAG = Histogram(
+    "depotwatch_frame_lag_seconds",
+    "Capture-to-publish delay of a frame's estimate",
+    ["service", "flow"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+LAST_BATCH = Gauge(
+    "depotwatch_frame_last_batch_timestamp_seconds",
+    "Unix time of the last finished loop iteration",
+    ["service", "flow"],
+)
+
+
+FrameHandler = Callable[[Sequence[DecodedFrame]], Sequence[FrameOutcome]]
+"""Pure per-batch handler: one outcome per input frame, in the same order."""
+
+
+Fetched = tuple[Received[FrameRef], DecodedFrame]
+
+
+@dataclass(frozen=True)
+class FrameStreamConfig:
+    """How the loop batches and selects frames."""
+
+    service: str
+    flow: str
+    mode: Mode = "live"
+    frames_topic: str = FrameRef.TOPIC
+    """Topic of the frame refs (tests and replays of a copied topic use another one)."""
+    max_batch: int = 8
+    max_wait_ms: int = 50
+    live_window: int = 256
+    """Refs looked at per poll in live mode, to find the newest frame of each camera."""
+    fetch_threads: int = 4
+    ack_timeout_s: float = 30.0
+    storage_retry_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Refs of one poll split into the ones to process and the ones skipped as stale."""
+
+    keep: list[Received[FrameRef]]
+    skipped: list[Received[FrameRef]]
+
+
+def select_frames(received: Sequence[Received[FrameRef]], mode: Mode) -> Selection:
+    """Replay keeps everything in order; live keeps only the newest frame of each camera."""
+    if mode == "replay":
+        return Selection(keep=list(received), skipped=[])
+    newest: dict[str, Received[FrameRef]] = {}
+    for r in received:
+        cur = newest.get(r.message.camera_id)
+        if cur is None or (r.message.seq, r.offset) > (cur.message.seq, cur.offset):
+            newest[r.message.camera_id] = r
+    kept = {id(r) for r in newest.values()}
+    return Selection(
+        keep=[r for r in received if id(r) in kept],
+        skipped=[r for r in received if id(r) not in kept],
+    )
+
+
+class FrameStream:
+    """Runs a :data:`FrameHandler` over ``frames.v1`` with at-least-once delivery."""
+
+    def __init__(
+        self,
+        config: FrameStreamConfig,
+        consumer: MessageConsumer,
+        producer: MessageProducer,
+        store: ObjectStore,
+        handler: FrameHandler,
+    ) -> None:
+        self.config = config
+        self.consumer = consumer
+        self.producer = producer
+        self.store = store
+        self.handler = handler
+        self._pool = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="frame-fetch")
+        self._labels = (config.service, config.flow)
+        self.last_progress = time.monotonic()
+        self.processed = 0
+        self.skipped = 0
+        self.rejected = 0
+
+    # -- one iteration ---------------------------------------------------------------------
+    def poll(self) -> list[Received[FrameRef]]:
+        """The next refs from the broker (bad payloads are dead-lettered by the consumer)."""
+        cfg = self.config
+        want = cfg.live_window if cfg.mode == "live" else cfg.max_batch
+        return self.consumer.poll_batch(want, cfg.max_wait_ms / 1000.0)
+
+    def run_once(self, shutdown: ShutdownSignal | None = None) -> int:
+        """Poll, process and acknowledge one batch; returns how many frames got estimates."""
+        received = self.poll()
+        self.last_progress = time.monotonic()
+        LAST_BATCH.labels(*self._labels).set_to_current_time()
+        if not received:
+            return 0
+        selection = select_frames(received, self.config.mode)
+        for r in selection.skipped:
+            FRAMES_SKIPPED.labels(*self._labels, r.message.camera_id).inc()
+        self.skipped += len(selection.skipped)
+        handled = 0
+        pending: list[tuple[Received[FrameRef], Message]] = []
+        rejected: list[tuple[Received[FrameRef], str]] = []
+        keep = selection.keep
+        for start in range(0, len(keep), self.config.max_batch):
+            chunk = keep[start : start + self.config.max_batch]
+            frames, chunk_rejected = self._fetch(chunk, shutdown)
+            if frames is None:
+                return handled  # shutdown while the store was down: nothing is marked done
+            rejected += chunk_rejected
+            if not frames:
+                continue
+            t0 = time.perf_counter()
+            outcomes = self.handler([f for _, f in frames])
+            STAGE_SECONDS.labels(*self._labels, "handle").observe(time.perf_counter() - t0)
+            BATCH_SIZE.labels(*self._labels).observe(len(frames))
+            if len(outcomes) != len(frames):
+                raise RuntimeError(
+                    f"handler returned {len(outcomes)} outcomes for {len(frames)} frames"
+                )
+            for (r, _), outcome in zip(frames, outcomes, strict=True):
+                if isinstance(outcome, Rejected):
+                    rejected.append((r, outcome.reason))
+                else:
+                    pending += [(r, m) for m in outcome]
+                    handled += 1
+        self._publish(pending)
+        for r, reason in rejected:
+            self.consumer.dead_letter(r.raw, reason)
+            FRAMES_REJECTED.labels(*self._labels).inc()
+        self.rejected += len(rejected)
+        # Store offsets in order, after every output is acknowledged (see module docstring).
+        for r in sorted(received, key=lambda x: (x.topic, x.partition, x.offset)):
+            self.consumer.done(r)
+        FRAMES_PROCESSED.labels(*self._labels).inc(handled)
+        self.processed += handled
+        return handled
+
+    def _fetch(
+        self, chunk: Sequence[Received[FrameRef]], shutdown: ShutdownSignal | None
+    ) -> tuple[list[Fetched] | None, list[tuple[Received[FrameRef], str]]]:
+        """Fetch and decode a chunk; retries while the store is down (None: shutdown)."""
+        t0 = time.perf_counter()
+        while True:
+            results = list(self._pool.map(self._fetch_one, chunk))
+            outage = [res for res in results if isinstance(res, StorageError)]
+            if not outage:
+                break
+            log.error(
+                "object store unavailable; retrying the batch",
+                extra={"error": str(outage[0]), "flow": self.config.flow},
+            )
+            if shutdown is not None and shutdown.wait(self.config.storage_retry_s):
+                return None, []
+            if shutdown is None:
+                time.sleep(self.config.storage_retry_s)
+        STAGE_SECONDS.labels(*self._labels, "fetch").observe(time.perf_counter() - t0)
+        frames: list[Fetched] = []
+        rejected: list[tuple[Received[FrameRef], str]] = []
+        for r, res in zip(chunk, results, strict=True):
+            if isinstance(res, DecodedFrame):
+                frames.append((r, res))
+            else:
+                rejected.append((r, str(res)))
+        return frames, rejected
+
+    def _fetch_one(self, r: Received[FrameRef]) -> DecodedFrame | StorageError | str:
+        ref = r.message
+        try:
+            data = self.store.get(ref.key, bucket=ref.bucket)
+        except ObjectMissingError as exc:
+            return f"frame object missing: {exc}"
+        except StorageError as exc:
+            return exc
+        try:
+            return decode_frame(ref, data)
+        except FrameDecodeError as exc:
+            return f"frame object corrupt: {exc.reason}"
+
+    def _publish(self, pending: Sequence[tuple[Received[FrameRef], Message]]) -> None:
+        """Publish every output and wait until all are acknowledged (or raise ProduceError)."""
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        errors: list[str] = []
+        acked = 0
+        lock = threading.Lock()
+
+        def delivered(err: KafkaError | None, _msg: KafkaMessage) -> None:
+            nonlocal acked
+            with lock:
+                if err is None:
+                    acked += 1
+                else:
+                    errors.append(str(err))
+
+        for _, message in pending:
+            self.producer.publish(message, self.config.flow, on_delivery=delivered)
+        left = self.producer.flush(self.config.ack_timeout_s)
+        if left or errors:
+            raise ProduceError(
+                f"{len(errors) + left} of {len(pending)} estimates were not acknowledged "
+                f"({errors[0] if errors else 'timeout'}); offsets not committed, the frames "
+                "will be processed again after restart"
+            )
+        STAGE_SECONDS.labels(*self._labels, "publish").observe(time.perf_counter() - t0)
+        OUTPUTS_PUBLISHED.labels(*self._labels).inc(acked)
+        now = utc_now()
+        for r, _ in pending:
+            FRAME_LAG.labels(*self._labels).observe((now - r.message.captured_at).total_seconds())
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, shutdown: ShutdownSignal) -> None:
+        """Process batches until shutdown is requested; then commit and close the clients."""
+        try:
+            while not shutdown.requested:
+                self.run_once(shutdown)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Commit what is done, leave the group, flush the producer."""
+        self._pool.shutdown(wait=True)
+        self.consumer.close()
+        self.producer.close()
+
+    def health(self, stall_after_s: float = 60.0) -> tuple[bool, str]:
+        """Health check: the loop has come round recently."""
+        age = time.monotonic() - self.last_progress
+        ok = age < stall_after_s
+        return ok, (
+            f"last poll {age:.1f}s ago; processed {self.processed}, skipped {self.skipped}, "
+            f"rejected {self.rejected}"
+        )
+
+
+def stream_summary(stream: FrameStream) -> dict[str, Any]:
+    """Counters of a stream, for logs at shutdown."""
+    return {"processed": stream.processed, "skipped": stream.skipped, "rejected": stream.rejected}
+
+
+def connect_frame_stream(
+    settings: Settings,
+    config: FrameStreamConfig,
+    handler: FrameHandler,
+    consumer_overrides: Mapping[str, Any] | None = None,
+) -> FrameStream:
+    """A frame loop on ``frames.v1`` in group ``<service>.<flow>``, publishing its outputs."""
+    client = f"{config.service}.{config.flow}"
+    producer = MessageProducer(settings.kafka, client_id=client)
+    consumer = MessageConsumer(
+        settings.kafka,
+        group_id=client,
+        topics={config.frames_topic: FrameRef},
+        service=client,
+        dead_letters=producer,
+        overrides=consumer_overrides,
+    )
+    return FrameStream(config, consumer, producer, ObjectStore(settings.s3), handler)
+
+
+def serve_frame_stream(stream: FrameStream, settings: Settings, shutdown: ShutdownSignal) -> None:
+    """Serve /metrics and /healthz, run the loop until shutdown, then stop serving."""
+    health = Health()
+    health.add("loop", stream.health)
+    health.add("object_store", stream.store.ping)
+    server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
+    try:
+        stream.run(shutdown)
+    finally:
+        server.stop()
+        log.info("stopped", extra={"flow": stream.config.flow, **stream_summary(stream)})

@@ -1,0 +1,66 @@
+"""Decoded camera frames: the claim-check reference together with its pixels.
+
+Pure (OpenCV + numpy, no I/O clients), so estimator cores can take ``DecodedFrame`` values and
+return :class:`Rejected` for a frame they cannot use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from schemas.base import Message
+from schemas.frames import FrameRef
+
+Image = NDArray[np.uint8]
+"""An H x W x 3 BGR image (OpenCV's layout)."""
+
+
+class FrameDecodeError(ValueError):
+    """The stored object is not the frame its reference describes; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Rejected(NamedTuple):
+    """A handler's verdict that a frame cannot be processed; the ref is dead-lettered."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """A frame reference and its decoded BGR pixels."""
+
+    ref: FrameRef
+    image: Image
+
+
+def decode_frame(ref: FrameRef, data: bytes, verify_sha256: bool = True) -> DecodedFrame:
+    """Check ``data`` against ``ref`` (size, SHA-256) and decode it.
+
+    Raises :class:`FrameDecodeError` naming the mismatch, so the caller can dead-letter the
+    reference with a useful reason.
+    """
+    if len(data) != ref.size:
+        raise FrameDecodeError(
+            f"object {ref.bucket}/{ref.key} has {len(data)} bytes, the reference says {ref.size}"
+        )
+    if verify_sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise FrameDecodeError(f"object {ref.bucket}/{ref.key} does not match its sha256")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FrameDecodeError(f"object {ref.bucket}/{ref.key} is not a decodable image")
+    return DecodedFrame(ref=ref, image=np.asarray(image, dtype=np.uint8))
+
+
+FrameOutcome = Sequence[Message] | Rejected
+"""What a handler makes of one frame: the messages to publish, or why it was rejected."""

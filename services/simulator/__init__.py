@@ -1,0 +1,1 @@
+"""The depot simulator: world model, rendering, RTSP cameras, datasets, detector training."""

@@ -1,0 +1,229 @@
+"""``depotwatch sim``: render, serve RTSP cameras, write datasets, measure render speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from schemas.facility import ConfigError, FacilityConfig, load_facility
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=Path("facility.yaml"),
+    envvar="DEPOTWATCH_FACILITY_CONFIG",
+    show_default=True,
+    help="Facility config (env DEPOTWATCH_FACILITY_CONFIG).",
+)
+
+
+def _facility(path: Path) -> FacilityConfig:
+    try:
+        return load_facility(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def sim() -> None:
+    """Depot simulator: scenarios, rendering, RTSP cameras, detector datasets."""
+
+
+@sim.command("dataset")
+@CONFIG_OPTION
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset directory.")
+@click.option(
+    "--scale",
+    type=click.FloatRange(0.05, 100),
+    default=1.0,
+    show_default=True,
+    help="Multiply the number of seeds per split.",
+)
+@click.option("--ticks-per-seed", type=click.IntRange(1, 1000), default=4, show_default=True)
+def dataset_command(config_path: Path, out: Path, scale: float, ticks_per_seed: int) -> None:
+    """Write a YOLO dataset (train/val/test from disjoint seeds and scenarios) to OUT."""
+    from dataclasses import replace
+
+    from services.simulator.dataset import default_plan, write_dataset
+
+    facility = _facility(config_path)
+    plans = [replace(p, ticks_per_seed=ticks_per_seed) for p in default_plan(scale)]
+    counts = write_dataset(facility, out, plans, progress=click.echo)
+    for split, c in counts.items():
+        click.echo(
+            f"{split}: {c['images']} images, head {c['head']}, tail {c['tail']}, plate {c['plate']}"
+        )
+    click.echo(f"wrote {out / 'data.yaml'}")
+
+
+SCENARIO_OPTION = click.option(
+    "--scenario",
+    default="depot-day",
+    show_default=True,
+    help="Built-in scenario name (see `depotwatch sim scenarios`) or a scenario YAML path.",
+)
+SEED_OPTION = click.option("--seed", type=int, default=1, show_default=True, help="Scenario seed.")
+CAMERAS_OPTION = click.option(
+    "--cameras", default="", help="Comma-separated camera ids (default: every enabled camera)."
+)
+
+
+def _frame_source(config_path: Path, scenario: str, seed: int, cameras: str):  # type: ignore[no-untyped-def]
+    from services.simulator.frames import FrameSource
+    from services.simulator.world import ScenarioError, load_scenario
+
+    facility = _facility(config_path)
+    try:
+        loaded = load_scenario(scenario)
+        wanted = [c.strip() for c in cameras.split(",") if c.strip()] or None
+        return FrameSource(facility, loaded, seed, cameras=wanted)
+    except (ScenarioError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@sim.command("scenarios")
+def scenarios_command() -> None:
+    """List the built-in scenarios."""
+    from services.simulator.world import builtin_scenarios, load_scenario
+
+    for name in builtin_scenarios():
+        sc = load_scenario(name)
+        click.echo(f"{name:14} {sc.split:5} {sc.duration_s:6.0f}s  {sc.description.strip()[:80]}")
+
+
+@sim.command("render")
+@CONFIG_OPTION
+@SCENARIO_OPTION
+@SEED_OPTION
+@CAMERAS_OPTION
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--max-ticks", type=click.IntRange(1), default=None, help="Stop after N ticks.")
+def render_command(
+    config_path: Path, scenario: str, seed: int, cameras: str, out: Path, max_ticks: int | None
+) -> None:
+    """Render a scenario to OUT: one MP4 + labels JSONL per camera, ground_truth.jsonl."""
+    from services.simulator.serve import write_videos
+
+    source = _frame_source(config_path, scenario, seed, cameras)
+    paths = write_videos(source, out, max_ticks)
+    for cam_id, path in paths.items():
+        click.echo(f"{cam_id}: {path}")
+    click.echo(f"ground truth: {out / 'ground_truth.jsonl'}")
+
+
+@sim.command("bench-render")
+@CONFIG_OPTION
+@SCENARIO_OPTION
+@SEED_OPTION
+@click.option("--frames", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--tick", type=click.IntRange(0), default=200, show_default=True)
+def bench_render_command(
+    config_path: Path, scenario: str, seed: int, frames: int, tick: int
+) -> None:
+    """Measure render speed (frames/s per camera, full render without cache)."""
+    import statistics
+    import time
+
+    source = _frame_source(config_path, scenario, seed, "")
+    renderer = source.renderer
+    state = source.simulation.state(min(tick, source.ticks - 1))
+    rates = []
+    for cam in source.cameras:
+        renderer.render(state, cam.id)  # warm up
+        started = time.perf_counter()
+        for _ in range(frames):
+            renderer.render(state, cam.id)
+        per_frame = (time.perf_counter() - started) / frames
+        rates.append(1.0 / per_frame)
+        click.echo(
+            f"{cam.id}: {cam.width}x{cam.height} {1 / per_frame:6.1f} frames/s "
+            f"({per_frame * 1000:.1f} ms/frame, {len(state.placements)} locomotives in scenario)"
+        )
+    click.echo(
+        f"median {statistics.median(rates):.1f} frames/s per camera (one core, no scene cache)"
+    )
+
+
+@sim.command("serve")
+@CONFIG_OPTION
+@SCENARIO_OPTION
+@SEED_OPTION
+@CAMERAS_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True, help="RTSP bind address.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="RTSP port (default: the port in the cameras' source URLs; 0 picks a free one).",
+)
+@click.option("--speed", type=click.FloatRange(0.01, 100), default=1.0, show_default=True)
+@click.option("--loop/--no-loop", default=True, show_default=True, help="Restart when done.")
+@click.option(
+    "--publish/--no-publish",
+    default=True,
+    show_default=True,
+    help="Publish GroundTruth to ground-truth.v1 (DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS).",
+)
+def serve_command(
+    config_path: Path,
+    scenario: str,
+    seed: int,
+    cameras: str,
+    host: str,
+    port: int | None,
+    speed: float,
+    loop: bool,
+    publish: bool,
+) -> None:
+    """Serve every simulated camera as H.264 RTSP and publish ground truth, in real time."""
+    from urllib.parse import urlparse
+
+    from services.runtime.logs import configure_logging
+    from services.runtime.settings import load_settings
+    from services.runtime.shutdown import ShutdownSignal
+    from services.simulator.frames import SimTick
+    from services.simulator.serve import RtspCameraServer, RtspServerError, run_realtime
+
+    settings = load_settings()
+    configure_logging("simulator", settings.log_level, settings.log_format)
+    source = _frame_source(config_path, scenario, seed, cameras)
+    if port is None:
+        port = urlparse(source.cameras[0].source).port or 8554
+    producer = None
+    if publish:
+        from services.runtime.kafka import MessageProducer
+
+        producer = MessageProducer(settings.kafka, client_id="depotwatch-simulator")
+    shutdown = ShutdownSignal().install()
+    server = RtspCameraServer(source.cameras, host=host, port=port)
+    try:
+        server.start()
+    except RtspServerError as exc:
+        raise click.ClickException(str(exc)) from None
+    for cam in source.cameras:
+        click.echo(f"{cam.id}: {server.url(cam.id)} ({cam.fps:g} fps)")
+
+    def on_tick(tick: SimTick) -> None:
+        for cam_id, frame in tick.frames.items():
+            server.push(cam_id, frame.image)
+        if producer is not None:
+            producer.publish(tick.ground_truth)
+            producer.poll(0)
+
+    try:
+        run_realtime(
+            source,
+            on_tick,
+            lambda: shutdown.requested or not server.alive,
+            speed=speed,
+            loop=loop,
+            sleep=shutdown.wait,
+        )
+    finally:
+        server.stop()
+        if producer is not None:
+            producer.close(10)
+    if not shutdown.requested and not loop:
+        click.echo("scenario finished")

@@ -1,0 +1,135 @@
+"""GStreamer RTSP server for simulated cameras; runs under the SYSTEM python (/usr/bin/python3).
+
+``gi`` (PyGObject with GstRtspServer) exists only in the Debian system python, not in the
+project venv, so ``depotwatch sim serve`` starts this file as a child process and writes raw
+BGR frames into one pipe per camera. Each camera is served at ``rtsp://HOST:PORT/<id>`` as
+H.264 (x264enc, zero latency) through ``appsrc``.
+
+Standard library + gi only: this file must not import anything from the project.
+
+Usage (done for you by ``depotwatch sim serve``)::
+
+    /usr/bin/python3 rtsp_server.py --host 127.0.0.1 --port 8554 \
+        --camera cam-s1:1280:720:2/1:FD ...
+
+A camera spec is ``ID:WIDTH:HEIGHT:FPS_NUM/FPS_DEN:READ_FD``. The server prints ``READY``
+PORT`` on stdout once it listens (``--port 0`` picks a free one), exits when any pipe reaches end of file (the parent is gone) and
+on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+
+def _parse_camera(spec: str) -> tuple[str, int, int, str, int]:
+    try:
+        cam_id, width, height, fps, fd = spec.split(":")
+        return cam_id, int(width), int(height), fps, int(fd)
+    except ValueError:
+        raise SystemExit(
+            f"bad --camera {spec!r}; write ID:WIDTH:HEIGHT:NUM/DEN:FD, e.g. cam-s1:1280:720:2/1:5"
+        ) from None
+
+
+def main() -> int:
+    """Serve until a pipe closes or a signal arrives."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8554)
+    parser.add_argument("--camera", action="append", default=[], type=_parse_camera)
+    parser.add_argument("--bitrate-kbps", type=int, default=2000)
+    args = parser.parse_args()
+    if not args.camera:
+        raise SystemExit("no --camera given; nothing to serve")
+
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, Gst, GstRtspServer
+
+    Gst.init(None)
+    loop = GLib.MainLoop()
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.host)
+    server.set_service(str(args.port))
+    mounts = server.get_mount_points()
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            GLib.idle_add(loop.quit)
+
+    for cam_id, width, height, fps, fd in args.camera:
+        num = int(fps.split("/")[0])
+        den = int(fps.split("/")[1])
+        gop = max(1, round(2 * num / den))  # a keyframe every ~2 s: new clients start fast
+        launch = (
+            f"( appsrc name=src is-live=true format=time do-timestamp=true block=false "
+            f"max-bytes={width * height * 3 * 4} leaky-type=downstream "
+            f"caps=video/x-raw,format=BGR,width={width},height={height},framerate={fps} "
+            f"! queue max-size-buffers=4 leaky=downstream ! videoconvert "
+            f"! video/x-raw,format=I420 "
+            f"! x264enc tune=zerolatency speed-preset=ultrafast bitrate={args.bitrate_kbps} "
+            f"key-int-max={gop} "
+            f"! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        )
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(launch)
+        factory.set_shared(True)
+        sources: list[object] = []
+        lock = threading.Lock()
+
+        def configured(
+            _factory: object, media: object, sources: list[object] = sources, lock=lock
+        ) -> None:
+            src = media.get_element().get_by_name_recurse_up("src")  # type: ignore[attr-defined]
+            with lock:
+                sources.append(src)
+
+            def unprepared(_media: object, src: object = src) -> None:
+                with lock:
+                    if src in sources:
+                        sources.remove(src)
+
+            media.connect("unprepared", unprepared)  # type: ignore[attr-defined]
+
+        factory.connect("media-configure", configured)
+        mounts.add_factory(f"/{cam_id}", factory)
+
+        def pump(fd: int = fd, size: int = width * height * 3, sources=sources, lock=lock) -> None:
+            stream = os.fdopen(fd, "rb", buffering=0)
+            while not stopping.is_set():
+                data = bytearray()
+                while len(data) < size:
+                    chunk = stream.read(size - len(data))
+                    if not chunk:
+                        stop()  # the parent closed the pipe: it is gone or shutting down
+                        return
+                    data += chunk
+                with lock:
+                    targets = list(sources)
+                for src in targets:  # nobody watching: the frame is dropped, the pipe drained
+                    src.emit("push-buffer", Gst.Buffer.new_wrapped(bytes(data)))  # type: ignore[attr-defined]
+
+        threading.Thread(target=pump, name=f"pump-{cam_id}", daemon=True).start()
+
+    if server.attach(None) == 0:
+        print(f"cannot listen on {args.host}:{args.port}; pick a free --port", file=sys.stderr)
+        return 2
+    # GLib's own signal sources: Python handlers would not run while the C main loop blocks.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, lambda *_: stop() or False)
+    print(f"READY {server.get_bound_port()}", flush=True)
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

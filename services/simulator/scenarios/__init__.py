@@ -1,0 +1,1 @@
+"""Scenario YAML files shipped with the simulator (package data)."""

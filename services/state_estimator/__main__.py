@@ -1,0 +1,70 @@
+"""``depotwatch state-estimator --flow NAME``: run the flow's Faust state estimator."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from schemas.facility import ConfigError, load_facility
+from services.runtime.kafka import KafkaUnavailableError, TopicAdmin
+from services.runtime.logs import configure_logging
+from services.runtime.observability import Health, ObservabilityServer
+from services.runtime.settings import load_settings
+from services.state_estimator.app import FlowNotRunnableError, StateEstimatorApp
+from services.state_estimator.config import StateEstimatorServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@click.command("state-estimator")
+@click.option("--flow", default="prod", show_default=True, help="Flow to run (facility config).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).",
+)
+def state_estimator_command(flow: str, config_path: Path | None) -> None:
+    """Fuse a flow's position and identity estimates into facility-state.<flow>.v1."""
+    settings = load_settings()
+    configure_logging(f"state-estimator/{flow}", settings.log_level, settings.log_format)
+    try:
+        facility = load_facility(config_path or settings.facility_config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        estimator = StateEstimatorApp(facility, flow, settings, StateEstimatorServiceSettings())
+    except (KeyError, FlowNotRunnableError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    admin = TopicAdmin(settings.kafka)
+    try:
+        admin.wait_until_ready(estimator.service.topic_timeout_s)
+        # Faust raises PartitionsMismatch on topics it would create with other counts, and
+        # aiokafka's auto-creation is not reliable on every broker: create them all up front.
+        admin.ensure(estimator.topic_specs())
+    except KafkaUnavailableError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    health = Health()
+    health.add("faust", lambda: (estimator.ready, "running" if estimator.ready else "starting"))
+    server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
+    log.info("metrics", extra={"flow": flow, "url": server.url})
+    import faust
+
+    worker = faust.Worker(
+        estimator.app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    try:
+        worker.execute_from_commandline()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    state_estimator_command()

@@ -1,0 +1,278 @@
+"""The Faust app around the fusion core: one app (one consumer group) per flow.
+
+Dataflow inside the app::
+
+    positions.<pf>.v1 ─┐ (6 partitions, key camera_id)
+    identities.<if>.v1 ┴─> agent ``route``: validate (dead-letter bad ones), forward raw bytes
+                            └─> <app_id>-estimates (1 partition, key facility_id)
+                                 └─> agent ``fuse``: FusionCore.apply_* -> Table ``fusion``
+                                      (changelog <app_id>-fusion-changelog, 1 partition)
+                                      └─> facility-state.<flow>.v1 on change; timer: heartbeat
+
+Fusion is facility-wide (one locomotive spans several cameras, hence several input
+partitions), so estimates are funnelled through a one-partition topic: the table's only key
+(the facility id) then always lives in the same changelog partition, and a restart restores
+exactly the last state written. ``pf``/``if`` are the flow's ``positions_from`` /
+``identities_from`` (mixed flows) or the flow itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import faust
+from prometheus_client import Counter, Gauge, Histogram
+
+from schemas.base import Message, MessageDecodeError, decode, encode, utc_now
+from schemas.deadletter import DeadLetter
+from schemas.estimates import IdentityEstimate, PositionEstimate
+from schemas.facility import FacilityConfig
+from schemas.facility_state import FacilityState
+from schemas.topics import TopicLayout, TopicSpec, topics_for
+from services.runtime.settings import Settings
+from services.state_estimator.config import StateEstimatorServiceSettings
+from services.state_estimator.fusion import (
+    FusionConfig,
+    FusionCore,
+    FusionState,
+    content_signature,
+)
+
+log = logging.getLogger(__name__)
+
+ESTIMATES = Counter(
+    "depotwatch_state_estimates_total",
+    "Estimates folded into the facility state, by outcome",
+    ["flow", "kind", "outcome"],
+)
+UPDATES = Counter(
+    "depotwatch_state_updates_total", "Facility-state messages published", ["flow", "reason"]
+)
+LATENCY = Histogram(
+    "depotwatch_state_capture_to_update_seconds",
+    "Frame capture time to the facility-state update it caused",
+    ["flow"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+LOCOMOTIVES = Gauge(
+    "depotwatch_state_locomotives", "Locomotives per track in the facility state", ["flow", "track"]
+)
+
+POSITION, IDENTITY = b"P", b"I"
+"""Envelope marker on the internal topic: which model the forwarded payload is."""
+
+TABLE_NAME = "fusion"
+
+
+class FlowNotRunnableError(ValueError):
+    """The flow has no state estimator configured."""
+
+
+class StateEstimatorApp:
+    """Builds and owns the Faust app of one flow."""
+
+    def __init__(
+        self,
+        facility: FacilityConfig,
+        flow: str,
+        settings: Settings,
+        service: StateEstimatorServiceSettings | None = None,
+    ) -> None:
+        flow_cfg = facility.flow(flow)
+        if flow_cfg.state_estimator is None:
+            raise FlowNotRunnableError(
+                f"flow {flow!r} has no state_estimator in the facility config; add "
+                f"`state_estimator: {{}}` under flows.{flow}"
+            )
+        self.service = service or StateEstimatorServiceSettings()
+        self.settings = settings
+        self.flow = flow
+        self.facility_id = facility.facility_id
+        self.tuning = flow_cfg.state_estimator
+        self.positions_flow = flow_cfg.positions_from or flow
+        self.identities_flow = flow_cfg.identities_from or flow
+        self.core = FusionCore(FusionConfig.from_facility(facility, flow, self.tuning))
+        self.app_id = f"{self.service.app_id_prefix}-{flow}"
+        self.positions_topic = PositionEstimate.topic_name(self.positions_flow)
+        self.identities_topic = IdentityEstimate.topic_name(self.identities_flow)
+        self.output_topic = FacilityState.topic_name(flow)
+        self.internal_topic = f"{self.app_id}-estimates"
+        self.changelog_topic = f"{self.app_id}-{TABLE_NAME}-changelog"
+        self._state: FusionState | None = None
+        self._signature: str | None = None
+        self._watermark_moved_at = time.monotonic()
+        self.ready = False
+        self.app = self._build()
+
+    # ---- topics
+
+    def topic_specs(self, settings: Settings | None = None) -> list[TopicSpec]:
+        """Every topic this app reads or writes, to pre-create with matching partitions."""
+        s = settings or self.settings
+        layout = TopicLayout(
+            frame_partitions=s.topics.frame_partitions,
+            estimate_partitions=s.topics.estimate_partitions,
+        )
+        flows = {self.flow, self.positions_flow, self.identities_flow}
+        specs = topics_for(flows, layout)
+        specs += [
+            TopicSpec(self.internal_topic, Message, 1, {"cleanup.policy": "delete"}),
+            TopicSpec(self.changelog_topic, Message, 1, {"cleanup.policy": "compact"}),
+        ]
+        return specs
+
+    # ---- Faust
+
+    def _build(self) -> faust.App:
+        kafka = self.settings.kafka
+        broker = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
+        app = faust.App(
+            self.app_id,
+            broker=broker,
+            store=self.service.store,
+            datadir=self.service.data_dir,
+            processing_guarantee=self.service.processing_guarantee,
+            topic_partitions=1,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=kafka.session_timeout_ms / 1000,
+            broker_heartbeat_interval=max(0.5, kafka.session_timeout_ms / 4000),
+            stream_recovery_delay=0.0,
+            web_enabled=False,
+            autodiscover=False,
+            # Payloads are our own JSON (schemas.encode/decode); Faust only moves bytes.
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        inputs = app.topic(self.positions_topic, self.identities_topic, **raw)
+        internal = app.topic(self.internal_topic, partitions=1, internal=True, **raw)
+        output = app.topic(self.output_topic, **raw)
+        dead_letters = app.topic(DeadLetter.topic_name(), **raw)
+        table = app.Table(TABLE_NAME, partitions=1, default=None, key_type=bytes, value_type=bytes)
+        fid = self.facility_id.encode()
+
+        async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                msg = event.message
+                is_position = msg.topic == self.positions_topic
+                model: type[Message] = PositionEstimate if is_position else IdentityEstimate
+                try:
+                    decode(model, event.value)
+                except MessageDecodeError as exc:
+                    letter = DeadLetter(
+                        source_topic=msg.topic,
+                        source_partition=msg.partition,
+                        source_offset=msg.offset,
+                        source_key_b64=DeadLetter.b64(event.key),
+                        payload_b64=DeadLetter.b64(event.value) or "",
+                        reason=exc.reason,
+                        service=f"state-estimator/{self.flow}",
+                        dead_lettered_at=utc_now(),
+                    )
+                    await dead_letters.send(key=letter.kafka_key(), value=encode(letter))
+                    ESTIMATES.labels(self.flow, model.__name__, "dead_lettered").inc()
+                    log.warning(
+                        "estimate dead-lettered",
+                        extra={"flow": self.flow, "topic": msg.topic, "reason": exc.reason},
+                    )
+                    yield None
+                    continue
+                marker = POSITION if is_position else IDENTITY
+                await internal.send(key=fid, value=marker + (event.value or b""))
+                yield None
+
+        async def fuse(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for payload in stream:
+                state = self._load(table)
+                captured_at = None
+                if payload[:1] == POSITION:
+                    pos = decode(PositionEstimate, payload[1:])
+                    state, accepted = self.core.apply_position(state, pos)
+                    kind, captured_at = "position", pos.frame.captured_at
+                else:
+                    ident = decode(IdentityEstimate, payload[1:])
+                    state, accepted = self.core.apply_identity(state, ident)
+                    kind, captured_at = "identity", ident.frame.captured_at
+                if not accepted:
+                    # Late, or a redelivery after a crash: idempotence at work.
+                    ESTIMATES.labels(self.flow, kind, "ignored").inc()
+                    yield None
+                    continue
+                ESTIMATES.labels(self.flow, kind, "accepted").inc()
+                if self._state is None or state.watermark != self._state.watermark:
+                    self._watermark_moved_at = time.monotonic()
+                self._state = state
+                table[fid] = state.model_dump_json().encode()
+                rendered = self.core.render(state)
+                signature = content_signature(rendered)
+                if signature != self._signature:
+                    self._signature = signature
+                    await self._publish(output, rendered, "change")
+                    LATENCY.labels(self.flow).observe(
+                        max(0.0, (utc_now() - captured_at).total_seconds())
+                    )
+                yield None
+
+        async def heartbeat() -> None:
+            # Before the table is restored from its changelog there is nothing true to say.
+            if not self.ready or not self._recovered(app) or app.in_recovery:
+                return
+            state = self._load(table, cache=False)
+            as_of = None
+            if state.watermark is not None:
+                # Event time moves on with the wall clock while no estimate arrives, so a
+                # silent facility ages into "stale" even in a replay that has ended.
+                idle = time.monotonic() - self._watermark_moved_at
+                as_of = state.watermark + timedelta(seconds=idle)
+            rendered = self.core.render(state, as_of or utc_now())
+            await self._publish(output, rendered, "heartbeat")
+
+        async def started() -> None:
+            self.ready = True
+            log.info(
+                "state estimator running",
+                extra={
+                    "flow": self.flow,
+                    "positions": self.positions_topic,
+                    "identities": self.identities_topic,
+                    "output": self.output_topic,
+                    "guarantee": self.service.processing_guarantee,
+                },
+            )
+
+        app.agent(inputs, name=f"{self.app_id}.route")(route)
+        app.agent(internal, name=f"{self.app_id}.fuse", concurrency=1)(fuse)
+        app.timer(self.tuning.heartbeat_s, name=f"{self.app_id}.heartbeat")(heartbeat)
+        app.task(started)
+        return app
+
+    @staticmethod
+    def _recovered(app: faust.App) -> bool:
+        recovery = getattr(app.tables, "recovery", None)
+        return recovery is None or bool(recovery.completed.is_set())
+
+    def _load(self, table: Any, cache: bool = True) -> FusionState:
+        """The current state: cached after the first read, which follows table recovery."""
+        if self._state is not None:
+            return self._state
+        stored = table.get(self.facility_id.encode())
+        state = FusionState.model_validate_json(stored) if stored is not None else FusionState()
+        if cache:
+            self._state = state
+        return state
+
+    async def _publish(self, output: Any, state: FacilityState, reason: str) -> None:
+        await output.send(
+            key=state.kafka_key(),
+            value=encode(state),
+            headers=[("reason", reason.encode())],
+        )
+        UPDATES.labels(self.flow, reason).inc()
+        for track in state.tracks:
+            LOCOMOTIVES.labels(self.flow, track.track_id).set(len(track.locomotives))

@@ -1,0 +1,47 @@
+"""Process settings of the state estimator (``DEPOTWATCH_STATE_ESTIMATOR__*``).
+
+The fusion tuning (stale_after_s, heartbeat_s, pairing...) is per flow and lives in the
+facility config; these are the deployment knobs of the Faust worker.
+
+Processing guarantee (documented choice)
+----------------------------------------
+Faust's ``exactly_once`` needs an idempotent, transactional producer. aiokafka (Faust's client)
+cannot get a producer id from the embedded Tansu broker, so the default is ``at_least_once``:
+after a crash a few estimates are processed again. That cannot double-count, because every
+state update is idempotent: a camera's view is replaced only by a strictly newer frame
+(captured_at, seq), and plate votes are keyed by camera + frame seq + plate position.
+Against Apache Kafka set ``DEPOTWATCH_STATE_ESTIMATOR__PROCESSING_GUARANTEE=exactly_once``
+to also keep the output topic free of the re-published (identical) states.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+
+
+class StateEstimatorServiceSettings(BaseSettings):
+    """Deployment settings of one state-estimator worker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEPOTWATCH_STATE_ESTIMATOR__", extra="ignore", frozen=True
+    )
+
+    processing_guarantee: ProcessingGuarantee = Field(
+        default="at_least_once",
+        description="exactly_once needs a broker with idempotent/transactional producers.",
+    )
+    app_id_prefix: str = Field(
+        default="depotwatch-state-estimator",
+        description="Faust app id (= consumer group, changelog prefix) is PREFIX-<flow>.",
+    )
+    store: str = Field(
+        default="memory://",
+        description="Faust table store; memory:// rebuilds from the changelog topic on start.",
+    )
+    data_dir: str = Field(default=".depotwatch/state-estimator", description="Faust data dir.")
+    topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")

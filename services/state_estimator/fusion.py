@@ -1,0 +1,691 @@
+"""The fusion core: per-camera estimates in, one facility state out. No Faust, no Kafka.
+
+How it works (all in event time, ``frame.captured_at``):
+
+* Each camera's **latest view** (the head/tail ends its newest frame placed on tracks) is kept.
+  A frame older than the camera's current view is late and ignored; the same frame delivered
+  twice is a no-op, so at-least-once delivery cannot double-count.
+* Per track, the ends of all views are pooled. An end from a view that another camera, covering
+  the same spot, has since superseded by more than ``sync_window_s`` is dropped (the newer
+  camera is the authority there); what only a silent camera saw is kept, marked stale.
+* Ends of the same kind seen by different cameras within ``merge_m`` are one end.
+* Along the track, neighbouring head/tail ends pair into a locomotive when their distance
+  (corrected for the detector's inward label offset) matches a model length within
+  ``pairing_tolerance_m`` and they were seen within ``pairing_window_s`` of each other, or
+  already formed that locomotive before (a locomotive standing still for hours).
+* An end left alone keeps a known locomotive alive (its other end follows rigidly); a
+  locomotive no camera supports is held for ``hold_s`` and then dropped.
+* Locomotives keep stable ids across updates (nearest previous one on the track); plate and
+  model readings are votes attached to a locomotive, keyed by camera + frame so redelivery
+  does not count twice.
+
+State is a plain pydantic model (:class:`FusionState`), so the Faust adapter stores it as JSON
+in a changelog-backed table and a restart resumes exactly where the worker stopped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import StrictModel, UtcDatetime
+from schemas.estimates import IdentityEstimate, PositionEstimate
+from schemas.facility import FacilityConfig, StateEstimatorSettings
+from schemas.facility_state import CameraHealth, FacilityState, LocomotiveState, TrackState
+from services.state_estimator.coverage import Interval, covers, facility_coverage
+
+EndKind = Literal["head", "tail"]
+
+
+# --------------------------------------------------------------------------- state model
+
+
+class EndSighting(StrictModel):
+    """A head or tail end one camera placed on a track (raw detector position)."""
+
+    track_id: str
+    kind: EndKind
+    position_m: float
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class CameraView(StrictModel):
+    """What a camera's newest frame showed."""
+
+    camera_id: str
+    seq: int
+    captured_at: UtcDatetime
+    ends: tuple[EndSighting, ...] = ()
+
+
+class PlateVote(StrictModel):
+    """One plate/model reading, keyed by camera, frame and plate position (dedupe key)."""
+
+    key: str
+    captured_at: UtcDatetime
+    track_id: str
+    position_m: float
+    plate: str | None = None
+    plate_confidence: float = 0.0
+    model: str | None = None
+    model_confidence: float = 0.0
+
+
+class TrackedLocomotive(StrictModel):
+    """A locomotive the estimator follows; ``confidence`` is before staleness is applied."""
+
+    locomotive_id: str
+    track_id: str
+    head_m: float
+    tail_m: float
+    confidence: float = Field(ge=0.0, le=1.0)
+    cameras: tuple[str, ...] = ()
+    first_seen: UtcDatetime
+    last_seen: UtcDatetime
+    oldest_evidence: UtcDatetime
+    inferred_end: bool = False
+    votes: tuple[PlateVote, ...] = ()
+
+    @property
+    def length_m(self) -> float:
+        """Head-to-tail length."""
+        return abs(self.tail_m - self.head_m)
+
+    @property
+    def direction(self) -> float:
+        """+1 when the tail lies at larger position_m than the head, else -1."""
+        return 1.0 if self.tail_m >= self.head_m else -1.0
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """(low, high) positions along the track."""
+        return (min(self.head_m, self.tail_m), max(self.head_m, self.tail_m))
+
+
+class FusionState(StrictModel):
+    """Everything the fusion core remembers; serialisable as JSON (Faust table value)."""
+
+    views: dict[str, CameraView] = Field(default_factory=dict)
+    identity_seen_at: dict[str, UtcDatetime] = Field(default_factory=dict)
+    pending_votes: tuple[PlateVote, ...] = ()
+    locomotives: tuple[TrackedLocomotive, ...] = ()
+    next_id: int = 1
+    watermark: UtcDatetime | None = None
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Facility facts and tuning the core needs; build it with :meth:`from_facility`."""
+
+    facility_id: str
+    flow: str
+    track_ids: tuple[str, ...]
+    model_lengths: dict[str, float]
+    plate_patterns: dict[str, str]
+    coverage: dict[str, dict[str, list[Interval]]]
+    disabled_cameras: frozenset[str] = frozenset()
+    stale_after_s: float = 30.0
+    pairing_tolerance_m: float = 3.0
+    pairing_window_s: float = 10.0
+    end_label_offset_m: float = 0.3
+    hold_s: float = 5.0
+    merge_m: float = 1.2
+    sync_window_s: float = 10.0
+    match_m: float = 3.0
+    coverage_margin_m: float = 1.0
+    plate_margin_m: float = 1.5
+    pending_vote_s: float = 15.0
+    max_votes: int = 24
+    camera_ids: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_facility(
+        cls, cfg: FacilityConfig, flow: str, settings: StateEstimatorSettings | None = None
+    ) -> FusionConfig:
+        """Derive the core's config from the facility config and the flow's settings."""
+        s = settings or StateEstimatorSettings()
+        return cls(
+            facility_id=cfg.facility_id,
+            flow=flow,
+            track_ids=tuple(t.id for t in cfg.tracks),
+            model_lengths={m.name: m.length_m for m in cfg.locomotive_models},
+            plate_patterns={m.name: m.plate_pattern for m in cfg.locomotive_models},
+            coverage=facility_coverage(cfg),
+            disabled_cameras=frozenset(c.id for c in cfg.cameras if not c.enabled),
+            stale_after_s=s.stale_after_s,
+            pairing_tolerance_m=s.pairing_tolerance_m,
+            pairing_window_s=s.pairing_window_s,
+            end_label_offset_m=s.end_label_offset_m,
+            hold_s=s.hold_s,
+            camera_ids=tuple(c.id for c in cfg.cameras),
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class _End:
+    """Ends of one kind on one track merged across cameras."""
+
+    kind: EndKind
+    position_m: float
+    confidence: float
+    cameras: set[str]
+    seen_at: datetime
+    oldest: datetime
+
+
+def _seconds(a: datetime, b: datetime) -> float:
+    return (a - b).total_seconds()
+
+
+def _round(x: float) -> float:
+    # Centimetres: finer digits are noise and would make every frame look like a change.
+    return round(x, 2)
+
+
+# --------------------------------------------------------------------------- the core
+
+
+class FusionCore:
+    """Pure fusion: ``apply_position`` / ``apply_identity`` return a new state; ``render``
+    turns a state into the published :class:`FacilityState`."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        self.config = config
+        self._plate_res = {name: re.compile(p) for name, p in config.plate_patterns.items()}
+
+    # ---- inputs
+
+    def apply_position(
+        self, state: FusionState, estimate: PositionEstimate
+    ) -> tuple[FusionState, bool]:
+        """Fold one position estimate in; returns (new state, accepted).
+
+        Not accepted (state unchanged): a frame not newer than the camera's current view
+        (duplicate delivery or late arrival).
+        """
+        cam = estimate.camera_id
+        frame = estimate.frame
+        current = state.views.get(cam)
+        if current is not None and (frame.captured_at, frame.seq) <= (
+            current.captured_at,
+            current.seq,
+        ):
+            return state, False
+        ends = tuple(
+            EndSighting(
+                track_id=o.track_id,
+                kind=o.kind,
+                position_m=o.position_m,
+                confidence=o.confidence,
+            )
+            for o in estimate.observations
+            if o.kind in ("head", "tail")
+            and o.track_id is not None
+            and o.position_m is not None
+            and o.track_id in self.config.track_ids
+        )
+        view = CameraView(camera_id=cam, seq=frame.seq, captured_at=frame.captured_at, ends=ends)
+        views = {**state.views, cam: view}
+        watermark = _later(state.watermark, frame.captured_at)
+        state = state.model_copy(update={"views": views, "watermark": watermark})
+        return self._refuse(state), True
+
+    def apply_identity(
+        self, state: FusionState, estimate: IdentityEstimate
+    ) -> tuple[FusionState, bool]:
+        """Fold one plate/model reading in as a vote; returns (new state, accepted)."""
+        frame = estimate.frame
+        seen = state.identity_seen_at.get(estimate.camera_id)
+        identity_seen = dict(state.identity_seen_at)
+        if seen is None or frame.captured_at > seen:
+            identity_seen[estimate.camera_id] = frame.captured_at
+        obs = estimate.observation
+        usable = (
+            obs is not None
+            and obs.track_id is not None
+            and obs.position_m is not None
+            and (estimate.plate_text is not None or estimate.locomotive_model is not None)
+        )
+        if not usable:
+            changed = identity_seen != state.identity_seen_at
+            return state.model_copy(update={"identity_seen_at": identity_seen}), changed
+        assert obs is not None
+        assert obs.track_id is not None
+        assert obs.position_m is not None
+        vote = PlateVote(
+            key=f"{estimate.camera_id}:{frame.seq}:{obs.position_m:.1f}",
+            captured_at=frame.captured_at,
+            track_id=obs.track_id,
+            position_m=obs.position_m,
+            plate=estimate.plate_text,
+            plate_confidence=estimate.plate_confidence,
+            model=estimate.locomotive_model,
+            model_confidence=estimate.model_confidence,
+        )
+        known = {v.key for v in state.pending_votes} | {
+            v.key for loco in state.locomotives for v in loco.votes
+        }
+        if vote.key in known:
+            return state, False
+        watermark = _later(state.watermark, frame.captured_at)
+        state = state.model_copy(
+            update={
+                "identity_seen_at": identity_seen,
+                "pending_votes": (*state.pending_votes, vote),
+                "watermark": watermark,
+            }
+        )
+        return self._attach_votes(state), True
+
+    # ---- fusion
+
+    def _refuse(self, state: FusionState) -> FusionState:
+        """Recompute the locomotives from the views (the heart of the estimator)."""
+        assert state.watermark is not None
+        now = state.watermark
+        prev_by_track: dict[str, list[TrackedLocomotive]] = defaultdict(list)
+        for loco in state.locomotives:
+            prev_by_track[loco.track_id].append(loco)
+        next_id = state.next_id
+        out: list[TrackedLocomotive] = []
+        for track_id in self.config.track_ids:
+            ends = self._merged_ends(state, track_id)
+            locos, next_id = self._track_locomotives(
+                track_id, ends, prev_by_track.get(track_id, []), now, next_id
+            )
+            out += locos
+        state = state.model_copy(update={"locomotives": tuple(out), "next_id": next_id})
+        return self._attach_votes(state)
+
+    def _merged_ends(self, state: FusionState, track_id: str) -> list[_End]:
+        cfg = self.config
+        views = list(state.views.values())
+        kept: list[tuple[CameraView, EndSighting]] = []
+        for view in views:
+            for end in view.ends:
+                if end.track_id != track_id:
+                    continue
+                superseded = any(
+                    other.camera_id != view.camera_id
+                    and _seconds(other.captured_at, view.captured_at) > cfg.sync_window_s
+                    and covers(
+                        cfg.coverage.get(other.camera_id, {}).get(track_id, []),
+                        end.position_m,
+                        cfg.coverage_margin_m,
+                    )
+                    for other in views
+                )
+                if True:
+                    kept.append((view, end))
+        kept.sort(key=lambda ve: (ve[1].kind, ve[1].position_m, ve[0].camera_id))
+        merged: list[_End] = []
+        for view, end in kept:
+            target = next(
+                (
+                    m
+                    for m in merged
+                    if m.kind == end.kind
+                    and abs(m.position_m - end.position_m) <= cfg.merge_m
+                    # Two ends in one frame are two locomotives (e.g. coupled cab to cab).
+                    and view.camera_id not in m.cameras
+                ),
+                None,
+            )
+            if target is None:
+                merged.append(
+                    _End(
+                        end.kind,
+                        end.position_m,
+                        end.confidence,
+                        {view.camera_id},
+                        view.captured_at,
+                        view.captured_at,
+                    )
+                )
+                continue
+            w_old = target.confidence * len(target.cameras)
+            w_new = end.confidence
+            total = w_old + w_new
+            if total > 0:
+                target.position_m = (target.position_m * w_old + end.position_m * w_new) / total
+            target.confidence = max(target.confidence, end.confidence)
+            target.cameras.add(view.camera_id)
+            target.seen_at = max(target.seen_at, view.captured_at)
+            target.oldest = min(target.oldest, view.captured_at)
+        merged.sort(key=lambda e: (e.position_m, e.kind))
+        return merged
+
+    def _length_fit(self, distance_m: float) -> float | None:
+        """Best |model length - corrected head-tail distance|, or None when none fits."""
+        corrected = distance_m + 2 * self.config.end_label_offset_m
+        best = min(abs(length - corrected) for length in self.config.model_lengths.values())
+        return best if best <= self.config.pairing_tolerance_m else None
+
+    def _formed_before(self, a: _End, b: _End, prev: list[TrackedLocomotive]) -> bool:
+        head, tail = (a, b) if a.kind == "head" else (b, a)
+        return any(
+            abs(self._raw_end(p, "head") - head.position_m) <= self.config.match_m
+            and abs(self._raw_end(p, "tail") - tail.position_m) <= self.config.match_m
+            for p in prev
+        )
+
+    def _raw_end(self, loco: TrackedLocomotive, kind: EndKind) -> float:
+        """Where the detector would place this locomotive's end (inside the true end)."""
+        off = self.config.end_label_offset_m
+        if kind == "head":
+            return loco.head_m + loco.direction * off
+        return loco.tail_m - loco.direction * off
+
+    def _pair_score(self, a: _End, b: _End, prev: list[TrackedLocomotive]) -> float | None:
+        if a.kind == b.kind:
+            return None
+        misfit = self._length_fit(abs(b.position_m - a.position_m))
+        if misfit is None:
+            return None
+        apart = abs(_seconds(a.seen_at, b.seen_at))
+        if apart > self.config.pairing_window_s and not self._formed_before(a, b, prev):
+            return None
+        return 2.0 - misfit / self.config.pairing_tolerance_m
+
+    def _track_locomotives(
+        self,
+        track_id: str,
+        ends: list[_End],
+        prev: list[TrackedLocomotive],
+        now: datetime,
+        next_id: int,
+    ) -> tuple[list[TrackedLocomotive], int]:
+        cfg = self.config
+        # Best set of non-overlapping neighbour pairs (locomotives cannot overlap, so a
+        # locomotive's two ends are always neighbours along the track).
+        n = len(ends)
+        best = [0.0] * (n + 1)
+        choice: list[int] = [0] * (n + 1)
+        for i in range(1, n + 1):
+            best[i], choice[i] = best[i - 1], 1
+            if i >= 2:
+                score = self._pair_score(ends[i - 2], ends[i - 1], prev)
+                if score is not None and best[i - 2] + score > best[i]:
+                    best[i], choice[i] = best[i - 2] + score, 2
+        pairs: list[tuple[_End, _End]] = []
+        lone: list[_End] = []
+        i = n
+        while i > 0:
+            if choice[i] == 2:
+                pairs.append((ends[i - 2], ends[i - 1]))
+                i -= 2
+            else:
+                lone.append(ends[i - 1])
+                i -= 1
+        pairs.reverse()
+        lone.reverse()
+
+        off = cfg.end_label_offset_m
+        fresh: list[TrackedLocomotive] = []
+        for a, b in pairs:
+            head, tail = (a, b) if a.kind == "head" else (b, a)
+            direction = 1.0 if tail.position_m >= head.position_m else -1.0
+            misfit = self._length_fit(abs(tail.position_m - head.position_m)) or 0.0
+            fit = 1.0 - 0.5 * misfit / cfg.pairing_tolerance_m
+            fresh.append(
+                TrackedLocomotive(
+                    locomotive_id="",
+                    track_id=track_id,
+                    head_m=head.position_m - direction * off,
+                    tail_m=tail.position_m + direction * off,
+                    confidence=min(1.0, (head.confidence + tail.confidence) / 2 * fit),
+                    cameras=tuple(sorted(head.cameras | tail.cameras)),
+                    first_seen=min(head.seen_at, tail.seen_at),
+                    last_seen=max(head.seen_at, tail.seen_at),
+                    oldest_evidence=min(head.oldest, tail.oldest),
+                )
+            )
+
+        # Stable ids: each new locomotive takes the nearest unclaimed previous one.
+        claimed: dict[int, TrackedLocomotive] = {}
+        candidates = sorted(
+            (abs(_centre(f) - _centre(p)), fi, pi)
+            for fi, f in enumerate(fresh)
+            for pi, p in enumerate(prev)
+            if abs(_centre(f) - _centre(p)) <= max(cfg.match_m, 0.5 * p.length_m)
+        )
+        used_prev: set[int] = set()
+        for _, fi, pi in candidates:
+            if fi in claimed or pi in used_prev:
+                continue
+            claimed[fi] = prev[pi]
+            used_prev.add(pi)
+        result: list[TrackedLocomotive] = []
+        for fi, f in enumerate(fresh):
+            old = claimed.get(fi)
+            if old is not None:
+                result.append(
+                    f.model_copy(
+                        update={
+                            "locomotive_id": old.locomotive_id,
+                            "votes": old.votes,
+                            "first_seen": old.first_seen,
+                        }
+                    )
+                )
+            else:
+                result.append(f.model_copy(update={"locomotive_id": f"L{next_id}"}))
+                next_id += 1
+
+        # A lone end keeps a known locomotive alive; the other end follows rigidly.
+        remaining = [p for pi, p in enumerate(prev) if pi not in used_prev]
+        for end in lone:
+            match = min(
+                (
+                    p
+                    for p in remaining
+                    if abs(self._raw_end(p, end.kind) - end.position_m) <= cfg.match_m
+                ),
+                key=lambda p: abs(self._raw_end(p, end.kind) - end.position_m),
+                default=None,
+            )
+            if match is None:
+                continue
+            remaining.remove(match)
+            shift = end.position_m - self._raw_end(match, end.kind)
+            result.append(
+                match.model_copy(
+                    update={
+                        "head_m": match.head_m + shift,
+                        "tail_m": match.tail_m + shift,
+                        "confidence": min(match.confidence, end.confidence) * 0.6,
+                        "cameras": tuple(sorted(end.cameras)),
+                        "last_seen": max(match.last_seen, end.seen_at),
+                        "oldest_evidence": end.oldest,
+                        "inferred_end": True,
+                    }
+                )
+            )
+
+        # Unsupported locomotives are held briefly (one missed detection must not flicker an
+        # id away), unless something else now stands where they stood.
+        for p in remaining:
+            if _seconds(now, p.last_seen) > cfg.hold_s:
+                continue
+            lo, hi = p.span
+            if any(_overlap((lo, hi), r.span) > 1.0 for r in result):
+                continue
+            result.append(p)
+        result.sort(key=lambda loco: loco.span[0])
+        return result, next_id
+
+    def _attach_votes(self, state: FusionState) -> FusionState:
+        """Move pending plate votes onto the locomotive standing where the plate was read."""
+        if not state.pending_votes:
+            return state
+        cfg = self.config
+        locos = list(state.locomotives)
+        pending: list[PlateVote] = []
+        for vote in state.pending_votes:
+            candidates = [
+                (abs(_centre(loco) - vote.position_m), i)
+                for i, loco in enumerate(locos)
+                if loco.track_id == vote.track_id
+                and loco.span[0] - cfg.plate_margin_m
+                <= vote.position_m
+                <= loco.span[1] + cfg.plate_margin_m
+            ]
+            if not candidates:
+                if state.watermark is None or (
+                    _seconds(state.watermark, vote.captured_at) <= cfg.pending_vote_s
+                ):
+                    pending.append(vote)
+                continue
+            _, i = min(candidates)
+            loco = locos[i]
+            if any(v.key == vote.key for v in loco.votes):
+                continue
+            # Newest readings win the bounded history; a redelivered old reading falls off.
+            votes = sorted((*loco.votes, vote), key=lambda v: (v.captured_at, v.key))
+            locos[i] = loco.model_copy(update={"votes": tuple(votes[-cfg.max_votes :])})
+        return state.model_copy(
+            update={"locomotives": tuple(locos), "pending_votes": tuple(pending)}
+        )
+
+    # ---- output
+
+    def identity_of(self, loco: TrackedLocomotive) -> tuple[str | None, str | None]:
+        """(model, plate) decided from the votes, the plate pattern and the length."""
+        plates: dict[str, float] = defaultdict(float)
+        models: dict[str, float] = defaultdict(float)
+        for v in loco.votes:
+            if v.plate:
+                plates[v.plate] += v.plate_confidence
+            if v.model:
+                models[v.model] += v.model_confidence
+        plate = max(sorted(plates), key=lambda p: plates[p]) if plates else None
+        if models:
+            return max(sorted(models), key=lambda m: models[m]), plate
+        if plate is not None:
+            for name, pattern in self._plate_res.items():
+                if pattern.fullmatch(plate):
+                    return name, plate
+        fits = [
+            name
+            for name, length in self.config.model_lengths.items()
+            if abs(length - loco.length_m) <= 0.5
+        ]
+        return (fits[0] if len(fits) == 1 else None), plate
+
+    def render(self, state: FusionState, as_of: datetime | None = None) -> FacilityState:
+        """The facility state at event time ``as_of`` (default: the newest event seen)."""
+        cfg = self.config
+        now = as_of or state.watermark
+        if now is None:
+            now = datetime.fromtimestamp(0, UTC)
+        stale_after = timedelta(seconds=cfg.stale_after_s)
+        tracks: dict[str, list[LocomotiveState]] = {t: [] for t in cfg.track_ids}
+        for loco in state.locomotives:
+            if loco.track_id not in tracks:
+                continue
+            stale = now - loco.last_seen > stale_after
+            confidence = loco.confidence
+            if stale:
+                confidence *= 0.5
+            elif now - loco.oldest_evidence > stale_after:
+                confidence *= 0.75  # one end rests on a silent camera's last view
+            model, plate = self.identity_of(loco)
+            tracks[loco.track_id].append(
+                LocomotiveState(
+                    locomotive_id=loco.locomotive_id,
+                    head_m=_round(loco.head_m),
+                    tail_m=_round(loco.tail_m),
+                    model=model,
+                    plate=plate,
+                    confidence=round(confidence, 3),
+                    cameras=list(loco.cameras),
+                    last_seen=loco.last_seen,
+                    stale=stale,
+                )
+            )
+        cameras = []
+        for cam in sorted(cfg.camera_ids):
+            view = state.views.get(cam)
+            seen = view.captured_at if view else None
+            ident = state.identity_seen_at.get(cam)
+            if ident is not None and (seen is None or ident > seen):
+                seen = ident
+            if cam in cfg.disabled_cameras:
+                status: Literal["ok", "stale", "disabled"] = "disabled"
+            elif seen is not None and now - seen <= stale_after:
+                status = "ok"
+            else:
+                status = "stale"
+            cameras.append(CameraHealth(camera_id=cam, status=status, last_frame_at=seen))
+        return FacilityState(
+            facility_id=cfg.facility_id,
+            flow=cfg.flow,
+            as_of=now,
+            tracks=[TrackState(track_id=t, locomotives=locos) for t, locos in tracks.items()],
+            cameras=cameras,
+        )
+
+
+def _later(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else max(a, b)
+
+
+def _centre(loco: TrackedLocomotive) -> float:
+    return (loco.head_m + loco.tail_m) / 2
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def content_signature(state: FacilityState) -> str:
+    """The state without its timestamps: equal signatures mean nothing a dashboard shows changed.
+
+    ``as_of``, ``last_seen`` and ``last_frame_at`` move with every frame; publishing on them
+    would turn "on every change" into "on every frame".
+    """
+    return state.model_dump_json(
+        exclude={
+            "as_of": True,
+            "tracks": {"__all__": {"locomotives": {"__all__": {"last_seen"}}}},
+            "cameras": {"__all__": {"last_frame_at"}},
+        }
+    )
+
+
+def published_changes(
+    core: FusionCore,
+    estimates: Iterable[PositionEstimate | IdentityEstimate],
+    state: FusionState | None = None,
+) -> Iterator[FacilityState]:
+    """The facility states the estimator publishes "on change" for ``estimates`` in order.
+
+    The Faust app applies exactly this rule, so for a single-partition input the app's
+    change messages equal these byte for byte (heartbeats aside).
+    """
+    current = state or FusionState()
+    signature: str | None = None
+    for est in estimates:
+        if isinstance(est, PositionEstimate):
+            current, accepted = core.apply_position(current, est)
+        else:
+            current, accepted = core.apply_identity(current, est)
+        if not accepted:
+            continue
+        rendered = core.render(current)
+        sig = content_signature(rendered)
+        if sig != signature:
+            signature = sig
+            yield rendered

@@ -1,0 +1,189 @@
+"""``depotwatch up``: the whole pipeline on one machine, supervised, with a live status."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from services.supervisor.plan import PlanOptions
+
+
+class Console:
+    """Progress lines and the live table: redrawn in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, live: bool, plain_every_s: float = 15.0) -> None:
+        self.live = live
+        self.recent: deque[str] = deque(maxlen=8)
+        self._plain_every_s = plain_every_s
+        self._last_plain = 0.0
+
+    def say(self, line: str) -> None:
+        """A progress or event line."""
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        self.recent.append(stamped)
+        click.echo(stamped)
+
+    def render(self, table: str) -> None:
+        """Show the status table."""
+        if self.live:
+            # Home + clear: redraw the table in place, recent events under it.
+            click.echo("\x1b[H\x1b[J" + table + "\n\n" + "\n".join(self.recent), nl=True)
+        elif time.monotonic() - self._last_plain >= self._plain_every_s:
+            self._last_plain = time.monotonic()
+            click.echo(table)
+
+
+def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DEPOTWATCH_HTTP_PORT"}
+    env.update(settings_env)
+    return env
+
+
+@click.command("up")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).")
+@click.option("--sim/--no-sim", default=True, show_default=True,
+              help="Serve simulated cameras; --no-sim captures the sources in the config.")
+@click.option("--external", is_flag=True,
+              help="Use the Kafka and S3 of DEPOTWATCH_KAFKA__* / DEPOTWATCH_S3__* instead of "
+              "starting the embedded ones.")
+@click.option("--flow", "flows", multiple=True, help="Run only these flows (default: all).")
+@click.option("--dashboard-port", type=int, default=None,
+              help="Dashboard port (default DEPOTWATCH_DASHBOARD_PORT or 8088).")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the built-in dashboard.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Data and logs (default DEPOTWATCH_INFRA__DATA_DIR or .depotwatch).")
+@click.option("--live/--no-live", default=None,
+              help="Redraw the status table in place (default: when stdout is a terminal).")
+def up_command(
+    config_path: Path | None,
+    sim: bool,
+    external: bool,
+    flows: tuple[str, ...],
+    dashboard_port: int | None,
+    no_dashboard: bool,
+    data_dir: Path | None,
+    live: bool | None,
+) -> None:
+    """Run the whole pipeline: infrastructure, cameras, captures, aggregator, estimators,
+    state estimators and dashboard, restarted when they crash, stopped together on Ctrl-C.
+
+    Editing the facility config while it runs starts, stops or restarts only the affected
+    captures; a config with errors is reported and the running one kept.
+    """
+    from schemas.facility import ConfigError, load_facility
+    from services.dashboard.config import DashboardSettings
+    from services.runtime.logs import configure_logging
+    from services.runtime.observability import Health, ObservabilityServer
+    from services.runtime.settings import load_settings
+    from services.supervisor.supervisor import Supervisor, free_port
+
+    settings = load_settings()
+    if data_dir is not None:
+        settings = settings.model_copy(
+            update={"infra": settings.infra.model_copy(update={"data_dir": data_dir})}
+        )
+    configure_logging("supervisor", settings.log_level, "console")
+    console = Console(sys.stdout.isatty() if live is None else live)
+    path = (config_path or settings.facility_config).resolve()
+    try:
+        cfg = load_facility(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"{exc.source}: {problem}", err=True)
+        raise SystemExit(1) from None
+    unknown = sorted(set(flows) - set(cfg.flows))
+    if unknown:
+        raise click.UsageError(f"--flow {', '.join(unknown)}: not in {path} (known: {', '.join(cfg.flows)})")
+    run_flows = list(flows) or list(cfg.flows)
+
+    stop = {"requested": False}
+    supervisor: Supervisor | None = None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop["requested"]:
+            signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C: stop waiting
+        stop["requested"] = True
+        if supervisor is not None:
+            supervisor.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    infra = None
+    started_infra = False
+    if external:
+        from services.infra import initialise
+
+        console.say(f"using external Kafka {settings.kafka.bootstrap_servers} and S3 {settings.s3.endpoint}")
+        initialise(settings, run_flows, console.say)
+    else:
+        from services.infra import EmbeddedInfra, InfraError
+
+        infra = EmbeddedInfra(settings, run_flows, progress=console.say)
+        started_infra = not infra.status().healthy
+        try:
+            infra.up()
+        except InfraError as exc:
+            raise click.ClickException(str(exc)) from None
+        settings = infra.client_settings
+    if stop["requested"]:
+        _down(infra, started_infra, console)
+        return
+
+    zmq_port = free_port()
+    dash = DashboardSettings()
+    env = _env_for_children(
+        {
+            "DEPOTWATCH_FACILITY_CONFIG": str(path),
+            "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "DEPOTWATCH_S3__ENDPOINT": settings.s3.endpoint,
+            "DEPOTWATCH_S3__BUCKET": settings.s3.bucket,
+            "DEPOTWATCH_S3__ACCESS_KEY": settings.s3.access_key.get_secret_value(),
+            "DEPOTWATCH_S3__SECRET_KEY": settings.s3.secret_key.get_secret_value(),
+            "DEPOTWATCH_AGGREGATOR__BIND": f"tcp://127.0.0.1:{zmq_port}",
+            "DEPOTWATCH_CAPTURE__AGGREGATOR_ENDPOINT": f"tcp://127.0.0.1:{zmq_port}",
+        }
+    )
+    options = PlanOptions(
+        config_path=path,
+        simulate=sim,
+        flows=run_flows,
+        dashboard_port=dash.port if dashboard_port is None else dashboard_port,
+        dashboard=not no_dashboard,
+    )
+    data = settings.infra.data_dir.resolve()
+    supervisor = Supervisor(cfg, options, env, data, console.say, cwd=Path.cwd())
+    if stop["requested"]:
+        supervisor.stop_event.set()
+    metrics = ObservabilityServer(Health(), settings.http_host, settings.http_port).start()
+    console.say(f"supervisor metrics on {metrics.url}/metrics; status in {supervisor.status_path}")
+    try:
+        supervisor.start_all()
+        if not no_dashboard:
+            console.say(f"dashboard: http://{dash.host}:{options.dashboard_port}/")
+        supervisor.run(console.render)
+    finally:
+        console.say("stopping every service …")
+        for line in supervisor.stop():
+            console.say(line)
+        metrics.stop()
+        _down(infra, started_infra, console)
+        console.say("stopped")
+
+
+def _down(infra: object, started: bool, console: Console) -> None:
+    """Stop the embedded infrastructure if this run started it (a reused one keeps running)."""
+    if infra is None or not started:
+        return
+    with contextlib.suppress(Exception):
+        for line in infra.down():  # type: ignore[attr-defined]
+            console.say(line)

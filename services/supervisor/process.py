@@ -1,0 +1,128 @@
+"""One supervised child process: start, watch, restart with capped backoff, stop its group.
+
+Each child leads its own process group (``start_new_session``), so stopping it also stops
+whatever it started (a GStreamer helper, a Faust worker); nothing is left behind. Output goes
+to one log file per service under the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.runtime.backoff import Backoff
+
+STABLE_AFTER_S = 30.0
+"""A child that ran this long before dying is restarted at the initial delay again."""
+
+
+@dataclass
+class ManagedProcess:
+    """A child ``depotwatch`` process and its restart bookkeeping (not thread-safe)."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    log_path: Path
+    cwd: Path
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=1.0, maximum_s=30.0))
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start_at: float | None = None
+    last_exit: int | None = None
+    stopping: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running child, if any."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the child is alive."""
+        return self.pid is not None
+
+    def start(self) -> None:
+        """Start the child now (its group is its own)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                list(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=dict(self.env),
+                start_new_session=True,
+            )
+        self.started_at = time.monotonic()
+        self.next_start_at = None
+        self.stopping = False
+
+    def poll(self, now: float) -> tuple[str, str] | None:
+        """Check the child; restart it when due.
+
+        Returns ``("exited" | "restarted", line for the operator)`` or None when nothing happened.
+        """
+        if self.stopping:
+            return None
+        if self.proc is not None and self.proc.poll() is None:
+            return None
+        if self.next_start_at is None:
+            # It just died: schedule a restart with backoff.
+            code = self.proc.returncode if self.proc is not None else None
+            self.last_exit = code
+            if self.proc is not None and now - self.started_at >= STABLE_AFTER_S:
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
+            self.next_start_at = now + delay
+            return (
+                "exited",
+                f"{self.name} exited with code {code}; restarting in {delay:.0f}s "
+                f"(log {self.log_path})",
+            )
+        if now >= self.next_start_at:
+            self.restarts += 1
+            self.start()
+            return "restarted", f"{self.name} restarted (restart #{self.restarts})"
+        return None
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the child's whole process group."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """SIGTERM the group, wait, then SIGKILL it; True when it had to be killed."""
+        self.stopping = True
+        self.next_start_at = None
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal_group(signal.SIGKILL)
+                self.proc.wait(10)
+                return True
+        # The leader is gone; children it left in its group still get the signal.
+        self.signal_group(signal.SIGKILL)
+        return False
+
+
+def depotwatch_argv(args: Sequence[str]) -> list[str]:
+    """argv that runs ``depotwatch ARGS`` with this interpreter (works without the console script)."""
+    return [sys.executable, "-m", "services.cli", *args]

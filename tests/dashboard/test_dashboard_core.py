@@ -1,0 +1,131 @@
+"""The dashboard's pure core: geometry to draw, dev-vs-prod comparison, accuracy."""
+
+from __future__ import annotations
+
+import pytest
+from dashboard_builders import facility, frame, loco, positions, state, true_loco, truth
+
+from schemas.facility import Track
+from services.dashboard.core import (
+    DashboardState,
+    accuracy,
+    compare_flows,
+    facility_layout,
+    state_view,
+    track_path,
+)
+
+BENT = Track(id="B", polyline=[(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)])
+
+
+@pytest.mark.parametrize(
+    ("from_m", "to_m", "expected"),
+    [
+        (2.0, 6.0, [(2.0, 0.0), (6.0, 0.0)]),
+        (6.0, 14.0, [(6.0, 0.0), (10.0, 0.0), (10.0, 4.0)]),
+        (14.0, 6.0, [(10.0, 4.0), (10.0, 0.0), (6.0, 0.0)]),
+    ],
+)
+def test_track_path_follows_bends_in_the_given_direction(
+    from_m: float, to_m: float, expected: list[tuple[float, float]]
+) -> None:
+    assert track_path(BENT, from_m, to_m) == expected
+
+
+def test_layout_covers_tracks_and_cameras() -> None:
+    layout = facility_layout(facility())
+    b = layout["bounds"]
+    assert b["x_min"] < 0 and b["x_max"] > 48
+    # Cameras hang on the walls at y=-2 and y=20: both inside the drawing.
+    assert b["y_min"] < -2 and b["y_max"] > 20
+    assert [t["id"] for t in layout["tracks"]] == ["T1", "T2", "T3"]
+    assert layout["flows"] == ["prod", "dev"]
+    assert {c["id"] for c in layout["cameras"]} >= {"cam-s1", "cam-n4"}
+
+
+def test_state_view_draws_locomotives_to_scale_on_their_track() -> None:
+    view = state_view(facility(), state("prod", T2=[loco("L1", head=30.0, tail=13.03)]))
+    (lo,) = view["locomotives"]
+    assert lo["track_id"] == "T2"
+    assert lo["length_m"] == pytest.approx(16.97)
+    # Tail first, head last, on the T2 centre line y=9.
+    assert lo["path"] == [[13.03, 9.0], [30.0, 9.0]]
+    assert view["cameras"] == {"cam-s1": "ok", "cam-n4": "stale"}
+
+
+def test_state_view_reports_tracks_the_config_does_not_know() -> None:
+    view = state_view(facility(), state("prod", T9=[loco("L1", 10, 0)]))
+    assert view["locomotives"] == []
+    assert view["unknown_tracks"] == ["T9"]
+
+
+def test_compare_flows_highlights_missing_and_misidentified_locomotives() -> None:
+    prod = state(
+        "prod",
+        T1=[loco("p1", 20, 3), loco("p2", 45, 28)],
+        T3=[loco("p3", 40, 23, plate="TEM2-0003")],
+    )
+    dev = state(
+        "dev",
+        T1=[loco("d1", 20.5, 3.4)],  # same as p1 within tolerance; p2 is missing in dev
+        T3=[loco("d3", 40, 23, plate="TEM2-9999")],  # same place, other plate
+        T2=[loco("d4", 10, 0)],  # only dev sees this one
+    )
+    cmp = compare_flows(prod, dev)
+    assert cmp["matched"] == 2
+    assert cmp["only"] == {"prod": ["p2"], "dev": ["d4"]}
+    assert cmp["differs"] == {"prod": ["p2", "p3"], "dev": ["d3", "d4"]}
+    assert cmp["agreement"] == pytest.approx(1 / 4)
+
+
+def test_compare_flows_of_identical_states_agrees_fully() -> None:
+    s = {"T1": [loco("a", 20, 3)]}
+    assert compare_flows(state("prod", **s), state("dev", **s))["agreement"] == 1.0
+
+
+def test_accuracy_against_ground_truth() -> None:
+    gt = truth(
+        true_loco("t1", "T1", 20, 3.03, "TEM2-0001", "TEM2"),
+        true_loco("t2", "T2", 40, 21.85, "2TE116-0002", "2TE116"),
+    )
+    st = state(
+        "prod",
+        T1=[loco("a", 21, 4.03)],  # 1 m off at both ends, right plate
+        T3=[loco("b", 10, 0)],  # nothing there in truth
+    )
+    acc = accuracy(gt, st)
+    assert acc["true_count"] == 2
+    assert acc["detected"] == 0.5
+    assert acc["position_error_m"] == pytest.approx(1.0)
+    assert acc["plates"] == 1.0
+    assert acc["false"] == 1
+
+
+def test_dashboard_state_ignores_older_messages_and_pushes_events() -> None:
+    ds = DashboardState(facility())
+    events = ds.apply_state(state("prod", at_s=10, T1=[loco("a", 20, 3)]))
+    assert [e["type"] for e in events] == ["state"]
+    assert ds.apply_state(state("prod", at_s=5)) == []
+    events = ds.apply_state(state("dev", at_s=11, T1=[loco("a", 20, 3)]))
+    assert [e["type"] for e in events] == ["state", "compare"]
+    events = ds.apply_truth(truth(true_loco("t", "T1", 20, 3, "TEM2-0001", "TEM2")))
+    assert [e["type"] for e in events] == ["compare", "accuracy"]
+    assert ds.accuracy()["dev"]["detected"] == 1.0
+    assert ds.apply_frame(frame("cam-s1", 7, at_s=3))[0]["data"]["url"] == "frames/cam-s1.jpg?seq=7"
+    assert ds.apply_frame(frame("cam-s1", 6, at_s=2)) == []
+    assert ds.apply_positions(positions("cam-s1", 7))[0]["data"]["boxes"][0]["box"] == [
+        100.0,
+        200.0,
+        300.0,
+        400.0,
+    ]
+    snap = ds.snapshot()
+    assert set(snap["states"]) == {"prod", "dev"}
+    assert snap["frames"]["cam-s1"]["seq"] == 7
+    assert "cam-s1/prod" in snap["detections"]
+
+
+def test_state_of_another_facility_is_ignored() -> None:
+    ds = DashboardState(facility())
+    other = state("prod").model_copy(update={"facility_id": "elsewhere"})
+    assert ds.apply_state(other) == []

@@ -1,0 +1,151 @@
+"""compare: scoring of facility states against another flow or ground truth (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import click
+import pytest
+
+from schemas.facility_state import FacilityState, LocomotiveState, TrackState
+from schemas.ground_truth import GroundTruth, TrueLocomotive
+from services.evaluation.compare import (
+    compare_states,
+    compare_to_truth,
+    parse_time,
+    summarise,
+)
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def state(at_s: float, flow: str, **tracks: list[tuple[float, float, str | None]]) -> FacilityState:
+    """A facility state with locomotives given as (head, tail, plate) per track."""
+    return FacilityState(
+        facility_id="depot-north",
+        flow=flow,
+        as_of=T0 + timedelta(seconds=at_s),
+        tracks=[
+            TrackState(
+                track_id=t,
+                locomotives=[
+                    LocomotiveState(
+                        locomotive_id=f"L{i}",
+                        head_m=h,
+                        tail_m=tl,
+                        plate=p,
+                        confidence=0.9,
+                        last_seen=T0,
+                    )
+                    for i, (h, tl, p) in enumerate(tracks.get(t, []))
+                ],
+            )
+            for t in ("T1", "T2", "T3")
+        ],
+    )
+
+
+def truth(at_s: float, *locos: tuple[str, float, float, str]) -> GroundTruth:
+    return GroundTruth(
+        facility_id="depot-north",
+        scenario="s",
+        seed=1,
+        tick=int(at_s),
+        at=T0 + timedelta(seconds=at_s),
+        locomotives=[
+            TrueLocomotive(
+                locomotive_id=f"x{i}", track_id=t, head_m=h, tail_m=tl, model="TEM2", plate=p
+            )
+            for i, (t, h, tl, p) in enumerate(locos)
+        ],
+    )
+
+
+def test_identical_states_agree_fully() -> None:
+    a = state(0, "prod", T1=[(2.0, 18.97, "TEM2-0001")])
+    c = compare_states(a, state(0, "dev", T1=[(2.0, 18.97, "TEM2-0001")]))
+    assert c.counts_agree
+    assert c.end_errors_m == [0.0, 0.0]
+    assert (c.identity_matches, c.identity_total) == (1, 1)
+
+
+def test_differences_in_count_position_and_identity_are_reported() -> None:
+    a = state(0, "prod", T1=[(2.0, 18.97, "TEM2-0001")], T3=[(20.0, 37.2, None)])
+    b = state(0, "dev", T1=[(2.5, 19.27, "TEM2-0009")])
+    c = compare_states(a, b)
+    assert not c.counts_agree
+    assert c.counts["T3"] == (1, 0)
+    assert c.end_errors_m == pytest.approx([0.5, 0.3])
+    assert (c.identity_matches, c.identity_total) == (0, 1)
+
+
+def test_far_apart_locomotives_are_not_matched() -> None:
+    c = compare_states(
+        state(0, "prod", T2=[(2.0, 19.0, None)]), state(0, "dev", T2=[(25, 42, None)])
+    )
+    assert c.counts_agree  # one each...
+    assert c.end_errors_m == []  # ...but not the same locomotive
+
+
+def test_accuracy_against_ground_truth_pairs_each_state_with_the_truth_before_it() -> None:
+    truths = [truth(0, ("T1", 2.0, 18.97, "TEM2-0001")), truth(10, ("T1", 5.0, 21.97, "TEM2-0001"))]
+    states = [
+        state(0.5, "prod", T1=[(2.1, 19.07, "TEM2-0001")]),
+        state(10.5, "prod", T1=[(5.0, 21.97, None)]),
+        state(30.0, "prod", T1=[(5.0, 21.97, None)]),  # truth is 20 s old: not compared
+    ]
+    s = summarise(truths, states, max_skew_s=2.0)
+    assert s.snapshots == 2
+    assert s.count_rate == 1.0
+    assert s.identity_rate == 0.5
+    assert s.median_error_m == pytest.approx(0.05, abs=0.051)
+    assert s.p95_error_m == pytest.approx(0.1)
+    assert any("identity agrees" in line and "50.0%" in line for line in s.lines())
+
+
+def test_warmup_skips_early_snapshots() -> None:
+    truths = [truth(0, ("T1", 2.0, 18.97, "P")), truth(40, ("T1", 2.0, 18.97, "P"))]
+    states = [state(1, "prod"), state(41, "prod", T1=[(2.0, 18.97, "P")])]
+    assert summarise(truths, states, warmup_s=30).count_rate == 1.0
+    assert summarise(truths, states).count_rate == 0.5
+
+
+def test_truth_comparison_uses_truth_as_reference() -> None:
+    c = compare_to_truth(truth(0, ("T2", 3.0, 20.0, "A")), state(0, "prod"))
+    assert c.counts["T2"] == (1, 0)
+
+
+def test_parse_time_accepts_iso_relative_and_now() -> None:
+    now = T0
+    assert parse_time("2026-11-21T11:00:00Z", now) == T0 - timedelta(hours=1)
+    assert parse_time("-15m", now) == T0 - timedelta(minutes=15)
+    assert parse_time("now", now) == now
+    with pytest.raises(click.BadParameter, match="time zone"):
+        parse_time("2026-11-21T11:00:00", now)
+    with pytest.raises(click.BadParameter, match="not a time"):
+        parse_time("yesterday", now)
+
+
+def test_pipeline_figures_score_accuracy_and_latency_of_change_updates() -> None:
+    from schemas.base import encode
+    from services.evaluation.compare import Stamped
+    from services.evaluation.pipeline import pipeline_figures
+
+    def stamped(msg: FacilityState | GroundTruth, delay_s: float, reason: bytes) -> Stamped:
+        at = msg.as_of if isinstance(msg, FacilityState) else msg.at
+        return Stamped(int((at.timestamp() + delay_s) * 1000), {"reason": reason}, encode(msg))
+
+    truths = [stamped(truth(t, ("T1", 2.0, 18.97, "TEM2-0001")), 0, b"") for t in range(0, 60, 5)]
+    states = [
+        stamped(state(t + 0.5, "prod", T1=[(2.2, 19.07, "TEM2-0001")]), 0.3, b"change")
+        for t in range(0, 60, 5)
+    ] + [stamped(state(56, "prod"), 0.0, b"heartbeat")]  # empty heartbeat: a wrong count
+    figures = pipeline_figures(states, truths, warmup_s=10)
+    assert figures.accuracy.snapshots == 11  # t >= 10: 10 change updates + 1 heartbeat
+    assert figures.accuracy.count_rate == pytest.approx(10 / 11)
+    assert figures.latency_p95_s == pytest.approx(0.3, abs=0.002)
+    assert len(figures.latencies_s) == 10
+    report = "\n".join(figures.lines())
+    assert "[FAIL] count per track correct: 90.9%" in report
+    assert "[PASS] head/tail error median: 0.15 m" in report
+    assert "[PASS] capture -> state latency" in report

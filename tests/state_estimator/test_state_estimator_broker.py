@@ -1,0 +1,269 @@
+"""The Faust state estimator against the real embedded broker.
+
+Each test runs workers as real subprocesses (``python -m services.state_estimator``) on flows
+of its own (a copy of facility.yaml with fresh flow names), so topics and consumer groups are
+not shared with other tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer
+from state_builders import OFFSET, end, identity, position
+
+from schemas.base import Message, decode, encode
+from schemas.estimates import IdentityEstimate, PositionEstimate
+from schemas.facility import load_facility
+from schemas.facility_state import FacilityState
+from services.runtime.kafka import TopicAdmin
+from services.runtime.settings import Settings
+from services.state_estimator.app import StateEstimatorApp
+from services.state_estimator.fusion import FusionConfig, FusionCore, published_changes
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE_S = 90.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment for a subprocess that talks to the same broker and S3."""
+    return {
+        **os.environ,
+        "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "DEPOTWATCH_S3__ENDPOINT": settings.s3.endpoint,
+        "DEPOTWATCH_LOG_FORMAT": "console",
+        "DEPOTWATCH_LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> tuple[Path, str, str]:
+    """A facility config with a fresh prod-like flow and a dev flow reading prod's estimates."""
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    tag = uuid.uuid4().hex[:8]
+    prod, dev = f"p{tag}", f"d{tag}"
+    tuning = {"heartbeat_s": 1, "stale_after_s": 600}
+    data["flows"] = {
+        prod: {"state_estimator": tuning},
+        # A mixed flow: dev's state estimator on prod's estimates, publishing its own state.
+        dev: {
+            "state_estimator": {**tuning, "pairing_tolerance_m": 1.0},
+            "positions_from": prod,
+            "identities_from": prod,
+        },
+    }
+    # positions_from must point at a flow that runs the stage; prod "runs" them elsewhere.
+    data["flows"][prod]["position_estimator"] = {"weights": "x.pt", "model_version": "test"}
+    data["flows"][prod]["plate_ocr"] = {}
+    path = tmp_path / "facility.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, prod, dev
+
+
+@pytest.fixture
+def start_worker(
+    stack_settings: Settings, tmp_path: Path
+) -> Iterator[Callable[[Path, str], subprocess.Popen[bytes]]]:
+    """Starts state-estimator workers as subprocesses; all are killed at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(config: Path, flow: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{flow}-{len(started)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.state_estimator", "--flow", flow, "--config", config],
+            cwd=REPO,
+            env={
+                **settings_env(stack_settings),
+                "DEPOTWATCH_STATE_ESTIMATOR__DATA_DIR": str(tmp_path / f"faust-{flow}"),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def ensure_topics(settings: Settings, config: Path, *flow_names: str) -> None:
+    facility = load_facility(config)
+    admin = TopicAdmin(settings.kafka)
+    for flow in flow_names:
+        admin.ensure(StateEstimatorApp(facility, flow, settings).topic_specs())
+
+
+def produce(settings: Settings, flow: str, messages: list[Message]) -> None:
+    """Publish estimates in this exact order (one partition, so the order is kept)."""
+    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+    for msg in messages:
+        producer.produce(msg.topic_name(flow), value=encode(msg), key=msg.kafka_key(), partition=0)
+    assert producer.flush(30) == 0
+
+
+class StateReader:
+    """Reads facility-state messages of a flow with their 'reason' header."""
+
+    def __init__(self, settings: Settings, flow: str) -> None:
+        self.consumer = Consumer(
+            {
+                **settings.kafka.client_config(),
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+            }
+        )
+        self.consumer.subscribe([FacilityState.topic_name(flow)])
+        self.seen: list[tuple[str, bytes, int]] = []
+
+    def until(
+        self, predicate: Callable[[str, FacilityState], bool], timeout: float = DEADLINE_S
+    ) -> FacilityState:
+        """Poll until a message satisfies ``predicate``; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            headers = dict(msg.headers() or [])
+            reason = headers.get("reason", b"").decode()
+            value = msg.value() or b""
+            self.seen.append((reason, value, msg.offset()))
+            state = decode(FacilityState, value)
+            if predicate(reason, state):
+                return state
+        raise AssertionError(f"no matching facility state within {timeout:.0f}s: {self.seen[-3:]}")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def ids(state: FacilityState) -> dict[str, list[str]]:
+    return {t.track_id: [x.locomotive_id for x in t.locomotives] for t in state.tracks}
+
+
+def scene(flow: str, seq: int, at_s: float) -> list[Message]:
+    """A TEM2 on T1 (cab 2.0) and a ChME3 on T3 (cab 20.0), with a plate read on each."""
+    return [
+        position("cam-s1", seq, at_s, end("head", "T1", 2.0 + OFFSET), flow=flow),
+        position("cam-s2", seq, at_s, end("tail", "T1", 18.97 - OFFSET), flow=flow),
+        position("cam-n2", seq, at_s, end("head", "T3", 20.0 + OFFSET), flow=flow),
+        position("cam-n4", seq, at_s, end("tail", "T3", 37.22 - OFFSET), flow=flow),
+        identity("cam-s1", seq, at_s, "T1", 5.0, "TEM2-0001", flow=flow),
+        identity("cam-n3", seq, at_s, "T3", 30.0, "ChME3-0002", flow=flow),
+    ]
+
+
+@pytest.mark.slow
+def test_state_survives_killing_the_worker(
+    stack_settings: Settings,
+    flows: tuple[Path, str, str],
+    start_worker: Callable[[Path, str], subprocess.Popen[bytes]],
+) -> None:
+    config, prod, _ = flows
+    ensure_topics(stack_settings, config, prod)
+    reader = StateReader(stack_settings, prod)
+    try:
+        worker = start_worker(config, prod)
+        inputs: list[Message] = []
+        for seq in range(4):
+            inputs += scene(prod, seq, seq * 0.5)
+        produce(stack_settings, prod, inputs)
+        before = reader.until(
+            lambda r, s: (
+                r == "change"
+                and s.locomotive_count == 2
+                and all(x.plate for t in s.tracks for x in t.locomotives)
+            )
+        )
+        # Let the table's changelog and the offsets reach the broker, then crash hard.
+        reader.until(lambda r, s: r == "heartbeat" and ids(s) == ids(before))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        last_offset = reader.seen[-1][2]
+
+        start_worker(config, prod)
+        # No new input: only the restored table can know these locomotives and their ids.
+        after = reader.until(lambda r, s: r == "heartbeat" and reader.seen[-1][2] > last_offset)
+        assert ids(after) == ids(before)
+        assert [(x.plate, x.head_m) for t in after.tracks for x in t.locomotives] == [
+            (x.plate, x.head_m) for t in before.tracks for x in t.locomotives
+        ]
+        # Redelivering everything (at-least-once after a crash) changes nothing.
+        produce(stack_settings, prod, inputs)
+        produce(stack_settings, prod, scene(prod, 10, 5.0))
+        latest = reader.until(lambda r, s: r == "heartbeat" and s.as_of > after.as_of)
+        assert ids(latest) == ids(before)
+        assert all(len(x.cameras) <= 3 for t in latest.tracks for x in t.locomotives)
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
+def test_dev_flow_beside_prod_leaves_prod_output_byte_identical(
+    stack_settings: Settings,
+    flows: tuple[Path, str, str],
+    start_worker: Callable[[Path, str], subprocess.Popen[bytes]],
+) -> None:
+    config, prod, dev = flows
+    ensure_topics(stack_settings, config, prod, dev)
+    facility = load_facility(config)
+    inputs: list[Any] = []
+    for seq in range(6):
+        inputs += scene(prod, seq, seq * 0.5)
+    # Late and duplicate deliveries too: prod must ignore them exactly as the core does.
+    inputs += scene(prod, 2, 1.0)
+    # What prod alone publishes on change, computed without any broker:
+    prod_core = FusionCore(
+        FusionConfig.from_facility(facility, prod, facility.flow(prod).state_estimator)
+    )
+    # Positions and identities travel on two topics, whose interleaving no consumer can fix;
+    # feeding them in two phases makes prod's input order, and so its output, deterministic.
+    positions = [m for m in inputs if isinstance(m, PositionEstimate)]
+    identities = [m for m in inputs if isinstance(m, IdentityEstimate)]
+    expected_positions = [encode(s) for s in published_changes(prod_core, positions)]
+    expected = [encode(s) for s in published_changes(prod_core, [*positions, *identities])]
+    assert expected[: len(expected_positions)] == expected_positions
+
+    prod_reader, dev_reader = StateReader(stack_settings, prod), StateReader(stack_settings, dev)
+    try:
+        start_worker(config, dev)
+        start_worker(config, prod)
+
+        def changes() -> list[bytes]:
+            return [value for reason, value, _ in prod_reader.seen if reason == "change"]
+
+        produce(stack_settings, prod, positions)
+        prod_reader.until(lambda r, s: len(changes()) >= len(expected_positions))
+        produce(stack_settings, prod, identities)
+        prod_reader.until(lambda r, s: len(changes()) >= len(expected))
+        # Two more heartbeats: nothing else may have been published on change meanwhile.
+        heartbeats = len(prod_reader.seen)
+        prod_reader.until(lambda r, s: len(prod_reader.seen) >= heartbeats + 2)
+        dev_state = dev_reader.until(lambda r, s: s.locomotive_count == 2)
+        assert dev_state.flow == dev
+        assert changes() == expected
+        assert all(decode(FacilityState, v).flow == prod for _, v, _ in prod_reader.seen), (
+            "a message from another flow reached prod's topic"
+        )
+    finally:
+        prod_reader.close()
+        dev_reader.close()

@@ -1,0 +1,141 @@
+"""The supervisor with stand-in services: restarts, hot camera changes, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemas.facility import load_facility
+from services.supervisor.plan import PlanOptions, ServiceSpec
+from services.supervisor.supervisor import Supervisor
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE = Path(__file__).with_name("fake_service.py")
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes (its parent reaps it later).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout:.0f}s")
+
+
+def _write_config(path: Path, enabled: set[str]) -> None:
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    for cam in data["cameras"]:
+        cam["enabled"] = cam["id"] in enabled
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Supervisor, Path, list[str]]]:
+    cfg_path = tmp_path / "facility.yaml"
+    _write_config(cfg_path, {"cam-s1", "cam-s2"})
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    lines: list[str] = []
+
+    def argv_for(spec: ServiceSpec) -> list[str]:
+        return [sys.executable, str(FAKE), spec.name]
+
+    sup = Supervisor(
+        load_facility(cfg_path),
+        PlanOptions(config_path=cfg_path, simulate=False, flows=["prod"], dashboard=False),
+        {**os.environ, "FAKE_PID_DIR": str(pid_dir)},
+        tmp_path / "data",
+        lines.append,
+        # Only captures and the aggregator "exist" here; the rest must be skipped, not fatal.
+        available=lambda cmd: cmd in ("capture", "aggregator"),
+        argv_for=argv_for,
+        config_check_s=0.2,
+        status_every_s=0.5,
+    )
+    thread = threading.Thread(target=lambda: (sup.start_all(), sup.run()), daemon=True)
+    thread.start()
+    try:
+        yield sup, cfg_path, lines
+    finally:
+        sup.stop_event.set()
+        thread.join(30)
+        sup.stop(timeout=5)
+
+
+def _pids(pid_dir: Path) -> list[int]:
+    return [int(p) for f in pid_dir.glob("*.pids") for p in f.read_text().split()]
+
+
+def test_supervises_restarts_hot_changes_and_leaves_nothing(
+    running: tuple[Supervisor, Path, list[str]],
+) -> None:
+    sup, cfg_path, lines = running
+    status_path = sup.status_path
+    _wait(lambda: len(sup.children) == 3, 20, "aggregator + 2 captures started")
+    assert any("skipping position-estimator/prod" in ln for ln in lines)
+    _wait(
+        lambda: status_path.exists()
+        and all(
+            s["state"] == "up" and (s["rate"] or not s["name"].startswith("capture/"))
+            for s in json.loads(status_path.read_text())["services"]
+        ),
+        30,
+        "every service up, captures with a frame rate",
+    )
+    status = json.loads(status_path.read_text())
+    assert {s["name"] for s in status["services"]} == {"aggregator", "capture/cam-s1", "capture/cam-s2"}
+    assert "position-estimator/prod" in status["skipped"]
+
+    # A crash is restarted (with backoff) without touching the others.
+    other_pid = sup.children["capture/cam-s2"].process.pid
+    victim = sup.children["capture/cam-s1"].process
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    _wait(lambda: victim.restarts == 1 and victim.running, 20, "crashed capture restarted")
+    assert sup.children["capture/cam-s2"].process.pid == other_pid
+
+    # A broken edit is reported line by line and changes nothing.
+    cfg_path.write_text(cfg_path.read_text().replace("fps: 2", "fps: -1", 1))
+    _wait(lambda: any("config rejected" in ln and "fps" in ln for ln in lines), 10, "config error reported")
+    assert set(sup.children) == {"aggregator", "capture/cam-s1", "capture/cam-s2"}
+
+    # Add cam-n1, disable cam-s2: only those captures start and stop.
+    agg_pid = sup.children["aggregator"].process.pid
+    s1_pid = sup.children["capture/cam-s1"].process.pid
+    _write_config(cfg_path, {"cam-s1", "cam-n1"})
+    _wait(lambda: "capture/cam-n1" in sup.children and "capture/cam-s2" not in sup.children, 10, "camera change")
+    assert any("added cam-n1; stopped cam-s2" in ln for ln in lines)
+    assert sup.children["aggregator"].process.pid == agg_pid
+    assert sup.children["capture/cam-s1"].process.pid == s1_pid
+    _wait(lambda: sup.children["capture/cam-n1"].process.running, 10, "new capture running")
+
+    # Shutdown: every child and grandchild (which ignores SIGTERM) is gone.
+    pid_dir = Path(sup.base_env["FAKE_PID_DIR"])
+    _wait(lambda: len(_pids(pid_dir)) >= 8, 10, "pid files written")
+    sup.stop_event.set()
+    sup.stop(timeout=5)
+    pids = _pids(pid_dir)
+    _wait(lambda: not any(_alive(p) for p in pids), 10, "no process left behind")
