@@ -37,7 +37,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("services.flows.__main__:run_command", "Run one flow's estimators beside the others."),
     "dashboard": ("services.dashboard.__main__:dashboard_command", "Live web page of the depot."),
     "grafana": ("services.dashboard.grafana:grafana", "Provision Grafana dashboards + datasource."),
-    "up": ("services.supervisor.__main__:up_command", "Run the whole pipeline, supervised, live status."),
+    "up": ("services.supervisor.__main__:up_command", "Run the whole pipeline, supervised."),
 }
 
 

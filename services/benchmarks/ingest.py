@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ import cv2
 
 from services.aggregator.ingest import percentile
 from services.benchmarks.ingest_rig import (
+    RefCollector,
+    RefSample,
     ServiceProcess,
     aggregator_process,
     capture_process,
@@ -40,79 +42,6 @@ from services.runtime.settings import Settings
 
 CAMERA_PREFIX = "bench-cam-"
 ISOLATED_PREFIX = "bench-iso-"
-
-
-@dataclass
-class RefSample:
-    """One FrameRef seen on ``frames.v1`` by the benchmark's consumer."""
-
-    camera_id: str
-    seq: int
-    latency_s: float
-    received: float  # monotonic
-
-
-@dataclass
-class RefCollector:
-    """Consumes ``frames.v1`` from its current end in a thread, keeping bench cameras' refs."""
-
-    settings: Settings
-    samples: list[RefSample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> RefCollector:
-        """Start consuming; returns once partitions are assigned at their end offsets."""
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self.ready.wait(30):
-            raise click.ClickException("could not subscribe to frames.v1 within 30 s")
-        return self
-
-    def _run(self) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        from schemas.base import decode
-        from schemas.frames import FrameRef
-
-        consumer = Consumer(
-            {
-                **self.settings.kafka.client_config(),
-                "group.id": f"bench-ingest-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "latest",
-            }
-        )
-        topic = FrameRef.topic_name()
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = []
-        for p in meta.topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            parts.append(TopicPartition(topic, p, high))
-        consumer.assign(parts)
-        self.ready.set()
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.2):
-                    if msg.error() is not None:
-                        continue
-                    now_wall = datetime.now(UTC)
-                    ref = decode(FrameRef, msg.value())
-                    if not ref.camera_id.startswith("bench-"):
-                        continue
-                    latency = (now_wall - ref.captured_at).total_seconds()
-                    self.samples.append(
-                        RefSample(ref.camera_id, ref.seq, latency, time.monotonic())
-                    )
-        finally:
-            consumer.close()
-
-    def stop(self) -> None:
-        """Stop consuming."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 @dataclass
@@ -311,7 +240,7 @@ def run_pipeline(
         DEPOTWATCH_AGGREGATOR__KEY_PREFIX=f"bench/{uuid.uuid4().hex[:8]}",
     )
     captures = [capture_process(c, config, endpoint, settings, workdir) for c in ids]
-    collector = RefCollector(settings).start()
+    collector = RefCollector(settings, camera_prefix="bench-").start()
     results: list[PipelineResult] = []
     try:
         aggregator.start()

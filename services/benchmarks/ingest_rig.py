@@ -11,17 +11,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 
+from schemas.base import decode
+from schemas.frames import FrameRef
 from services.runtime.settings import Settings
 
 
@@ -55,14 +60,18 @@ def synthetic_video(
 
 
 def facility_for_cameras(
-    path: Path, sources: Mapping[str, str], fps: float, jpeg_quality: int = 85
+    path: Path,
+    sources: Mapping[str, str],
+    fps: float,
+    jpeg_quality: int = 85,
+    width: int = 1280,
+    height: int = 720,
 ) -> Path:
     """Write a minimal valid facility file whose cameras read ``sources`` (id -> URL)."""
+    # A plain scale (1 px = 1 cm) is a valid calibration; the rig never maps positions.
     calibration = [
-        {"pixel": [0, 0], "floor": [0.0, 0.0]},
-        {"pixel": [1280, 0], "floor": [12.8, 0.0]},
-        {"pixel": [0, 720], "floor": [0.0, 7.2]},
-        {"pixel": [1280, 720], "floor": [12.8, 7.2]},
+        {"pixel": [u, v], "floor": [u / 100, v / 100]}
+        for u, v in ((0, 0), (width, 0), (0, height), (width, height))
     ]
     doc = {
         "facility_id": "ingest-rig",
@@ -76,8 +85,8 @@ def facility_for_cameras(
                 "id": cid,
                 "source": url,
                 "fps": fps,
-                "width": 1280,
-                "height": 720,
+                "width": width,
+                "height": height,
                 "jpeg_quality": jpeg_quality,
                 "calibration": calibration,
             }
@@ -261,3 +270,96 @@ def wait_until(condition: object, timeout_s: float, interval_s: float = 0.1) -> 
         if time.monotonic() > deadline:
             return False
         time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class RefSample:
+    """One FrameRef seen on ``frames.v1``, with its Kafka key and arrival times."""
+
+    ref: FrameRef
+    key: bytes | None
+    latency_s: float  # arrival (wall clock) - captured_at
+    received: float  # monotonic arrival time
+
+    @property
+    def camera_id(self) -> str:
+        """Camera of the ref."""
+        return self.ref.camera_id
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the ref."""
+        return self.ref.seq
+
+
+class RefCollector:
+    """Reads ``frames.v1`` from its current end in a thread, keeping refs of some cameras.
+
+    Start it before the frames it should see are produced: it begins at the end offsets.
+    """
+
+    def __init__(self, settings: Settings, camera_prefix: str = "") -> None:
+        self.settings = settings
+        self.camera_prefix = camera_prefix
+        self.samples: list[RefSample] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="ref-collector", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> RefCollector:
+        """Start consuming; returns once partitions are assigned at their end offsets."""
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._error:
+            self.stop()
+            raise RuntimeError(f"could not read frames.v1: {self._error or 'timed out'}")
+        return self
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        consumer = Consumer(
+            {
+                **self.settings.kafka.client_config(),
+                "group.id": f"ingest-rig-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 20,
+            }
+        )
+        topic = FrameRef.topic_name()
+        try:
+            meta = consumer.list_topics(topic, timeout=10)
+            parts = []
+            for p in meta.topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                parts.append(TopicPartition(topic, p, high))
+            consumer.assign(parts)
+        except KafkaException as exc:
+            self._error = str(exc)
+            self._ready.set()
+            consumer.close()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(500, 0.1):
+                    if msg.error() is not None:
+                        continue
+                    arrived = datetime.now(UTC)
+                    ref = decode(FrameRef, msg.value())
+                    if not ref.camera_id.startswith(self.camera_prefix):
+                        continue
+                    latency = (arrived - ref.captured_at).total_seconds()
+                    self.samples.append(RefSample(ref, msg.key(), latency, time.monotonic()))
+        finally:
+            consumer.close()
+
+    def refs(self, camera_id: str | None = None) -> list[FrameRef]:
+        """Refs seen so far, of one camera or all."""
+        return [s.ref for s in list(self.samples) if camera_id in (None, s.camera_id)]
+
+    def stop(self) -> None:
+        """Stop consuming."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)

@@ -15,7 +15,9 @@ from services.dashboard.server import DashboardServer
 log = logging.getLogger("services.dashboard")
 
 
-async def serve(server: DashboardServer, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    server: DashboardServer, host: str, port: int, ready: asyncio.Event | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT (or cancellation); logs the bound URL."""
     from aiohttp import web
 
@@ -36,7 +38,10 @@ async def serve(server: DashboardServer, host: str, port: int, ready: asyncio.Ev
     bound = runner.addresses[0][1] if runner.addresses else port
     log.info(
         "dashboard listening",
-        extra={"url": f"http://{host}:{bound}/", "token_required": server.settings.token is not None},
+        extra={
+            "url": f"http://{host}:{bound}/",
+            "token_required": server.settings.token is not None,
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,8 +56,13 @@ async def serve(server: DashboardServer, host: str, port: int, ready: asyncio.Ev
 
 
 @click.command("dashboard")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).",
+)
 @click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8088; 0 picks a free one).")
 def dashboard_command(config_path: Path | None, host: str | None, port: int | None) -> None:

@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class DashboardSettings(BaseSettings):
     """Where the dashboard listens and who may open it."""
 
-    model_config = SettingsConfigDict(env_prefix="DEPOTWATCH_DASHBOARD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DEPOTWATCH_DASHBOARD_", extra="ignore", frozen=True
+    )
 
     host: str = Field(
         default="127.0.0.1",
@@ -26,5 +28,7 @@ class DashboardSettings(BaseSettings):
     )
     frame_cache: int = Field(default=64, ge=1, description="Frames kept in memory for tiles.")
     client_queue: int = Field(
-        default=256, ge=8, description="Events buffered per browser; the oldest is dropped when full."
+        default=256,
+        ge=8,
+        description="Events buffered per browser; the oldest is dropped when full.",
     )

@@ -84,9 +84,7 @@ def track_path(track: Track, from_m: float, to_m: float) -> list[Point]:
         cum.append(cum[-1] + ((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5)
     points = [point_at_position(track.polyline, lo)[0]]
     points += [
-        (float(p[0]), float(p[1]))
-        for p, s in zip(track.polyline, cum, strict=True)
-        if lo < s < hi
+        (float(p[0]), float(p[1])) for p, s in zip(track.polyline, cum, strict=True) if lo < s < hi
     ]
     points.append(point_at_position(track.polyline, hi)[0])
     if from_m > to_m:
@@ -194,9 +192,7 @@ def compare_flows(
     ``differs`` lists, per flow, the locomotive ids to highlight on the page.
     """
     pairs, only_a, only_b = _pair(_locos(a), _locos(b), tolerance_m)
-    identity = [
-        (x, y) for x, y in pairs if (x.plate, x.model) != (y.plate, y.model)
-    ]
+    identity = [(x, y) for x, y in pairs if (x.plate, x.model) != (y.plate, y.model)]
     total = len(pairs) + len(only_a) + len(only_b)
     return {
         "flows": [a.flow, b.flow],
@@ -274,7 +270,12 @@ def detections_view(est: PositionEstimate) -> dict[str, Any]:
             {
                 "cls": d.cls,
                 "confidence": round(d.confidence, 3),
-                "box": [round(d.bbox.x1, 1), round(d.bbox.y1, 1), round(d.bbox.x2, 1), round(d.bbox.y2, 1)],
+                "box": [
+                    round(d.bbox.x1, 1),
+                    round(d.bbox.y1, 1),
+                    round(d.bbox.x2, 1),
+                    round(d.bbox.y2, 1),
+                ],
             }
             for d in est.detections
         ],

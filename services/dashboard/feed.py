@@ -117,7 +117,9 @@ class KafkaFeed:
                 self._assigned.add((topic, p))
         if new:
             consumer.incremental_assign(new)
-            log.info("dashboard reading", extra={"partitions": [f"{t.topic}/{t.partition}" for t in new]})
+            log.info(
+                "dashboard reading", extra={"partitions": [f"{t.topic}/{t.partition}" for t in new]}
+            )
 
     def _run(self) -> None:
         consumer = self._consumer()

@@ -29,7 +29,9 @@ def load_dashboards(directory: Path) -> list[dict[str, Any]]:
     """Every ``*.json`` dashboard in ``directory`` (sorted by file name)."""
     files = sorted(directory.glob("*.json"))
     if not files:
-        raise ProvisionError(f"no dashboard JSON in {directory}; pass --dir with the grafana/ folder")
+        raise ProvisionError(
+            f"no dashboard JSON in {directory}; pass --dir with the grafana/ folder"
+        )
     out = []
     for path in files:
         try:
@@ -120,7 +122,9 @@ def grafana_api(url: str, token: str | None, user: str | None, password: str | N
     elif user:
         auth = (user, password or "")
     else:
-        raise ProvisionError("no credentials: pass --token (or GRAFANA_TOKEN), or --user and GRAFANA_PASSWORD")
+        raise ProvisionError(
+            "no credentials: pass --token (or GRAFANA_TOKEN), or --user and GRAFANA_PASSWORD"
+        )
     return GrafanaApi.from_url(url, credential=auth, timeout=10.0)
 
 
@@ -131,17 +135,43 @@ def grafana() -> None:
 
 @grafana.command("provision")
 @click.option("--url", required=True, help="Grafana base URL, e.g. http://grafana:3000.")
-@click.option("--token", envvar="GRAFANA_TOKEN", default=None, help="Service-account token (or GRAFANA_TOKEN).")
-@click.option("--user", envvar="GRAFANA_USER", default=None, help="Basic-auth user (or GRAFANA_USER).")
-@click.option("--password", envvar="GRAFANA_PASSWORD", default=None, hidden=True,
-              help="Basic-auth password; use GRAFANA_PASSWORD rather than the flag.")
-@click.option("--prometheus-url", default="http://prometheus:9090", show_default=True,
-              help="Prometheus URL as Grafana's server reaches it.")
-@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
-              default=DEFAULT_DIR, show_default=True, help="Folder with the dashboard JSON.")
+@click.option(
+    "--token",
+    envvar="GRAFANA_TOKEN",
+    default=None,
+    help="Service-account token (or GRAFANA_TOKEN).",
+)
+@click.option(
+    "--user", envvar="GRAFANA_USER", default=None, help="Basic-auth user (or GRAFANA_USER)."
+)
+@click.option(
+    "--password",
+    envvar="GRAFANA_PASSWORD",
+    default=None,
+    hidden=True,
+    help="Basic-auth password; use GRAFANA_PASSWORD rather than the flag.",
+)
+@click.option(
+    "--prometheus-url",
+    default="http://prometheus:9090",
+    show_default=True,
+    help="Prometheus URL as Grafana's server reaches it.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DIR,
+    show_default=True,
+    help="Folder with the dashboard JSON.",
+)
 def provision_command(
-    url: str, token: str | None, user: str | None, password: str | None,
-    prometheus_url: str, directory: Path,
+    url: str,
+    token: str | None,
+    user: str | None,
+    password: str | None,
+    prometheus_url: str,
+    directory: Path,
 ) -> None:
     """Install the Prometheus datasource and every dashboard of DIR into Grafana at URL."""
     try:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -326,7 +325,12 @@ class DashboardServer:
     async def healthz(self, request: web.Request) -> web.Response:
         """Up, and how many browsers and messages."""
         return web.json_response(
-            {"ok": True, "clients": len(self.hub), "messages": self.messages, "dropped": self.hub.dropped}
+            {
+                "ok": True,
+                "clients": len(self.hub),
+                "messages": self.messages,
+                "dropped": self.hub.dropped,
+            }
         )
 
     # ---- config hot reload --------------------------------------------------------------
@@ -343,8 +347,10 @@ class DashboardServer:
             cfg = load_facility(self._config_path)
         except ConfigError as exc:
             for problem in exc.problems:
-                log.error("facility config rejected, keeping the running one",
-                          extra={"problem": f"{exc.source}: {problem}"})
+                log.error(
+                    "facility config rejected, keeping the running one",
+                    extra={"problem": f"{exc.source}: {problem}"},
+                )
             return
         log.info("facility config reloaded", extra={"cameras": len(cfg.cameras)})
         self.hub.publish(self.state.set_config(cfg))

@@ -136,7 +136,9 @@ class ConsumerLagMonitor:
 
         conf: dict[str, Any] = {**self._kafka.client_config(), "client.id": "depotwatch-lag"}
         admin = AdminClient(conf)
-        consumer = Consumer({**conf, "group.id": "depotwatch-dashboard-viewer", "enable.auto.commit": False})
+        consumer = Consumer(
+            {**conf, "group.id": "depotwatch-dashboard-viewer", "enable.auto.commit": False}
+        )
         try:
             while not self._stop.is_set():
                 try:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from schemas.facility import ConfigError, FacilityConfig, load_facility
+
+if TYPE_CHECKING:
+    from services.simulator.frames import FrameSource
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -70,7 +74,7 @@ CAMERAS_OPTION = click.option(
 )
 
 
-def _frame_source(config_path: Path, scenario: str, seed: int, cameras: str):  # type: ignore[no-untyped-def]
+def _frame_source(config_path: Path, scenario: str, seed: int, cameras: str) -> FrameSource:
     from services.simulator.frames import FrameSource
     from services.simulator.world import ScenarioError, load_scenario
 

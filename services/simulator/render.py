@@ -28,6 +28,8 @@ Label convention (the position estimator relies on it):
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -188,21 +190,13 @@ def _floor_background(facility: FacilityConfig, view: CameraView) -> Image:
 
     for track in facility.tracks:
         pts = np.asarray(track.polyline, dtype=np.float64)
-        for p0, p1 in zip(pts[:-1], pts[1:], strict=False):
+        for p0, p1 in itertools.pairwise(pts):
             d = (p1 - p0) / np.linalg.norm(p1 - p0)
             n = np.array([-d[1], d[0]])
             # Extend past the track ends so arriving locomotives still stand on rails.
             a0, a1 = p0 - d * 40.0, p1 + d * 40.0
             length = float(np.linalg.norm(a1 - a0))
-
-            def band(off0: float, off1: float, s0: float, s1: float) -> list[tuple[float, float]]:
-                return [
-                    tuple(a0 + d * s0 + n * off0),
-                    tuple(a0 + d * s1 + n * off0),
-                    tuple(a0 + d * s1 + n * off1),
-                    tuple(a0 + d * s0 + n * off1),
-                ]  # type: ignore[return-value]
-
+            band = functools.partial(_band, a0, d, n)
             floor_quad(band(-1.0, 1.0, 0, length), (70, 74, 78))  # ballast between the rails
             s = 0.0
             while s < length:
@@ -213,6 +207,14 @@ def _floor_background(facility: FacilityConfig, view: CameraView) -> Image:
             for off in (-2.35, 2.35):  # yellow walkway lines
                 floor_quad(band(off - 0.05, off + 0.05, 0, length), (40, 190, 220))
     return img
+
+
+def _band(
+    origin: FloatArray, d: FloatArray, n: FloatArray, off0: float, off1: float, s0: float, s1: float
+) -> list[tuple[float, float]]:
+    """Floor rectangle along a track segment: [s0, s1] along it, [off0, off1] across."""
+    corners = [(s0, off0), (s1, off0), (s1, off1), (s0, off1)]
+    return [(float(x), float(y)) for x, y in (origin + d * a + n * b for a, b in corners)]
 
 
 def _box_corners(a0: float, a1: float, b0: float, b1: float, z0: float, z1: float) -> FloatArray:
@@ -593,12 +595,12 @@ class Renderer:
         w, h = view.size
         hw = BODY_WIDTH_M / 2
         out: list[ObjectLabel] = []
-        common = {
-            "locomotive_id": ident.locomotive_id,
-            "model": ident.model.name,
-            "plate": ident.plate,
-            "track_id": ident.track_id,
-        }
+        loco_id, model_name, plate, track_id = (
+            ident.locomotive_id,
+            ident.model.name,
+            ident.plate,
+            ident.track_id,
+        )
         for cls, a0, a1, a_end, pos in (
             ("head", 0.0, END_BLOCK_DEPTH_M, 0.0, placement.head_m),
             ("tail", length - END_BLOCK_DEPTH_M, length, length, placement.tail_m),
@@ -607,7 +609,7 @@ class Renderer:
             uv = view.project(corners)
             if not np.all(np.isfinite(uv)):
                 continue
-            hull = cv2.convexHull(uv.astype(np.float32)).reshape(-1, 2)
+            hull = np.asarray(cv2.convexHull(uv.astype(np.float32)), np.float64).reshape(-1, 2)
             total = _polygon_area(hull)
             if total < 1.0:
                 continue
@@ -625,7 +627,10 @@ class Renderer:
                     visible_fraction=float(visible),
                     end_pixel=(float(end_uv[0]), float(end_uv[1])),
                     end_position_m=round(pos, 4),
-                    **common,
+                    locomotive_id=loco_id,
+                    model=model_name,
+                    plate=plate,
+                    track_id=track_id,
                 )
             )
         for side in (-1, 1):
@@ -635,7 +640,7 @@ class Renderer:
             uv = view.project(quad)
             if not np.all(np.isfinite(uv)):
                 continue
-            total = _polygon_area(uv)
+            total = _polygon_area(np.asarray(uv, np.float64))
             if total < 1.0:
                 continue
             mine = canvas.owner == code + _PLATE_CODE
@@ -652,7 +657,15 @@ class Renderer:
                 float(y0 + ys.max() + 1),
             )
             out.append(
-                ObjectLabel(cls="plate", box=box, visible_fraction=min(visible, 1.0), **common)
+                ObjectLabel(
+                    cls="plate",
+                    box=box,
+                    visible_fraction=min(visible, 1.0),
+                    locomotive_id=loco_id,
+                    model=model_name,
+                    plate=plate,
+                    track_id=track_id,
+                )
             )
         return out
 

@@ -12,9 +12,9 @@ Usage (done for you by ``depotwatch sim serve``)::
     /usr/bin/python3 rtsp_server.py --host 127.0.0.1 --port 8554 \
         --camera cam-s1:1280:720:2/1:FD ...
 
-A camera spec is ``ID:WIDTH:HEIGHT:FPS_NUM/FPS_DEN:READ_FD``. The server prints ``READY``
-PORT`` on stdout once it listens (``--port 0`` picks a free one), exits when any pipe reaches end of file (the parent is gone) and
-on SIGTERM/SIGINT.
+A camera spec is ``ID:WIDTH:HEIGHT:FPS_NUM/FPS_DEN:READ_FD``. The server prints
+``READY PORT`` on stdout once it listens (``--port 0`` picks a free one), and exits when any
+pipe reaches end of file (the parent is gone) and on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -116,16 +116,21 @@ def main() -> int:
                 with lock:
                     targets = list(sources)
                 for src in targets:  # nobody watching: the frame is dropped, the pipe drained
-                    src.emit("push-buffer", Gst.Buffer.new_wrapped(bytes(data)))  # type: ignore[attr-defined]
+                    src.emit("push-buffer", Gst.Buffer.new_wrapped(bytes(data)))
 
         threading.Thread(target=pump, name=f"pump-{cam_id}", daemon=True).start()
 
     if server.attach(None) == 0:
         print(f"cannot listen on {args.host}:{args.port}; pick a free --port", file=sys.stderr)
         return 2
+
     # GLib's own signal sources: Python handlers would not run while the C main loop blocks.
+    def on_signal(*_: object) -> bool:
+        stop()
+        return False  # remove the source: one signal is enough
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, lambda *_: stop() or False)
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, on_signal)
     print(f"READY {server.get_bound_port()}", flush=True)
     loop.run()
     return 0

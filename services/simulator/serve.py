@@ -9,6 +9,7 @@ to one MP4 per camera plus label and ground-truth JSONL files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -80,7 +81,7 @@ class RtspCameraServer:
                 "--camera",
                 f"{cam.id}:{cam.width}:{cam.height}:{fps.numerator}/{fps.denominator}:{r}",
             ]
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed interpreter and our own script
+        self._proc = subprocess.Popen(
             args,
             pass_fds=read_fds,
             stdout=subprocess.PIPE,
@@ -90,7 +91,7 @@ class RtspCameraServer:
         )
         for r in read_fds:
             os.close(r)
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        assert self._proc.stdout is not None
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         ready: list[str] = []
         reader = threading.Thread(
@@ -112,7 +113,8 @@ class RtspCameraServer:
         return self
 
     def _drain_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
+        assert self._proc.stderr is not None
         for raw in self._proc.stderr:
             text = raw.decode(errors="replace").rstrip()
             self._stderr.append(text)
@@ -138,10 +140,8 @@ class RtspCameraServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Close the pipes (the child exits on EOF), then SIGTERM, then SIGKILL."""
         for fd in self._pipes.values():
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._pipes.clear()
         proc, self._proc = self._proc, None
         if proc is None:

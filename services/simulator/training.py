@@ -112,10 +112,11 @@ def model_card(
         test["per_class"]
     ) == len(CLASSES)
     size_mb = weights.stat().st_size / 1e6
+    class_list = ", ".join(f"{i} {c}" for i, c in enumerate(CLASSES))
     return f"""# depot-yolo: head / tail / plate detector
 
 Weights: `{weights}` ({size_mb:.1f} MB), ultralytics YOLO built from `{arch}` (random
-initialisation; no pretrained weights). Classes: {", ".join(f"{i} {c}" for i, c in enumerate(CLASSES))}.
+initialisation; no pretrained weights). Classes: {class_list}.
 Trained {datetime.now(UTC):%Y-%m-%d} with `depotwatch train` on {device}.
 
 ## Data
@@ -218,7 +219,7 @@ def train_command(
     import ultralytics.utils.torch_utils as torch_utils
 
     # Ultralytics pins CPU training to cpu_count - 1 threads (1 on a 2-core machine).
-    torch_utils.NUM_THREADS = threads  # type: ignore[attr-defined]
+    torch_utils.NUM_THREADS = threads
     model = yolo(arch)
     started = time.monotonic()
     kwargs: dict[str, Any] = {

@@ -13,7 +13,9 @@ along the track polyline; a locomotive "facing start" has its head at the smalle
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -163,7 +165,7 @@ def head_at(keyframes: tuple[tuple[float, float], ...], t_s: float) -> float:
     """Head position at time ``t_s`` from keyframes (held before the first and after the last)."""
     if t_s <= keyframes[0][0]:
         return keyframes[0][1]
-    for (t0, p0), (t1, p1) in zip(keyframes, keyframes[1:], strict=False):
+    for (t0, p0), (t1, p1) in itertools.pairwise(keyframes):
         if t_s <= t1:
             if t1 - t0 < 1e-9:
                 return p1
@@ -266,7 +268,13 @@ class Simulation:
             out += self._random_fleet(self.scenario.random_fleet, rng, identity, models)
         return tuple(out)
 
-    def _random_fleet(self, fleet: RandomFleet, rng, identity, models) -> list[LocomotiveIdentity]:  # type: ignore[no-untyped-def]
+    def _random_fleet(
+        self,
+        fleet: RandomFleet,
+        rng: np.random.Generator,
+        identity: Callable[..., LocomotiveIdentity],
+        models: list[LocomotiveModel],
+    ) -> list[LocomotiveIdentity]:
         """Seeded random locomotives, kept from overlapping on a track."""
         out: list[LocomotiveIdentity] = []
         occupied: dict[str, list[tuple[float, float]]] = {t.id: [] for t in self.facility.tracks}

@@ -327,7 +327,7 @@ class FusionCore:
                     )
                     for other in views
                 )
-                if True:
+                if not superseded:
                     kept.append((view, end))
         kept.sort(key=lambda ve: (ve[1].kind, ve[1].position_m, ve[0].camera_id))
         merged: list[_End] = []

@@ -48,21 +48,44 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
 
 
 @click.command("up")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).")
-@click.option("--sim/--no-sim", default=True, show_default=True,
-              help="Serve simulated cameras; --no-sim captures the sources in the config.")
-@click.option("--external", is_flag=True,
-              help="Use the Kafka and S3 of DEPOTWATCH_KAFKA__* / DEPOTWATCH_S3__* instead of "
-              "starting the embedded ones.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).",
+)
+@click.option(
+    "--sim/--no-sim",
+    default=True,
+    show_default=True,
+    help="Serve simulated cameras; --no-sim captures the sources in the config.",
+)
+@click.option(
+    "--external",
+    is_flag=True,
+    help="Use the Kafka and S3 of DEPOTWATCH_KAFKA__* / DEPOTWATCH_S3__* instead of "
+    "starting the embedded ones.",
+)
 @click.option("--flow", "flows", multiple=True, help="Run only these flows (default: all).")
-@click.option("--dashboard-port", type=int, default=None,
-              help="Dashboard port (default DEPOTWATCH_DASHBOARD_PORT or 8088).")
+@click.option(
+    "--dashboard-port",
+    type=int,
+    default=None,
+    help="Dashboard port (default DEPOTWATCH_DASHBOARD_PORT or 8088).",
+)
 @click.option("--no-dashboard", is_flag=True, help="Do not start the built-in dashboard.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Data and logs (default DEPOTWATCH_INFRA__DATA_DIR or .depotwatch).")
-@click.option("--live/--no-live", default=None,
-              help="Redraw the status table in place (default: when stdout is a terminal).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data and logs (default DEPOTWATCH_INFRA__DATA_DIR or .depotwatch).",
+)
+@click.option(
+    "--live/--no-live",
+    default=None,
+    help="Redraw the status table in place (default: when stdout is a terminal).",
+)
 def up_command(
     config_path: Path | None,
     sim: bool,
@@ -102,7 +125,9 @@ def up_command(
         raise SystemExit(1) from None
     unknown = sorted(set(flows) - set(cfg.flows))
     if unknown:
-        raise click.UsageError(f"--flow {', '.join(unknown)}: not in {path} (known: {', '.join(cfg.flows)})")
+        raise click.UsageError(
+            f"--flow {', '.join(unknown)}: not in {path} (known: {', '.join(cfg.flows)})"
+        )
     run_flows = list(flows) or list(cfg.flows)
 
     stop = {"requested": False}
@@ -123,7 +148,9 @@ def up_command(
     if external:
         from services.infra import initialise
 
-        console.say(f"using external Kafka {settings.kafka.bootstrap_servers} and S3 {settings.s3.endpoint}")
+        console.say(
+            f"using external Kafka {settings.kafka.bootstrap_servers} and S3 {settings.s3.endpoint}"
+        )
         initialise(settings, run_flows, console.say)
     else:
         from services.infra import EmbeddedInfra, InfraError

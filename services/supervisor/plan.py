@@ -153,7 +153,11 @@ class CameraChanges:
     def describe(self) -> str:
         """One line, e.g. ``added cam-x; restarted cam-s1``."""
         parts = []
-        for label, ids in (("added", self.added), ("stopped", self.removed), ("restarted", self.changed)):
+        for label, ids in (
+            ("added", self.added),
+            ("stopped", self.removed),
+            ("restarted", self.changed),
+        ):
             if ids:
                 parts.append(f"{label} {', '.join(ids)}")
         return "; ".join(parts) or "no camera changes"
@@ -168,6 +172,8 @@ def camera_changes(old: FacilityConfig, new: FacilityConfig) -> CameraChanges:
         added=sorted(set(after) - set(before)),
         removed=sorted(set(before) - set(after)),
         changed=sorted(
-            cid for cid in set(before) & set(after) if before[cid].model_dump() != after[cid].model_dump()
+            cid
+            for cid in set(before) & set(after)
+            if before[cid].model_dump() != after[cid].model_dump()
         ),
     )

@@ -54,7 +54,9 @@ class ManagedProcess:
         """Start the child now (its group is its own)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(self.argv)}\n".encode())
+            log.write(
+                f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(self.argv)}\n".encode()
+            )
             log.flush()
             self.proc = subprocess.Popen(
                 list(self.argv),
@@ -124,5 +126,5 @@ class ManagedProcess:
 
 
 def depotwatch_argv(args: Sequence[str]) -> list[str]:
-    """argv that runs ``depotwatch ARGS`` with this interpreter (works without the console script)."""
+    """argv running ``depotwatch ARGS`` with this interpreter (no console script needed)."""
     return [sys.executable, "-m", "services.cli", *args]

@@ -72,7 +72,10 @@ class ServiceRow:
 def format_table(rows: Sequence[ServiceRow], skipped: Sequence[str], header: str) -> str:
     """The compact status table shown in the terminal."""
     width = max([len(r.name) for r in rows] + [8])
-    lines = [header, f"{'service':<{width}}  {'state':<10} {'restarts':>8} {'rate/s':>8} {'drops':>7}"]
+    lines = [
+        header,
+        f"{'service':<{width}}  {'state':<10} {'restarts':>8} {'rate/s':>8} {'drops':>7}",
+    ]
     for r in rows:
         rate_s = "-" if r.rate is None else f"{r.rate:.1f}"
         drops = "-" if r.drops is None else f"{r.drops:.0f}"

@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_UP = Gauge("depotwatch_service_up", "1 while a supervised service runs", ["service"])
 SERVICE_RESTARTS = Counter(
-    "depotwatch_service_restarts_total", "Restarts of a supervised service after it died", ["service"]
+    "depotwatch_service_restarts_total",
+    "Restarts of a supervised service after it died",
+    ["service"],
 )
 
 Say = Callable[[str], None]
@@ -139,7 +141,9 @@ class Supervisor:
     def start_all(self) -> None:
         """Start every available service of the plan, stage by stage, with progress lines."""
         specs = plan_services(self.config, self.options)
-        run, skip = split_available(specs, self._available) if self._available else split_available(specs)
+        run, skip = (
+            split_available(specs, self._available) if self._available else split_available(specs)
+        )
         for spec in skip:
             self.say(
                 f"skipping {spec.name}: `depotwatch {spec.command}` is not installed in this "
@@ -220,6 +224,13 @@ class Supervisor:
             if child is not None:
                 child.process.stop()
                 SERVICE_UP.labels(child.spec.name).set(0)
+        sim = self.children.get("sim")
+        if sim is not None and (changes.added or changes.changed):
+            # The simulator renders the cameras of the config it was started with: a new or
+            # moved simulated camera needs it restarted (captures reconnect on their own).
+            sim.process.stop()
+            sim.process.start()
+            self.say("simulator restarted to serve the changed cameras")
         for cid in changes.added + changes.changed:
             spec = capture_spec(self.config.camera(cid), self.options.config_path)
             if capture_ok is False or (capture_ok is None and not split_available([spec])[0]):

@@ -80,7 +80,8 @@ class Chromium:
         return self
 
     def _devtools_port(self) -> int:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
+        assert self._proc.stderr is not None
         deadline = time.monotonic() + 30
         seen = []
         while time.monotonic() < deadline:

@@ -26,7 +26,9 @@ from services.runtime.storage import ObjectStore
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(chromium_binary() is None, reason="needs chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        chromium_binary() is None, reason="needs chromium (apt-get install chromium)"
+    ),
 ]
 
 TOKEN = "s3cret-dashboard-token"
@@ -96,7 +98,12 @@ def _publish_frame(stack: Settings, producer: MessageProducer) -> FrameRef:
     store = ObjectStore(stack.s3)
     stored = store.put("cam-s1/00000007.jpg", jpeg.tobytes(), "image/jpeg")
     ref = positions("cam-s1", 7).frame.model_copy(
-        update={"bucket": stored.bucket, "key": stored.key, "size": stored.size, "sha256": stored.sha256}
+        update={
+            "bucket": stored.bucket,
+            "key": stored.key,
+            "size": stored.size,
+            "sha256": stored.sha256,
+        }
     )
     producer.publish_and_wait(ref)
     return ref
@@ -118,7 +125,12 @@ def test_page_draws_locomotives_pushed_through_kafka(
     est = positions("cam-s1", 7).model_copy(update={"frame": ref})
     producer.publish_and_wait(est, flow="prod")
     producer.publish_and_wait(
-        state("prod", at_s=1, T1=[loco("p1", 20, 3.03)], T2=[loco("p2", 40, 21.85, "2TE116-0002", "2TE116")]),
+        state(
+            "prod",
+            at_s=1,
+            T1=[loco("p1", 20, 3.03)],
+            T2=[loco("p2", 40, 21.85, "2TE116-0002", "2TE116")],
+        ),
         flow="prod",
     )
     producer.publish_and_wait(state("dev", at_s=1, T1=[loco("d1", 20, 3.03)]), flow="dev")
@@ -133,7 +145,9 @@ def test_page_draws_locomotives_pushed_through_kafka(
         async with Chromium() as page:
             await page.navigate(f"{dashboard}/?token={TOKEN}")
             # The states were published before the page opened: they come with the snapshot.
-            await page.wait_for("document.querySelectorAll('#plan polyline.loco.prod').length == 2", 30)
+            await page.wait_for(
+                "document.querySelectorAll('#plan polyline.loco.prod').length == 2", 30
+            )
             labels = await page.evaluate(
                 "[...document.querySelectorAll('#plan .loco-label')].map(e => e.textContent)"
             )
@@ -149,24 +163,35 @@ def test_page_draws_locomotives_pushed_through_kafka(
                 ),
                 flow="prod",
             )
-            await page.wait_for("document.querySelectorAll('#plan polyline.loco.prod').length == 3", 20)
+            await page.wait_for(
+                "document.querySelectorAll('#plan polyline.loco.prod').length == 3", 20
+            )
             # Drawn to scale: the TE33A's polyline spans 21.7 m of the 48 m track's x range.
             span = await page.evaluate(
                 "(() => { const p = document.querySelector(\"g[data-loco='p3'] polyline\")"
                 ".points; return p.getItem(p.numberOfItems - 1).x - p.getItem(0).x; })()"
             )
             assert span == pytest.approx(21.7, abs=0.01)
-            await page.wait_for("document.querySelector('#tile-cam-s1 img').naturalWidth == 1280", 20)
-            await page.wait_for("document.querySelectorAll('#tile-cam-s1 rect.box.head').length == 1", 20)
-            await page.wait_for("document.getElementById('accuracy').textContent.includes('prod: found')", 20)
+            await page.wait_for(
+                "document.querySelector('#tile-cam-s1 img').naturalWidth == 1280", 20
+            )
+            await page.wait_for(
+                "document.querySelectorAll('#tile-cam-s1 rect.box.head').length == 1", 20
+            )
+            await page.wait_for(
+                "document.getElementById('accuracy').textContent.includes('prod: found')", 20
+            )
             health = await page.evaluate("document.getElementById('health').textContent")
             assert "cam-n4: stale" in health
             await page.screenshot(tmp_path / "prod.png")
             # Both flows: dev misses p2 and p3, which are highlighted.
             await page.evaluate("document.querySelector(\"button[data-flow='both']\").click()")
-            await page.wait_for("document.querySelectorAll('#plan polyline.loco.dev').length == 1", 10)
+            await page.wait_for(
+                "document.querySelectorAll('#plan polyline.loco.dev').length == 1", 10
+            )
             diff = await page.evaluate(
-                "[...document.querySelectorAll('#plan polyline.loco.diff')].map(e => e.dataset.loco)"
+                "[...document.querySelectorAll('#plan polyline.loco.diff')]"
+                ".map(e => e.dataset.loco)"
             )
             assert sorted(diff) == ["p2", "p3"]
 

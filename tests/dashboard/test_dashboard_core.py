@@ -35,9 +35,11 @@ def test_track_path_follows_bends_in_the_given_direction(
 def test_layout_covers_tracks_and_cameras() -> None:
     layout = facility_layout(facility())
     b = layout["bounds"]
-    assert b["x_min"] < 0 and b["x_max"] > 48
+    assert b["x_min"] < 0
+    assert b["x_max"] > 48
     # Cameras hang on the walls at y=-2 and y=20: both inside the drawing.
-    assert b["y_min"] < -2 and b["y_max"] > 20
+    assert b["y_min"] < -2
+    assert b["y_max"] > 20
     assert [t["id"] for t in layout["tracks"]] == ["T1", "T2", "T3"]
     assert layout["flows"] == ["prod", "dev"]
     assert {c["id"] for c in layout["cameras"]} >= {"cam-s1", "cam-n4"}

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from message_samples import frame_ref
 
 from schemas import FrameRef
 from schemas.topics import TopicSpec, topics_for
 from services.infra import EmbeddedInfra, InfraError, initialise, settings_on_free_ports
+from services.infra.cli import infra
 from services.infra.processes import pid_alive, port_answers
 from services.runtime.kafka import MessageConsumer, MessageProducer, TopicAdmin
 from services.runtime.settings import Settings
@@ -73,6 +75,24 @@ def test_init_creates_topics_of_a_new_flow_on_a_running_stack(stack_settings: Se
     ]
     assert report.expiry_problem is None
     assert lines[-1] == f"topics: 3 created, {report.topics_total - 3} already present"
+
+
+def test_cli_init_only_creates_bucket_and_topics(stack_settings: Settings, tmp_path: Path) -> None:
+    # `infra init` is for external Kafka/S3: it must start nothing and touch no data dir.
+    env = {
+        "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+        "DEPOTWATCH_S3__ENDPOINT": stack_settings.s3.endpoint,
+        "DEPOTWATCH_INFRA__DATA_DIR": str(tmp_path / "unused"),
+    }
+    result = CliRunner().invoke(infra, ["init", "--config", str(REPO / "facility.yaml")], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"initialising Kafka {stack_settings.kafka.bootstrap_servers} and S3 "
+        f"{stack_settings.s3.endpoint}",
+        f"bucket {stack_settings.s3.bucket} present, frames expire after 7 days",
+        "topics: 0 created, 9 already present",
+    ]
+    assert not (tmp_path / "unused").exists()
 
 
 def test_broker_port_taken_names_the_variable(

@@ -62,7 +62,8 @@ def test_dashboard_structure(path: Path) -> None:
         assert panel["datasource"]["uid"] == DATASOURCE_UID, panel["title"]
         assert panel["targets"], f"{panel['title']} has no query"
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+        assert pos["x"] >= 0, panel["title"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
         for t in panel["targets"]:
             assert t["datasource"]["uid"] == DATASOURCE_UID
 
@@ -105,20 +106,28 @@ class FakeGrafana:
 
             def _handle(self, method: str) -> None:
                 body = self._body()
-                outer.requests.append((method, self.path, body, self.headers.get("Authorization", "")))
+                outer.requests.append(
+                    (method, self.path, body, self.headers.get("Authorization", ""))
+                )
                 if self.headers.get("Authorization") != "Bearer glsa_test":
                     return self._reply(401, {"message": "Unauthorized"})
                 p = self.path
                 if method == "GET" and p.startswith("/api/datasources/uid/"):
                     ds = outer.datasources.get(p.rsplit("/", 1)[1])
-                    return self._reply(200, ds) if ds else self._reply(404, {"message": "not found"})
+                    return (
+                        self._reply(200, ds) if ds else self._reply(404, {"message": "not found"})
+                    )
                 if method in ("POST", "PUT") and p.startswith("/api/datasources"):
                     assert body is not None
                     outer.datasources[body["uid"]] = body
                     return self._reply(200, {"message": "ok", "datasource": body})
                 if method == "GET" and p.startswith("/api/folders/"):
                     uid = p.rsplit("/", 1)[1]
-                    return self._reply(200, {"uid": uid}) if uid in outer.folders else self._reply(404, {"message": "not found"})
+                    return (
+                        self._reply(200, {"uid": uid})
+                        if uid in outer.folders
+                        else self._reply(404, {"message": "not found"})
+                    )
                 if method == "POST" and p == "/api/folders":
                     assert body is not None
                     outer.folders.add(body["uid"])
@@ -157,21 +166,29 @@ def fake_grafana() -> Iterator[FakeGrafana]:
         fake.server.server_close()
 
 
-def test_provision_installs_datasource_and_dashboards_idempotently(fake_grafana: FakeGrafana) -> None:
+def test_provision_installs_datasource_and_dashboards_idempotently(
+    fake_grafana: FakeGrafana,
+) -> None:
     args = ["provision", "--url", fake_grafana.url, "--prometheus-url", "http://prom:9090"]
     result = CliRunner().invoke(grafana, args, env={"GRAFANA_TOKEN": "glsa_test"})
     assert result.exit_code == 0, result.output
     assert "datasource depotwatch-prometheus: created" in result.output
     ds = fake_grafana.datasources[DATASOURCE_UID]
-    assert ds["type"] == "prometheus" and ds["url"] == "http://prom:9090"
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prom:9090"
     assert set(fake_grafana.dashboards) == {d["uid"] for d in load_dashboards(GRAFANA)}
-    assert all(d["folderUid"] == "depotwatch" and d["overwrite"] for d in fake_grafana.dashboards.values())
+    assert all(
+        d["folderUid"] == "depotwatch" and d["overwrite"] for d in fake_grafana.dashboards.values()
+    )
     # Second run: updates in place, no duplicate folder.
     result = CliRunner().invoke(grafana, args, env={"GRAFANA_TOKEN": "glsa_test"})
     assert result.exit_code == 0, result.output
     assert "datasource depotwatch-prometheus: updated" in result.output
     assert sum(1 for m, p, _, _ in fake_grafana.requests if (m, p) == ("POST", "/api/folders")) == 1
-    assert any(m == "PUT" and p == f"/api/datasources/uid/{DATASOURCE_UID}" for m, p, _, _ in fake_grafana.requests)
+    assert any(
+        m == "PUT" and p == f"/api/datasources/uid/{DATASOURCE_UID}"
+        for m, p, _, _ in fake_grafana.requests
+    )
 
 
 def test_provision_reports_bad_credentials_in_one_line(fake_grafana: FakeGrafana) -> None:
@@ -179,7 +196,8 @@ def test_provision_reports_bad_credentials_in_one_line(fake_grafana: FakeGrafana
         grafana, ["provision", "--url", fake_grafana.url], env={"GRAFANA_TOKEN": "wrong"}
     )
     assert result.exit_code == 1
-    assert "Grafana answered 401" in result.output and "--token" in result.output
+    assert "Grafana answered 401" in result.output
+    assert "--token" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

@@ -213,3 +213,11 @@ def test_impossible_camera_poses_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         pinhole_extrinsics(position, look_at, 60.0, 640, 480)
+
+
+def test_points_on_the_horizon_map_to_infinity() -> None:
+    # This homography sends the line x + y = 1 to infinity (w = 0).
+    h = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, -1.0]])
+    mapped = apply_homography(h, [(0.5, 0.5), (2.0, 0.0)])
+    assert np.isinf(mapped[0]).all()
+    assert mapped[1] == pytest.approx((2.0, 0.0))

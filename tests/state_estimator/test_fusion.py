@@ -100,6 +100,21 @@ def test_two_locomotives_coupled_nose_to_tail(core: FusionCore) -> None:
     assert a.locomotive_id != b.locomotive_id
 
 
+def test_two_locomotives_coupled_cab_to_cab_seen_by_one_camera(core: FusionCore) -> None:
+    # A TEM2 facing the gate (tail 2.0, cab 18.97) and one facing away (cab 19.07, tail 36.04):
+    # cam-s2 sees both cabs 0.7 m apart, which must stay two ends.
+    msgs: list[Message] = [
+        position("cam-s1", 0, 0.0, end("tail", "T1", 2.0 + OFFSET)),
+        position(
+            "cam-s2", 0, 0.0, end("head", "T1", 18.97 - OFFSET), end("head", "T1", 19.07 + OFFSET)
+        ),
+        position("cam-s3", 0, 0.0, end("tail", "T1", 36.04 - OFFSET)),
+    ]
+    a, b = locos(core.render(feed(core, msgs)), "T1")
+    assert (a.head_m, a.tail_m) == pytest.approx((18.97, 2.0), abs=0.01)
+    assert (b.head_m, b.tail_m) == pytest.approx((19.07, 36.04), abs=0.01)
+
+
 def test_overlapping_cameras_seeing_one_end_count_it_once(core: FusionCore) -> None:
     # On T2 the south and north cameras overlap; both see the same cab end 0.2 m apart.
     msgs: list[Message] = [
@@ -153,7 +168,11 @@ def test_one_silent_end_lowers_confidence_but_keeps_locomotive_live(core: Fusion
         state = feed(core, all_cameras(seq, seq * 0.5, skip=("cam-n4",) if seq > 10 else ()), state)
     (loco,) = locos(core.render(state), "T3")
     assert loco.stale is False
-    assert loco.confidence < 0.9 * 0.8
+    # Both ends still measured (the silent camera's tail is kept, not extrapolated), with the
+    # confidence lowered for the end that rests on a silent camera.
+    assert (loco.head_m, loco.tail_m) == pytest.approx((20.0, 37.22), abs=0.01)
+    assert loco.cameras == ["cam-n2", "cam-n4"]
+    assert loco.confidence == pytest.approx(0.9 * 0.75)
 
 
 def test_live_camera_overrides_silent_cameras_view_of_a_departed_locomotive(
@@ -210,6 +229,8 @@ def test_duplicate_delivery_is_not_double_counted(core: FusionCore) -> None:
     once = feed(core, msgs)
     twice = feed(core, msgs, once)
     assert twice == once
+    assert core.apply_position(once, msgs[0])[1] is False  # type: ignore[arg-type]
+    assert core.apply_identity(once, msgs[2])[1] is False  # type: ignore[arg-type]
     (tracked,) = twice.locomotives
     assert len(tracked.votes) == 1
     # The same vote again, after later frames, still counts once.

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from schemas.base import Message, decode, encode
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import load_facility
 from schemas.facility_state import FacilityState
+from services.evaluation.compare import read_range, summarise
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
 from services.state_estimator.app import StateEstimatorApp
@@ -244,6 +246,7 @@ def test_dev_flow_beside_prod_leaves_prod_output_byte_identical(
     assert expected[: len(expected_positions)] == expected_positions
 
     prod_reader, dev_reader = StateReader(stack_settings, prod), StateReader(stack_settings, dev)
+    started = datetime.now(UTC)
     try:
         start_worker(config, dev)
         start_worker(config, prod)
@@ -264,6 +267,15 @@ def test_dev_flow_beside_prod_leaves_prod_output_byte_identical(
         assert all(decode(FacilityState, v).flow == prod for _, v, _ in prod_reader.seen), (
             "a message from another flow reached prod's topic"
         )
+        # compare over the time range: dev (tighter pairing) agrees with prod on this scene.
+        window = (started - timedelta(seconds=5), datetime.now(UTC) + timedelta(seconds=5))
+        kafka = stack_settings.kafka
+        prod_states = read_range(kafka, FacilityState.topic_name(prod), FacilityState, *window)
+        dev_states = read_range(kafka, FacilityState.topic_name(dev), FacilityState, *window)
+        summary = summarise(prod_states, dev_states, max_skew_s=600)
+        assert summary.snapshots > 0
+        assert summary.count_rate is not None
+        assert summary.median_error_m == 0.0  # same ends, same corrections
     finally:
         prod_reader.close()
         dev_reader.close()

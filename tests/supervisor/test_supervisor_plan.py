@@ -37,7 +37,9 @@ def test_plan_runs_every_stage_per_camera_and_flow(cfg: FacilityConfig) -> None:
     names = [s.name for s in specs]
     assert names[0] == "sim"
     assert names[1] == "aggregator"
-    assert [n for n in names if n.startswith("capture/")] == [f"capture/{c.id}" for c in cfg.cameras]
+    assert [n for n in names if n.startswith("capture/")] == [
+        f"capture/{c.id}" for c in cfg.cameras
+    ]
     for flow in ("prod", "dev"):
         for svc in ("position-estimator", "plate-ocr", "state-estimator"):
             assert f"{svc}/{flow}" in names
@@ -51,7 +53,8 @@ def test_plan_without_sim_and_one_flow(cfg: FacilityConfig) -> None:
         cfg, PlanOptions(config_path=Path("f.yaml"), simulate=False, flows=["dev"], dashboard=False)
     )
     names = {s.name for s in specs}
-    assert "sim" not in names and "dashboard" not in names
+    assert "sim" not in names
+    assert "dashboard" not in names
     assert not any(n.endswith("/prod") for n in names)
     assert "state-estimator/dev" in names
 
@@ -59,7 +62,8 @@ def test_plan_without_sim_and_one_flow(cfg: FacilityConfig) -> None:
 def test_disabled_cameras_get_no_capture(cfg: FacilityConfig) -> None:
     off = _with_camera(cfg, "cam-s2", enabled=False)
     names = {s.name for s in plan_services(off, PlanOptions(config_path=Path("f.yaml")))}
-    assert "capture/cam-s2" not in names and "capture/cam-s1" in names
+    assert "capture/cam-s2" not in names
+    assert "capture/cam-s1" in names
 
 
 def test_missing_commands_are_skipped_not_fatal(cfg: FacilityConfig) -> None:
@@ -80,7 +84,9 @@ def test_camera_changes(cfg: FacilityConfig) -> None:
     assert camera_changes(cfg, disabled).removed == ["cam-n1"]
     moved = _with_camera(cfg, "cam-s1", fps=5.0)
     ch = camera_changes(cfg, moved)
-    assert ch.changed == ["cam-s1"] and not ch.added and not ch.removed
+    assert ch.changed == ["cam-s1"]
+    assert not ch.added
+    assert not ch.removed
     assert ch.describe() == "restarted cam-s1"
 
 
@@ -110,5 +116,7 @@ def test_status_table_lists_services_and_skipped() -> None:
     )
     lines = table.splitlines()
     assert lines[0] == "header"
-    assert "capture/cam-s1" in lines[2] and " 2 " in lines[2] and "2.0" in lines[2]
+    assert "capture/cam-s1" in lines[2]
+    assert " 2 " in lines[2]
+    assert "2.0" in lines[2]
     assert lines[-1] == "not installed here (skipped): plate-ocr/prod"

@@ -97,16 +97,22 @@ def test_supervises_restarts_hot_changes_and_leaves_nothing(
     _wait(lambda: len(sup.children) == 3, 20, "aggregator + 2 captures started")
     assert any("skipping position-estimator/prod" in ln for ln in lines)
     _wait(
-        lambda: status_path.exists()
-        and all(
-            s["state"] == "up" and (s["rate"] or not s["name"].startswith("capture/"))
-            for s in json.loads(status_path.read_text())["services"]
+        lambda: (
+            status_path.exists()
+            and all(
+                s["state"] == "up" and (s["rate"] or not s["name"].startswith("capture/"))
+                for s in json.loads(status_path.read_text())["services"]
+            )
         ),
         30,
         "every service up, captures with a frame rate",
     )
     status = json.loads(status_path.read_text())
-    assert {s["name"] for s in status["services"]} == {"aggregator", "capture/cam-s1", "capture/cam-s2"}
+    assert {s["name"] for s in status["services"]} == {
+        "aggregator",
+        "capture/cam-s1",
+        "capture/cam-s2",
+    }
     assert "position-estimator/prod" in status["skipped"]
 
     # A crash is restarted (with backoff) without touching the others.
@@ -119,14 +125,22 @@ def test_supervises_restarts_hot_changes_and_leaves_nothing(
 
     # A broken edit is reported line by line and changes nothing.
     cfg_path.write_text(cfg_path.read_text().replace("fps: 2", "fps: -1", 1))
-    _wait(lambda: any("config rejected" in ln and "fps" in ln for ln in lines), 10, "config error reported")
+    _wait(
+        lambda: any("config rejected" in ln and "fps" in ln for ln in lines),
+        10,
+        "config error reported",
+    )
     assert set(sup.children) == {"aggregator", "capture/cam-s1", "capture/cam-s2"}
 
     # Add cam-n1, disable cam-s2: only those captures start and stop.
     agg_pid = sup.children["aggregator"].process.pid
     s1_pid = sup.children["capture/cam-s1"].process.pid
     _write_config(cfg_path, {"cam-s1", "cam-n1"})
-    _wait(lambda: "capture/cam-n1" in sup.children and "capture/cam-s2" not in sup.children, 10, "camera change")
+    _wait(
+        lambda: "capture/cam-n1" in sup.children and "capture/cam-s2" not in sup.children,
+        10,
+        "camera change",
+    )
     assert any("added cam-n1; stopped cam-s2" in ln for ln in lines)
     assert sup.children["aggregator"].process.pid == agg_pid
     assert sup.children["capture/cam-s1"].process.pid == s1_pid

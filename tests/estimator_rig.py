@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 
 from schemas.base import Message
@@ -35,7 +36,7 @@ from services.runtime.storage import ObjectStore
 from services.simulator.render import ObjectLabel, Renderer
 from services.simulator.world import Simulation, load_scenario
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 AT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
@@ -208,3 +209,20 @@ def collect(
 def dead_letters_of(received: Sequence[Received[Any]], frames_topic: str) -> list[DeadLetter]:
     """Dead letters whose source is the test's frames topic."""
     return [r.message for r in received if r.message.source_topic == frames_topic]
+
+
+@pytest.fixture(scope="session")
+def dev_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Detector weights for service-mechanics tests: the trained model if it is there, else an
+    untrained YOLOv8n with the head/tail/plate classes (its detections are noise, its speed and
+    file format are real). Import it into a conftest.py to use it."""
+    trained = ROOT / "models" / "depot-yolo.pt"
+    if trained.is_file():
+        return trained
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml", task="detect")
+    model.model.names = {0: "head", 1: "tail", 2: "plate"}  # type: ignore[union-attr]
+    path = tmp_path_factory.mktemp("weights") / "untrained-yolov8n.pt"
+    model.save(str(path))
+    return path

@@ -1,0 +1,228 @@
+"""The plate reader core on rendered frames, with the real OCR engine.
+
+Detections are the simulator's true boxes (the trained detector is evaluated separately by
+``depotwatch eval estimators``), so these tests pin down cropping, OCR, normalisation, the
+livery check and the unreadable reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from estimator_rig import LabelDetector, RenderedCase, render_cases
+
+from schemas.estimates import BoundingBox, Detection, IdentityEstimate
+from schemas.facility import FacilityConfig, load_facility
+from schemas.frames import FrameRef
+from services.plate_ocr.identity import IdentityEstimator, decide, head_beside
+from services.plate_ocr.livery import livery_model, nearest_livery
+from services.plate_ocr.ocr_engine import RapidTextRecogniser
+from services.plate_ocr.plate_text import PlateReading
+from services.runtime.frames import DecodedFrame, Image, Rejected
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def facility() -> FacilityConfig:
+    return load_facility(ROOT / "facility.yaml")
+
+
+@pytest.fixture(scope="module")
+def recogniser() -> RapidTextRecogniser:
+    return RapidTextRecogniser()
+
+
+@pytest.fixture(scope="module")
+def cases(facility: FacilityConfig) -> list[RenderedCase]:
+    # Demo ticks with plates near and far, lit and dimmed (tick 1190: light level ~0.57).
+    cams = [c.id for c in facility.cameras]
+    return render_cases(facility, [0, 100, 300, 1190], cams)
+
+
+def decoded(case: RenderedCase, seq: int) -> DecodedFrame:
+    image = cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    ref = FrameRef(
+        camera_id=case.camera_id,
+        seq=seq,
+        captured_at=NOW,
+        bucket="frames",
+        key=f"{case.camera_id}/{seq}.jpg",
+        width=image.shape[1],
+        height=image.shape[0],
+        size=len(case.jpeg),
+        sha256="0" * 64,
+    )
+    return DecodedFrame(ref=ref, image=image)
+
+
+def reader(
+    facility: FacilityConfig, detector: object, recogniser: object, min_conf: float = 0.6
+) -> IdentityEstimator:
+    return IdentityEstimator(
+        facility=lambda: facility,
+        detector=detector,  # type: ignore[arg-type]
+        recogniser=recogniser,  # type: ignore[arg-type]
+        flow="prod",
+        estimator="plate-ocr/test",
+        min_plate_confidence=min_conf,
+        clock=lambda: NOW,
+    )
+
+
+def estimates_of(outcomes: Sequence[object]) -> list[IdentityEstimate]:
+    out = []
+    for o in outcomes:
+        assert not isinstance(o, Rejected)
+        out += list(o)  # type: ignore[call-overload]
+    return out
+
+
+def test_fully_visible_plates_are_read_exactly(
+    facility: FacilityConfig, cases: list[RenderedCase], recogniser: RapidTextRecogniser
+) -> None:
+    handle = reader(facility, LabelDetector(cases), recogniser)
+    frames = [decoded(c, i) for i, c in enumerate(cases)]
+    truth = {
+        (c.camera_id, i): [lb for lb in c.labels if lb.cls == "plate"] for i, c in enumerate(cases)
+    }
+    checked = 0
+    for est in estimates_of(handle(frames)):
+        labels = truth[(est.camera_id, est.frame.seq)]
+        if est.plate_box is None:
+            assert not labels
+            assert est.unreadable_reason == "no plate in view"
+            continue
+        box = est.plate_box.bbox
+        (label,) = [lb for lb in labels if abs(lb.box[0] - box.x1) < 0.01]
+        # Every plate gets a model: from its text, or from the livery when it is unreadable.
+        assert est.locomotive_model == label.model
+        if label.visible_fraction >= 0.95:
+            assert est.plate_text == label.plate, est.unreadable_reason
+            assert est.plate_confidence >= 0.6
+            checked += 1
+        elif est.plate_text is not None:
+            assert est.plate_text == label.plate
+        else:
+            assert est.unreadable_reason
+    assert checked >= 10
+
+
+def test_unreadable_plate_gets_a_reason_and_the_livery_model(
+    facility: FacilityConfig, cases: list[RenderedCase]
+) -> None:
+    class Smudged:
+        def recognise(self, crops: Sequence[Image]) -> list[tuple[str, float]]:
+            return [("#?~", 0.31) for _ in crops]
+
+    case = next(c for c in cases if any(lb.cls == "plate" for lb in c.labels))
+    plate = next(lb for lb in case.labels if lb.cls == "plate")
+    handle = reader(facility, LabelDetector([case]), Smudged())
+    est = next(e for e in estimates_of(handle([decoded(case, 1)])) if e.plate_box is not None)
+    assert est.plate_text is None
+    assert est.unreadable_reason is not None
+    assert "matches no plate pattern" in est.unreadable_reason
+    assert est.locomotive_model == plate.model
+    assert est.model_confidence > 0.3
+
+
+def test_low_confidence_reading_is_unreadable(facility: FacilityConfig) -> None:
+    livery = nearest_livery((40, 120, 60), facility.locomotive_models)
+    decision = decide("TEM2-5948", 0.4, PlateReading("TEM2-5948", "TEM2", 0), livery, 0.6)
+    assert decision.plate_text is None
+    assert "below min_plate_confidence 0.60" in (decision.unreadable_reason or "")
+    assert decision.locomotive_model == "TEM2"  # from the livery
+    confident = decide("TEM2-5948", 0.97, PlateReading("TEM2-5948", "TEM2", 1), livery, 0.6)
+    assert confident.plate_text == "TEM2-5948"
+    assert confident.plate_confidence == pytest.approx(0.97 * 0.9)
+    other = nearest_livery((200, 60, 40), facility.locomotive_models)
+    disputed = decide("TEM2-5948", 0.97, PlateReading("TEM2-5948", "TEM2", 0), other, 0.6)
+    assert disputed.locomotive_model == "TEM2"
+    assert disputed.model_confidence < confident.model_confidence
+
+
+def test_tiny_plate_is_not_sent_to_ocr(facility: FacilityConfig) -> None:
+    class NeverCalled:
+        def recognise(self, crops: Sequence[Image]) -> list[tuple[str, float]]:
+            raise AssertionError("tiny plates must not reach the OCR engine")
+
+    class OneTinyPlate:
+        def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
+            box = BoundingBox(x1=600, y1=300, x2=640, y2=308)
+            return [[Detection(cls="plate", bbox=box, confidence=0.8)] for _ in images]
+
+    frame = DecodedFrame(
+        ref=FrameRef(
+            camera_id="cam-s1",
+            seq=1,
+            captured_at=NOW,
+            bucket="frames",
+            key="k.jpg",
+            width=1280,
+            height=720,
+            size=1,
+            sha256="0" * 64,
+        ),
+        image=np.full((720, 1280, 3), 120, np.uint8),
+    )
+    (est,) = estimates_of(reader(facility, OneTinyPlate(), NeverCalled())([frame]))
+    assert est.plate_text is None
+    assert est.unreadable_reason == "plate too small to read (8 px high, need 12)"
+    assert est.locomotive_model is None  # grey surroundings: no livery to judge
+
+
+def test_plate_is_placed_through_the_head_beside_it(
+    facility: FacilityConfig, cases: list[RenderedCase], recogniser: RapidTextRecogniser
+) -> None:
+    placed = 0
+    for i, case in enumerate(cases):
+        heads = [lb for lb in case.labels if lb.cls == "head"]
+        plates = [lb for lb in case.labels if lb.cls == "plate"]
+        for plate in plates:
+            mine = [h for h in heads if h.locomotive_id == plate.locomotive_id]
+            if not mine:
+                continue
+            handle = reader(facility, LabelDetector([case]), recogniser)
+            for est in estimates_of(handle([decoded(case, i)])):
+                if est.plate_box is None or abs(est.plate_box.bbox.x1 - plate.box[0]) > 0.01:
+                    continue
+                assert est.observation is not None
+                assert est.observation.kind == "head"
+                assert est.observation.track_id == plate.track_id
+                assert est.observation.position_m == pytest.approx(
+                    mine[0].end_position_m, abs=1.0
+                )
+                placed += 1
+    assert placed >= 3
+
+
+def test_livery_check_on_rendered_plates(
+    facility: FacilityConfig, cases: list[RenderedCase]
+) -> None:
+    n = 0
+    for case in cases:
+        image = cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        for lb in case.labels:
+            if lb.cls != "plate":
+                continue
+            box = BoundingBox(x1=lb.box[0], y1=lb.box[1], x2=lb.box[2], y2=lb.box[3])
+            match = livery_model(image, box, facility.locomotive_models)
+            assert match is not None
+            assert match.model == lb.model
+            n += 1
+    assert n >= 10
+
+
+def test_head_beside_ignores_far_heads_and_tails() -> None:
+    plate = Detection(cls="plate", bbox=BoundingBox(x1=500, y1=200, x2=600, y2=230), confidence=1)
+    near = Detection(cls="head", bbox=BoundingBox(x1=300, y1=250, x2=420, y2=400), confidence=1)
+    far = Detection(cls="head", bbox=BoundingBox(x1=900, y1=250, x2=1000, y2=400), confidence=1)
+    tail = Detection(cls="tail", bbox=BoundingBox(x1=610, y1=250, x2=700, y2=400), confidence=1)
+    assert head_beside(plate, [far, tail, near]) == near
+    assert head_beside(plate, [far, tail]) is None
