@@ -7,6 +7,7 @@ Subcommands live beside the code they drive and are imported only when used, so
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path

@@ -100,6 +100,8 @@ def aggregator_command(config_path: Path | None, no_expect: bool, bind: str | No
     """
     settings = load_settings()
     configure_logging("aggregator", settings.log_level, settings.log_format)
+    # During an S3 outage urllib3 would log every retry; the service logs the outage once.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     agg = AggregatorSettings()
     if bind:
         agg = agg.model_copy(update={"bind": bind})

@@ -153,7 +153,7 @@ class AggregatorService:
 
     # -- lifecycle -----------------------------------------------------------------------
     def prepare_bucket(self) -> None:
-        """Create the bucket and its expiry rule, retrying until S3 answers or shutdown."""
+        """Create the bucket and its frame-expiry rule; retry until S3 answers or shutdown."""
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         days = self.store.settings.frame_retention_days
         while not self.shutdown.requested:
@@ -167,7 +167,10 @@ class AggregatorService:
                 self.shutdown.wait(delay)
                 continue
             try:
-                self.store.set_expiry(days, prefix=f"{self.settings.key_prefix}/")
+                # One bucket-wide rule (as `depotwatch infra up` sets it): a per-prefix rule
+                # would replace rules other writers of the bucket rely on.
+                if self.store.expiry_days() != days:
+                    self.store.set_expiry(days)
             except StorageError as exc:
                 # Some S3 servers lack lifecycle rules; frames are still stored, so go on.
                 log.warning(

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import click
 
+from services.evaluation.estimators import estimators_command
+
 
 @click.group("eval")
 def evaluate() -> None:
@@ -50,3 +52,6 @@ def pipeline_command(
     figures = measure(settings.kafka, flow, duration, t0, t1, warmup)
     for line in figures.lines():
         click.echo(line)
+
+
+evaluate.add_command(estimators_command)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.estimates import BoundingBox, IdentityEstimate, PositionEstimate
+from schemas.estimates import BoundingBox, Detection, IdentityEstimate, TrackObservation
 
 MIN_IOU = 0.3
 """A prediction overlapping a true box less than this is not the same object."""
@@ -44,6 +44,24 @@ class TrueObject:
     end_position_m: float | None = None
 
 
+REASON_CATEGORIES = (
+    "no plate pattern",
+    "ambiguous",
+    "below min_plate_confidence",
+    "cut off",
+    "too small",
+    "no text",
+)
+
+
+def reason_category(reason: str) -> str:
+    """A short category of an unreadable reason (the reasons quote the text read)."""
+    for category in REASON_CATEGORIES:
+        if category in reason:
+            return category
+    return reason.split(" (")[0][:40] or "unknown"
+
+
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -64,11 +82,7 @@ def match(
 ) -> dict[int, int]:
     """Greedy one-to-one matching by IoU: truth index -> prediction index."""
     pairs = sorted(
-        (
-            (iou(t, p), ti, pi)
-            for ti, t in enumerate(truths)
-            for pi, p in enumerate(predictions)
-        ),
+        ((iou(t, p), ti, pi) for ti, t in enumerate(truths) for pi, p in enumerate(predictions)),
         reverse=True,
     )
     out: dict[int, int] = {}
@@ -93,7 +107,6 @@ class EstimatorScore:
     ends_false: int = 0
     track_correct: int = 0
     errors_m: list[float] = field(default_factory=list)
-    signed_errors_m: list[float] = field(default_factory=list)
     plates_true: int = 0
     plates_whole: int = 0
     plates_matched: int = 0
@@ -104,30 +117,27 @@ class EstimatorScore:
     models_correct: int = 0
     unreadable_reasons: dict[str, int] = field(default_factory=dict)
 
-    def add_positions(self, truth: Sequence[TrueObject], estimate: PositionEstimate) -> None:
-        """Score the head/tail observations of one frame."""
+    def add_positions(
+        self,
+        truth: Sequence[TrueObject],
+        ends: Sequence[tuple[Detection, TrackObservation | None]],
+    ) -> None:
+        """Score the head/tail detections of one frame and where they were placed."""
         self.frames += 1
         for cls in ("head", "tail"):
             true = [t for t in truth if t.cls == cls]
-            # Observations are made for head/tail detections in order, so zip them.
-            ends = [d for d in estimate.detections if d.cls in ("head", "tail")]
-            pairs = [
-                (d, o)
-                for d, o in zip(ends, estimate.observations, strict=False)
-                if d.cls == cls
-            ]
+            pairs = [(d, o) for d, o in ends if d.cls == cls]
             matched = match([t.box for t in true], [_xyxy(d.bbox) for d, _ in pairs])
             self.ends_true += len(true)
             self.ends_matched += len(matched)
             self.ends_false += len(pairs) - len(matched)
             for ti, pi in matched.items():
                 t, obs = true[ti], pairs[pi][1]
-                if obs.track_id != t.track_id or obs.position_m is None:
+                if obs is None or obs.track_id != t.track_id or obs.position_m is None:
                     continue
                 self.track_correct += 1
                 assert t.end_position_m is not None
                 self.errors_m.append(abs(obs.position_m - t.end_position_m))
-                self.signed_errors_m.append(obs.position_m - t.end_position_m)
 
     def add_identities(
         self, truth: Sequence[TrueObject], estimates: Sequence[IdentityEstimate]
@@ -147,7 +157,7 @@ class EstimatorScore:
             whole = t.visible_fraction >= WHOLE_PLATE
             if est.plate_text is None:
                 self.plates_unreadable += 1
-                reason = (est.unreadable_reason or "?").split(" (")[0].split("'")[0].strip()
+                reason = reason_category(est.unreadable_reason or "")
                 self.unreadable_reasons[reason] = self.unreadable_reasons.get(reason, 0) + 1
             elif est.plate_text == t.plate:
                 self.plates_exact += 1
@@ -172,9 +182,6 @@ class EstimatorScore:
             "track_accuracy": ratio(self.track_correct, self.ends_matched),
             "position_median_m": round(float(np.median(errs)), 3) if len(errs) else None,
             "position_p95_m": round(float(np.percentile(errs, 95)), 3) if len(errs) else None,
-            "position_bias_m": (
-                round(float(np.median(self.signed_errors_m)), 3) if len(errs) else None
-            ),
             "plates_true": self.plates_true,
             "plates_whole": self.plates_whole,
             "plate_exact": ratio(self.plates_whole_exact, self.plates_whole),
@@ -206,10 +213,9 @@ def report_lines(figures: dict[str, Any]) -> list[str]:
         verdict = {True: "ok", False: "MISSED", None: "n/a"}[ok[name]]
         lines.append(f"{name:20} {figures[name]!s:>8}   goal {op} {goal:<5} {verdict}")
     lines.append(
-        f"position bias (median signed error) {figures['position_bias_m']} m; plates: "
-        f"{figures['plates_whole']} whole of {figures['plates_true']} visible, exact over all "
-        f"visible {figures['plate_exact_all']}, wrong {figures['plate_wrong']}, unreadable "
-        f"{figures['plate_unreadable']} of matched"
+        f"plates: {figures['plates_whole']} whole of {figures['plates_true']} visible, exact "
+        f"over all visible {figures['plate_exact_all']}, wrong {figures['plate_wrong']}, "
+        f"unreadable {figures['plate_unreadable']} of matched"
     )
     if figures["unreadable_reasons"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in figures["unreadable_reasons"].items())

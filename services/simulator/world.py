@@ -314,7 +314,8 @@ class Simulation:
                 span = (min(lo, lo + dist) - margin, max(hi, hi + dist) + margin)
             if any(span[0] < b and a < span[1] for a, b in occupied[track.id]):
                 continue
-            occupied[track.id].append((lo, hi))
+            # Keep the whole swept span: a moving locomotive must not drive into another.
+            occupied[track.id].append((span[0] + margin, span[1] - margin))
             head0 = hi if facing == 1 else lo
             if moving:
                 t0 = float(rng.uniform(0, duration * 0.5))

@@ -214,6 +214,8 @@ def test_frames_from_two_cameras_become_objects_and_refs(rig: Rig) -> None:
     ref_keys = {r.key for r in rig.collector.refs()}
     assert ref_keys == stored, "every stored frame has exactly one ref, and no ref is dangling"
     assert dropped == 0
+    assert rig.store.expiry_days() == rig.settings.s3.frame_retention_days
+    assert dropped == 0
 
 
 def test_capture_resumes_within_10s_after_the_rtsp_server_restarts(rig: Rig) -> None:

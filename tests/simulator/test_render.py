@@ -53,9 +53,7 @@ def test_head_box_matches_an_independent_projection(
     k, r, t = pinhole_extrinsics(
         cam.pose.position, cam.pose.look_at, cam.pose.hfov_deg, cam.width, cam.height
     )
-    corners = np.array(
-        [[x, y, z] for x in (19.4, 20.0) for y in (2.45, 5.55) for z in (0.0, 1.4)]
-    )
+    corners = np.array([[x, y, z] for x in (19.4, 20.0) for y in (2.45, 5.55) for z in (0.0, 1.4)])
     pc = (r @ corners.T).T + t
     uv = (k @ pc.T).T
     uv = uv[:, :2] / uv[:, 2:3]
@@ -97,7 +95,9 @@ def test_an_end_hidden_behind_another_locomotive_gets_no_label(
     # From the south wall, a locomotive on T1 hides T2 behind it.
     t2_alone = [_one_loco(18.0, track="T2")]
     both = [*t2_alone, {**_one_loco(30.0, track="T1", model="TE33A"), "id": "FRONT"}]
-    alone = renderer.render(Simulation(facility, scenario(locomotives=t2_alone), 1).state(0), "cam-s2")
+    alone = renderer.render(
+        Simulation(facility, scenario(locomotives=t2_alone), 1).state(0), "cam-s2"
+    )
     hidden = renderer.render(Simulation(facility, scenario(locomotives=both), 1).state(0), "cam-s2")
     assert [lb.cls for lb in alone.labels if lb.locomotive_id == "L1" and lb.cls == "head"]
     assert not [lb for lb in hidden.labels if lb.locomotive_id == "L1" and lb.cls == "head"]
@@ -123,7 +123,9 @@ def test_light_level_and_noise_change_the_image_not_the_labels(
     facility: FacilityConfig, renderer: Renderer
 ) -> None:
     bright = scenario(locomotives=[_one_loco(20.0)])
-    dim = scenario(locomotives=[_one_loco(20.0)], lighting=[{"at_s": 0, "level": 0.5}], noise_sigma=4)
+    dim = scenario(
+        locomotives=[_one_loco(20.0)], lighting=[{"at_s": 0, "level": 0.5}], noise_sigma=4
+    )
     a = renderer.render(Simulation(facility, bright, 1).state(0), "cam-s2")
     b = renderer.render(Simulation(facility, dim, 1).state(0), "cam-s2")
     assert a.labels == b.labels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -24,7 +25,9 @@ def test_builtin_scenarios_load_and_cover_every_split() -> None:
     # Held-out test scenarios are their own files, never shared with train.
     train = {n for n in names if load_scenario(n).split == "train"}
     test = {n for n in names if load_scenario(n).split == "test"}
-    assert train and test and not train & test
+    assert train
+    assert test
+    assert not train & test
 
 
 def test_same_seed_same_fleet_other_seed_other_fleet(facility: FacilityConfig) -> None:
@@ -54,7 +57,7 @@ def test_random_fleet_never_overlaps_on_a_track(facility: FacilityConfig) -> Non
                 )
             for track_spans in spans.values():
                 track_spans.sort()
-                for (_, end), (start, _) in zip(track_spans, track_spans[1:], strict=False):
+                for (_, end), (start, _) in itertools.pairwise(track_spans):
                     assert start >= end - 1e-6
 
 
@@ -71,7 +74,12 @@ def test_ground_truth_lists_locomotives_inside_the_depot_only(facility: Facility
     sc = scenario(
         locomotives=[
             {"id": "IN", "model": "TEM2", "track": "T1", "keyframes": [{"at_s": 0, "head_m": 20}]},
-            {"id": "OUT", "model": "TEM2", "track": "T2", "keyframes": [{"at_s": 0, "head_m": -30}]},
+            {
+                "id": "OUT",
+                "model": "TEM2",
+                "track": "T2",
+                "keyframes": [{"at_s": 0, "head_m": -30}],
+            },
         ],
         outages=[{"camera": "cam-s2", "from_s": 10, "to_s": 20}],
     )
@@ -90,7 +98,9 @@ def test_bad_scenarios_name_the_problem(facility: FacilityConfig) -> None:
     with pytest.raises(ScenarioError, match="unknown track 'T9'"):
         Simulation(
             facility,
-            scenario(locomotives=[{"id": "X", "track": "T9", "keyframes": [{"at_s": 0, "head_m": 1}]}]),
+            scenario(
+                locomotives=[{"id": "X", "track": "T9", "keyframes": [{"at_s": 0, "head_m": 1}]}]
+            ),
             seed=1,
         )
     with pytest.raises(ScenarioError, match="no scenario 'nope'"):
