@@ -20,8 +20,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "infra": ("services.infra.cli:infra", "Start, stop and inspect the embedded Kafka + S3."),
     "sim": ("services.simulator.cli:sim", "Depot simulator: render, serve RTSP, datasets."),
     "train": ("services.simulator.training:train_command", "Train the head/tail/plate detector."),
-    "capture": ("services.capture.__main__:capture_command", "Capture one camera to the aggregator."),
-    "aggregator": ("services.aggregator.__main__:aggregator_command", "Store frames, publish refs."),
+    "capture": (
+        "services.capture.__main__:capture_command",
+        "Capture one camera to the aggregator.",
+    ),
+    "aggregator": (
+        "services.aggregator.__main__:aggregator_command",
+        "Store frames, publish refs.",
+    ),
     "position-estimator": (
         "services.position_estimator.__main__:position_estimator_command",
         "Detect heads/tails and place them on tracks.",
@@ -34,7 +40,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("services.benchmarks.cli:bench", "Benchmarks: ingest, detect, ocr."),
     "eval": ("services.evaluation.cli:evaluate", "Accuracy against simulator ground truth."),
     "compare": ("services.evaluation.compare:compare_command", "Agreement of two flows' states."),
-    "replay": ("services.flows.replay:replay_command", "Re-run a flow's estimators on stored frames."),
+    "replay": ("services.flows.replay:replay_command", "Re-run a flow's estimators on history."),
     "run": ("services.flows.__main__:run_command", "Run one flow's estimators beside the others."),
     "dashboard": ("services.dashboard.__main__:dashboard_command", "Live web page of the depot."),
     "grafana": ("services.dashboard.grafana:grafana", "Provision Grafana dashboards + datasource."),
@@ -171,7 +177,9 @@ def schemas_export(directory: Path) -> None:
 
 
 @schemas.command("topics")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("facility.yaml"))
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=Path("facility.yaml")
+)
 def schemas_topics(config_path: Path) -> None:
     """List every topic the facility's flows need, with model, key and partitions."""
     from schemas.facility import ConfigError, load_facility
@@ -183,8 +191,10 @@ def schemas_topics(config_path: Path) -> None:
         raise click.ClickException(str(exc)) from None
     for spec in topics_for(cfg.flows):
         cfgs = ",".join(f"{k}={v}" for k, v in spec.config.items())
-        click.echo(f"{spec.name:32} {spec.model.__name__:18} key={spec.key_field:12} "
-                   f"partitions={spec.partitions} {cfgs}")
+        click.echo(
+            f"{spec.name:32} {spec.model.__name__:18} key={spec.key_field:12} "
+            f"partitions={spec.partitions} {cfgs}"
+        )
 
 
 def main() -> None:

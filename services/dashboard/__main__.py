@@ -98,7 +98,7 @@ def dashboard_command(config_path: Path | None, host: str | None, port: int | No
     if dash.lag_exporter:
         from services.runtime.consumer_lag import ConsumerLagMonitor
 
-        lag = ConsumerLagMonitor(settings.kafka, cfg.flows).start()
+        lag = ConsumerLagMonitor(settings.kafka, cfg.flows, group_pattern=dash.lag_groups).start()
         server.registry.register(lag.collector)
     feed = KafkaFeed(settings.kafka, cfg.flows, server.apply_threadsafe).start()
     try:

@@ -26,6 +26,10 @@ class DashboardSettings(BaseSettings):
     lag_exporter: bool = Field(
         default=True, description="Export consumer lag of every depotwatch consumer group."
     )
+    lag_groups: str = Field(
+        default=".*",
+        description="Regular expression of the consumer groups whose lag is exported.",
+    )
     frame_cache: int = Field(default=64, ge=1, description="Frames kept in memory for tiles.")
     client_queue: int = Field(
         default=256,

@@ -227,7 +227,7 @@ class DashboardServer:
         if remember and request.path == "/":
             # Trade the token in the URL for a cookie and drop it from the address bar, so it
             # does not linger in browser history or get copied along with a link.
-            response: web.StreamResponse = web.HTTPFound("/")
+            response: web.StreamResponse = web.Response(status=302, headers={"Location": "/"})
         else:
             response = await handler(request)
         if remember and self.settings.token is not None:

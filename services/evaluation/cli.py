@@ -40,16 +40,22 @@ def pipeline_command(
     Prints count-per-track accuracy, head/tail error median and p95, identity accuracy and
     capture -> facility-state latency p50/p95, each against its goal.
     """
+    from schemas.facility import ConfigError, load_facility
     from services.evaluation.compare import parse_time
     from services.evaluation.pipeline import measure
     from services.runtime.settings import load_settings
 
     settings = load_settings()
+    try:
+        facility = load_facility(settings.facility_config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    lengths = {t.id: t.length_m for t in facility.tracks}
     t0 = parse_time(start) if start else None
     t1 = (parse_time(end) if end else datetime.now(UTC)) if start else None
     if t0 is None:
         click.echo(f"watching facility-state.{flow}.v1 and ground-truth.v1 for {duration:.0f} s")
-    figures = measure(settings.kafka, flow, duration, t0, t1, warmup)
+    figures = measure(settings.kafka, flow, duration, t0, t1, warmup, lengths)
     for line in figures.lines():
         click.echo(line)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,9 +79,22 @@ def placed_from_state(state: FacilityState) -> list[Placed]:
     ]
 
 
-def placed_from_truth(truth: GroundTruth) -> list[Placed]:
-    """The locomotives the simulator placed."""
-    return [Placed(x.track_id, x.head_m, x.tail_m, x.plate, x.model) for x in truth.locomotives]
+def placed_from_truth(
+    truth: GroundTruth, track_lengths: Mapping[str, float] | None = None
+) -> list[Placed]:
+    """The locomotives the simulator placed.
+
+    With ``track_lengths``, a locomotive whose cab (and so its plate) stands outside the depot
+    has no plate to be read: it is left out of the identity score, not counted as wrong.
+    """
+    out = []
+    for x in truth.locomotives:
+        plate: str | None = x.plate
+        length = (track_lengths or {}).get(x.track_id)
+        if length is not None and not 0.0 <= x.head_m <= length:
+            plate = None
+        out.append(Placed(x.track_id, x.head_m, x.tail_m, plate, x.model))
+    return out
 
 
 def compare_placed(
@@ -122,10 +135,12 @@ def compare_states(a: FacilityState, b: FacilityState) -> SnapshotComparison:
     return compare_placed(placed_from_state(a), placed_from_state(b), tracks)
 
 
-def compare_to_truth(truth: GroundTruth, state: FacilityState) -> SnapshotComparison:
+def compare_to_truth(
+    truth: GroundTruth, state: FacilityState, track_lengths: Mapping[str, float] | None = None
+) -> SnapshotComparison:
     """Accuracy of a flow's state against the simulator's ground truth."""
     tracks = [t.track_id for t in state.tracks]
-    return compare_placed(placed_from_truth(truth), placed_from_state(state), tracks)
+    return compare_placed(placed_from_truth(truth, track_lengths), placed_from_state(state), tracks)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -233,8 +248,13 @@ def summarise(
     states: Sequence[FacilityState],
     max_skew_s: float = 2.0,
     warmup_s: float = 0.0,
+    track_lengths: Mapping[str, float] | None = None,
 ) -> AgreementSummary:
-    """Compare every state of B with the reference (flow A's states or ground truth)."""
+    """Compare every state of B with the reference (flow A's states or ground truth).
+
+    ``track_lengths`` (ground truth only) leaves plates outside the depot out of the
+    identity score.
+    """
     summary = AgreementSummary()
     refs: list[tuple[datetime, Any]] = [
         (r.at if isinstance(r, GroundTruth) else r.as_of, r) for r in reference
@@ -244,7 +264,7 @@ def summarise(
     start = min(at for at, _ in refs) + timedelta(seconds=warmup_s)
     for ref, state in pair_in_time(refs, [s for s in states if s.as_of >= start], max_skew_s):
         if isinstance(ref, GroundTruth):
-            summary.add(compare_to_truth(ref, state))
+            summary.add(compare_to_truth(ref, state, track_lengths))
         else:
             summary.add(compare_states(ref, state))
     return summary

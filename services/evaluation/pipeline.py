@@ -15,7 +15,7 @@ its ``as_of`` (the capture time of the newest frame folded in).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,6 +89,7 @@ def pipeline_figures(
     truths: Sequence[Stamped],
     warmup_s: float = 30.0,
     max_skew_s: float = 2.0,
+    track_lengths: Mapping[str, float] | None = None,
 ) -> PipelineFigures:
     """Figures from raw facility-state and ground-truth records (pure)."""
     decoded: list[tuple[Stamped, FacilityState]] = []
@@ -103,7 +104,7 @@ def pipeline_figures(
             truth.append(decode(GroundTruth, record.value))
         except MessageDecodeError:
             continue
-    accuracy = summarise(truth, [s for _, s in decoded], max_skew_s, warmup_s)
+    accuracy = summarise(truth, [s for _, s in decoded], max_skew_s, warmup_s, track_lengths)
     start = min((t.at for t in truth), default=None)
     latencies = [
         record.timestamp_ms / 1000 - state.as_of.timestamp()
@@ -152,6 +153,7 @@ def measure(
     start: datetime | None,
     end: datetime | None,
     warmup_s: float,
+    track_lengths: Mapping[str, float] | None = None,
 ) -> PipelineFigures:
     """Collect (live or from a range) and compute the figures."""
     from services.evaluation.compare import read_range_raw
@@ -164,4 +166,4 @@ def measure(
     else:
         got = collect_live(kafka, [state_topic, truth_topic], duration_s or 300.0)
         states, truths = got[state_topic], got[truth_topic]
-    return pipeline_figures(states, truths, warmup_s)
+    return pipeline_figures(states, truths, warmup_s, track_lengths=track_lengths)

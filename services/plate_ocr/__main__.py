@@ -79,6 +79,12 @@ def plate_ocr_command(
     except (EstimatorConfigError, WeightsError, OcrUnavailableError) as exc:
         raise click.ClickException(str(exc)) from None
     log.info("starting", extra={"flow": flow, "mode": mode, "weights": str(config.weights)})
+    if detector.trained_imgsz and detector.trained_imgsz != detector.imgsz:
+        log.warning(
+            "inference size differs from the training size; accuracy and speed will differ "
+            "from the model card (set the flow's imgsz)",
+            extra={"imgsz": detector.imgsz, "trained_imgsz": detector.trained_imgsz},
+        )
     detector.warm_up()
     shutdown = ShutdownSignal().install()
     serve_frame_stream(

@@ -193,7 +193,9 @@ class IdentityEstimator:
                 continue
             estimates = []
             for det in plates:
-                decision = self._decide(frame, det, read.get((id(frame), id(det))), normaliser)
+                decision = self._decide(
+                    frame, det, read.get((id(frame), id(det))), normaliser, facility
+                )
                 head = head_beside(det, dets)
                 obs = self._place(head, camera, facility, frame.ref) if head else None
                 estimates.append(self._estimate(frame.ref, decision, det, obs))
@@ -206,8 +208,8 @@ class IdentityEstimator:
         det: Detection,
         ocr: tuple[str, float] | None,
         normaliser: PlateNormaliser,
+        facility: FacilityConfig,
     ) -> PlateDecision:
-        facility = self._facility()
         livery = livery_model(frame.image, det.bbox, facility.locomotive_models)
         h, w = frame.image.shape[:2]
         if ocr is None:

@@ -79,6 +79,12 @@ def position_estimator_command(
         "starting",
         extra={"flow": flow, "mode": mode, "weights": str(config.weights), "device": config.device},
     )
+    if detector.trained_imgsz and detector.trained_imgsz != detector.imgsz:
+        log.warning(
+            "inference size differs from the training size; accuracy and speed will differ "
+            "from the model card (set the flow's imgsz)",
+            extra={"imgsz": detector.imgsz, "trained_imgsz": detector.trained_imgsz},
+        )
     detector.warm_up()
     shutdown = ShutdownSignal().install()
     serve_frame_stream(position_stream(settings, config, watch, detector), settings, shutdown)

@@ -90,6 +90,13 @@ class YoloDetector:
         self.class_names: dict[int, str] = {int(k): str(v) for k, v in names.items()}
 
     @property
+    def trained_imgsz(self) -> int | None:
+        """Input size the weights were trained at, if the checkpoint records it."""
+        args = (getattr(self._model, "ckpt", None) or {}).get("train_args") or {}
+        size = args.get("imgsz") if isinstance(args, dict) else None
+        return int(size) if isinstance(size, int) else None
+
+    @property
     def backend(self) -> str:
         """``torch`` or ``onnx``."""
         return "onnx" if self.weights.suffix == ".onnx" else "torch"

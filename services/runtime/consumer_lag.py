@@ -3,8 +3,9 @@
 Lag = high watermark - committed offset, per partition, summed per (group, topic). The group
 id names the service and the flow (``depotwatch.position-estimator.prod``,
 ``depotwatch-state-estimator-dev``...); :func:`parse_group` splits it so dashboards can plot lag
-per service and flow. A background thread refreshes the figures every few seconds, so a scrape
-never waits on the broker.
+per service and flow. Every group on the broker is reported (``group_pattern`` narrows that on
+a shared cluster) except the dashboard's viewer group, which commits nothing. A background
+thread refreshes the figures every few seconds, so a scrape never waits on the broker.
 """
 
 from __future__ import annotations
@@ -108,12 +109,17 @@ class LagCollector(Collector):
 
 
 class ConsumerLagMonitor:
-    """Refreshes consumer lag of every ``depotwatch*`` group on a background thread."""
+    """Refreshes the consumer lag of every consumer group on a background thread."""
 
     def __init__(
-        self, kafka: KafkaSettings, flows: Iterable[str] = (), interval_s: float = 5.0
+        self,
+        kafka: KafkaSettings,
+        flows: Iterable[str] = (),
+        interval_s: float = 5.0,
+        group_pattern: str = ".*",
     ) -> None:
         self._kafka = kafka
+        self._groups = re.compile(group_pattern)
         self._flows = list(flows)
         self._interval = interval_s
         self.collector = LagCollector()
@@ -153,14 +159,14 @@ class ConsumerLagMonitor:
             consumer.close()
 
     def refresh(self, admin: Any, consumer: Any, timeout: float = 5.0) -> list[GroupLag]:
-        """Lag rows for every depotwatch consumer group (blocking; talks to the broker)."""
+        """Lag rows for every matching consumer group (blocking; talks to the broker)."""
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
         listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout)
         groups = sorted(
             g.group_id
             for g in listed.valid
-            if g.group_id.startswith(GROUP_PREFIX) and g.group_id not in VIEWER_GROUPS
+            if self._groups.match(g.group_id) and g.group_id not in VIEWER_GROUPS
         )
         rows: list[GroupLag] = []
         high: dict[PartitionKey, int] = {}

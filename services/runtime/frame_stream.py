@@ -3,7 +3,8 @@
 ``frames.v1`` refs are consumed in batches (up to ``max_batch`` refs or ``max_wait_ms``), their
 JPEGs fetched from the object store in parallel and decoded, handed to the service's pure
 handler, and its output published. Offsets are marked done only after every output of the batch
-is acknowledged by the broker, so a crash re-processes at most the batch in flight.
+is acknowledged by the broker, so a crash re-processes at most the batches in flight. While one
+batch is inferred, the refs already waiting are read ahead and their frames fetched.
 
 * live mode: when the service falls behind, only the newest frame per camera is processed; the
   older ones are skipped and counted (``depotwatch_frames_skipped_total``).
@@ -19,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,6 +95,8 @@ FrameHandler = Callable[[Sequence[DecodedFrame]], Sequence[FrameOutcome]]
 
 
 Fetched = tuple[Received[FrameRef], DecodedFrame]
+FetchResult = DecodedFrame | StorageError | str
+"""A decoded frame, an object store outage (retry), or why the frame is unusable."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,16 @@ def select_frames(received: Sequence[Received[FrameRef]], mode: Mode) -> Selecti
     )
 
 
+@dataclass
+class _Polled:
+    """One poll's refs: all of them, the ones to process (being fetched) and the skipped."""
+
+    received: list[Received[FrameRef]]
+    keep: list[Received[FrameRef]]
+    skipped: list[Received[FrameRef]]
+    futures: list[Future[FetchResult]]
+
+
 class FrameStream:
     """Runs a :data:`FrameHandler` over ``frames.v1`` with at-least-once delivery."""
 
@@ -160,32 +173,46 @@ class FrameStream:
         self.processed = 0
         self.skipped = 0
         self.rejected = 0
+        self._ahead: _Polled | None = None
 
     # -- one iteration ---------------------------------------------------------------------
-    def poll(self) -> list[Received[FrameRef]]:
-        """The next refs from the broker (bad payloads are dead-lettered by the consumer)."""
+    def _poll(self, timeout: float) -> _Polled | None:
+        """Poll refs, pick the ones to process and start fetching them in the background."""
         cfg = self.config
         want = cfg.live_window if cfg.mode == "live" else cfg.max_batch
-        return self.consumer.poll_batch(want, cfg.max_wait_ms / 1000.0)
+        received = self.consumer.poll_batch(want, timeout)
+        if not received:
+            return None
+        selection = select_frames(received, cfg.mode)
+        futures = [self._pool.submit(self._fetch_one, r) for r in selection.keep]
+        return _Polled(received, selection.keep, selection.skipped, futures)
 
     def run_once(self, shutdown: ShutdownSignal | None = None) -> int:
-        """Poll, process and acknowledge one batch; returns how many frames got estimates."""
-        received = self.poll()
+        """Poll, process and acknowledge one batch; returns how many frames got estimates.
+
+        While a batch is being handled, the refs already waiting are polled and their frames
+        fetched in the background (read-ahead), so S3 and decoding overlap inference.
+        """
+        current = self._ahead or self._poll(self.config.max_wait_ms / 1000.0)
+        self._ahead = None
         self.last_progress = time.monotonic()
         LAST_BATCH.labels(*self._labels).set_to_current_time()
-        if not received:
+        if current is None:
             return 0
-        selection = select_frames(received, self.config.mode)
-        for r in selection.skipped:
+        self._ahead = self._poll(0.0)
+        if self.config.mode == "live" and self._ahead is not None:
+            self._skip_superseded(current, self._ahead)
+        for r in current.skipped:
             FRAMES_SKIPPED.labels(*self._labels, r.message.camera_id).inc()
-        self.skipped += len(selection.skipped)
+        self.skipped += len(current.skipped)
         handled = 0
         pending: list[tuple[Received[FrameRef], Message]] = []
         rejected: list[tuple[Received[FrameRef], str]] = []
-        keep = selection.keep
-        for start in range(0, len(keep), self.config.max_batch):
-            chunk = keep[start : start + self.config.max_batch]
-            frames, chunk_rejected = self._fetch(chunk, shutdown)
+        batch = self.config.max_batch
+        for start in range(0, len(current.keep), batch):
+            chunk = current.keep[start : start + batch]
+            futures = current.futures[start : start + batch]
+            frames, chunk_rejected = self._collect(chunk, futures, shutdown)
             if frames is None:
                 return handled  # shutdown while the store was down: nothing is marked done
             rejected += chunk_rejected
@@ -207,34 +234,51 @@ class FrameStream:
                     handled += 1
         self._publish(pending)
         for r, reason in rejected:
-            self.consumer.dead_letter(r.raw, reason)
+            self.consumer.dead_letter(r.raw, reason, mark_done=False)
             FRAMES_REJECTED.labels(*self._labels).inc()
         self.rejected += len(rejected)
         # Store offsets in order, after every output is acknowledged (see module docstring).
-        for r in sorted(received, key=lambda x: (x.topic, x.partition, x.offset)):
+        for r in sorted(current.received, key=lambda x: (x.topic, x.partition, x.offset)):
             self.consumer.done(r)
         FRAMES_PROCESSED.labels(*self._labels).inc(handled)
         self.processed += handled
         return handled
 
-    def _fetch(
-        self, chunk: Sequence[Received[FrameRef]], shutdown: ShutdownSignal | None
+    @staticmethod
+    def _skip_superseded(current: _Polled, ahead: _Polled) -> None:
+        """Live mode: a camera with a newer frame already read ahead is not processed now."""
+        newest = {r.message.camera_id: r.message.seq for r in ahead.keep}
+        keep, futures = [], []
+        for r, fut in zip(current.keep, current.futures, strict=True):
+            if r.message.seq < newest.get(r.message.camera_id, -1):
+                current.skipped.append(r)
+                fut.cancel()
+            else:
+                keep.append(r)
+                futures.append(fut)
+        current.keep, current.futures = keep, futures
+
+    def _collect(
+        self,
+        chunk: Sequence[Received[FrameRef]],
+        futures: Sequence[Future[FetchResult]],
+        shutdown: ShutdownSignal | None,
     ) -> tuple[list[Fetched] | None, list[tuple[Received[FrameRef], str]]]:
-        """Fetch and decode a chunk; retries while the store is down (None: shutdown)."""
+        """Wait for a chunk's fetches; re-fetch while the store is down (None: shutdown)."""
         t0 = time.perf_counter()
-        while True:
-            results = list(self._pool.map(self._fetch_one, chunk))
-            outage = [res for res in results if isinstance(res, StorageError)]
-            if not outage:
-                break
+        results = [f.result() for f in futures]
+        while any(isinstance(res, StorageError) for res in results):
+            outage = next(res for res in results if isinstance(res, StorageError))
             log.error(
                 "object store unavailable; retrying the batch",
-                extra={"error": str(outage[0]), "flow": self.config.flow},
+                extra={"error": str(outage), "flow": self.config.flow},
             )
             if shutdown is not None and shutdown.wait(self.config.storage_retry_s):
                 return None, []
             if shutdown is None:
                 time.sleep(self.config.storage_retry_s)
+            results = list(self._pool.map(self._fetch_one, chunk))
+        # Only the wait shows here: read-ahead fetches that finished during inference are free.
         STAGE_SECONDS.labels(*self._labels, "fetch").observe(time.perf_counter() - t0)
         frames: list[Fetched] = []
         rejected: list[tuple[Received[FrameRef], str]] = []
@@ -245,7 +289,7 @@ class FrameStream:
                 rejected.append((r, str(res)))
         return frames, rejected
 
-    def _fetch_one(self, r: Received[FrameRef]) -> DecodedFrame | StorageError | str:
+    def _fetch_one(self, r: Received[FrameRef]) -> FetchResult:
         ref = r.message
         try:
             data = self.store.get(ref.key, bucket=ref.bucket)
@@ -300,8 +344,12 @@ class FrameStream:
             self.close()
 
     def close(self) -> None:
-        """Commit what is done, leave the group, flush the producer."""
-        self._pool.shutdown(wait=True)
+        """Commit what is done, leave the group, flush the producer.
+
+        A batch read ahead but not processed is not marked done: it is consumed again.
+        """
+        self._ahead = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.consumer.close()
         self.producer.close()
 
@@ -336,6 +384,7 @@ def connect_frame_stream(
         service=client,
         dead_letters=producer,
         overrides=consumer_overrides,
+        defer_dead_letter_offsets=True,  # batches and read-ahead are in flight
     )
     return FrameStream(config, consumer, producer, ObjectStore(settings.s3), handler)
 

@@ -195,6 +195,7 @@ class MessageConsumer:
         dead_letters: MessageProducer,
         auto_offset_reset: str = "earliest",
         overrides: Mapping[str, Any] | None = None,
+        defer_dead_letter_offsets: bool = False,
     ) -> None:
         conf: dict[str, Any] = {
             **kafka.client_config(),
@@ -214,6 +215,9 @@ class MessageConsumer:
         self.service = service
         self.group_id = group_id
         self._dead_letters = dead_letters
+        # A caller with messages in flight (batches, read-ahead) sets this, so a bad message's
+        # offset never overtakes them; the next done() in its partition covers it instead.
+        self._defer_dead_letter_offsets = defer_dead_letter_offsets
         self._consumer.subscribe(list(self.models))
 
     def poll(self, timeout: float = 1.0) -> Received[Any] | None:
@@ -251,12 +255,16 @@ class MessageConsumer:
         topic = str(msg.topic())
         model = self.models.get(topic)
         if model is None:  # pattern subscriptions could bring topics we did not ask for
-            self.dead_letter(msg, f"no message model registered for topic {topic}")
+            self.dead_letter(
+                msg,
+                f"no message model registered for topic {topic}",
+                mark_done=not self._defer_dead_letter_offsets,
+            )
             return None
         try:
             message = decode(model, msg.value())
         except MessageDecodeError as exc:
-            self.dead_letter(msg, exc.reason)
+            self.dead_letter(msg, exc.reason, mark_done=not self._defer_dead_letter_offsets)
             return None
         CONSUMED.labels(self.service, topic).inc()
         _, ts = msg.timestamp()
@@ -270,8 +278,9 @@ class MessageConsumer:
             raw=msg,
         )
 
-    def dead_letter(self, msg: KafkaMessage, reason: str) -> None:
-        """Publish ``msg`` to the dead-letter topic (waiting for the ack), then mark it done."""
+    def dead_letter(self, msg: KafkaMessage, reason: str, mark_done: bool = True) -> None:
+        """Publish ``msg`` to the dead-letter topic (waiting for the ack), then mark it done
+        (unless ``mark_done`` is False: the caller marks it, in offset order)."""
         letter = DeadLetter(
             source_topic=str(msg.topic()),
             source_partition=int(msg.partition() or 0),
@@ -293,7 +302,8 @@ class MessageConsumer:
                 "reason": reason,
             },
         )
-        self._consumer.store_offsets(message=msg)
+        if mark_done:
+            self._consumer.store_offsets(message=msg)
 
     def done(self, received: Received[Any]) -> None:
         """Mark a message processed; its offset is committed with the next commit."""

@@ -166,6 +166,13 @@ domain gap on real video; retrain or fine-tune on labelled real frames before re
     envvar="DEPOTWATCH_TRAIN_DEVICE",
     help="Torch device: cpu, 0, cuda:0 ... (env DEPOTWATCH_TRAIN_DEVICE).",
 )
+@click.option(
+    "--warmup-epochs",
+    type=click.FloatRange(0, 10),
+    default=0.5,
+    show_default=True,
+    help="Learning-rate warm-up, epochs.",
+)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
 @click.option("--cache/--no-cache", default=True, show_default=True, help="Cache images in RAM.")
 @click.option(
@@ -202,6 +209,7 @@ def train_command(
     imgsz: int,
     batch: int,
     device: str,
+    warmup_epochs: float,
     workers: int,
     cache: bool,
     out: Path,
@@ -239,6 +247,11 @@ def train_command(
         "seed": 0,
         "deterministic": False,
         "patience": 1000,
+        # Short CPU budgets: step the optimizer every batch (ultralytics otherwise accumulates
+        # to 64 images) and keep warm-up short, or most of a few epochs is spent warming up.
+        "nbs": batch,
+        "warmup_epochs": warmup_epochs,
+        "scale": 0.3,
         # Synthetic frames: no vertical flips (the floor is always below); mild colour jitter
         # stands in for real cameras' white balance.
         "fliplr": 0.5,

@@ -139,7 +139,7 @@ class StateEstimatorApp:
             topic_partitions=1,
             topic_replication_factor=1,
             table_standby_replicas=0,
-            consumer_auto_offset_reset="earliest",
+            consumer_auto_offset_reset=self.service.auto_offset_reset,
             broker_session_timeout=kafka.session_timeout_ms / 1000,
             broker_heartbeat_interval=max(0.5, kafka.session_timeout_ms / 4000),
             stream_recovery_delay=0.0,
@@ -222,6 +222,10 @@ class StateEstimatorApp:
         async def heartbeat() -> None:
             # Before the table is restored from its changelog there is nothing true to say.
             if not self.ready or not self._recovered(app) or app.in_recovery:
+                return
+            # With several workers for one flow only the owner of the one fusion partition
+            # knows the state; the others would publish an empty facility.
+            if self.internal_topic not in {tp.topic for tp in app.consumer.assignment()}:
                 return
             state = self._load(table, cache=False)
             as_of = None

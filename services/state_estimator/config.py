@@ -44,4 +44,8 @@ class StateEstimatorServiceSettings(BaseSettings):
         description="Faust table store; memory:// rebuilds from the changelog topic on start.",
     )
     data_dir: str = Field(default=".depotwatch/state-estimator", description="Faust data dir.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a new flow's consumer group starts: all retained estimates, or now.",
+    )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")

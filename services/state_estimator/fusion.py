@@ -138,7 +138,7 @@ class FusionConfig:
     pairing_window_s: float = 10.0
     end_label_offset_m: float = 0.3
     hold_s: float = 5.0
-    merge_m: float = 1.2
+    merge_m: float = 1.5
     sync_window_s: float = 10.0
     match_m: float = 3.0
     coverage_margin_m: float = 1.0
@@ -146,6 +146,7 @@ class FusionConfig:
     pending_vote_s: float = 15.0
     max_votes: int = 24
     camera_ids: tuple[str, ...] = field(default=())
+    track_lengths: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_facility(
@@ -167,6 +168,7 @@ class FusionConfig:
             end_label_offset_m=s.end_label_offset_m,
             hold_s=s.hold_s,
             camera_ids=tuple(c.id for c in cfg.cameras),
+            track_lengths={t.id: t.length_m for t in cfg.tracks},
         )
 
 
@@ -303,7 +305,7 @@ class FusionCore:
         for track_id in self.config.track_ids:
             ends = self._merged_ends(state, track_id)
             locos, next_id = self._track_locomotives(
-                track_id, ends, prev_by_track.get(track_id, []), now, next_id
+                track_id, ends, prev_by_track.get(track_id, []), now, next_id, state
             )
             out += locos
         state = state.model_copy(update={"locomotives": tuple(out), "next_id": next_id})
@@ -373,13 +375,11 @@ class FusionCore:
         best = min(abs(length - corrected) for length in self.config.model_lengths.values())
         return best if best <= self.config.pairing_tolerance_m else None
 
-    def _formed_before(self, a: _End, b: _End, prev: list[TrackedLocomotive]) -> bool:
-        head, tail = (a, b) if a.kind == "head" else (b, a)
-        return any(
-            abs(self._raw_end(p, "head") - head.position_m) <= self.config.match_m
-            and abs(self._raw_end(p, "tail") - tail.position_m) <= self.config.match_m
-            for p in prev
-        )
+    def _owner(self, e: _End, prev: list[TrackedLocomotive]) -> TrackedLocomotive | None:
+        """The known locomotive whose end of this kind lies nearest ``e`` (within match_m)."""
+        match_m = self.config.match_m
+        near = [p for p in prev if abs(self._raw_end(p, e.kind) - e.position_m) <= match_m]
+        return min(near, key=lambda p: abs(self._raw_end(p, e.kind) - e.position_m), default=None)
 
     def _raw_end(self, loco: TrackedLocomotive, kind: EndKind) -> float:
         """Where the detector would place this locomotive's end (inside the true end)."""
@@ -395,7 +395,13 @@ class FusionCore:
         if misfit is None:
             return None
         apart = abs(_seconds(a.seen_at, b.seen_at))
-        if apart > self.config.pairing_window_s and not self._formed_before(a, b, prev):
+        owner_a, owner_b = self._owner(a, prev), self._owner(b, prev)
+        formed = owner_a is not None and owner_a is owner_b
+        if apart > self.config.pairing_window_s and not formed:
+            return None
+        if owner_a is not None and owner_b is not None and not formed:
+            # A tail of one known locomotive and the cab of the next one, whose ends in
+            # between were missed in a frame: not a new, longer locomotive.
             return None
         return 2.0 - misfit / self.config.pairing_tolerance_m
 
@@ -406,6 +412,7 @@ class FusionCore:
         prev: list[TrackedLocomotive],
         now: datetime,
         next_id: int,
+        state: FusionState | None = None,
     ) -> tuple[list[TrackedLocomotive], int]:
         cfg = self.config
         # Best set of non-overlapping neighbour pairs (locomotives cannot overlap, so a
@@ -486,6 +493,7 @@ class FusionCore:
 
         # A lone end keeps a known locomotive alive; the other end follows rigidly.
         remaining = [p for pi, p in enumerate(prev) if pi not in used_prev]
+        unmatched: list[_End] = []
         for end in lone:
             match = min(
                 (
@@ -497,14 +505,25 @@ class FusionCore:
                 default=None,
             )
             if match is None:
+                unmatched.append(end)
                 continue
             remaining.remove(match)
             shift = end.position_m - self._raw_end(match, end.kind)
+            head_m, tail_m = match.head_m + shift, match.tail_m + shift
+            model = self.identity_of(match)[0]
+            if model is not None and not self._on_track(track_id, head_m, tail_m):
+                # The unseen end is outside the depot: its place follows from the model's
+                # length once a plate or model reading says which model this is.
+                length = cfg.model_lengths[model]
+                if end.kind == "head":
+                    tail_m = head_m + match.direction * length
+                else:
+                    head_m = tail_m - match.direction * length
             result.append(
                 match.model_copy(
                     update={
-                        "head_m": match.head_m + shift,
-                        "tail_m": match.tail_m + shift,
+                        "head_m": head_m,
+                        "tail_m": tail_m,
                         "confidence": min(match.confidence, end.confidence) * 0.6,
                         "cameras": tuple(sorted(end.cameras)),
                         "last_seen": max(match.last_seen, end.seen_at),
@@ -514,17 +533,113 @@ class FusionCore:
                 )
             )
 
+        # A new lone end whose partner can only lie beyond the end of the track: a locomotive
+        # arriving or leaving through the gate, partly outside the depot.
+        for end in unmatched:
+            placed = self._partly_outside(track_id, end, ends, state or FusionState())
+            if placed is None:
+                continue
+            head_m, tail_m = placed
+            result.append(
+                TrackedLocomotive(
+                    locomotive_id=f"L{next_id}",
+                    track_id=track_id,
+                    head_m=head_m,
+                    tail_m=tail_m,
+                    confidence=end.confidence * 0.6,
+                    cameras=tuple(sorted(end.cameras)),
+                    first_seen=end.seen_at,
+                    last_seen=end.seen_at,
+                    oldest_evidence=end.oldest,
+                    inferred_end=True,
+                )
+            )
+            next_id += 1
+
         # Unsupported locomotives are held briefly (one missed detection must not flicker an
         # id away), unless something else now stands where they stood.
         for p in remaining:
             if _seconds(now, p.last_seen) > cfg.hold_s:
                 continue
             lo, hi = p.span
-            if any(_overlap((lo, hi), r.span) > 1.0 for r in result):
+            if any(_overlap((lo, hi), r.span) > 0.5 for r in result):
                 continue
             result.append(p)
         result.sort(key=lambda loco: loco.span[0])
         return result, next_id
+
+    def _looked_at(self, track_id: str, position_m: float, end: _End, state: FusionState) -> bool:
+        """Whether a view as recent as ``end``'s covers ``position_m`` (and so would show an
+        end standing there)."""
+        cfg = self.config
+        since = end.seen_at - timedelta(seconds=cfg.sync_window_s)
+        return any(
+            v.captured_at >= since
+            and covers(cfg.coverage.get(v.camera_id, {}).get(track_id, []), position_m)
+            for v in state.views.values()
+        )
+
+    def _on_track(self, track_id: str, *positions: float) -> bool:
+        length = self.config.track_lengths.get(track_id)
+        return length is None or all(0.0 <= p <= length for p in positions)
+
+    def _partly_outside(
+        self, track_id: str, end: _End, ends: list[_End], state: FusionState
+    ) -> tuple[float, float] | None:
+        """(head_m, tail_m) of a locomotive whose only visible end is ``end`` and whose body
+        runs off the track, or None when that is not the only explanation.
+
+        Each (direction, model) is a hypothesis. One whose other end would stand on the track
+        is ruled out when a current view covers that spot (it would have been seen) and makes
+        the case ambiguous otherwise; one whose other end lies beyond the track end stands
+        when nothing else stands in between. All standing hypotheses must agree on the
+        direction.
+        """
+        cfg = self.config
+        track_length = cfg.track_lengths.get(track_id)
+        if track_length is None:
+            return None
+        if any(
+            e is not end
+            and e.kind == end.kind
+            and abs(e.position_m - end.position_m) <= 2 * cfg.merge_m
+            and not e.cameras & end.cameras
+            for e in ends
+        ):
+            # Most likely the same end placed apart by two cameras, not a second locomotive.
+            return None
+        off = cfg.end_label_offset_m
+        standing: list[tuple[float, float, str]] = []
+        for direction in (-1.0, 1.0):  # where the body lies, seen from this end
+            true_end = end.position_m - direction * off
+            boundary = 0.0 if direction < 0 else track_length
+            lo, hi = sorted((true_end, boundary))
+            blocked = any(lo < e.position_m < hi for e in ends if e is not end)
+            for model, length in cfg.model_lengths.items():
+                far = true_end + direction * length
+                if 0.0 <= far <= track_length:
+                    if not self._looked_at(track_id, far - direction * off, end, state):
+                        return None
+                    continue
+                if not blocked:
+                    standing.append((direction, length, model))
+        if not standing or len({d for d, _, _ in standing}) != 1:
+            return None
+        direction = standing[0][0]
+        true_end = end.position_m - direction * off
+        # A plate/model reading waiting near this end says which model it is; without one,
+        # the shortest model that sticks out is the least committal guess.
+        votes: dict[str, float] = defaultdict(float)
+        reach = max(length for _, length, _ in standing)
+        lo, hi = sorted((true_end, true_end + direction * reach))
+        for v in state.pending_votes:
+            if v.track_id == track_id and v.model and lo - 1.5 <= v.position_m <= hi + 1.5:
+                votes[v.model] += v.model_confidence
+        candidates = {model: length for _, length, model in standing}
+        voted = [m for m in sorted(votes, key=lambda m: -votes[m]) if m in candidates]
+        length = candidates[voted[0]] if voted else min(candidates.values())
+        far = true_end + direction * length
+        return (true_end, far) if end.kind == "head" else (far, true_end)
 
     def _attach_votes(self, state: FusionState) -> FusionState:
         """Move pending plate votes onto the locomotive standing where the plate was read."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -10,10 +9,15 @@ import time
 from collections import deque
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from services.supervisor.plan import PlanOptions
+
+if TYPE_CHECKING:
+    from schemas.facility import FacilityConfig
+    from services.infra import EmbeddedInfra
 
 
 class Console:
@@ -57,15 +61,15 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
 )
 @click.option(
     "--sim/--no-sim",
-    default=True,
-    show_default=True,
-    help="Serve simulated cameras; --no-sim captures the sources in the config.",
+    default=None,
+    help="Serve simulated cameras (default: when every enabled camera has a sim pose and a "
+    "loopback RTSP source); --no-sim captures the sources in the config.",
 )
 @click.option(
-    "--external",
-    is_flag=True,
-    help="Use the Kafka and S3 of DEPOTWATCH_KAFKA__* / DEPOTWATCH_S3__* instead of "
-    "starting the embedded ones.",
+    "--external/--embedded",
+    default=None,
+    help="Use the Kafka and S3 of DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS / DEPOTWATCH_S3__ENDPOINT, "
+    "or start the embedded ones (default: external when either is set).",
 )
 @click.option("--flow", "flows", multiple=True, help="Run only these flows (default: all).")
 @click.option(
@@ -75,6 +79,11 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
     help="Dashboard port (default DEPOTWATCH_DASHBOARD_PORT or 8088).",
 )
 @click.option("--no-dashboard", is_flag=True, help="Do not start the built-in dashboard.")
+@click.option(
+    "--skip",
+    multiple=True,
+    help="Do not run this service: a command (plate-ocr) or a name (capture/cam-s1).",
+)
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
@@ -88,11 +97,12 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
 )
 def up_command(
     config_path: Path | None,
-    sim: bool,
-    external: bool,
+    sim: bool | None,
+    external: bool | None,
     flows: tuple[str, ...],
     dashboard_port: int | None,
     no_dashboard: bool,
+    skip: tuple[str, ...],
     data_dir: Path | None,
     live: bool | None,
 ) -> None:
@@ -107,7 +117,12 @@ def up_command(
     from services.runtime.logs import configure_logging
     from services.runtime.observability import Health, ObservabilityServer
     from services.runtime.settings import load_settings
-    from services.supervisor.supervisor import Supervisor, free_port
+    from services.supervisor.supervisor import (
+        AlreadyRunningError,
+        Supervisor,
+        free_port,
+        reap_leftovers,
+    )
 
     settings = load_settings()
     if data_dir is not None:
@@ -129,6 +144,24 @@ def up_command(
             f"--flow {', '.join(unknown)}: not in {path} (known: {', '.join(cfg.flows)})"
         )
     run_flows = list(flows) or list(cfg.flows)
+    if sim is None:
+        sim = simulated_cameras(cfg)
+        console.say(
+            "cameras: simulated (their sources are the local simulator)"
+            if sim
+            else "cameras: real (sources are not the local simulator; --sim forces it)"
+        )
+    if external is None:
+        # Endpoints set in the environment mean "use these": one command for both worlds.
+        external = "bootstrap_servers" in settings.kafka.model_fields_set or (
+            "endpoint" in settings.s3.model_fields_set
+        )
+
+    data_dir_path = settings.infra.data_dir.resolve()
+    try:
+        reap_leftovers(data_dir_path / "status.json", console.say)
+    except AlreadyRunningError as exc:
+        raise click.ClickException(str(exc)) from None
 
     stop = {"requested": False}
     supervisor: Supervisor | None = None
@@ -143,7 +176,7 @@ def up_command(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    infra = None
+    infra: EmbeddedInfra | None = None
     started_infra = False
     if external:
         from services.infra import initialise
@@ -186,9 +219,9 @@ def up_command(
         flows=run_flows,
         dashboard_port=dash.port if dashboard_port is None else dashboard_port,
         dashboard=not no_dashboard,
+        skip=skip,
     )
-    data = settings.infra.data_dir.resolve()
-    supervisor = Supervisor(cfg, options, env, data, console.say, cwd=Path.cwd())
+    supervisor = Supervisor(cfg, options, env, data_dir_path, console.say, cwd=Path.cwd())
     if stop["requested"]:
         supervisor.stop_event.set()
     metrics = ObservabilityServer(Health(), settings.http_host, settings.http_port).start()
@@ -207,10 +240,30 @@ def up_command(
         console.say("stopped")
 
 
-def _down(infra: object, started: bool, console: Console) -> None:
+def simulated_cameras(cfg: FacilityConfig) -> bool:
+    """Whether the config's cameras are the simulator's: every enabled one has a pose (so it
+    can be rendered) and an RTSP source on this machine."""
+    from urllib.parse import urlparse
+
+    cams = cfg.enabled_cameras
+    return bool(cams) and all(
+        c.pose is not None
+        and urlparse(c.source).scheme == "rtsp"
+        and urlparse(c.source).hostname in ("127.0.0.1", "localhost", "::1")
+        for c in cams
+    )
+
+
+def _down(infra: EmbeddedInfra | None, started: bool, console: Console) -> None:
     """Stop the embedded infrastructure if this run started it (a reused one keeps running)."""
     if infra is None or not started:
         return
-    with contextlib.suppress(Exception):
-        for line in infra.down():  # type: ignore[attr-defined]
-            console.say(line)
+    try:
+        lines = infra.down()
+    except Exception as exc:  # shutdown goes on: report, never hide behind a traceback
+        console.say(
+            f"stopping the embedded infrastructure failed: {exc}; run `depotwatch infra down`"
+        )
+        return
+    for line in lines:
+        console.say(line)

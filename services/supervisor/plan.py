@@ -33,6 +33,8 @@ class ServiceSpec:
     env: tuple[tuple[str, str], ...] = ()
     metrics: bool = True
     """Whether the process serves /metrics on DEPOTWATCH_HTTP_PORT (the supervisor reads it)."""
+    metrics_port: int | None = None
+    """A fixed port of its /metrics (the dashboard serves them beside the page)."""
 
     @property
     def command(self) -> str:
@@ -50,6 +52,8 @@ class PlanOptions:
     """Flows to run estimators for; None = every flow in the config."""
     dashboard_port: int = 8088
     dashboard: bool = True
+    skip: Sequence[str] = ()
+    """Services not to run, by command (``plate-ocr``) or name (``capture/cam-s1``)."""
 
 
 def capture_spec(camera: Camera, config_path: Path) -> ServiceSpec:
@@ -107,9 +111,10 @@ def plan_services(cfg: FacilityConfig, opts: PlanOptions) -> list[ServiceSpec]:
                 "dashboard",
                 ("dashboard", "--config", path, "--port", str(opts.dashboard_port)),
                 "dashboard",
+                metrics_port=opts.dashboard_port or None,
             )
         )
-    return specs
+    return [s for s in specs if s.command not in opts.skip and s.name not in opts.skip]
 
 
 def command_available(command: str) -> bool:

@@ -106,23 +106,35 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
-    def stop(self, timeout: float = 15.0) -> bool:
-        """SIGTERM the group, wait, then SIGKILL it; True when it had to be killed."""
+    def terminate(self) -> None:
+        """Ask the group to stop (SIGTERM) and stop restarting it; see :meth:`finish_stop`."""
         self.stopping = True
         self.next_start_at = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal_group(signal.SIGTERM)
+
+    def finish_stop(self, deadline: float) -> bool:
+        """Wait for the leader until ``deadline`` (monotonic), then SIGKILL the group.
+
+        Returns True when the leader had to be killed.
+        """
         if self.proc is None:
             return False
-        if self.proc.poll() is None:
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.proc.wait(10)
-                return True
+        killed = False
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.proc.wait(10)
+            killed = True
         # The leader is gone; children it left in its group still get the signal.
         self.signal_group(signal.SIGKILL)
-        return False
+        return killed
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """SIGTERM the group, wait up to ``timeout``, then SIGKILL it; True when killed."""
+        self.terminate()
+        return self.finish_stop(time.monotonic() + timeout)
 
 
 def depotwatch_argv(args: Sequence[str]) -> list[str]:

@@ -8,9 +8,11 @@ of the start order, each by process group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -61,9 +63,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _scrape(port: int, timeout: float = 1.0) -> Scrape | None:
+def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape | None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if token:
+        # The dashboard guards its /metrics with its access token like every other page.
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             text = resp.read().decode()
     except OSError:
         return None
@@ -102,6 +108,7 @@ class Supervisor:
         self.data_dir = data_dir
         self.log_dir = data_dir / "logs"
         self.status_path = data_dir / "status.json"
+        self.targets_path = data_dir / "prometheus-targets.json"
         self.say = say
         self.cwd = cwd or Path.cwd()
         self._available = available
@@ -118,9 +125,9 @@ class Supervisor:
     # ---- starting ---------------------------------------------------------------------
 
     def _child(self, spec: ServiceSpec) -> Child:
-        port = free_port() if spec.metrics else None
+        port = (spec.metrics_port or free_port()) if spec.metrics else None
         env = {**self.base_env, **dict(spec.env)}
-        if port is not None:
+        if port is not None and spec.metrics_port is None:
             env["DEPOTWATCH_HTTP_PORT"] = str(port)
         safe = spec.name.replace("/", "-")
         proc = ManagedProcess(
@@ -171,7 +178,7 @@ class Supervisor:
                 if not child.process.running:
                     continue  # died at once: poll() reports and restarts it
                 assert child.metrics_port is not None
-                if _scrape(child.metrics_port, timeout=0.3) is None:
+                if _scrape(child.metrics_port, 0.3, self._token(child)) is None:
                     still.append(s)
             pending = still
             if pending:
@@ -188,7 +195,7 @@ class Supervisor:
                 self.say(line)
                 if kind == "restarted":
                     SERVICE_RESTARTS.labels(child.spec.name).inc()
-                elif child.metrics_port is not None:
+                elif child.metrics_port is not None and child.spec.metrics_port is None:
                     # The next process gets a fresh port: another program may take the old one.
                     port = free_port()
                     child.metrics_port = port
@@ -233,9 +240,16 @@ class Supervisor:
             self.say("simulator restarted to serve the changed cameras")
         for cid in changes.added + changes.changed:
             spec = capture_spec(self.config.camera(cid), self.options.config_path)
+            if {spec.command, spec.name} & set(self.options.skip):
+                continue
             if capture_ok is False or (capture_ok is None and not split_available([spec])[0]):
                 continue
             self._start(spec)
+
+    def _token(self, child: Child) -> str | None:
+        if child.spec.stage != "dashboard":
+            return None
+        return child.process.env.get("DEPOTWATCH_DASHBOARD_TOKEN") or None
 
     def refresh_status(self) -> list[ServiceRow]:
         """Scrape every child's metrics and build the status rows; writes status.json."""
@@ -245,7 +259,7 @@ class Supervisor:
             state = "up" if proc.running else ("restarting" if proc.next_start_at else "down")
             r = drops = None
             if proc.running and child.metrics_port is not None:
-                scrape = _scrape(child.metrics_port)
+                scrape = _scrape(child.metrics_port, token=self._token(child))
                 if scrape is not None:
                     child.scrapes = [*child.scrapes[-1:], scrape]
                     counters = STAGE_COUNTERS.get(child.spec.stage)
@@ -281,10 +295,17 @@ class Supervisor:
                 for r in rows
             ],
         }
-        self.status_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(self.status_path)
+        # Prometheus file_sd targets: point a Prometheus at this file to scrape every service.
+        targets = [
+            {
+                "targets": [f"127.0.0.1:{c.metrics_port}"],
+                "labels": {"service": name, **({"flow": c.spec.flow} if c.spec.flow else {})},
+            }
+            for name, c in sorted(self.children.items())
+            if c.metrics_port is not None
+        ]
+        _write_json(self.targets_path, targets)
+        _write_json(self.status_path, doc)
 
     def table(self) -> str:
         """The status table for the terminal."""
@@ -311,16 +332,81 @@ class Supervisor:
     def stop(self, timeout: float = 15.0) -> list[str]:
         """Stop every child, last started first; returns one line per forced kill."""
         lines = []
-        for child in sorted(self.children.values(), key=lambda c: _order(c.spec), reverse=True):
-            if child.process.stop(timeout):
-                lines.append(f"{child.spec.name} did not stop within {timeout:.0f}s; killed it")
-            SERVICE_UP.labels(child.spec.name).set(0)
+        for stage in reversed(STAGES):
+            # A whole stage is asked at once, so eight captures take one timeout, not eight.
+            batch = [c for c in self.children.values() if c.spec.stage == stage]
+            for child in batch:
+                child.process.terminate()
+            deadline = time.monotonic() + timeout
+            for child in batch:
+                if child.process.finish_stop(deadline):
+                    lines.append(f"{child.spec.name} did not stop within {timeout:.0f}s; killed it")
+                SERVICE_UP.labels(child.spec.name).set(0)
         self.refresh_status()
         return lines
 
 
+class AlreadyRunningError(RuntimeError):
+    """Another ``depotwatch up`` supervises the same data directory."""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def reap_leftovers(status_path: Path, say: Say, timeout: float = 10.0) -> int:
+    """Stop services a previous ``up`` left running (it was killed before it could stop them).
+
+    Raises :class:`AlreadyRunningError` when that ``up`` is still alive. Returns how many
+    leftover process groups were stopped. Only processes whose command line is a depotwatch
+    service are touched, so a recycled pid is never signalled.
+    """
+    try:
+        doc = json.loads(status_path.read_text())
+    except (OSError, ValueError):
+        return 0
+    owner = int(doc.get("pid") or 0)
+    if (
+        owner
+        and owner != os.getpid()
+        and "services.cli" in _cmdline(owner)
+        and " up" in _cmdline(owner)
+    ):
+        raise AlreadyRunningError(
+            f"another `depotwatch up` (pid {owner}) runs with data dir {status_path.parent}; "
+            "stop it first or pass a different --data-dir"
+        )
+    stopped = 0
+    for svc in doc.get("services", []):
+        pid = svc.get("pid")
+        if not pid or "services.cli" not in _cmdline(int(pid)):
+            continue
+        say(f"stopping {svc.get('name')} (pid {pid}) left running by a previous `up`")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _cmdline(int(pid)):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(pid), signal.SIGKILL)
+        stopped += 1
+    return stopped
+
+
 def _order(spec: ServiceSpec) -> tuple[int, str]:
     return STAGES.index(spec.stage), spec.name
+
+
+def _write_json(path: Path, doc: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

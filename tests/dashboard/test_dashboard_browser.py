@@ -194,6 +194,7 @@ def test_page_draws_locomotives_pushed_through_kafka(
                 ".map(e => e.dataset.loco)"
             )
             assert sorted(diff) == ["p2", "p3"]
+            await page.screenshot(tmp_path / "both.png")
 
     try:
         asyncio.run(drive())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -205,3 +207,25 @@ def test_provision_without_credentials_says_how(fake_grafana: FakeGrafana) -> No
     result = CliRunner().invoke(grafana, ["provision", "--url", fake_grafana.url], env={})
     assert result.exit_code == 1
     assert "no credentials" in result.output
+
+
+def test_file_provisioning_points_at_the_same_datasource_and_folder() -> None:
+    import yaml
+
+    ds = yaml.safe_load((GRAFANA / "provisioning/datasources/depotwatch.yaml").read_text())
+    assert [d["uid"] for d in ds["datasources"]] == [DATASOURCE_UID]
+    prov = yaml.safe_load((GRAFANA / "provisioning/dashboards/depotwatch.yaml").read_text())
+    assert prov["providers"][0]["folderUid"] == "depotwatch"
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="needs promtool (apt-get install prometheus)"
+)
+def test_compose_prometheus_config_is_valid() -> None:
+    result = subprocess.run(
+        ["promtool", "check", "config", str(GRAFANA / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -195,9 +195,7 @@ def test_plate_is_placed_through_the_head_beside_it(
                 assert est.observation is not None
                 assert est.observation.kind == "head"
                 assert est.observation.track_id == plate.track_id
-                assert est.observation.position_m == pytest.approx(
-                    mine[0].end_position_m, abs=1.0
-                )
+                assert est.observation.position_m == pytest.approx(mine[0].end_position_m, abs=1.0)
                 placed += 1
     assert placed >= 3
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,7 +178,7 @@ def test_poison_refs_are_dead_lettered_and_the_service_goes_on(
         letters.close()
     assert sorted(r.message.frame.seq for r in got) == [9, 10]
     reasons = {
-        (FrameRef.model_validate_json(d.payload).seq if d.payload.startswith(b"{\"") else -1): d
+        (FrameRef.model_validate_json(d.payload).seq if d.payload.startswith(b'{"') else -1): d
         for d in dead_letters_of(dead, frames_topic)
     }
     assert sorted(reasons) == [-1, 1, 2, 3, 4]
@@ -247,12 +249,26 @@ def test_killed_service_restarts_without_losing_frames(
         first.wait(timeout=30)
         seen = {r.message.frame.seq for r in before}
         assert len(seen) < len(refs), "the first run finished before it could be killed"
-        second = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE)
+        port = free_port()
+        second = subprocess.Popen(
+            command,
+            env={**env, "DEPOTWATCH_HTTP_PORT": str(port)},
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
         procs.append(second)
         after = collect(
             reader,
             lambda out: {r.message.frame.seq for r in before + out} >= {r.seq for r in refs},
             timeout=180,
+        )
+        health = json.loads(http_get(f"http://127.0.0.1:{port}/healthz"))
+        assert health["ok"] is True
+        assert set(health["checks"]) == {"loop", "object_store"}
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert (
+            f'depotwatch_frames_processed_total{{flow="{flow}",service="position-estimator"}}'
+            in (metrics)
         )
         second.send_signal(signal.SIGTERM)
         _, err = second.communicate(timeout=60)
@@ -278,10 +294,12 @@ def test_unknown_flow_and_missing_stage_are_one_line_errors(tmp_path: Path) -> N
         position_estimator_config(facility, ROOT / "facility.yaml", "qa", Settings())
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return str(resp.read().decode())

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from schemas.facility import FacilityConfig, load_facility
 from services.simulator.render import Renderer
-from services.simulator.world import Scenario, parse_scenario
-
-REPO = Path(__file__).resolve().parents[2]
-TEST_CAMERAS = ["cam-s1", "cam-s2", "cam-n2"]
+from tests.simulator.scenes import REPO, TEST_CAMERAS
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +19,3 @@ def facility() -> FacilityConfig:
 def renderer(facility: FacilityConfig) -> Renderer:
     """A renderer for a few cameras (backgrounds are built once per session)."""
     return Renderer(facility, TEST_CAMERAS)
-
-
-def scenario(**fields: object) -> Scenario:
-    """A scenario from keyword fields, validated like a YAML file."""
-    data: dict[str, object] = {"name": "test", "duration_s": 60, "noise_sigma": 0.0}
-    data.update(fields)
-    return parse_scenario(data, "test scenario")

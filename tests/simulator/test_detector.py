@@ -10,7 +10,7 @@ import pytest
 from schemas.facility import FacilityConfig
 from services.simulator.render import CLASSES, ObjectLabel, Renderer
 from services.simulator.world import Simulation
-from tests.simulator.conftest import REPO, scenario
+from tests.simulator.scenes import REPO, scenario
 
 WEIGHTS = REPO / "models" / "depot-yolo.pt"
 

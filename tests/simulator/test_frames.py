@@ -13,7 +13,7 @@ from schemas.facility import FacilityConfig
 from services.simulator.dataset import SplitPlan, write_dataset
 from services.simulator.frames import FrameSource
 from services.simulator.render import Renderer
-from tests.simulator.conftest import scenario
+from tests.simulator.scenes import scenario
 
 MOVING = [
     {

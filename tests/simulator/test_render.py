@@ -12,7 +12,7 @@ from schemas.facility import FacilityConfig
 from schemas.geometry import apply_homography, pinhole_extrinsics
 from services.simulator.render import Renderer
 from services.simulator.world import Simulation, load_scenario
-from tests.simulator.conftest import scenario
+from tests.simulator.scenes import scenario
 
 
 def _one_loco(head_m: float, track: str = "T1", facing: str = "end", model: str = "TEM2") -> dict:

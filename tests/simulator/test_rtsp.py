@@ -14,7 +14,7 @@ from schemas.facility import FacilityConfig
 from services.simulator.frames import FrameSource
 from services.simulator.render import Renderer
 from services.simulator.serve import SYSTEM_PYTHON, RtspCameraServer, RtspServerError, run_realtime
-from tests.simulator.conftest import scenario
+from tests.simulator.scenes import scenario
 
 
 def _gstreamer_available() -> bool:

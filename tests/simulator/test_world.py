@@ -15,7 +15,7 @@ from services.simulator.world import (
     head_at,
     load_scenario,
 )
-from tests.simulator.conftest import scenario
+from tests.simulator.scenes import scenario
 
 
 def test_builtin_scenarios_load_and_cover_every_split() -> None:

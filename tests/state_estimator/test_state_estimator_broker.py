@@ -279,3 +279,59 @@ def test_dev_flow_beside_prod_leaves_prod_output_byte_identical(
     finally:
         prod_reader.close()
         dev_reader.close()
+
+
+def high_watermarks(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Sum of partition end offsets per topic (how many records were ever written)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": "watermarks"})
+    try:
+        out = {}
+        for topic in topics:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            out[topic] = sum(
+                consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in parts
+            )
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.mark.slow
+def test_run_starts_a_flow_beside_prod_without_touching_prod_topics(
+    stack_settings: Settings, flows: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    config, prod, dev = flows
+    ensure_topics(stack_settings, config, prod, dev)
+    prod_topics = [
+        PositionEstimate.topic_name(prod),
+        IdentityEstimate.topic_name(prod),
+        FacilityState.topic_name(prod),
+    ]
+    produce(stack_settings, prod, scene(prod, 0, 0.0))
+    before = high_watermarks(stack_settings, prod_topics)
+    reader = StateReader(stack_settings, dev)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "run", "--flow", dev, "--config", str(config)],
+        cwd=REPO,
+        env={**settings_env(stack_settings), "DEPOTWATCH_INFRA__DATA_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # dev's state estimator reads prod's estimates (a mixed flow) and publishes dev's state.
+        state = reader.until(lambda r, s: s.locomotive_count == 2)
+        assert state.flow == dev
+        assert high_watermarks(stack_settings, prod_topics) == before
+    finally:
+        reader.close()
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=60)
+    text = out.decode()
+    assert f"started state-estimator/{dev}" in text
+    assert f"stopped state-estimator/{dev}" in text
+    assert "position-estimator" not in text  # dev runs no detector of its own
+    child = int(text.split("(pid ")[1].split(",")[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

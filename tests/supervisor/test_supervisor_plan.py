@@ -120,3 +120,12 @@ def test_status_table_lists_services_and_skipped() -> None:
     assert " 2 " in lines[2]
     assert "2.0" in lines[2]
     assert lines[-1] == "not installed here (skipped): plate-ocr/prod"
+
+
+def test_cameras_are_simulated_when_they_point_at_the_local_simulator(cfg: FacilityConfig) -> None:
+    from services.supervisor.__main__ import simulated_cameras
+
+    assert simulated_cameras(cfg)
+    data = cfg.model_dump()
+    data["cameras"][0]["source"] = "rtsp://192.0.2.10:554/stream1"
+    assert not simulated_cameras(FacilityConfig.model_validate(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ import yaml
 
 from schemas.facility import load_facility
 from services.supervisor.plan import PlanOptions, ServiceSpec
-from services.supervisor.supervisor import Supervisor
+from services.supervisor.supervisor import AlreadyRunningError, Supervisor, reap_leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).with_name("fake_service.py")
@@ -153,3 +154,50 @@ def test_supervises_restarts_hot_changes_and_leaves_nothing(
     sup.stop(timeout=5)
     pids = _pids(pid_dir)
     _wait(lambda: not any(_alive(p) for p in pids), 10, "no process left behind")
+
+
+def _sleeper(*tag: str) -> subprocess.Popen[bytes]:
+    """A process whose command line looks like a depotwatch service (``services.cli ...``)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "services.cli", *tag],
+        start_new_session=True,
+    )
+
+
+def test_leftovers_of_a_killed_up_are_stopped(tmp_path: Path) -> None:
+    leftover = _sleeper("capture")
+    unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        status = tmp_path / "status.json"
+        status.write_text(
+            json.dumps(
+                {
+                    "pid": 0,
+                    "services": [
+                        {"name": "capture/cam-s1", "pid": leftover.pid},
+                        {"name": "not-ours", "pid": unrelated.pid},
+                    ],
+                }
+            )
+        )
+        lines: list[str] = []
+        assert reap_leftovers(status, lines.append) == 1
+        assert leftover.wait(10) is not None
+        assert unrelated.poll() is None  # a pid that is not a depotwatch service is left alone
+        assert "capture/cam-s1" in lines[0]
+    finally:
+        for p in (leftover, unrelated):
+            p.kill()
+            p.wait(10)
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    other = _sleeper("up")
+    try:
+        status = tmp_path / "status.json"
+        status.write_text(json.dumps({"pid": other.pid, "services": []}))
+        with pytest.raises(AlreadyRunningError, match="--data-dir"):
+            reap_leftovers(status, print)
+    finally:
+        other.kill()
+        other.wait(10)

@@ -205,8 +205,28 @@ function drawAccuracy() {
 
 function drawAll() {
   if (!model.layout) return;
+  drawFlowSwitch();
   document.getElementById("title").textContent = `depotwatch · ${model.layout.name}`;
   drawPlan(); drawHealth(); drawTiles(); drawCompare(); drawAccuracy();
+}
+
+function drawFlowSwitch() {
+  // One button per configured flow, plus "both" (prod vs dev, or the first two flows).
+  const box = document.getElementById("flow-switch");
+  const flows = model.layout.flows;
+  const wanted = [...flows, ...(flows.length > 1 ? ["both"] : [])];
+  const have = [...box.querySelectorAll("button")].map((b) => b.dataset.flow);
+  if (have.join() === wanted.join()) return;
+  box.replaceChildren();
+  for (const f of wanted) {
+    const btn = html("button", { "data-flow": f }, box);
+    btn.textContent = f;
+    btn.addEventListener("click", () => setFlowView(f));
+  }
+  if (!wanted.includes(flowView)) flowView = flows[0];
+  for (const btn of box.querySelectorAll("button")) {
+    btn.classList.toggle("active", btn.dataset.flow === flowView);
+  }
 }
 
 function setFlowView(v) {

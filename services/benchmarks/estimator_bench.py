@@ -1,0 +1,213 @@
+"""Shared parts of ``bench detect`` and ``bench ocr``: rendered frames in S3, refs on a
+bench-owned topic, the estimator service loop driven to completion, and timing helpers.
+
+The service side is the real frame loop (``FrameStream``: consume, S3 fetch, verify, decode,
+handle, publish, wait for acks, mark done) run in this process, so its cost can be compared
+with a bare loop over the same decoded images in the same run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+from prometheus_client import REGISTRY
+
+from schemas.facility import FacilityConfig
+from schemas.frames import FrameRef
+from schemas.topics import TopicSpec, topics_for
+from services.runtime.frame_stream import FrameStream
+from services.runtime.frames import Image
+from services.runtime.kafka import MessageProducer, TopicAdmin
+from services.runtime.settings import Settings
+from services.runtime.storage import ObjectStore
+
+BENCH_FLOW = "bench"
+"""Flow the benchmarks publish to (its topics are created if missing)."""
+BENCH_SCENARIO = "test-busy"
+
+
+@dataclass(frozen=True)
+class BenchFrame:
+    """One JPEG as the aggregator stores it, and its decoded pixels (for the bare loop)."""
+
+    camera_id: str
+    jpeg: bytes
+    image: Image
+
+
+@dataclass(frozen=True)
+class LoopTiming:
+    """Frames handled and the seconds it took."""
+
+    name: str
+    frames: int
+    seconds: float
+
+    @property
+    def fps(self) -> float:
+        """Frames per second."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ms_per_frame(self) -> float:
+        """Milliseconds per frame."""
+        return 1000.0 * self.seconds / self.frames if self.frames else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "ms_per_frame": round(self.ms_per_frame, 2),
+        }
+
+
+def render_bench_frames(facility: FacilityConfig, count: int, seed: int = 9700) -> list[BenchFrame]:
+    """``count`` frames of a held-out busy scenario, every camera, JPEG at camera quality."""
+    from services.simulator.render import Renderer
+    from services.simulator.world import Simulation, load_scenario
+
+    renderer = Renderer(facility)
+    sim = Simulation(facility, load_scenario(BENCH_SCENARIO), seed)
+    cams = list(renderer.views)
+    ticks = np.linspace(0, sim.ticks - 1, max(1, -(-count // len(cams)))).astype(int)
+    out: list[BenchFrame] = []
+    for tick in ticks:
+        state = sim.state(int(tick))
+        for cam_id in cams:
+            if len(out) == count:
+                return out
+            frame = renderer.render(state, cam_id)
+            quality = facility.camera(cam_id).jpeg_quality
+            ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            assert ok
+            jpeg = buf.tobytes()
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            out.append(BenchFrame(cam_id, jpeg, np.asarray(image, np.uint8)))
+    return out
+
+
+@contextmanager
+def bench_settings(use_settings: bool, say: Callable[[str], None]) -> Iterator[Settings]:
+    """Settings of a fresh embedded stack (stopped afterwards), or of DEPOTWATCH_*."""
+    from services.runtime.settings import load_settings
+
+    if use_settings:
+        yield load_settings()
+        return
+    from services.infra import EmbeddedInfra, settings_on_free_ports
+
+    workdir = Path(tempfile.mkdtemp(prefix="depotwatch-bench-"))
+    stack = EmbeddedInfra(settings_on_free_ports(workdir / "infra"), flows=[BENCH_FLOW])
+    try:
+        say("starting an embedded broker + S3")
+        stack.up()
+        yield stack.client_settings
+    finally:
+        say("stopping the embedded stack")
+        stack.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_facility(facility_path: Path, workdir: Path) -> Path:
+    """The facility file with a ``bench`` flow (a copy of prod) for the benchmark's outputs."""
+    data = yaml.safe_load(facility_path.read_text())
+    data["flows"][BENCH_FLOW] = dict(data["flows"]["prod"])
+    path = workdir / "facility.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def publish_frames(settings: Settings, frames: list[BenchFrame], partitions: int = 6) -> str:
+    """Store the JPEGs, publish their refs on a new topic; returns the topic's name."""
+    topic = f"bench-frames-{uuid.uuid4().hex[:8]}"
+    specs = [s for s in topics_for([BENCH_FLOW]) if BENCH_FLOW in s.name]
+    specs.append(TopicSpec(topic, FrameRef, partitions, {"cleanup.policy": "delete"}))
+    TopicAdmin(settings.kafka).ensure(specs)
+    store = ObjectStore(settings.s3)
+    store.ensure_bucket()
+    producer = MessageProducer(settings.kafka, client_id="bench-frames")
+    start = datetime.now(UTC)
+    try:
+        for seq, frame in enumerate(frames):
+            key = f"bench/{topic}/{frame.camera_id}/{seq:08d}.jpg"
+            stored = store.put(key, frame.jpeg, "image/jpeg")
+            ref = FrameRef(
+                camera_id=frame.camera_id,
+                seq=seq,
+                captured_at=start + timedelta(milliseconds=seq),
+                bucket=stored.bucket,
+                key=key,
+                width=frame.image.shape[1],
+                height=frame.image.shape[0],
+                size=stored.size,
+                sha256=stored.sha256,
+            )
+            producer.publish(ref, topic=topic)
+        if producer.flush(30):
+            raise RuntimeError("the broker did not acknowledge the benchmark's frame refs")
+    finally:
+        producer.close()
+    return topic
+
+
+def drive(stream: FrameStream, frames: int, timeout_s: float = 600.0) -> LoopTiming:
+    """Run the service loop until ``frames`` estimates are acknowledged.
+
+    The clock starts after the first batch: joining the consumer group and the first fetch
+    are start-up, not throughput.
+    """
+    deadline = time.monotonic() + timeout_s
+    first = 0
+    t0 = 0.0
+    try:
+        while stream.processed < frames:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the service handled {stream.processed} of {frames} frames in {timeout_s} s"
+                )
+            done = stream.run_once()
+            if done and not first:
+                first, t0 = stream.processed, time.perf_counter()
+        seconds = time.perf_counter() - t0
+    finally:
+        stream.close()
+    return LoopTiming("service", frames - first, seconds)
+
+
+def stage_seconds(service: str, flow: str) -> dict[str, float]:
+    """Seconds spent so far per frame-loop stage (from the service's own metrics)."""
+    out = {}
+    for stage in ("fetch", "handle", "publish"):
+        value = REGISTRY.get_sample_value(
+            "depotwatch_frame_stage_seconds_sum",
+            {"service": service, "flow": flow, "stage": stage},
+        )
+        out[stage] = float(value or 0.0)
+    return out
+
+
+def timed(name: str, frames: int, body: Callable[[], None]) -> LoopTiming:
+    """Time ``body`` (which handles ``frames`` frames)."""
+    t0 = time.perf_counter()
+    body()
+    return LoopTiming(name, frames, time.perf_counter() - t0)
+
+
+def workdir() -> Path:
+    """A temporary directory for one benchmark run."""
+    return Path(tempfile.mkdtemp(prefix="depotwatch-bench-"))

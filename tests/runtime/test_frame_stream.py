@@ -1,0 +1,101 @@
+"""Frame selection of the estimator loop: live keeps the newest frame per camera."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from schemas.frames import FrameRef
+from services.runtime.frame_stream import select_frames
+from services.runtime.frames import FrameDecodeError, decode_frame
+from services.runtime.kafka import Received
+
+AT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def ref(camera_id: str, seq: int, data: bytes = b"x") -> FrameRef:
+    return FrameRef(
+        camera_id=camera_id,
+        seq=seq,
+        captured_at=AT + timedelta(seconds=seq),
+        bucket="frames",
+        key=f"{camera_id}/{seq}.jpg",
+        width=64,
+        height=48,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def received(camera_id: str, seq: int, offset: int) -> Received[FrameRef]:
+    return Received(
+        message=ref(camera_id, seq),
+        topic="frames.v1",
+        partition=0,
+        offset=offset,
+        key=camera_id.encode(),
+        timestamp_ms=0,
+        raw=cast(Any, None),
+    )
+
+
+def test_replay_keeps_every_frame_in_order() -> None:
+    batch = [received("a", 1, 10), received("a", 2, 11), received("b", 1, 12)]
+    selection = select_frames(batch, "replay")
+    assert selection.keep == batch
+    assert selection.skipped == []
+
+
+def test_live_keeps_the_newest_frame_of_each_camera() -> None:
+    batch = [
+        received("a", 1, 10),
+        received("b", 7, 11),
+        received("a", 3, 12),
+        received("a", 2, 13),  # older frame arriving later (another capture restart): skipped
+        received("c", 1, 14),
+    ]
+    selection = select_frames(batch, "live")
+    assert [(r.message.camera_id, r.message.seq) for r in selection.keep] == [
+        ("b", 7),
+        ("a", 3),
+        ("c", 1),
+    ]
+    assert sorted(r.offset for r in selection.skipped) == [10, 13]
+
+
+def test_decode_frame_checks_size_hash_and_image() -> None:
+    import cv2
+
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+    assert ok
+    data = jpeg.tobytes()
+    frame = decode_frame(ref("a", 1, data), data)
+    assert frame.image.shape == (48, 64, 3)
+    with pytest.raises(FrameDecodeError, match="bytes, the reference says"):
+        decode_frame(ref("a", 1, data), data[:-1])
+    with pytest.raises(FrameDecodeError, match="does not match its sha256"):
+        decode_frame(ref("a", 1, data), data[:-1] + b"\0")
+    junk = b"\0" * 100
+    with pytest.raises(FrameDecodeError, match="not a decodable image"):
+        decode_frame(ref("a", 1, junk), junk)
+
+
+def test_live_read_ahead_supersedes_older_frames_of_the_same_camera() -> None:
+    from concurrent.futures import Future
+
+    from services.runtime.frame_stream import FrameStream, _Polled
+
+    current_refs = [received("a", 1, 10), received("b", 1, 11)]
+    futures: list[Future[Any]] = [Future(), Future()]
+    current = _Polled(current_refs, list(current_refs), [], list(futures))
+    ahead_refs = [received("a", 2, 12)]
+    ahead = _Polled(ahead_refs, list(ahead_refs), [], [Future()])
+    FrameStream._skip_superseded(current, ahead)
+    assert [r.message.camera_id for r in current.keep] == ["b"]
+    assert [r.offset for r in current.skipped] == [10]
+    assert futures[0].cancelled()
+    assert current.futures == [futures[1]]

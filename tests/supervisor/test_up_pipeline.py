@@ -1,0 +1,286 @@
+"""``depotwatch up`` end to end: embedded infra, simulator, captures, aggregator, dashboard.
+
+The first test runs without detector weights (estimators skipped); the second needs the
+trained weights and shows locomotives from the simulator on the dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.infra import settings_on_free_ports
+from services.infra.embedded import COMPONENTS, PORT_FIELDS
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "models" / "depot-yolo.pt"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        subprocess.run(
+            ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+            capture_output=True,
+        ).returncode
+        != 0,
+        reason="needs GStreamer's RTSP server for the simulator (make setup)",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(
+    cond: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"`up` exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    config: Path
+    data: Path
+    dashboard: str
+    log: Path
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads((self.data / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return dict(doc)
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        for svc in (self.status() or {}).get("services", []):
+            if svc["name"] == name:
+                return dict(svc)
+        return None
+
+
+def _write_config(path: Path, rtsp_port: int, enabled: set[str]) -> None:
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    data["flows"] = {"prod": data["flows"]["prod"]}
+    data["flows"]["prod"]["position_estimator"]["weights"] = str(WEIGHTS)
+    for cam in data["cameras"]:
+        cam["enabled"] = cam["id"] in enabled
+        cam["source"] = cam["source"].replace(":8554/", f":{rtsp_port}/")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _start_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
+    config = tmp_path / "facility.yaml"
+    _write_config(config, _free_port(), {"cam-s1", "cam-s2"})
+    data = tmp_path / "data"
+    infra = settings_on_free_ports(data).infra
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOTWATCH_")}
+    for component in COMPONENTS:
+        for name in PORT_FIELDS[component]:
+            env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(infra, name))
+    env["DEPOTWATCH_HTTP_PORT"] = "0"
+    port = _free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "up",
+                "--config",
+                str(config),
+                "--data-dir",
+                str(data),
+                "--dashboard-port",
+                str(port),
+                "--no-live",
+                *extra,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    up = Up(proc, config, data, f"http://127.0.0.1:{port}", log)
+    try:
+        yield up
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+                raise AssertionError(
+                    f"`up` did not stop in 120s:\n{log.read_text()[-3000:]}"
+                ) from None
+
+
+@pytest.fixture
+def up_without_estimators(tmp_path: Path) -> Iterator[Up]:
+    yield from _start_up(
+        tmp_path, "--skip", "position-estimator", "--skip", "plate-ocr", "--skip", "state-estimator"
+    )
+
+
+def test_up_runs_hot_adds_a_camera_and_leaves_nothing_behind(up_without_estimators: Up) -> None:
+    up = up_without_estimators
+    _wait(
+        lambda: (s := up.service("capture/cam-s1")) and s["state"] == "up" and s["rate"],
+        180,
+        "capture/cam-s1 up with a frame rate",
+        up.proc,
+        up.log,
+    )
+    # Frames flow: camera -> capture -> aggregator -> S3 + frames.v1 -> dashboard tile.
+    _wait(
+        lambda: (snap := _json(f"{up.dashboard}/api/snapshot")) and "cam-s1" in snap["frames"],
+        90,
+        "a frame of cam-s1 on the dashboard",
+        up.proc,
+        up.log,
+    )
+    with urllib.request.urlopen(f"{up.dashboard}/frames/cam-s1.jpg", timeout=5) as resp:
+        assert resp.read(3) == b"\xff\xd8\xff"  # a JPEG from the object store
+
+    # Hot add: enable cam-n1; only its capture starts (and the simulator serves it).
+    agg_pid = up.service("aggregator")["pid"]  # type: ignore[index]
+    s1_pid = up.service("capture/cam-s1")["pid"]  # type: ignore[index]
+    data = yaml.safe_load(up.config.read_text())
+    for cam in data["cameras"]:
+        if cam["id"] == "cam-n1":
+            cam["enabled"] = True
+    up.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    _wait(
+        lambda: (s := up.service("capture/cam-n1")) and s["state"] == "up",
+        60,
+        "capture/cam-n1 started",
+        up.proc,
+        up.log,
+    )
+    _wait(
+        lambda: (
+            (snap := _json(f"{up.dashboard}/api/snapshot"))
+            and any(c["id"] == "cam-n1" and c["enabled"] for c in snap["layout"]["cameras"])
+        ),
+        30,
+        "cam-n1 enabled on the dashboard",
+        up.proc,
+        up.log,
+    )
+    _wait(
+        lambda: (snap := _json(f"{up.dashboard}/api/snapshot")) and "cam-n1" in snap["frames"],
+        90,
+        "a frame of the added camera on the dashboard",
+        up.proc,
+        up.log,
+    )
+    assert up.service("aggregator")["pid"] == agg_pid  # type: ignore[index]
+    assert up.service("capture/cam-s1")["pid"] == s1_pid  # type: ignore[index]
+
+    # A config error is reported and the running config stays.
+    up.config.write_text(up.config.read_text().replace("fps: 2", "fps: 0", 1))
+    _wait(
+        lambda: "config rejected" in up.log.read_text(),
+        30,
+        "config error reported",
+        up.proc,
+        up.log,
+    )
+    assert up.service("capture/cam-n1")["state"] == "up"  # type: ignore[index]
+
+    # Ctrl-C / SIGTERM: everything `up` started is gone, infrastructure included.
+    started = _descendants(up.proc.pid)
+    assert len(started) >= 6
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(120) == 0, up.log.read_text()[-3000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
+        time.sleep(0.2)
+    left = sorted(p for p in started if _alive(p))
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def up_full(tmp_path: Path) -> Iterator[Up]:
+    yield from _start_up(tmp_path)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason=f"needs trained detector weights at {WEIGHTS}")
+def test_up_dashboard_shows_simulated_locomotives(up_full: Up) -> None:
+    up = up_full
+    snap = _wait(
+        lambda: (
+            (s := _json(f"{up.dashboard}/api/snapshot"))
+            and s["states"].get("prod", {}).get("locomotives")
+            and s
+        ),
+        300,
+        "locomotives on the dashboard",
+        up.proc,
+        up.log,
+    )
+    locos = snap["states"]["prod"]["locomotives"]
+    assert all(lo["track_id"] in {"T1", "T2", "T3"} for lo in locos)
