@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from schemas.facility import ConfigError, load_facility
+from schemas.facility import ConfigError
 from services.aggregator.config import AggregatorSettings
+from services.runtime.facility_watch import FacilityWatch
 from services.runtime.logs import configure_logging
 from services.runtime.observability import Health, ObservabilityServer
 from services.runtime.settings import Settings, load_settings
@@ -17,12 +18,10 @@ from services.runtime.shutdown import ShutdownSignal
 log = logging.getLogger("services.aggregator")
 
 
-def expected_cameras(path: Path | None) -> list[str]:
-    """Enabled cameras of the facility config (watched by /healthz from the start)."""
-    if path is None:
-        return []
+def watch_facility(path: Path) -> FacilityWatch:
+    """The facility config, re-read on change (its enabled cameras are watched by /healthz)."""
     try:
-        return [c.id for c in load_facility(path).enabled_cameras]
+        return FacilityWatch(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -31,7 +30,7 @@ def run_aggregator(
     settings: Settings,
     agg: AggregatorSettings,
     shutdown: ShutdownSignal,
-    expected: list[str],
+    facility: FacilityWatch | None,
 ) -> None:
     """Build the adapters, serve /metrics and /healthz, and run until shutdown."""
     from confluent_kafka import KafkaException
@@ -43,8 +42,13 @@ def run_aggregator(
     from services.runtime.storage import ObjectStore
 
     store = ObjectStore(settings.s3)
-    producer = MessageProducer(settings.kafka, client_id="depotwatch-aggregator")
-    service = AggregatorService(agg, store, producer, shutdown, expected)
+
+    def new_producer() -> MessageProducer:
+        return MessageProducer(settings.kafka, client_id="depotwatch-aggregator")
+
+    service = AggregatorService(
+        agg, store, new_producer(), shutdown, facility=facility, new_producer=new_producer
+    )
     health = Health()
     health.add("cameras", service.health_cameras)
     health.add("object_store", service.health_store)
@@ -67,13 +71,13 @@ def run_aggregator(
             extra={
                 "endpoint": service.endpoint,
                 "bucket": store.bucket,
-                "expected_cameras": len(expected),
+                "expected_cameras": len(service.activity.cameras()),
                 "http": server.url,
             },
         )
         service.run()
     finally:
-        producer.close(timeout=5)
+        service.producer.close(timeout=5)
         server.stop()
         log.info("aggregator stopped")
 
@@ -105,16 +109,16 @@ def aggregator_command(config_path: Path | None, no_expect: bool, bind: str | No
     agg = AggregatorSettings()
     if bind:
         agg = agg.model_copy(update={"bind": bind})
-    expected: list[str]
+    facility: FacilityWatch | None
     if no_expect:
-        expected = []
+        facility = None
     elif config_path is None and not settings.facility_config.exists():
-        expected = []  # no config at hand: watch the cameras that show up
+        facility = None  # no config at hand: watch the cameras that show up
     else:
-        expected = expected_cameras(config_path or settings.facility_config)
+        facility = watch_facility(config_path or settings.facility_config)
     shutdown = ShutdownSignal().install()
     try:
-        run_aggregator(settings, agg, shutdown, expected)
+        run_aggregator(settings, agg, shutdown, facility)
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
 

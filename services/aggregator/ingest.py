@@ -101,6 +101,14 @@ class CameraActivity:
             self._last[camera_id] = t
             return new
 
+    def set_expected(self, expected: Iterable[str]) -> None:
+        """Replace the expected cameras (config reloaded); cameras taken out are forgotten."""
+        new = set(expected)
+        with self._lock:
+            for removed in self._expected - new:
+                self._last.pop(removed, None)
+            self._expected = new
+
     def cameras(self) -> list[str]:
         """Every camera seen or expected, sorted."""
         with self._lock:

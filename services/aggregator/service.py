@@ -8,6 +8,8 @@ Threads:
 
 Buffers are bounded (frames and bytes); when S3 is down long enough to fill them the oldest
 frames are dropped and counted. A FrameRef is never published before its object is stored.
+Refs of one camera are published in capture order; only a ref the broker refused (outage
+longer than ``message.timeout.ms``) is re-sent later, after newer ones.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter as Tally
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
@@ -27,6 +30,7 @@ from schemas.frames import FrameRef
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.ingest import CameraActivity, DedupeWindow, frame_key, frame_ref, shard_of
 from services.runtime.backoff import Backoff
+from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_queue import FrameQueue
 from services.runtime.frame_transport import (
     EncodedFrame,
@@ -68,6 +72,10 @@ REF_RETRIES = Counter(
 )
 QUEUE_DEPTH = Gauge("depotwatch_aggregator_queue_depth", "Frames buffered, not yet stored")
 QUEUE_BYTES = Gauge("depotwatch_aggregator_queue_bytes", "Bytes buffered, not yet stored")
+PRODUCER_REPLACED = Counter(
+    "depotwatch_aggregator_producer_replaced_total",
+    "Kafka producers replaced because the broker fenced them",
+)
 PENDING_REFS = Gauge("depotwatch_aggregator_pending_refs", "FrameRefs awaiting a broker ack")
 CAMERAS = Gauge("depotwatch_aggregator_cameras", "Cameras seen since start")
 S3_PUT_SECONDS = Histogram(
@@ -79,6 +87,18 @@ PRODUCE_SECONDS = Histogram(
     "depotwatch_aggregator_produce_seconds",
     "From publishing a FrameRef to the broker's ack",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 30),
+)
+
+
+# Errors after which this producer's identity is unusable: only a new producer gets through.
+PRODUCER_STATE_ERRORS = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError._FATAL,
+    }
 )
 
 
@@ -98,11 +118,19 @@ class AggregatorService:
         producer: MessageProducer,
         shutdown: ShutdownSignal,
         expected_cameras: Iterable[str] = (),
+        facility: FacilityWatch | None = None,
+        new_producer: Callable[[], MessageProducer] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.producer = producer
+        self._new_producer = new_producer
+        self._replace_producer = threading.Event()
+        self._retired: list[MessageProducer] = []
         self.shutdown = shutdown
+        self.facility = facility
+        if facility is not None:
+            expected_cameras = [c.id for c in facility.config.enabled_cameras]
         self.activity = CameraActivity(time.monotonic(), expected_cameras)
         self._dedupe = DedupeWindow(settings.dedupe_window)
         per_shard = max(1, settings.buffer_frames // settings.store_workers)
@@ -112,6 +140,7 @@ class AggregatorService:
         ]
         self._retry_refs: deque[_PendingRef] = deque()
         self._pending = 0
+        self._pending_by_camera: Tally[str] = Tally()
         self._pending_lock = threading.Lock()
         self._receiving_stopped = threading.Event()
         self._drain_deadline: float | None = None
@@ -127,7 +156,12 @@ class AggregatorService:
 
     # -- health --------------------------------------------------------------------------
     def health_cameras(self) -> tuple[bool, str]:
-        """Fails when a known camera has delivered nothing for the watchdog period."""
+        """Fails when a known camera has delivered nothing for the watchdog period.
+
+        Known: enabled in the facility config (re-read when the file changes), or seen.
+        """
+        if self.facility is not None and self.facility.refresh():
+            self.activity.set_expected(c.id for c in self.facility.config.enabled_cameras)
         silent = self.activity.silent(time.monotonic(), self.settings.watchdog_s)
         if silent:
             names = ", ".join(
@@ -204,8 +238,10 @@ class AggregatorService:
 
     def _count_undelivered(self) -> None:
         left = self.producer.flush(timeout=1.0)
-        for pending in list(self._retry_refs):
-            FRAMES_DROPPED.labels(pending.ref.camera_id, "ref_undelivered").inc()
+        with self._pending_lock:
+            unacked = self._pending_by_camera + Tally(p.ref.camera_id for p in self._retry_refs)
+        for camera_id, n in unacked.items():
+            FRAMES_DROPPED.labels(camera_id, "ref_undelivered").inc(n)
         if left or self._retry_refs:
             log.error(
                 "frame refs not delivered at shutdown (objects are stored)",
@@ -307,14 +343,17 @@ class AggregatorService:
             with self._pending_lock:
                 if self._pending < self.settings.pending_refs or self._workers_done.is_set():
                     self._pending += 1
+                    self._pending_by_camera[pending.ref.camera_id] += 1
                     PENDING_REFS.set(self._pending)
                     break
             self.producer.poll(0.1)
         sent = time.perf_counter()
+        producer = self.producer
 
         def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:
             with self._pending_lock:
                 self._pending -= 1
+                self._pending_by_camera[pending.ref.camera_id] -= 1
                 PENDING_REFS.set(self._pending)
             if err is None:
                 PRODUCE_SECONDS.observe(time.perf_counter() - sent)
@@ -324,16 +363,42 @@ class AggregatorService:
                     self._kafka_failing_since = None
                 return
             REF_RETRIES.inc()
+            fenced = err.fatal() or err.code() in PRODUCER_STATE_ERRORS
+            if fenced and producer is self.producer:  # not again for an already replaced one
+                self._replace_producer.set()
             if self._kafka_failing_since is None:
                 self._kafka_failing_since = time.monotonic()
                 log.warning("frame ref not acknowledged; will re-send", extra={"error": str(err)})
             self._retry_refs.append(_PendingRef(pending.ref, pending.attempt + 1))
 
-        self.producer.publish(pending.ref, on_delivery=delivered)
+        producer.publish(pending.ref, on_delivery=delivered)
+
+    def _swap_producer(self) -> None:
+        """Replace a producer the broker no longer accepts; its refs are re-sent by the new one.
+
+        After a broker restart or a message timeout, librdkafka's idempotent producer may be
+        fenced for good (Tansu answers PRODUCER_FENCED to its epoch bump): only a new producer
+        (a new producer id) gets through.
+        """
+        self._replace_producer.clear()
+        if self._new_producer is None:
+            return
+        old, self.producer = self.producer, self._new_producer()
+        # Purged messages report an error to their callback, which queues them for re-sending.
+        old.raw.purge(in_queue=True, in_flight=True)
+        self._retired.append(old)
+        PRODUCER_REPLACED.inc()
+        log.warning("kafka producer replaced after the broker stopped accepting it")
 
     def _delivery_loop(self) -> None:
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         while True:
+            if self._replace_producer.is_set():
+                self._swap_producer()
+            for retired in list(self._retired):
+                retired.poll(0)
+                if len(retired) == 0:
+                    self._retired.remove(retired)
             self.producer.poll(0.05)
             if self._retry_refs and not self._past_drain_deadline():
                 # librdkafka already retried for message.timeout.ms; a short pause suffices.

@@ -14,13 +14,12 @@ import click
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), default=Path("facility.yaml")
 )
-@click.option(
-    "--flow", default="prod", show_default=True, help="Flow whose detector settings to use."
-)
+@click.option("--flow", default="prod", show_default=True, help="Flow whose settings to use.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="Override weights.")
 @click.option("--imgsz", type=click.IntRange(64, 2048), default=None, help="Override imgsz.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:0 (default: DEPOTWATCH_DEVICE).")
 @click.option("--frames", default=64, show_default=True, type=click.IntRange(8, 10000))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 20))
 @click.option(
     "--batch",
     "batches",
@@ -40,21 +39,27 @@ def bench_command(
     imgsz: int | None,
     device: str | None,
     frames: int,
+    rounds: int,
     batches: str,
     use_settings: bool,
     json_out: Path | None,
 ) -> None:
     """Frames/s of the position estimator (S3 fetch, decode, infer, map, publish) vs bare predict.
 
-    Both run in this process on the same rendered frames, alternating bare / service / bare so
-    drifting machine load hits both; the goal is service >= 0.9x bare at the same batch size.
+    Both run in this process on the same rendered frames, alternating bare and service rounds
+    so drifting machine load hits both; medians are compared. The bare loop gets the images
+    exactly as the service decodes them. Goal: service >= 0.9x bare at the same batch size.
     """
     from schemas.facility import load_facility
     from services.benchmarks.estimator_bench import (
         BENCH_FLOW,
         bench_facility,
         bench_settings,
+        bench_topic,
+        decoded_like_service,
         drive,
+        median_cpu_ms,
+        median_fps,
         publish_frames,
         render_bench_frames,
         stage_seconds,
@@ -80,17 +85,14 @@ def bench_command(
             watch = FacilityWatch(path)
             base = position_estimator_config(watch.config, path, flow, settings, "replay")
             sizes = [int(b) for b in batches.split(",") if b.strip()] or [base.max_batch]
+            size = imgsz or base.imgsz
             say(f"rendering {frames} frames")
             bench_frames = render_bench_frames(facility, frames)
-            images = [f.image for f in bench_frames]
+            images = decoded_like_service(bench_frames, size)
             for batch in sizes:
                 try:
                     detector = YoloDetector(
-                        weights or base.weights,
-                        imgsz or base.imgsz,
-                        base.confidence,
-                        settings.device,
-                        batch,
+                        weights or base.weights, size, base.confidence, settings.device, batch
                     )
                 except WeightsError as exc:
                     raise click.ClickException(str(exc)) from None
@@ -107,9 +109,7 @@ def bench_command(
                             verbose=False,
                         )
 
-                say(f"batch {batch}: bare predict loop")
-                bare1 = timed("bare", len(images), bare)
-                topic = publish_frames(settings, bench_frames)
+                topic = bench_topic(settings)
                 config = position_estimator_config(
                     watch.config,
                     path,
@@ -120,25 +120,39 @@ def bench_command(
                     weights=weights,
                     frames_topic=topic,
                 )
-                say(f"batch {batch}: service loop")
+                stream = position_stream(settings, config, watch, detector)
+                bare_runs, service_runs = [], []
                 stages0 = stage_seconds(SERVICE, BENCH_FLOW)
-                service = drive(position_stream(settings, config, watch, detector), frames)
+                try:
+                    for r in range(rounds):
+                        say(f"batch {batch}, round {r + 1}/{rounds}: bare, then service")
+                        bare_runs.append(timed("bare", len(images), bare))
+                        publish_frames(settings, bench_frames, topic, first_seq=r * frames)
+                        service_runs.append(drive(stream, (r + 1) * frames))
+                    bare_runs.append(timed("bare", len(images), bare))
+                finally:
+                    stream.close()
                 stages1 = stage_seconds(SERVICE, BENCH_FLOW)
-                say(f"batch {batch}: bare predict loop again")
-                bare2 = timed("bare", len(images), bare)
-                bare_fps = (bare1.fps + bare2.fps) / 2
+                handled = rounds * frames
+                service_fps, bare_fps = median_fps(service_runs), median_fps(bare_runs)
                 report["runs"].append(
                     {
                         "batch": batch,
                         "device": settings.device,
                         "imgsz": detector.imgsz,
+                        "decoded": f"{images[0].shape[1]}x{images[0].shape[0]}",
                         "weights": str(detector.weights),
-                        "service": service.as_dict(),
-                        "bare": [bare1.as_dict(), bare2.as_dict()],
+                        "frames_per_round": frames,
+                        "service_fps": round(service_fps, 2),
+                        "bare_fps": round(bare_fps, 2),
+                        "service_rounds": [t.as_dict() for t in service_runs],
+                        "bare_rounds": [t.as_dict() for t in bare_runs],
                         "service_stage_ms_per_frame": {
-                            k: round(1000 * (stages1[k] - stages0[k]) / frames, 2) for k in stages1
+                            k: round(1000 * (stages1[k] - stages0[k]) / handled, 2) for k in stages1
                         },
-                        "service_vs_bare": round(service.fps / bare_fps, 3) if bare_fps else None,
+                        "service_vs_bare": round(service_fps / bare_fps, 3) if bare_fps else None,
+                        "service_cpu_ms_per_frame": round(median_cpu_ms(service_runs), 2),
+                        "bare_cpu_ms_per_frame": round(median_cpu_ms(bare_runs), 2),
                     }
                 )
     finally:
@@ -152,14 +166,19 @@ def format_report(report: dict[str, Any]) -> str:
     """Human-readable lines of a run."""
     lines = []
     for run in report["runs"]:
-        bare = run["bare"]
         stages = ", ".join(f"{k} {v} ms" for k, v in run["service_stage_ms_per_frame"].items())
+        svc = ", ".join(f"{t['fps']:.1f}" for t in run["service_rounds"])
+        bare = ", ".join(f"{t['fps']:.1f}" for t in run["bare_rounds"])
         lines += [
-            f"detect, batch {run['batch']}, {run['device']}, imgsz {run['imgsz']}:",
-            f"  service  {run['service']['fps']:7.2f} frames/s  "
-            f"{run['service']['ms_per_frame']:7.2f} ms/frame  ({stages})",
-            f"  bare     {(bare[0]['fps'] + bare[1]['fps']) / 2:7.2f} frames/s  "
-            f"(runs: {bare[0]['fps']:.2f}, {bare[1]['fps']:.2f})",
+            f"detect, batch {run['batch']}, {run['device']}, imgsz {run['imgsz']}, "
+            f"frames decoded at {run['decoded']}, {run['frames_per_round']} frames a round:",
+            f"  service {run['service_fps']:7.2f} frames/s "
+            f"{1000 / max(run['service_fps'], 1e-9):6.2f} ms/frame (rounds: {svc})",
+            f"  bare    {run['bare_fps']:7.2f} frames/s "
+            f"{1000 / max(run['bare_fps'], 1e-9):6.2f} ms/frame (rounds: {bare})",
+            f"  service stages per frame: {stages}",
+            f"  CPU ms/frame (this process): service {run['service_cpu_ms_per_frame']}, bare "
+            f"{run['bare_cpu_ms_per_frame']}",
             f"  service / bare = {run['service_vs_bare']}  (goal >= 0.9)",
         ]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from schemas.topics import TopicSpec, topics_for
 from services.runtime.frame_stream import FrameStream
-from services.runtime.frames import Image
+from services.runtime.frames import REDUCED_DECODE, Image, decode_reduction
 from services.runtime.kafka import MessageProducer, TopicAdmin
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
@@ -54,11 +54,18 @@ class LoopTiming:
     name: str
     frames: int
     seconds: float
+    cpu_seconds: float = 0.0
+    """CPU time of this process (all threads) meanwhile: robust to other load on the host."""
 
     @property
     def fps(self) -> float:
         """Frames per second."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        """CPU milliseconds per frame (this process, all threads)."""
+        return 1000.0 * self.cpu_seconds / self.frames if self.frames else 0.0
 
     @property
     def ms_per_frame(self) -> float:
@@ -73,6 +80,7 @@ class LoopTiming:
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 2),
             "ms_per_frame": round(self.ms_per_frame, 2),
+            "cpu_ms_per_frame": round(self.cpu_ms_per_frame, 2),
         }
 
 
@@ -98,6 +106,17 @@ def render_bench_frames(facility: FacilityConfig, count: int, seed: int = 9700) 
             jpeg = buf.tobytes()
             image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             out.append(BenchFrame(cam_id, jpeg, np.asarray(image, np.uint8)))
+    return out
+
+
+def decoded_like_service(frames: list[BenchFrame], detector_input_px: int | None) -> list[Image]:
+    """The frames decoded exactly as the service decodes them (reduced to the model's input)."""
+    out = []
+    for frame in frames:
+        h, w = frame.image.shape[:2]
+        reduction = decode_reduction(w, h, detector_input_px)
+        buf = np.frombuffer(frame.jpeg, np.uint8)
+        out.append(np.asarray(cv2.imdecode(buf, REDUCED_DECODE[reduction]), np.uint8))
     return out
 
 
@@ -132,18 +151,25 @@ def bench_facility(facility_path: Path, workdir: Path) -> Path:
     return path
 
 
-def publish_frames(settings: Settings, frames: list[BenchFrame], partitions: int = 6) -> str:
-    """Store the JPEGs, publish their refs on a new topic; returns the topic's name."""
+def bench_topic(settings: Settings, partitions: int = 6) -> str:
+    """A new frames topic for one benchmark, and the bench flow's output topics."""
     topic = f"bench-frames-{uuid.uuid4().hex[:8]}"
     specs = [s for s in topics_for([BENCH_FLOW]) if BENCH_FLOW in s.name]
     specs.append(TopicSpec(topic, FrameRef, partitions, {"cleanup.policy": "delete"}))
     TopicAdmin(settings.kafka).ensure(specs)
+    return topic
+
+
+def publish_frames(
+    settings: Settings, frames: list[BenchFrame], topic: str, first_seq: int = 0
+) -> None:
+    """Store the JPEGs and publish their refs on ``topic`` (acknowledged)."""
     store = ObjectStore(settings.s3)
     store.ensure_bucket()
     producer = MessageProducer(settings.kafka, client_id="bench-frames")
     start = datetime.now(UTC)
     try:
-        for seq, frame in enumerate(frames):
+        for seq, frame in enumerate(frames, start=first_seq):
             key = f"bench/{topic}/{frame.camera_id}/{seq:08d}.jpg"
             stored = store.put(key, frame.jpeg, "image/jpeg")
             ref = FrameRef(
@@ -162,37 +188,55 @@ def publish_frames(settings: Settings, frames: list[BenchFrame], partitions: int
             raise RuntimeError("the broker did not acknowledge the benchmark's frame refs")
     finally:
         producer.close()
-    return topic
 
 
-def drive(stream: FrameStream, frames: int, timeout_s: float = 600.0) -> LoopTiming:
-    """Run the service loop until ``frames`` estimates are acknowledged.
+def drive(stream: FrameStream, until_processed: int, timeout_s: float = 600.0) -> LoopTiming:
+    """Run the service loop until ``until_processed`` frames (in total) are acknowledged.
 
-    The clock starts after the first batch: joining the consumer group and the first fetch
-    are start-up, not throughput.
+    The clock starts after the first batch: joining the consumer group, waking up from the
+    idle poll and fetching cold are start-up, not throughput.
     """
     deadline = time.monotonic() + timeout_s
+    start = stream.processed
     first = 0
-    t0 = 0.0
-    try:
-        while stream.processed < frames:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the service handled {stream.processed} of {frames} frames in {timeout_s} s"
-                )
-            done = stream.run_once()
-            if done and not first:
-                first, t0 = stream.processed, time.perf_counter()
-        seconds = time.perf_counter() - t0
-    finally:
-        stream.close()
-    return LoopTiming("service", frames - first, seconds)
+    t0 = c0 = 0.0
+    handled = 0
+    while stream.processed < until_processed:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the service handled {stream.processed - start} of "
+                f"{until_processed - start} frames in {timeout_s} s"
+            )
+        if start + handled >= until_processed:
+            # Everything is handled: wait for the last acks instead of an idle poll.
+            stream.flush()
+            continue
+        done = stream.run_once()
+        handled += done
+        if done and not t0:
+            first, t0, c0 = done, time.perf_counter(), time.process_time()
+    return LoopTiming(
+        "service",
+        until_processed - start - first,
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+    )
+
+
+def median_fps(runs: list[LoopTiming]) -> float:
+    """Median frames/s of several runs (machine load drifts; the median resists it)."""
+    return float(np.median([r.fps for r in runs])) if runs else 0.0
+
+
+def median_cpu_ms(runs: list[LoopTiming]) -> float:
+    """Median CPU milliseconds per frame of several runs."""
+    return float(np.median([r.cpu_ms_per_frame for r in runs])) if runs else 0.0
 
 
 def stage_seconds(service: str, flow: str) -> dict[str, float]:
     """Seconds spent so far per frame-loop stage (from the service's own metrics)."""
     out = {}
-    for stage in ("fetch", "handle", "publish"):
+    for stage in ("fetch", "handle", "publish", "ack_wait"):
         value = REGISTRY.get_sample_value(
             "depotwatch_frame_stage_seconds_sum",
             {"service": service, "flow": flow, "stage": stage},
@@ -203,9 +247,9 @@ def stage_seconds(service: str, flow: str) -> dict[str, float]:
 
 def timed(name: str, frames: int, body: Callable[[], None]) -> LoopTiming:
     """Time ``body`` (which handles ``frames`` frames)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     body()
-    return LoopTiming(name, frames, time.perf_counter() - t0)
+    return LoopTiming(name, frames, time.perf_counter() - t0, time.process_time() - c0)
 
 
 def workdir() -> Path:

@@ -54,6 +54,7 @@ class PipelineResult:
     seconds: float
     offered_fps: float
     sustained_fps: float
+    captured_fps: float | None
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     latency_max_ms: float | None
@@ -117,6 +118,7 @@ def _mean_ms(m0: dict[str, float], m1: dict[str, float], name: str) -> float | N
 @dataclass
 class _Snapshot:
     t: float
+    wall: datetime
     aggregator_cpu: float
     capture_cpu: float
     aggregator: dict[str, float]
@@ -126,6 +128,7 @@ class _Snapshot:
 def _snapshot(aggregator: ServiceProcess, captures: list[ServiceProcess]) -> _Snapshot:
     return _Snapshot(
         time.monotonic(),
+        datetime.now(UTC),
         aggregator.cpu_seconds(),
         sum(c.cpu_seconds() for c in captures),
         aggregator.metrics(),
@@ -142,7 +145,13 @@ def _result(
     samples: list[RefSample],
     prefix: str,
 ) -> PipelineResult:
-    window = [s for s in samples if a.t <= s.received < b.t and s.camera_id.startswith(prefix)]
+    # Frames CAPTURED in the window, wherever their refs arrived: a latency spike must not
+    # look like lost throughput (the caller waits for stragglers before calling this).
+    window = [
+        s
+        for s in samples
+        if a.wall <= s.ref.captured_at < b.wall and s.camera_id.startswith(prefix)
+    ]
     lat = sorted(s.latency_s for s in window)
     seconds = b.t - a.t
     stored = metric_sum(b.aggregator, "depotwatch_aggregator_frames_stored_total") - metric_sum(
@@ -165,6 +174,19 @@ def _result(
         seconds=round(seconds, 1),
         offered_fps=cameras * fps,
         sustained_fps=round(len(window) / seconds, 2),
+        captured_fps=(
+            round(
+                sum(
+                    metric_sum(m1, "depotwatch_capture_frames_in_total")
+                    - metric_sum(m0, "depotwatch_capture_frames_in_total")
+                    for m0, m1 in zip(a.captures, b.captures, strict=True)
+                )
+                / seconds,
+                2,
+            )
+            if a.captures
+            else None
+        ),
         latency_p50_ms=ms(percentile(lat, 0.5)),
         latency_p99_ms=ms(percentile(lat, 0.99)),
         latency_max_ms=ms(lat[-1] if lat else None),
@@ -212,6 +234,16 @@ def _feed(endpoint: str, payloads: list[bytes], cameras: int, fps: float, stop: 
             time.sleep(max(0.0, due - time.monotonic()))
     finally:
         sender.close()
+
+
+def _wait_for_stragglers(collector: RefCollector, quiet_s: float = 2.0, cap_s: float = 30) -> None:
+    """Wait until refs stop arriving for ``quiet_s`` (at most ``cap_s``)."""
+    deadline = time.monotonic() + cap_s
+    while time.monotonic() < deadline:
+        last = collector.samples[-1].received if collector.samples else 0.0
+        if time.monotonic() - last >= quiet_s:
+            return
+        time.sleep(0.2)
 
 
 def run_pipeline(
@@ -262,12 +294,12 @@ def run_pipeline(
         say(f"phase 1: measuring {seconds:.0f}s")
         time.sleep(seconds)
         b = _snapshot(aggregator, captures)
-        time.sleep(1.0)  # refs of frames captured just before the end
+        for c in captures:
+            c.stop()
+        _wait_for_stragglers(collector)
         results.append(
             _result("captures+aggregator", cameras, fps, a, b, collector.samples, CAMERA_PREFIX)
         )
-        for c in captures:
-            c.stop()
         iso_seconds = min(seconds, 20.0)
         say(f"phase 2: aggregator alone, fed by this process, {iso_seconds:.0f}s")
         stop_at = time.monotonic() + warmup + iso_seconds
@@ -280,7 +312,7 @@ def run_pipeline(
         time.sleep(iso_seconds)
         b = _snapshot(aggregator, [])
         feeder.join(10)
-        time.sleep(1.0)
+        _wait_for_stragglers(collector)
         results.append(
             _result("aggregator alone", cameras, fps, a, b, collector.samples, ISOLATED_PREFIX)
         )
@@ -470,8 +502,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [
             f"[{p['phase']}] {p['cameras']} cameras x {p['fps_per_camera']:g} fps, "
             f"measured {p['seconds']:.0f}s",
-            f"  sustained          {p['sustained_fps']:.1f} frames/s "
-            f"(offered {p['offered_fps']:g})",
+            f"  sustained          {p['sustained_fps']:.1f} frames/s to Kafka "
+            f"(offered {p['offered_fps']:g}"
+            + (f", captured {p['captured_fps']:.1f})" if p["captured_fps"] is not None else ")"),
             f"  capture->FrameRef  p50 {p['latency_p50_ms']} ms, p99 {p['latency_p99_ms']} ms, "
             f"max {p['latency_max_ms']} ms (S3 put mean {p['s3_put_mean_ms']} ms, "
             f"broker ack mean {p['produce_ack_mean_ms']} ms)",

@@ -92,6 +92,8 @@ def capture_command(
     )
     try:
         service.run()
+    except ValueError as exc:  # a malformed aggregator endpoint
+        raise click.ClickException(str(exc)) from None
     finally:
         server.stop()
         log.info("capture stopped", extra={"camera_id": camera.id})

@@ -88,8 +88,14 @@ class CaptureService:
 
     # -- threads -------------------------------------------------------------------------
     def run(self) -> None:
-        """Capture until shutdown; returns after both threads stopped."""
-        sender = threading.Thread(target=self._send_loop, name=f"send-{self._cid}", daemon=True)
+        """Capture until shutdown; returns after both threads stopped.
+
+        Raises ValueError (one line) at once when the aggregator endpoint is malformed.
+        """
+        socket = FrameSender(self.settings.aggregator_endpoint, self.settings.send_hwm)
+        sender = threading.Thread(
+            target=self._send_loop, args=(socket,), name=f"send-{self._cid}", daemon=True
+        )
         sender.start()
         try:
             self._read_loop()
@@ -99,9 +105,9 @@ class CaptureService:
 
     def _read_loop(self) -> None:
         s = self.settings
-        reader = StreamReader(
-            self.source, s.open_timeout_s, min(s.open_timeout_s, s.watchdog_s), s.loop_files
-        )
+        # The read timeout IS the watchdog: a stream that yields nothing for watchdog_s is
+        # closed and reopened, whether the server hung up or silently stopped sending.
+        reader = StreamReader(self.source, s.open_timeout_s, s.watchdog_s, s.loop_files)
         decimator = FrameDecimator(self.camera.fps, s.decimation_tolerance)
         backoff = Backoff(s.backoff_initial_s, s.backoff_max_s)
         url = redact(self.source)
@@ -192,8 +198,7 @@ class CaptureService:
         )
         return EncodedFrame(header=header, jpeg=buf.tobytes())
 
-    def _send_loop(self) -> None:
-        sender = FrameSender(self.settings.aggregator_endpoint, self.settings.send_hwm)
+    def _send_loop(self, sender: FrameSender) -> None:
         try:
             while not self.shutdown.requested:
                 frame = self.queue.get(timeout=0.2)

@@ -35,7 +35,8 @@ FEED_INVALID = Counter(
     ["topic"],
 )
 
-Sink = Callable[[Message], None]
+Sink = Callable[[list[Message]], None]
+"""Receives the valid messages of one poll, in order (called on the feed's thread)."""
 
 
 def dashboard_topics(flows: Iterable[str]) -> dict[str, tuple[type[Message], int]]:
@@ -51,7 +52,7 @@ def dashboard_topics(flows: Iterable[str]) -> dict[str, tuple[type[Message], int
 
 
 class KafkaFeed:
-    """Reads the dashboard topics and hands every valid message to ``sink`` (on its thread)."""
+    """Reads the dashboard topics and hands the valid messages to ``sink``, a poll at a time."""
 
     def __init__(
         self,
@@ -132,17 +133,18 @@ class KafkaFeed:
                 if not self._assigned:
                     self._stop.wait(0.2)
                     continue
-                for msg in consumer.consume(100, 0.2):
-                    self._handle(msg)
+                batch = [m for m in map(self._handle, consumer.consume(500, 0.2)) if m is not None]
+                if batch:
+                    self._sink(batch)
         finally:
             consumer.close()
 
-    def _handle(self, msg: Any) -> None:
+    def _handle(self, msg: Any) -> Message | None:
         err = msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error", extra={"error": str(err)})
-            return
+            return None
         topic = str(msg.topic())
         model = self.topics[topic][0]
         try:
@@ -153,6 +155,6 @@ class KafkaFeed:
                 "undecodable message ignored by the dashboard",
                 extra={"topic": topic, "offset": msg.offset(), "reason": exc.reason},
             )
-            return
+            return None
         FEED_MESSAGES.labels(topic).inc()
-        self._sink(message)
+        return message

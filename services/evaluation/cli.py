@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import click
 
 from services.evaluation.estimators import estimators_command
+from services.evaluation.fusion_eval import fusion_command
 
 
 @click.group("eval")
@@ -61,3 +62,4 @@ def pipeline_command(
 
 
 evaluate.add_command(estimators_command)
+evaluate.add_command(fusion_command)

@@ -194,11 +194,23 @@ class EstimatorScore:
 
 
 def verdicts(figures: dict[str, Any]) -> dict[str, bool | None]:
-    """Goal met (True/False) per goal; None when there was nothing to measure."""
+    """Goal met (True/False) per goal; None when there was nothing to measure.
+
+    A figure that is missing because nothing was detected, although there was something to
+    detect, is a miss, not "nothing to measure".
+    """
     out: dict[str, bool | None] = {}
     for name, (op, goal) in GOALS.items():
         value = figures.get(name)
-        out[name] = None if value is None else (value <= goal if op == "<=" else value >= goal)
+        if value is None:
+            truth = (
+                figures["plates_true"]
+                if name.startswith(("plate", "model"))
+                else (figures["ends_true"])
+            )
+            out[name] = False if truth else None
+        else:
+            out[name] = value <= goal if op == "<=" else value >= goal
     return out
 
 

@@ -4,9 +4,8 @@ For each plate the detector found: crop it from the full-resolution frame, recog
 (the engine is passed in), normalise it against the fleet's plate patterns, and decide the
 locomotive model from the plate series. When the plate cannot be read, the model still comes
 from the visual check (livery colour around the plate), and the estimate says why the plate is
-unreadable instead of guessing it. The plate is placed on a track through the head box next to
-it (plates are painted on the cab sides, 1.4-3.0 m from the head end): the estimate's
-observation is that head end.
+unreadable instead of guessing it. The plate itself is placed on the floor and the nearest track
+(``plate_position``), so the reading can be attached to the locomotive standing there.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ import numpy as np
 
 from schemas.base import utc_now
 from schemas.estimates import Detection, IdentityEstimate, TrackObservation
-from schemas.facility import Camera, FacilityConfig
+from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from services.plate_ocr.livery import LiveryMatch, livery_model
+from services.plate_ocr.plate_position import plate_observation
 from services.plate_ocr.plate_text import PlateNormaliser, PlateReading
 from services.position_estimator.estimator import BatchDetector
-from services.position_estimator.track_position import observe
 from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected
 
 MIN_PLATE_HEIGHT_PX = 12
@@ -113,23 +112,6 @@ def decide(
     )
 
 
-def head_beside(plate: Detection, detections: Sequence[Detection]) -> Detection | None:
-    """The head box nearest to the plate, within two plate widths (the plate's locomotive)."""
-    pw = plate.bbox.x2 - plate.bbox.x1
-    pc = (plate.bbox.x1 + plate.bbox.x2) / 2
-    best: tuple[float, Detection] | None = None
-    for det in detections:
-        if det.cls != "head":
-            continue
-        gap = max(0.0, det.bbox.x1 - plate.bbox.x2, plate.bbox.x1 - det.bbox.x2)
-        if gap > 2 * pw or det.bbox.y2 < plate.bbox.y2:
-            continue  # the head box's bottom is on the floor, below its plate
-        dist = abs((det.bbox.x1 + det.bbox.x2) / 2 - pc)
-        if best is None or dist < best[0]:
-            best = (dist, det)
-    return best[1] if best else None
-
-
 class IdentityEstimator:
     """Reads plates and decides locomotive models for a batch of frames."""
 
@@ -192,12 +174,14 @@ class IdentityEstimator:
                 outcomes.append([self._estimate(frame.ref, _NO_PLATE, None, None)])
                 continue
             estimates = []
+            # Plates are read at full resolution; the scale only matters for odd frame sizes.
+            sx, sy = frame.scale
+            scale = (sx * camera.width / frame.ref.width, sy * camera.height / frame.ref.height)
             for det in plates:
                 decision = self._decide(
                     frame, det, read.get((id(frame), id(det))), normaliser, facility
                 )
-                head = head_beside(det, dets)
-                obs = self._place(head, camera, facility, frame.ref) if head else None
+                obs = plate_observation(det, camera, facility.tracks, scale)
                 estimates.append(self._estimate(frame.ref, decision, det, obs))
             outcomes.append(estimates)
         return outcomes
@@ -226,15 +210,6 @@ class IdentityEstimator:
         else:
             reading = result.reason
         return decide(text, confidence, reading, livery, self.min_plate_confidence)
-
-    @staticmethod
-    def _place(
-        head: Detection, camera: Camera, facility: FacilityConfig, ref: FrameRef
-    ) -> TrackObservation | None:
-        # The observation is the head end of the plate's locomotive (kind "head"): that is the
-        # point on the floor that was measured, and what the state estimator pairs by.
-        scale = (camera.width / ref.width, camera.height / ref.height)
-        return observe(head, camera, facility.tracks, scale)
 
     def _estimate(
         self,

@@ -47,6 +47,7 @@ class PositionEstimatorConfig:
             max_batch=self.max_batch,
             max_wait_ms=self.max_wait_ms,
             frames_topic=self.frames_topic,
+            detector_input_px=self.imgsz,
         )
 
 

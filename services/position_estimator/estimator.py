@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from schemas.base import utc_now
-from schemas.estimates import Detection
+from schemas.estimates import BoundingBox, Detection
 from schemas.facility import FacilityConfig
 from services.position_estimator.track_position import position_estimate
 from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected
@@ -23,6 +23,23 @@ class BatchDetector(Protocol):
     def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
         """Detections of each image, in input order."""
         ...
+
+
+def to_frame_pixels(detections: list[Detection], scale: tuple[float, float]) -> list[Detection]:
+    """Detections on an image decoded at reduced size, in the frame's full-size pixels."""
+    sx, sy = scale
+    if sx == 1 and sy == 1:
+        return detections
+    return [
+        d.model_copy(
+            update={
+                "bbox": BoundingBox(
+                    x1=d.bbox.x1 * sx, y1=d.bbox.y1 * sy, x2=d.bbox.x2 * sx, y2=d.bbox.y2 * sy
+                )
+            }
+        )
+        for d in detections
+    ]
 
 
 class PositionEstimator:
@@ -66,7 +83,7 @@ class PositionEstimator:
                 frame=frame.ref,
                 camera=camera,
                 tracks=facility.tracks,
-                detections=next(detections),
+                detections=to_frame_pixels(next(detections), frame.scale),
                 estimator=self.estimator,
                 model_version=self.model_version,
                 estimated_at=self._clock(),

@@ -3,8 +3,9 @@
 ``frames.v1`` refs are consumed in batches (up to ``max_batch`` refs or ``max_wait_ms``), their
 JPEGs fetched from the object store in parallel and decoded, handed to the service's pure
 handler, and its output published. Offsets are marked done only after every output of the batch
-is acknowledged by the broker, so a crash re-processes at most the batches in flight. While one
-batch is inferred, the refs already waiting are read ahead and their frames fetched.
+is acknowledged by the broker (in batch order, without stopping the loop to wait for acks), so
+a crash re-processes at most the batches in flight. While one batch is inferred, the refs
+already waiting are read ahead and their frames fetched.
 
 * live mode: when the service falls behind, only the newest frame per camera is processed; the
   older ones are skipped and counted (``depotwatch_frames_skipped_total``).
@@ -17,11 +18,12 @@ an object store outage is not the frame's fault, so the batch is retried until t
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError
@@ -36,6 +38,7 @@ from services.runtime.frames import (
     FrameOutcome,
     Rejected,
     decode_frame,
+    decode_reduction,
 )
 from services.runtime.kafka import MessageConsumer, MessageProducer, ProduceError, Received
 from services.runtime.observability import Health, ObservabilityServer
@@ -67,7 +70,8 @@ OUTPUTS_PUBLISHED = Counter(
 )
 STAGE_SECONDS = Histogram(
     "depotwatch_frame_stage_seconds",
-    "Time per batch spent in each stage (fetch = S3 get + decode, handle = inference + mapping)",
+    "Time per batch in each stage: fetch (waiting for S3 get + decode), handle (inference + "
+    "mapping), publish (queueing outputs), ack_wait (blocked on broker acknowledgements)",
     ["service", "flow", "stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -113,6 +117,11 @@ class FrameStreamConfig:
     live_window: int = 256
     """Refs looked at per poll in live mode, to find the newest frame of each camera."""
     fetch_threads: int = 4
+    detector_input_px: int | None = None
+    """Long side the handler's model resizes frames to; frames are decoded no larger than
+    needed (JPEG reduced decoding). None: full resolution (e.g. for OCR crops)."""
+    max_in_flight: int = 4
+    """Batches published but not yet acknowledged before the loop waits for the broker."""
     ack_timeout_s: float = 30.0
     storage_retry_s: float = 1.0
 
@@ -139,6 +148,18 @@ def select_frames(received: Sequence[Received[FrameRef]], mode: Mode) -> Selecti
         keep=[r for r in received if id(r) in kept],
         skipped=[r for r in received if id(r) not in kept],
     )
+
+
+@dataclass
+class _InFlight:
+    """A handled batch whose outputs are published and not yet all acknowledged."""
+
+    received: list[Received[FrameRef]]
+    rejected: list[tuple[Received[FrameRef], str]]
+    handled: int
+    waiting: int
+    errors: list[str] = field(default_factory=list)
+    captured: list[datetime] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +195,7 @@ class FrameStream:
         self.skipped = 0
         self.rejected = 0
         self._ahead: _Polled | None = None
+        self._in_flight: deque[_InFlight] = deque()
 
     # -- one iteration ---------------------------------------------------------------------
     def _poll(self, timeout: float) -> _Polled | None:
@@ -198,6 +220,7 @@ class FrameStream:
         self.last_progress = time.monotonic()
         LAST_BATCH.labels(*self._labels).set_to_current_time()
         if current is None:
+            self._settle()
             return 0
         self._ahead = self._poll(0.0)
         if self.config.mode == "live" and self._ahead is not None:
@@ -214,7 +237,7 @@ class FrameStream:
             futures = current.futures[start : start + batch]
             frames, chunk_rejected = self._collect(chunk, futures, shutdown)
             if frames is None:
-                return handled  # shutdown while the store was down: nothing is marked done
+                return 0  # shutdown while the store was down: nothing of it is marked done
             rejected += chunk_rejected
             if not frames:
                 continue
@@ -232,16 +255,8 @@ class FrameStream:
                 else:
                     pending += [(r, m) for m in outcome]
                     handled += 1
-        self._publish(pending)
-        for r, reason in rejected:
-            self.consumer.dead_letter(r.raw, reason, mark_done=False)
-            FRAMES_REJECTED.labels(*self._labels).inc()
-        self.rejected += len(rejected)
-        # Store offsets in order, after every output is acknowledged (see module docstring).
-        for r in sorted(current.received, key=lambda x: (x.topic, x.partition, x.offset)):
-            self.consumer.done(r)
-        FRAMES_PROCESSED.labels(*self._labels).inc(handled)
-        self.processed += handled
+        self._publish(current.received, pending, rejected, handled)
+        self._settle()
         return handled
 
     @staticmethod
@@ -297,42 +312,86 @@ class FrameStream:
             return f"frame object missing: {exc}"
         except StorageError as exc:
             return exc
+        reduction = decode_reduction(ref.width, ref.height, self.config.detector_input_px)
         try:
-            return decode_frame(ref, data)
+            return decode_frame(ref, data, reduction=reduction)
         except FrameDecodeError as exc:
             return f"frame object corrupt: {exc.reason}"
 
-    def _publish(self, pending: Sequence[tuple[Received[FrameRef], Message]]) -> None:
-        """Publish every output and wait until all are acknowledged (or raise ProduceError)."""
-        if not pending:
-            return
-        t0 = time.perf_counter()
-        errors: list[str] = []
-        acked = 0
-        lock = threading.Lock()
+    def _publish(
+        self,
+        received: list[Received[FrameRef]],
+        pending: Sequence[tuple[Received[FrameRef], Message]],
+        rejected: list[tuple[Received[FrameRef], str]],
+        handled: int,
+    ) -> None:
+        """Publish a batch's outputs without waiting; acks are counted as they arrive.
+
+        Waiting for every batch's acks would put a broker round trip between batches; instead
+        the batch joins the in-flight queue and :meth:`_settle` marks it done once all of its
+        outputs (and those of every batch before it) are acknowledged.
+        """
+        batch = _InFlight(received, rejected, handled, waiting=len(pending))
 
         def delivered(err: KafkaError | None, _msg: KafkaMessage) -> None:
-            nonlocal acked
-            with lock:
-                if err is None:
-                    acked += 1
-                else:
-                    errors.append(str(err))
+            batch.waiting -= 1
+            if err is not None:
+                batch.errors.append(str(err))
 
+        t0 = time.perf_counter()
         for _, message in pending:
             self.producer.publish(message, self.config.flow, on_delivery=delivered)
-        left = self.producer.flush(self.config.ack_timeout_s)
-        if left or errors:
-            raise ProduceError(
-                f"{len(errors) + left} of {len(pending)} estimates were not acknowledged "
-                f"({errors[0] if errors else 'timeout'}); offsets not committed, the frames "
-                "will be processed again after restart"
-            )
         STAGE_SECONDS.labels(*self._labels, "publish").observe(time.perf_counter() - t0)
-        OUTPUTS_PUBLISHED.labels(*self._labels).inc(acked)
-        now = utc_now()
-        for r, _ in pending:
-            FRAME_LAG.labels(*self._labels).observe((now - r.message.captured_at).total_seconds())
+        batch.captured = [r.message.captured_at for r, _ in pending]
+        self._in_flight.append(batch)
+        # Bounded: a broker that stops acknowledging stops the loop instead of piling up work.
+        if len(self._in_flight) > self.config.max_in_flight:
+            self._wait_for_front(self.config.ack_timeout_s)
+
+    def _wait_for_front(self, timeout_s: float) -> None:
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and self._in_flight[0].waiting > 0:
+            if time.monotonic() > deadline:
+                front = self._in_flight[0]
+                raise ProduceError(
+                    f"{front.waiting} estimates not acknowledged within {timeout_s:.0f}s; "
+                    "offsets not committed, the frames will be processed again after restart"
+                )
+            self.producer.poll(0.05)
+        STAGE_SECONDS.labels(*self._labels, "ack_wait").observe(time.perf_counter() - t0)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Mark done, in order, every batch at the front whose outputs are all acknowledged."""
+        self.producer.poll(0)
+        while self._in_flight and self._in_flight[0].waiting <= 0:
+            batch = self._in_flight.popleft()
+            if batch.errors:
+                raise ProduceError(
+                    f"{len(batch.errors)} estimates were rejected by the broker "
+                    f"({batch.errors[0]}); offsets not committed, the frames will be processed "
+                    "again after restart"
+                )
+            for r, reason in batch.rejected:
+                self.consumer.dead_letter(r.raw, reason, mark_done=False)
+                FRAMES_REJECTED.labels(*self._labels).inc()
+            self.rejected += len(batch.rejected)
+            # Offsets in order, after every output is acknowledged (see module docstring).
+            for r in sorted(batch.received, key=lambda x: (x.topic, x.partition, x.offset)):
+                self.consumer.done(r)
+            FRAMES_PROCESSED.labels(*self._labels).inc(batch.handled)
+            OUTPUTS_PUBLISHED.labels(*self._labels).inc(len(batch.captured))
+            self.processed += batch.handled
+            now = utc_now()
+            for captured in batch.captured:
+                FRAME_LAG.labels(*self._labels).observe((now - captured).total_seconds())
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every published output is acknowledged and its frames marked done."""
+        timeout = self.config.ack_timeout_s if timeout_s is None else timeout_s
+        while self._in_flight:
+            self._wait_for_front(timeout)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, shutdown: ShutdownSignal) -> None:
@@ -344,12 +403,16 @@ class FrameStream:
             self.close()
 
     def close(self) -> None:
-        """Commit what is done, leave the group, flush the producer.
+        """Wait for outstanding acks, commit what is done, leave the group.
 
         A batch read ahead but not processed is not marked done: it is consumed again.
         """
         self._ahead = None
         self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.flush()
+        except ProduceError as exc:
+            log.error("estimates not acknowledged at shutdown", extra={"error": str(exc)})
         self.consumer.close()
         self.producer.close()
 

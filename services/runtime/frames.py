@@ -38,14 +38,38 @@ class Rejected(NamedTuple):
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """A frame reference and its decoded BGR pixels."""
+    """A frame reference and its decoded BGR pixels (possibly decoded at reduced size)."""
 
     ref: FrameRef
     image: Image
 
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Factors from image pixels to the frame's full-resolution pixels (x, y)."""
+        h, w = self.image.shape[:2]
+        return self.ref.width / w, self.ref.height / h
 
-def decode_frame(ref: FrameRef, data: bytes, verify_sha256: bool = True) -> DecodedFrame:
-    """Check ``data`` against ``ref`` (size, SHA-256) and decode it.
+
+REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+"""OpenCV decode flag for each reduction factor."""
+
+
+def decode_reduction(width: int, height: int, needed_px: int | None) -> int:
+    """The largest JPEG decode reduction (1, 2 or 4) that keeps the long side >= ``needed_px``.
+
+    A detector that resizes its input to ``needed_px`` loses nothing when the frame is decoded
+    at a fraction of its size, and decoding and resizing fewer pixels is cheaper.
+    """
+    if needed_px is None:
+        return 1
+    long_side = max(width, height)
+    return max(r for r in REDUCED_DECODE if r == 1 or long_side / r >= needed_px)
+
+
+def decode_frame(
+    ref: FrameRef, data: bytes, verify_sha256: bool = True, reduction: int = 1
+) -> DecodedFrame:
+    """Check ``data`` against ``ref`` (size, SHA-256) and decode it (at 1/``reduction`` size).
 
     Raises :class:`FrameDecodeError` naming the mismatch, so the caller can dead-letter the
     reference with a useful reason.
@@ -56,7 +80,7 @@ def decode_frame(ref: FrameRef, data: bytes, verify_sha256: bool = True) -> Deco
         )
     if verify_sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
         raise FrameDecodeError(f"object {ref.bucket}/{ref.key} does not match its sha256")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), REDUCED_DECODE[reduction])
     if image is None:
         raise FrameDecodeError(f"object {ref.bucket}/{ref.key} is not a decodable image")
     return DecodedFrame(ref=ref, image=np.asarray(image, dtype=np.uint8))

@@ -133,20 +133,24 @@ def bench_render_command(
     source = _frame_source(config_path, scenario, seed, "")
     renderer = source.renderer
     state = source.simulation.state(min(tick, source.ticks - 1))
-    rates = []
+    rates, cpu_rates = [], []
     for cam in source.cameras:
         renderer.render(state, cam.id)  # warm up
-        started = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(frames):
             renderer.render(state, cam.id)
-        per_frame = (time.perf_counter() - started) / frames
-        rates.append(1.0 / per_frame)
+        wall = (time.perf_counter() - wall0) / frames
+        cpu = (time.process_time() - cpu0) / frames
+        rates.append(1.0 / wall)
+        cpu_rates.append(1.0 / cpu)
         click.echo(
-            f"{cam.id}: {cam.width}x{cam.height} {1 / per_frame:6.1f} frames/s "
-            f"({per_frame * 1000:.1f} ms/frame, {len(state.placements)} locomotives in scenario)"
+            f"{cam.id}: {cam.width}x{cam.height} {1 / wall:6.1f} frames/s wall "
+            f"({wall * 1000:.0f} ms), {1 / cpu:6.1f} frames/s per CPU second ({cpu * 1000:.0f} ms)"
         )
     click.echo(
-        f"median {statistics.median(rates):.1f} frames/s per camera (one core, no scene cache)"
+        f"median {statistics.median(rates):.1f} frames/s per camera wall clock, "
+        f"{statistics.median(cpu_rates):.1f} per CPU second "
+        f"({len(state.placements)} locomotives in the scenario, full render, no scene cache)"
     )
 
 
@@ -216,6 +220,7 @@ def serve_command(
             producer.publish(tick.ground_truth)
             producer.poll(0)
 
+    crashed = False
     try:
         run_realtime(
             source,
@@ -225,9 +230,42 @@ def serve_command(
             loop=loop,
             sleep=shutdown.wait,
         )
+    except (RtspServerError, BrokenPipeError):
+        crashed = True
     finally:
+        crashed = crashed or (not shutdown.requested and not server.alive)
         server.stop()
         if producer is not None:
             producer.close(10)
-    if not shutdown.requested and not loop:
+    if crashed:
+        raise click.ClickException(
+            "the GStreamer RTSP server exited unexpectedly; run with DEPOTWATCH_LOG_LEVEL=DEBUG "
+            "to see its output"
+        )
+    if not shutdown.requested:
         click.echo("scenario finished")
+
+
+@sim.command("calibrate")
+@CONFIG_OPTION
+@click.option("--camera", "camera_ids", multiple=True, help="Camera id (repeatable; default all).")
+def calibrate_command(config_path: Path, camera_ids: tuple[str, ...]) -> None:
+    """Print calibration points derived from each simulated camera's pose (YAML).
+
+    Keeps the floor points of the current calibration when the pose still sees them, else
+    picks four floor points near the image corners; paste the output into facility.yaml.
+    """
+    import yaml
+
+    from services.simulator.calibration import calibration_from_pose
+
+    facility = _facility(config_path)
+    out = {}
+    for cam in facility.cameras:
+        if camera_ids and cam.id not in camera_ids:
+            continue
+        if cam.pose is None:
+            click.echo(f"# {cam.id}: no pose, skipped (real cameras are calibrated by hand)")
+            continue
+        out[cam.id] = {"calibration": calibration_from_pose(cam)}
+    click.echo(yaml.safe_dump(out, sort_keys=False, default_flow_style=None).rstrip())

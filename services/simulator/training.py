@@ -63,7 +63,7 @@ def evaluate(weights: Path, data: Path, imgsz: int, split: str, device: str) -> 
         "per_class": per_class,
         "mAP50": round(float(box.map50), 4),
         "mAP50-95": round(float(box.map), 4),
-        "images": int(getattr(metrics, "seen", 0) or 0),
+        "images": len(list((data.parent / "labels" / split).glob("*.txt"))),
     }
 
 

@@ -331,41 +331,52 @@ class FusionCore:
                 )
                 if not superseded:
                     kept.append((view, end))
-        kept.sort(key=lambda ve: (ve[1].kind, ve[1].position_m, ve[0].camera_id))
-        merged: list[_End] = []
+        # Cameras that see the most ends here go first and found the clusters: a camera that
+        # shows two tails 0.7 m apart (coupled tail to tail) proves there are two.
+        per_camera: dict[str, list[tuple[CameraView, EndSighting]]] = defaultdict(list)
         for view, end in kept:
-            target = next(
-                (
-                    m
-                    for m in merged
-                    if m.kind == end.kind
-                    and abs(m.position_m - end.position_m) <= cfg.merge_m
-                    # Two ends in one frame are two locomotives (e.g. coupled cab to cab).
-                    and view.camera_id not in m.cameras
-                ),
-                None,
+            per_camera[view.camera_id].append((view, end))
+        order = sorted(per_camera, key=lambda c: (-len(per_camera[c]), c))
+        merged: list[_End] = []
+        for camera in order:
+            sightings = per_camera[camera]
+            # Each end joins the nearest compatible cluster, closest pairs first.
+            options = sorted(
+                (abs(m.position_m - end.position_m), i, j)
+                for i, (_, end) in enumerate(sightings)
+                for j, m in enumerate(merged)
+                if m.kind == end.kind
+                and abs(m.position_m - end.position_m) <= cfg.merge_m
+                and camera not in m.cameras
             )
-            if target is None:
-                merged.append(
-                    _End(
-                        end.kind,
-                        end.position_m,
-                        end.confidence,
-                        {view.camera_id},
-                        view.captured_at,
-                        view.captured_at,
+            placed: dict[int, int] = {}
+            taken: set[int] = set()
+            for _, i, j in options:
+                if i not in placed and j not in taken:
+                    placed[i], taken = j, taken | {j}
+            for i, (view, end) in enumerate(sightings):
+                if i not in placed:
+                    merged.append(
+                        _End(
+                            end.kind,
+                            end.position_m,
+                            end.confidence,
+                            {camera},
+                            view.captured_at,
+                            view.captured_at,
+                        )
                     )
-                )
-                continue
-            w_old = target.confidence * len(target.cameras)
-            w_new = end.confidence
-            total = w_old + w_new
-            if total > 0:
-                target.position_m = (target.position_m * w_old + end.position_m * w_new) / total
-            target.confidence = max(target.confidence, end.confidence)
-            target.cameras.add(view.camera_id)
-            target.seen_at = max(target.seen_at, view.captured_at)
-            target.oldest = min(target.oldest, view.captured_at)
+                    continue
+                target = merged[placed[i]]
+                w_old = target.confidence * len(target.cameras)
+                w_new = end.confidence
+                total = w_old + w_new
+                if total > 0:
+                    target.position_m = (target.position_m * w_old + end.position_m * w_new) / total
+                target.confidence = max(target.confidence, end.confidence)
+                target.cameras.add(camera)
+                target.seen_at = max(target.seen_at, view.captured_at)
+                target.oldest = min(target.oldest, view.captured_at)
         merged.sort(key=lambda e: (e.position_m, e.kind))
         return merged
 
@@ -374,6 +385,27 @@ class FusionCore:
         corrected = distance_m + 2 * self.config.end_label_offset_m
         best = min(abs(length - corrected) for length in self.config.model_lengths.values())
         return best if best <= self.config.pairing_tolerance_m else None
+
+    def _explained(
+        self,
+        end: _End,
+        prev: list[TrackedLocomotive],
+        result: list[TrackedLocomotive],
+        ends: list[_End],
+    ) -> bool:
+        """Whether a known locomotive accounts for ``end``: it is that locomotive's end of
+        this kind, and no other end seen now is."""
+        owner = self._owner(end, prev)
+        if owner is None:
+            return False
+        kept = next((r for r in result if r.locomotive_id == owner.locomotive_id), None)
+        if kept is None:
+            return True
+        raw = self._raw_end(kept, end.kind)
+        return not any(
+            e is not end and e.kind == end.kind and abs(e.position_m - raw) <= self.config.merge_m
+            for e in ends
+        )
 
     def _owner(self, e: _End, prev: list[TrackedLocomotive]) -> TrackedLocomotive | None:
         """The known locomotive whose end of this kind lies nearest ``e`` (within match_m)."""
@@ -404,6 +436,11 @@ class FusionCore:
             # between were missed in a frame: not a new, longer locomotive.
             return None
         return 2.0 - misfit / self.config.pairing_tolerance_m
+
+    def _voted_model(self, loco: TrackedLocomotive) -> str | None:
+        """The model plate/model readings give this locomotive (not guessed from length)."""
+        model = self.identity_of(loco, from_length=False)[0]
+        return model if model in self.config.model_lengths else None
 
     def _track_locomotives(
         self,
@@ -510,7 +547,7 @@ class FusionCore:
             remaining.remove(match)
             shift = end.position_m - self._raw_end(match, end.kind)
             head_m, tail_m = match.head_m + shift, match.tail_m + shift
-            model = self.identity_of(match)[0]
+            model = self._voted_model(match)
             if model is not None and not self._on_track(track_id, head_m, tail_m):
                 # The unseen end is outside the depot: its place follows from the model's
                 # length once a plate or model reading says which model this is.
@@ -536,6 +573,8 @@ class FusionCore:
         # A new lone end whose partner can only lie beyond the end of the track: a locomotive
         # arriving or leaving through the gate, partly outside the depot.
         for end in unmatched:
+            if self._explained(end, prev, result, ends):
+                continue  # an end of a known locomotive, not the first sight of a new one
             placed = self._partly_outside(track_id, end, ends, state or FusionState())
             if placed is None:
                 continue
@@ -676,8 +715,11 @@ class FusionCore:
 
     # ---- output
 
-    def identity_of(self, loco: TrackedLocomotive) -> tuple[str | None, str | None]:
-        """(model, plate) decided from the votes, the plate pattern and the length."""
+    def identity_of(
+        self, loco: TrackedLocomotive, from_length: bool = True
+    ) -> tuple[str | None, str | None]:
+        """(model, plate) decided from the votes, the plate pattern and (``from_length``)
+        the length."""
         plates: dict[str, float] = defaultdict(float)
         models: dict[str, float] = defaultdict(float)
         for v in loco.votes:
@@ -692,6 +734,8 @@ class FusionCore:
             for name, pattern in self._plate_res.items():
                 if pattern.fullmatch(plate):
                     return name, plate
+        if not from_length:
+            return None, plate
         fits = [
             name
             for name, length in self.config.model_lengths.items()

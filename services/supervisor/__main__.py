@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -21,28 +22,45 @@ if TYPE_CHECKING:
 
 
 class Console:
-    """Progress lines and the live table: redrawn in place on a terminal, plain lines otherwise."""
+    """Progress lines and the live table: redrawn in place on a terminal, plain lines otherwise.
+
+    Every line also goes to ``log_path``. Writing to the terminal must never stop a shutdown:
+    when the terminal is gone (window closed, SSH dropped), output errors are swallowed.
+    """
 
     def __init__(self, live: bool, plain_every_s: float = 15.0) -> None:
         self.live = live
         self.recent: deque[str] = deque(maxlen=8)
         self._plain_every_s = plain_every_s
         self._last_plain = 0.0
+        self.log_path: Path | None = None
+        self._terminal = True
+
+    def _echo(self, text: str) -> None:
+        if not self._terminal:
+            return
+        try:
+            click.echo(text)
+        except OSError:
+            self._terminal = False
 
     def say(self, line: str) -> None:
         """A progress or event line."""
         stamped = f"{time.strftime('%H:%M:%S')} {line}"
         self.recent.append(stamped)
-        click.echo(stamped)
+        self._echo(stamped)
+        if self.log_path is not None:
+            with contextlib.suppress(OSError), self.log_path.open("a") as fh:
+                fh.write(stamped + "\n")
 
     def render(self, table: str) -> None:
         """Show the status table."""
         if self.live:
             # Home + clear: redraw the table in place, recent events under it.
-            click.echo("\x1b[H\x1b[J" + table + "\n\n" + "\n".join(self.recent), nl=True)
+            self._echo("\x1b[H\x1b[J" + table + "\n\n" + "\n".join(self.recent))
         elif time.monotonic() - self._last_plain >= self._plain_every_s:
             self._last_plain = time.monotonic()
-            click.echo(table)
+            self._echo(table)
 
 
 def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
@@ -158,6 +176,8 @@ def up_command(
         )
 
     data_dir_path = settings.infra.data_dir.resolve()
+    console.log_path = data_dir_path / "logs" / "supervisor.log"
+    console.log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         reap_leftovers(data_dir_path / "status.json", console.say)
     except AlreadyRunningError as exc:
@@ -167,14 +187,17 @@ def up_command(
     supervisor: Supervisor | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Repeated signals do not cut the shutdown short: an abrupt exit would orphan the
+        # services, and every stop step is bounded (SIGKILL after a timeout) anyway.
         if stop["requested"]:
-            signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C: stop waiting
+            console.say("already stopping; services that do not stop in time are killed")
         stop["requested"] = True
         if supervisor is not None:
             supervisor.stop_event.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGHUP too: a closed terminal must stop the pipeline cleanly, not orphan it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     infra: EmbeddedInfra | None = None
     started_infra = False
@@ -184,7 +207,13 @@ def up_command(
         console.say(
             f"using external Kafka {settings.kafka.bootstrap_servers} and S3 {settings.s3.endpoint}"
         )
-        initialise(settings, run_flows, console.say)
+        from services.runtime.kafka import KafkaUnavailableError
+        from services.runtime.storage import StorageError
+
+        try:
+            initialise(settings, run_flows, console.say)
+        except (KafkaUnavailableError, StorageError) as exc:
+            raise click.ClickException(str(exc)) from None
     else:
         from services.infra import EmbeddedInfra, InfraError
 
@@ -224,9 +253,14 @@ def up_command(
     supervisor = Supervisor(cfg, options, env, data_dir_path, console.say, cwd=Path.cwd())
     if stop["requested"]:
         supervisor.stop_event.set()
-    metrics = ObservabilityServer(Health(), settings.http_host, settings.http_port).start()
-    console.say(f"supervisor metrics on {metrics.url}/metrics; status in {supervisor.status_path}")
+    health = Health()
+    health.add("services", supervisor.health)
+    metrics: ObservabilityServer | None = None
     try:
+        metrics = ObservabilityServer(health, settings.http_host, settings.http_port).start()
+        console.say(
+            f"supervisor metrics on {metrics.url}/metrics; status in {supervisor.status_path}"
+        )
         supervisor.start_all()
         if not no_dashboard:
             console.say(f"dashboard: http://{dash.host}:{options.dashboard_port}/")
@@ -235,7 +269,8 @@ def up_command(
         console.say("stopping every service …")
         for line in supervisor.stop():
             console.say(line)
-        metrics.stop()
+        if metrics is not None:
+            metrics.stop()
         _down(infra, started_infra, console)
         console.say("stopped")
 

@@ -159,6 +159,8 @@ class Supervisor:
         self.skipped = [s.name for s in skip]
         for stage in STAGES:
             batch = [s for s in run if s.stage == stage]
+            if self.stop_event.is_set():
+                return  # Ctrl-C while starting: start nothing more, stop() cleans up
             if not batch:
                 continue
             for spec in batch:
@@ -306,6 +308,13 @@ class Supervisor:
         ]
         _write_json(self.targets_path, targets)
         _write_json(self.status_path, doc)
+
+    def health(self) -> tuple[bool, str]:
+        """/healthz check of the supervisor: every supervised service is up."""
+        down = sorted(r.name for r in self.rows if r.state != "up")
+        if down:
+            return False, f"not up: {', '.join(down)}"
+        return True, f"{len(self.rows)} services up"
 
     def table(self) -> str:
         """The status table for the terminal."""

@@ -7,11 +7,13 @@ switched off and on at will, so the ordering rules are checked exactly and fast.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,8 @@ from prometheus_client import REGISTRY
 from schemas.frames import FrameRef
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.service import AggregatorService
+from services.benchmarks.ingest_rig import facility_for_cameras
+from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_transport import EncodedFrame, FrameHeader
 from services.runtime.settings import S3Settings
 from services.runtime.shutdown import ShutdownSignal
@@ -91,13 +95,21 @@ def frame(camera_id: str, seq: int) -> EncodedFrame:
 def make_service() -> Iterator[Callable[..., tuple[AggregatorService, MemoryStore, MemoryBroker]]]:
     started: list[tuple[AggregatorService, threading.Thread]] = []
 
-    def make(**overrides: Any) -> tuple[AggregatorService, MemoryStore, MemoryBroker]:
+    def make(
+        facility: FacilityWatch | None = None, **overrides: Any
+    ) -> tuple[AggregatorService, MemoryStore, MemoryBroker]:
         settings = AggregatorSettings(
             bind="tcp://127.0.0.1:*", retry_initial_s=0.01, retry_max_s=0.02, **overrides
         )
         store = MemoryStore()
         broker = MemoryBroker(store)
-        service = AggregatorService(settings, store, broker, ShutdownSignal())  # type: ignore[arg-type]
+        service = AggregatorService(
+            settings,
+            store,  # type: ignore[arg-type]
+            broker,  # type: ignore[arg-type]
+            ShutdownSignal(),
+            facility=facility,
+        )
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
         started.append((service, thread))
@@ -189,3 +201,22 @@ def test_new_cameras_are_accepted_and_watched_by_health(make_service: Any) -> No
     ok, detail = service.health_cameras()
     assert not ok
     assert cam in detail
+
+
+def test_health_follows_the_facility_config_as_it_is_edited(
+    make_service: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "facility.yaml"
+    facility_for_cameras(config, {"cam-a": "rtsp://h/a", "cam-b": "rtsp://h/b"}, 2.0)
+    service, _, _ = make_service(watchdog_s=0.1, facility=FacilityWatch(config, check_every_s=0))
+    time.sleep(0.15)
+    ok, detail = service.health_cameras()
+    assert not ok
+    assert "cam-a" in detail
+    assert "never seen" in detail
+    # The operator removes both cameras and adds one that is delivering.
+    facility_for_cameras(config, {"cam-c": "rtsp://h/c"}, 2.0)
+    os.utime(config, (time.time() + 5, time.time() + 5))
+    service.accept(frame("cam-c", 0))
+    ok, detail = service.health_cameras()
+    assert ok, detail

@@ -39,10 +39,12 @@ def loco(
     )
 
 
-def state(flow: str, at_s: float = 0.0, **tracks: list[LocomotiveState]) -> FacilityState:
+def state(
+    flow: str, at_s: float = 0.0, facility_id: str = "depot-north", **tracks: list[LocomotiveState]
+) -> FacilityState:
     """A facility state of depot-north with the given locomotives per track."""
     return FacilityState(
-        facility_id="depot-north",
+        facility_id=facility_id,
         flow=flow,
         as_of=T0 + timedelta(seconds=at_s),
         tracks=[TrackState(track_id=t, locomotives=locos) for t, locos in tracks.items()],
@@ -53,10 +55,10 @@ def state(flow: str, at_s: float = 0.0, **tracks: list[LocomotiveState]) -> Faci
     )
 
 
-def truth(*locos: TrueLocomotive, tick: int = 1) -> GroundTruth:
+def truth(*locos: TrueLocomotive, tick: int = 1, facility_id: str = "depot-north") -> GroundTruth:
     """Ground truth of depot-north."""
     return GroundTruth(
-        facility_id="depot-north",
+        facility_id=facility_id,
         scenario="test",
         seed=1,
         tick=tick,

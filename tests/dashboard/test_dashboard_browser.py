@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from chromium_cdp import Chromium, chromium_binary
 from dashboard_builders import REPO, loco, positions, service_env, state, true_loco, truth
 
@@ -32,6 +33,10 @@ pytestmark = [
 ]
 
 TOKEN = "s3cret-dashboard-token"
+# Other tests share the broker and publish depot-north states and cam-s1 frames: this test's
+# facility and camera have ids of their own, so the dashboard shows only what it publishes.
+FACILITY = "dashboard-test"
+CAMERA = "cam-dash"
 PROD_GREEN = (47, 158, 68)  # --prod in app.css
 
 
@@ -53,12 +58,18 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 def dashboard(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``depotwatch dashboard`` as a subprocess on a free port; yields its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("dashboard") / "dashboard.log"
+    workdir = tmp_path_factory.mktemp("dashboard")
+    log = workdir / "dashboard.log"
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    data["facility_id"] = FACILITY
+    data["cameras"].insert(0, {**data["cameras"][0], "id": CAMERA})
+    config = workdir / "facility.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     env = service_env(
         stack_settings,
         DEPOTWATCH_DASHBOARD_PORT=str(port),
         DEPOTWATCH_DASHBOARD_TOKEN=TOKEN,
-        DEPOTWATCH_FACILITY_CONFIG=str(REPO / "facility.yaml"),
+        DEPOTWATCH_FACILITY_CONFIG=str(config),
     )
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -96,8 +107,8 @@ def _publish_frame(stack: Settings, producer: MessageProducer) -> FrameRef:
     ok, jpeg = cv2.imencode(".jpg", img)
     assert ok
     store = ObjectStore(stack.s3)
-    stored = store.put("cam-s1/00000007.jpg", jpeg.tobytes(), "image/jpeg")
-    ref = positions("cam-s1", 7).frame.model_copy(
+    stored = store.put(f"{CAMERA}/00000007.jpg", jpeg.tobytes(), "image/jpeg")
+    ref = positions(CAMERA, 7).frame.model_copy(
         update={
             "bucket": stored.bucket,
             "key": stored.key,
@@ -122,22 +133,26 @@ def test_page_draws_locomotives_pushed_through_kafka(
 ) -> None:
     producer = MessageProducer(stack_settings.kafka, "dashboard-test")
     ref = _publish_frame(stack_settings, producer)
-    est = positions("cam-s1", 7).model_copy(update={"frame": ref})
+    est = positions(CAMERA, 7).model_copy(update={"frame": ref})
     producer.publish_and_wait(est, flow="prod")
     producer.publish_and_wait(
         state(
             "prod",
             at_s=1,
+            facility_id=FACILITY,
             T1=[loco("p1", 20, 3.03)],
             T2=[loco("p2", 40, 21.85, "2TE116-0002", "2TE116")],
         ),
         flow="prod",
     )
-    producer.publish_and_wait(state("dev", at_s=1, T1=[loco("d1", 20, 3.03)]), flow="dev")
+    producer.publish_and_wait(
+        state("dev", at_s=1, facility_id=FACILITY, T1=[loco("d1", 20, 3.03)]), flow="dev"
+    )
     producer.publish_and_wait(
         truth(
             true_loco("t1", "T1", 20, 3.03, "TEM2-0001", "TEM2"),
             true_loco("t2", "T2", 40, 21.85, "2TE116-0002", "2TE116"),
+            facility_id=FACILITY,
         )
     )
 
@@ -157,6 +172,7 @@ def test_page_draws_locomotives_pushed_through_kafka(
                 state(
                     "prod",
                     at_s=2,
+                    facility_id=FACILITY,
                     T1=[loco("p1", 20, 3.03)],
                     T2=[loco("p2", 40, 21.85, "2TE116-0002", "2TE116")],
                     T3=[loco("p3", 45, 23.3, "TE33A-0003", "TE33A")],
@@ -173,10 +189,10 @@ def test_page_draws_locomotives_pushed_through_kafka(
             )
             assert span == pytest.approx(21.7, abs=0.01)
             await page.wait_for(
-                "document.querySelector('#tile-cam-s1 img').naturalWidth == 1280", 20
+                "document.querySelector('#tile-cam-dash img').naturalWidth == 1280", 20
             )
             await page.wait_for(
-                "document.querySelectorAll('#tile-cam-s1 rect.box.head').length == 1", 20
+                "document.querySelectorAll('#tile-cam-dash rect.box.head').length == 1", 20
             )
             await page.wait_for(
                 "document.getElementById('accuracy').textContent.includes('prod: found')", 20

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from services.dashboard.config import DashboardSettings
-from services.dashboard.server import DashboardServer
+from services.dashboard.server import DashboardServer, coalesce
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg"
 
@@ -145,3 +145,24 @@ def test_config_edit_is_pushed_and_a_broken_one_kept_out(tmp_path: Path) -> None
         assert server.state.config.facility_id == "depot-north"
 
     _run(check, config_path=path)
+
+
+def test_a_backlog_is_pushed_as_the_newest_event_per_subject() -> None:
+    events = [
+        {"type": "frame", "data": {"camera_id": "a", "seq": 1}},
+        {"type": "state", "data": {"flow": "prod", "n": 1}},
+        {"type": "frame", "data": {"camera_id": "b", "seq": 1}},
+        {"type": "frame", "data": {"camera_id": "a", "seq": 2}},
+        {"type": "state", "data": {"flow": "dev", "n": 1}},
+        {"type": "state", "data": {"flow": "prod", "n": 2}},
+    ]
+    assert coalesce(events) == [events[2], events[3], events[4], events[5]]
+
+
+def test_apply_batch_keeps_the_state_of_every_message() -> None:
+    async def check(client: TestClient, server: DashboardServer) -> None:
+        server.apply_batch([frame("cam-s1", s, at_s=s) for s in range(5)] + [frame("cam-s2", 1)])
+        assert server.state.frames["cam-s1"].seq == 4
+        assert server.messages == 6
+
+    _run(check)

@@ -106,3 +106,19 @@ def test_pipeline_figures_score_accuracy_and_latency_of_change_updates() -> None
     assert "[FAIL] count per track correct: 90.9%" in report
     assert "[PASS] head/tail error median: 0.15 m" in report
     assert "[PASS] capture -> state latency" in report
+
+
+@pytest.mark.slow
+def test_fusion_on_a_held_out_scenario_meets_the_accuracy_goals() -> None:
+    from pathlib import Path
+
+    from schemas.facility import load_facility
+    from services.evaluation.fusion_eval import DetectorModel, evaluate_fusion
+
+    facility = load_facility(Path(__file__).resolve().parents[2] / "facility.yaml")
+    summary = evaluate_fusion(facility, "test-busy", seed=1, detector=DetectorModel())
+    assert summary.snapshots > 1000
+    assert (summary.count_rate or 0.0) >= 0.99
+    assert (summary.median_error_m or 99.0) <= 0.5
+    assert (summary.p95_error_m or 99.0) <= 2.0
+    assert (summary.identity_rate or 0.0) >= 0.97

@@ -169,3 +169,14 @@ def test_eval_estimators_with_true_boxes_meets_the_goals(tmp_path: Path) -> None
     assert figures["track_accuracy"] == 1.0
     assert figures["position_p95_m"] <= 2.0
     assert "track_accuracy" in result.output
+
+
+def test_detecting_nothing_misses_the_goals_instead_of_skipping_them() -> None:
+    score = EstimatorScore()
+    score.add_positions([end("head", (0, 0, 50, 50), "T1", 10.0)], [])
+    f = score.figures()
+    assert f["end_recall"] == 0.0
+    assert f["track_accuracy"] is None
+    assert verdicts(f)["track_accuracy"] is False
+    assert verdicts(f)["position_median_m"] is False
+    assert verdicts(f)["plate_exact"] is None  # no plates in view: nothing to measure

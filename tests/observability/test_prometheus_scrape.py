@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from schemas.frames import FrameRef
 from services.runtime.consumer_lag import ConsumerLagMonitor
 from services.runtime.kafka import MessageProducer
 from services.runtime.observability import Health, ObservabilityServer
@@ -89,7 +89,13 @@ def test_prometheus_scrapes_consumer_lag_per_service_and_flow(
     stack_settings: Settings, prometheus: tuple[str, Path]
 ) -> None:
     kafka = stack_settings.kafka
-    topic = FrameRef.topic_name()
+    # A topic of its own: other tests of the session publish to the pipeline's topics.
+    topic = "lag-test.v1"
+    admin = AdminClient(kafka.client_config())
+    for fut in admin.create_topics(
+        [NewTopic(topic, num_partitions=1, replication_factor=1)]
+    ).values():
+        fut.result(30)
     # Messages on partition 0 that the group has not consumed: it commits offset 0.
     producer = MessageProducer(kafka, "lag-test")
     consumer = Consumer({**kafka.client_config(), "group.id": "depotwatch.lag-test.prod"})
@@ -115,7 +121,7 @@ def test_prometheus_scrapes_consumer_lag_per_service_and_flow(
     try:
         targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{server.port}"]}]))
         promql = (
-            'depotwatch_consumer_lag_messages{service="lag-test",flow="prod",topic="frames.v1"}'
+            'depotwatch_consumer_lag_messages{service="lag-test",flow="prod",topic="lag-test.v1"}'
         )
         deadline = time.monotonic() + 60
         result: list[dict[str, Any]] = []

@@ -19,11 +19,14 @@ from estimator_rig import LabelDetector, RenderedCase, render_cases
 from schemas.estimates import BoundingBox, Detection, IdentityEstimate
 from schemas.facility import FacilityConfig, load_facility
 from schemas.frames import FrameRef
-from services.plate_ocr.identity import IdentityEstimator, decide, head_beside
+from services.plate_ocr.identity import IdentityEstimator, decide
 from services.plate_ocr.livery import livery_model, nearest_livery
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
+from services.plate_ocr.plate_position import centre_from_homography
 from services.plate_ocr.plate_text import PlateReading
 from services.runtime.frames import DecodedFrame, Image, Rejected
+from services.simulator.render import PLATE_CENTRE_A_M
+from services.simulator.world import Simulation, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -177,27 +180,43 @@ def test_tiny_plate_is_not_sent_to_ocr(facility: FacilityConfig) -> None:
     assert est.locomotive_model is None  # grey surroundings: no livery to judge
 
 
-def test_plate_is_placed_through_the_head_beside_it(
-    facility: FacilityConfig, cases: list[RenderedCase], recogniser: RapidTextRecogniser
+def test_plate_is_placed_on_its_locomotive_along_the_track(
+    facility: FacilityConfig, recogniser: RapidTextRecogniser
 ) -> None:
+    sim = Simulation(facility, load_scenario("depot-day"), seed=1)
     placed = 0
-    for i, case in enumerate(cases):
-        heads = [lb for lb in case.labels if lb.cls == "head"]
-        plates = [lb for lb in case.labels if lb.cls == "plate"]
-        for plate in plates:
-            mine = [h for h in heads if h.locomotive_id == plate.locomotive_id]
-            if not mine:
-                continue
-            handle = reader(facility, LabelDetector([case]), recogniser)
-            for est in estimates_of(handle([decoded(case, i)])):
-                if est.plate_box is None or abs(est.plate_box.bbox.x1 - plate.box[0]) > 0.01:
+    for tick in (0, 100, 300):
+        where = {p.locomotive_id: p for p in sim.state(tick).placements}
+        cases = render_cases(facility, [tick], [c.id for c in facility.cameras])
+        handle = reader(facility, LabelDetector(cases), recogniser)
+        outcomes = handle([decoded(c, i) for i, c in enumerate(cases)])
+        for case, outcome in zip(cases, outcomes, strict=True):
+            for est in estimates_of([outcome]):
+                if est.plate_box is None:
                     continue
-                assert est.observation is not None
-                assert est.observation.kind == "head"
-                assert est.observation.track_id == plate.track_id
-                assert est.observation.position_m == pytest.approx(mine[0].end_position_m, abs=1.0)
+                box = est.plate_box.bbox
+                (label,) = [
+                    lb for lb in case.labels if lb.cls == "plate" and abs(lb.box[0] - box.x1) < 0.01
+                ]
+                loco = where[label.locomotive_id]
+                # Plates are centred 2.2 m from the head end, on the cab side.
+                along = 1.0 if loco.tail_m > loco.head_m else -1.0
+                expected = loco.head_m + along * PLATE_CENTRE_A_M
+                obs = est.observation
+                assert obs is not None
+                assert obs.kind == "plate"
+                assert obs.track_id == label.track_id
+                assert obs.position_m == pytest.approx(expected, abs=0.5)
                 placed += 1
-    assert placed >= 3
+    assert placed >= 10
+
+
+def test_camera_centre_is_recovered_from_the_calibration(facility: FacilityConfig) -> None:
+    for cam in facility.cameras:
+        assert cam.pose is not None
+        centre = centre_from_homography(cam.floor_to_pixel, cam.width, cam.height)
+        assert centre is not None
+        assert centre == pytest.approx(cam.pose.position, abs=0.05)
 
 
 def test_livery_check_on_rendered_plates(
@@ -215,12 +234,3 @@ def test_livery_check_on_rendered_plates(
             assert match.model == lb.model
             n += 1
     assert n >= 10
-
-
-def test_head_beside_ignores_far_heads_and_tails() -> None:
-    plate = Detection(cls="plate", bbox=BoundingBox(x1=500, y1=200, x2=600, y2=230), confidence=1)
-    near = Detection(cls="head", bbox=BoundingBox(x1=300, y1=250, x2=420, y2=400), confidence=1)
-    far = Detection(cls="head", bbox=BoundingBox(x1=900, y1=250, x2=1000, y2=400), confidence=1)
-    tail = Detection(cls="tail", bbox=BoundingBox(x1=610, y1=250, x2=700, y2=400), confidence=1)
-    assert head_beside(plate, [far, tail, near]) == near
-    assert head_beside(plate, [far, tail]) is None

@@ -303,3 +303,39 @@ def free_port() -> int:
 def http_get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return str(resp.read().decode())
+
+
+def test_live_mode_skips_to_the_newest_frame_of_a_camera(
+    stack_settings: Settings,
+    producer: MessageProducer,
+    flow: str,
+    tmp_path: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    """Six frames of one camera waiting: live mode estimates the newest and counts the rest."""
+    facility = load_facility(ROOT / "facility.yaml")
+    (case,) = render_cases(facility, [100], ["cam-s2"])
+    frames_topic = unique_name("frames")
+    path = flow_facility(tmp_path, flow)
+    create_topics(stack_settings, flow, frames_topic, partitions=1)
+    refs = store_frames(stack_settings, producer, frames_topic, [case] * 6, prefix=flow)
+    watch = FacilityWatch(path)
+    config = position_estimator_config(
+        watch.config, path, flow, stack_settings, "live", frames_topic=frames_topic
+    )
+    stream = position_stream(stack_settings, config, watch, LabelDetector([case]))
+    reader = output_consumer(
+        stack_settings,
+        producer,
+        PositionEstimate.topic_name(flow),
+        PositionEstimate,
+        unique_name("reader"),
+    )
+    try:
+        with running(stream):
+            got = collect(reader, lambda out: any(r.message.frame.seq == refs[-1].seq for r in out))
+    finally:
+        reader.close()
+    assert stream.processed + stream.skipped == len(refs)
+    assert stream.skipped >= 3, "refs already waiting must be skipped, not estimated"
+    assert len(got) == stream.processed

@@ -175,3 +175,20 @@ def test_unknown_camera_is_rejected_with_the_fix(facility: FacilityConfig) -> No
     assert isinstance(outcome, Rejected)
     assert "cam-x9" in outcome.reason
     assert "facility config" in outcome.reason
+
+
+def test_frame_decoded_at_half_size_is_published_in_full_size_pixels(
+    facility: FacilityConfig,
+) -> None:
+    full = end_box(facility, "cam-s1", (8.0, 4.0))
+    half = BoundingBox(x1=full.x1 / 2, y1=full.y1 / 2, x2=full.x2 / 2, y2=full.y2 / 2)
+    handle = estimator(facility, {"cam-s1": [Detection(cls="head", bbox=half, confidence=0.9)]})
+    ref = frame_ref("cam-s1")  # stored at 1280 x 720, decoded at 640 x 360
+    image = np.zeros((360, 640, 3), np.uint8)
+    image[0, 0, 0] = 0  # cam-s1 is camera 0
+    (outcome,) = handle([DecodedFrame(ref=ref, image=image)])
+    assert not isinstance(outcome, Rejected)
+    est = outcome[0]
+    assert isinstance(est, PositionEstimate)
+    assert est.detections[0].bbox.x2 == pytest.approx(full.x2)
+    assert est.observations[0].position_m == pytest.approx(8.0, abs=0.02)

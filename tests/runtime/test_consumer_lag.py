@@ -45,8 +45,6 @@ def test_collector_exports_lag_and_health() -> None:
     registry = CollectorRegistry()
     registry.register(collector)
     text = generate_latest(registry).decode()
-    assert (
-        'depotwatch_consumer_lag_messages{flow="prod",group="a.prod",service="a",topic="frames.v1"} 3.0'
-        in text
-    )
+    labels = 'flow="prod",group="a.prod",service="a",topic="frames.v1"'
+    assert f"depotwatch_consumer_lag_messages{{{labels}}} 3.0" in text
     assert "depotwatch_consumer_lag_up 1.0" in text

@@ -99,3 +99,35 @@ def test_live_read_ahead_supersedes_older_frames_of_the_same_camera() -> None:
     assert [r.offset for r in current.skipped] == [10]
     assert futures[0].cancelled()
     assert current.futures == [futures[1]]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "needed", "reduction"),
+    [
+        (1280, 720, None, 1),  # OCR wants every pixel
+        (1280, 720, 640, 2),
+        (1280, 720, 352, 2),  # 1280 / 4 = 320 < 352
+        (1280, 720, 320, 4),
+        (1280, 720, 1280, 1),
+        (640, 480, 640, 1),
+    ],
+)
+def test_decode_reduction_keeps_what_the_detector_needs(
+    width: int, height: int, needed: int | None, reduction: int
+) -> None:
+    from services.runtime.frames import decode_reduction
+
+    assert decode_reduction(width, height, needed) == reduction
+
+
+def test_reduced_decode_reports_its_scale() -> None:
+    import cv2
+
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((720, 1280, 3), np.uint8))
+    assert ok
+    data = jpeg.tobytes()
+    frame = decode_frame(
+        ref("a", 1, data).model_copy(update={"width": 1280, "height": 720}), data, reduction=2
+    )
+    assert frame.image.shape == (360, 640, 3)
+    assert frame.scale == (2.0, 2.0)

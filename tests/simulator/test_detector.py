@@ -62,7 +62,8 @@ def test_committed_weights_detect_head_and_tail(
     assert {lb.cls for lb in wanted} == {"head", "tail"}
 
     model = YOLO(str(WEIGHTS))
-    result = model.predict(frame.image, imgsz=416, conf=0.25, device="cpu", verbose=False)[0]
+    imgsz = int(model.ckpt.get("train_args", {}).get("imgsz", 640))  # infer as trained
+    result = model.predict(frame.image, imgsz=imgsz, conf=0.25, device="cpu", verbose=False)[0]
     boxes = result.boxes.xyxy.cpu().numpy()
     classes = [CLASSES[int(c)] for c in result.boxes.cls.cpu().numpy()]
     for label in wanted:

@@ -20,16 +20,14 @@ from tests.simulator.scenes import REPO
 from tests.simulator.test_rtsp import needs_gst
 
 
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, needle: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"serve never printed {needle!r} (exit code {proc.poll()})")
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in log.read_text().splitlines():
+            if needle in line:
+                return line
+        time.sleep(0.2)  # polling a log file: there is no event to wait on
+    raise AssertionError(f"serve never printed {needle!r}: {log.read_text()[-500:]}")
 
 
 @needs_gst
@@ -53,26 +51,28 @@ def test_serve_publishes_ground_truth_and_stops_cleanly(
     cmd = [sys.executable, "-m", "services.cli", "sim", "serve", "--config",
            str(REPO / "facility.yaml"), "--scenario", str(scenario_file), "--cameras", "cam-s1",
            "--port", "0", "--speed", "4"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:  # a file, not a pipe: nobody has to drain it
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        url_line = _wait_for_line(proc, "rtsp://", 60)
+        url_line = _wait_for_line(proc, log, "rtsp://", 60)
         port = int(url_line.split("rtsp://127.0.0.1:")[1].split("/")[0])
         consumer = KafkaConsumer(
             bootstrap_servers=stack_settings.kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
             enable_auto_commit=False,
-            consumer_timeout_ms=1000,
+            request_timeout_ms=15000,
         )
-        consumer.assign([TopicPartition(GroundTruth.topic_name(), 0)])
+        partition = TopicPartition(GroundTruth.topic_name(), 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
         truths: list[GroundTruth] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(truths) < 3:
-            for record in consumer:
-                msg = decode(GroundTruth, record.value)
-                if msg.scenario == "serve-test":
-                    truths.append(msg)
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    msg = decode(GroundTruth, record.value)
+                    if msg.scenario == "serve-test":
+                        truths.append(msg)
         consumer.close()
         assert len(truths) >= 3
         assert truths[0].locomotives[0].head_m == 10.0

@@ -105,3 +105,33 @@ def test_bad_scenarios_name_the_problem(facility: FacilityConfig) -> None:
         )
     with pytest.raises(ScenarioError, match="no scenario 'nope'"):
         load_scenario("nope")
+
+
+def _gaps(sim: Simulation, tick: int) -> list[float]:
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for p in sim.state(tick).placements:
+        lo, hi = sorted((p.head_m, p.tail_m))
+        spans.setdefault(p.identity.track_id, []).append((lo, hi))
+    gaps = []
+    for track_spans in spans.values():
+        track_spans.sort()
+        gaps += [b[0] - a[1] for a, b in itertools.pairwise(track_spans)]
+    return gaps
+
+
+def test_demo_scenarios_cover_the_depot_situations(facility: FacilityConfig) -> None:
+    day = Simulation(facility, load_scenario("depot-day"), seed=1)
+    shunting = Simulation(facility, load_scenario("depot-shunting"), seed=1)
+    first, last = day.ground_truth(day.state(0)), day.ground_truth(day.state(day.ticks - 1))
+    ids_first = {loco.locomotive_id for loco in first.locomotives}
+    ids_last = {loco.locomotive_id for loco in last.locomotives}
+    assert ids_last - ids_first, "an arrival"
+    assert ids_first - ids_last, "a departure"
+    assert any(0.3 < g < 1.5 for g in _gaps(day, 0)), "two locomotives close together"
+    assert any(abs(g) < 0.01 for g in _gaps(shunting, 0)), "coupled nose to tail"
+    long_one = next(p for p in shunting.state(0).placements if p.identity.model.name == "TE33A")
+    lo, hi = sorted((long_one.head_m, long_one.tail_m))
+    assert lo < 10, "spans three 12 m camera views"
+    assert hi > 24, "spans three 12 m camera views"
+    assert day.light_level(0) != day.light_level(day.scenario.duration_s), "lighting changes"
+    assert any(day.state(t).cameras_down for t in range(day.ticks)), "a camera drops out"

@@ -306,3 +306,61 @@ def test_state_round_trips_through_json(core: FusionCore) -> None:
     restored = FusionState.model_validate_json(state.model_dump_json())
     assert restored == state
     assert core.render(restored) == core.render(state)
+
+
+def test_locomotive_partly_outside_the_gate_is_placed_from_its_visible_end(
+    core: FusionCore,
+) -> None:
+    # A TE33A (21.7 m) arriving on T1: cab at 8.0 inside, coupler end at -13.7 outside the
+    # depot. Every camera on T1 reports, so where its coupler end could stand on the track
+    # has been looked at: the body can only run out through the gate.
+    def frames(seq: int, at_s: float) -> list[Message]:
+        return [
+            position("cam-s1", seq, at_s, end("head", "T1", 8.0 - OFFSET)),
+            *(position(c, seq, at_s) for c in ("cam-s2", "cam-s3", "cam-s4")),
+        ]
+
+    state = feed(core, frames(0, 0.0))
+    (loco,) = locos(core.render(state), "T1")
+    assert loco.head_m == pytest.approx(8.0, abs=0.01)
+    assert loco.tail_m < 0  # outside; the shortest model that sticks out until a plate says
+    # The plate names the model: the outside end moves to that model's length.
+    state = feed(
+        core, [identity("cam-s1", 1, 0.5, "T1", 7.0, "TE33A-0001"), *frames(1, 0.5)], state
+    )
+    (loco,) = locos(core.render(state), "T1")
+    assert (loco.head_m, loco.tail_m) == pytest.approx((8.0, 8.0 - 21.7), abs=0.01)
+    assert loco.model == "TE33A"
+
+
+def test_lone_end_is_not_placed_while_its_partner_could_be_unseen(core: FusionCore) -> None:
+    # Only cam-s1 has reported: the body might run along the track into cam-s2's view.
+    state = feed(core, [position("cam-s1", 0, 0.0, end("head", "T1", 8.0 - OFFSET))])
+    assert core.render(state).locomotive_count == 0
+
+
+def test_two_locomotives_coupled_tail_to_tail_seen_from_both_walls(core: FusionCore) -> None:
+    # On T2 (seen from both walls): a ChME3 with its cab at -6.6 outside the gate and its
+    # tail at 10.62, coupled tail to tail with a TE33A whose tail is at 11.3, cab at 33.0.
+    # Each camera places the two tails 0.7 m apart with its own error; a camera that shows
+    # both proves there are two.
+    ta, tb, hb = 10.62 - OFFSET, 11.3 + OFFSET, 33.0 - OFFSET
+    msgs: list[Message] = []
+    for seq in range(3):
+        at = seq * 0.5
+        msgs += [
+            position("cam-s1", seq, at, end("tail", "T2", ta + 0.1), end("tail", "T2", tb - 0.1)),
+            position("cam-n1", seq, at, end("tail", "T2", ta - 0.1), end("tail", "T2", tb + 0.1)),
+            position("cam-s2", seq, at, end("tail", "T2", tb + 0.2)),
+            position("cam-n2", seq, at, end("tail", "T2", tb - 0.2)),
+            position("cam-s3", seq, at, end("head", "T2", hb)),
+            position("cam-n3", seq, at, end("head", "T2", hb)),
+            position("cam-s4", seq, at),
+            position("cam-n4", seq, at),
+        ]
+    out = core.render(feed(core, msgs))
+    found = [(x.head_m, x.tail_m) for x in locos(out, "T2")]
+    assert len(found) == 2
+    assert found[1] == pytest.approx((33.0, 11.3), abs=0.2)
+    assert found[0][1] == pytest.approx(10.62, abs=0.2)
+    assert found[0][0] < 0

@@ -158,10 +158,14 @@ def test_supervises_restarts_hot_changes_and_leaves_nothing(
 
 def _sleeper(*tag: str) -> subprocess.Popen[bytes]:
     """A process whose command line looks like a depotwatch service (``services.cli ...``)."""
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "services.cli", *tag],
         start_new_session=True,
     )
+    # Until exec, /proc/<pid>/cmdline still shows the parent's command line.
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    _wait(lambda: b"services.cli" in cmdline.read_bytes(), 10, "sleeper exec'd")
+    return proc
 
 
 def test_leftovers_of_a_killed_up_are_stopped(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ class SimulatedCameras:
         self.cameras = cameras
         self.server = RtspCameraServer(cameras, port=port)
         self._stop = threading.Event()
+        self.paused = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -72,6 +73,9 @@ class SimulatedCameras:
     def _push(self) -> None:
         n = 0
         while not self._stop.is_set():
+            if self.paused.is_set():  # the server stays up but sends nothing (a hung camera)
+                self._stop.wait(1 / FPS)
+                continue
             for cam, colour in zip(self.cameras, COLOURS, strict=False):
                 img = np.full((HEIGHT, WIDTH, 3), colour, dtype=np.uint8)
                 cv2.putText(img, str(n), (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255))
@@ -243,6 +247,27 @@ def test_capture_resumes_within_10s_after_the_rtsp_server_restarts(rig: Rig) -> 
     assert wait_until(lambda: capture.http("/healthz")[0] == 200, 5)
     reconnects = metric_sum(capture.metrics(), "depotwatch_capture_reconnects_total")
     assert reconnects >= 1
+
+
+def test_watchdog_reopens_a_stream_that_goes_silent(rig: Rig) -> None:
+    cameras = rig.serve_cameras(1)
+    cid = rig.camera_ids[0]
+    rig.aggregator()
+    capture = rig.capture(cid, **FAST_CAPTURE)
+    assert rig.wait_refs(cid, 3, timeout_s=45), rig.logs()
+
+    cameras.paused.set()
+
+    def watchdog_fired() -> bool:
+        metrics = capture.metrics()
+        return metric_sum(metrics, "depotwatch_capture_reconnects_total", reason="watchdog") >= 1
+
+    assert wait_until(watchdog_fired, 15), rig.logs()
+    assert wait_until(lambda: capture.http("/healthz")[0] == 503, 5)
+    resumed = time.monotonic()
+    cameras.paused.clear()
+    assert rig.wait_refs(cid, 2, timeout_s=15, after=resumed), rig.logs()
+    assert "no frame for" in capture.log_path.read_text()
 
 
 def test_capture_keeps_running_while_the_aggregator_is_killed_and_restarted(rig: Rig) -> None:

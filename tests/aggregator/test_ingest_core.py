@@ -85,6 +85,16 @@ def test_camera_activity_accepts_new_cameras_and_watches_them() -> None:
     assert silence.silent_s == pytest.approx(10.5)
 
 
+def test_cameras_taken_out_of_the_config_are_forgotten() -> None:
+    activity = CameraActivity(started=0.0, expected=["old", "kept"])
+    activity.record("old", 1.0)
+    activity.record("kept", 1.0)
+    activity.set_expected(["kept", "added"])
+    assert activity.cameras() == ["added", "kept"]
+    silent = activity.silent(now=20.0, period_s=10.0)
+    assert [s.camera_id for s in silent] == ["added", "kept"]
+
+
 def test_frame_ref_carries_header_and_stored_object_fields() -> None:
     h = FrameHeader(camera_id="cam-s1", seq=5, captured_at=T0, width=1280, height=720)
     ref = frame_ref(h, "depotwatch-frames", "frames/k.jpg", 1234, "ab" * 32)
