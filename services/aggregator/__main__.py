@@ -44,7 +44,11 @@ def run_aggregator(
     store = ObjectStore(settings.s3)
 
     def new_producer() -> MessageProducer:
-        return MessageProducer(settings.kafka, client_id="depotwatch-aggregator")
+        return MessageProducer(
+            settings.kafka,
+            client_id="depotwatch-aggregator",
+            overrides={"message.timeout.ms": int(agg.produce_timeout_s * 1000)},
+        )
 
     service = AggregatorService(
         agg, store, new_producer(), shutdown, facility=facility, new_producer=new_producer

@@ -40,6 +40,11 @@ class AggregatorSettings(BaseSettings):
     )
     retry_initial_s: float = Field(default=0.2, gt=0, description="First S3/Kafka retry delay.")
     retry_max_s: float = Field(default=5.0, gt=0, description="Retry delays double up to this.")
+    produce_timeout_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="A FrameRef unacknowledged this long is re-sent (by a new producer if fenced).",
+    )
     drain_timeout_s: float = Field(
         default=15.0, ge=0, description="On SIGTERM, keep storing what is buffered this long."
     )

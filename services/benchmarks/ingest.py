@@ -60,6 +60,8 @@ class PipelineResult:
     latency_max_ms: float | None
     s3_put_mean_ms: float | None
     produce_ack_mean_ms: float | None
+    s3_puts_over_1s: float
+    produce_acks_over_1s: float
     aggregator_cpu_ms_per_frame: float
     aggregator_cpu_percent: float
     capture_cpu_ms_per_frame: float | None
@@ -113,6 +115,15 @@ def _mean_ms(m0: dict[str, float], m1: dict[str, float], name: str) -> float | N
     n = metric_sum(m1, f"{name}_count") - metric_sum(m0, f"{name}_count")
     total = metric_sum(m1, f"{name}_sum") - metric_sum(m0, f"{name}_sum")
     return round(total * 1000 / n, 1) if n > 0 else None
+
+
+def _over_1s(m0: dict[str, float], m1: dict[str, float], name: str) -> float:
+    """How many observations of a histogram took longer than 1 s within the window."""
+
+    def over(m: dict[str, float]) -> float:
+        return metric_sum(m, f"{name}_count") - metric_sum(m, f"{name}_bucket", le="1.0")
+
+    return over(m1) - over(m0)
 
 
 @dataclass
@@ -192,6 +203,12 @@ def _result(
         latency_max_ms=ms(lat[-1] if lat else None),
         s3_put_mean_ms=_mean_ms(a.aggregator, b.aggregator, "depotwatch_aggregator_s3_put_seconds"),
         produce_ack_mean_ms=_mean_ms(
+            a.aggregator, b.aggregator, "depotwatch_aggregator_produce_seconds"
+        ),
+        s3_puts_over_1s=_over_1s(
+            a.aggregator, b.aggregator, "depotwatch_aggregator_s3_put_seconds"
+        ),
+        produce_acks_over_1s=_over_1s(
             a.aggregator, b.aggregator, "depotwatch_aggregator_produce_seconds"
         ),
         aggregator_cpu_ms_per_frame=_ms(b.aggregator_cpu - a.aggregator_cpu, stored),
@@ -507,7 +524,8 @@ def format_report(report: dict[str, Any]) -> str:
             + (f", captured {p['captured_fps']:.1f})" if p["captured_fps"] is not None else ")"),
             f"  capture->FrameRef  p50 {p['latency_p50_ms']} ms, p99 {p['latency_p99_ms']} ms, "
             f"max {p['latency_max_ms']} ms (S3 put mean {p['s3_put_mean_ms']} ms, "
-            f"broker ack mean {p['produce_ack_mean_ms']} ms)",
+            f"broker ack mean {p['produce_ack_mean_ms']} ms; over 1 s: "
+            f"{p['s3_puts_over_1s']:g} puts, {p['produce_acks_over_1s']:g} acks)",
             f"  aggregator CPU     {p['aggregator_cpu_ms_per_frame']:.2f} ms/frame "
             f"({p['aggregator_cpu_percent']:.0f}% of a core)",
         ]

@@ -436,12 +436,17 @@ def run_live(
         }
     )
     consumer.subscribe([topic_a, topic_b])
+    live_since_ms = int(time.time() * 1000) - 1000
     summary = AgreementSummary()
     history_a: list[tuple[datetime, Any]] = []
     try:
         while not stop():
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
+                continue
+            # "latest" is not trusted: Tansu answers ListOffsets(latest) with stale offsets,
+            # so history can come first. Live means written since this command started.
+            if msg.timestamp()[1] < live_since_ms:
                 continue
             try:
                 if msg.topic() == topic_a:

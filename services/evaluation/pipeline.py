@@ -130,11 +130,16 @@ def collect_live(kafka: Any, topics: Sequence[str], duration_s: float) -> dict[s
     )
     out: dict[str, list[Stamped]] = {t: [] for t in topics}
     consumer.subscribe(list(topics))
+    live_since_ms = int(time.time() * 1000) - 1000
     deadline = time.monotonic() + duration_s
     try:
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
+                continue
+            # "latest" is not trusted: Tansu answers ListOffsets(latest) with stale offsets,
+            # so history can come first. Live means written since this command started.
+            if msg.timestamp()[1] < live_since_ms:
                 continue
             headers: dict[str, bytes] = {}
             for item in msg.headers() or []:

@@ -68,6 +68,31 @@ POSITION, IDENTITY = b"P", b"I"
 TABLE_NAME = "fusion"
 
 
+def limit_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's consumers long-poll at most ``max_wait_ms`` (Faust hard-codes 1500 ms).
+
+    Measured on the embedded Tansu broker: a fetch over several partitions is answered only
+    after the full wait when the data arrives during it (aiokafka, 6 partitions: p50 1.31 s
+    at 1500 ms, 0.011 s at 100 ms), and our app consumes 13 partitions in two hops. Against
+    Apache Kafka a shorter wait only costs a few more idle fetch requests.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = getattr(thread, "_depotwatch_original_create", None)
+    if original is None:
+        original = thread._create_worker_consumer
+        thread._depotwatch_original_create = original  # type: ignore[attr-defined]
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        # aiokafka reads this when the consumer starts and builds its fetcher.
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    thread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
 class FlowNotRunnableError(ValueError):
     """The flow has no state estimator configured."""
 
@@ -128,13 +153,14 @@ class StateEstimatorApp:
     # ---- Faust
 
     def _build(self) -> faust.App:
+        limit_fetch_wait(self.service.fetch_max_wait_ms)
         kafka = self.settings.kafka
         broker = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
         app = faust.App(
             self.app_id,
             broker=broker,
             store=self.service.store,
-            datadir=self.service.data_dir,
+            datadir=f"{self.service.data_dir}/{self.app_id}",
             processing_guarantee=self.service.processing_guarantee,
             topic_partitions=1,
             topic_replication_factor=1,

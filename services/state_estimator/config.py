@@ -48,4 +48,11 @@ class StateEstimatorServiceSettings(BaseSettings):
         default="earliest",
         description="Where a new flow's consumer group starts: all retained estimates, or now.",
     )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=1500,
+        description="Consumer long-poll limit; Tansu answers multi-partition fetches only "
+        "after it, so it bounds the latency of each hop.",
+    )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")

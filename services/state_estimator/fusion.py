@@ -8,13 +8,18 @@ How it works (all in event time, ``frame.captured_at``):
 * Per track, the ends of all views are pooled. An end from a view that another camera, covering
   the same spot, has since superseded by more than ``sync_window_s`` is dropped (the newer
   camera is the authority there); what only a silent camera saw is kept, marked stale.
-* Ends of the same kind seen by different cameras within ``merge_m`` are one end.
+* Ends of the same kind seen by different cameras within ``merge_m`` are one end; cameras
+  that show more ends found the clusters, so two tails 0.7 m apart in one view stay two.
 * Along the track, neighbouring head/tail ends pair into a locomotive when their distance
   (corrected for the detector's inward label offset) matches a model length within
   ``pairing_tolerance_m`` and they were seen within ``pairing_window_s`` of each other, or
   already formed that locomotive before (a locomotive standing still for hours).
 * An end left alone keeps a known locomotive alive (its other end follows rigidly); a
-  locomotive no camera supports is held for ``hold_s`` and then dropped.
+  locomotive no camera supports is held for ``hold_s`` and then dropped. A head and a tail of
+  two different known locomotives never pair (their ends in between were missed).
+* A new lone end whose partner can only lie beyond the end of the track (every on-track
+  place for it is in a current view and empty) is a locomotive partly outside the depot;
+  its outside end follows from the model a plate reading names, else the shortest that fits.
 * Locomotives keep stable ids across updates (nearest previous one on the track); plate and
   model readings are votes attached to a locomotive, keyed by camera + frame so redelivery
   does not count twice.

@@ -340,3 +340,41 @@ def test_s3_outage_never_yields_a_ref_to_a_missing_object(
     stored = set(rig.store.keys(f"{rig.prefix}/"))
     assert {r.key for r in refs} == stored, "every stored frame's ref arrived after the outage"
     assert dropped == 0
+
+
+def test_kafka_outage_longer_than_the_produce_timeout_loses_no_ref(
+    rig: Rig, embedded_stack: EmbeddedInfra
+) -> None:
+    rig.serve_cameras(1)
+    cid = rig.camera_ids[0]
+    aggregator = rig.aggregator(DEPOTWATCH_AGGREGATOR__PRODUCE_TIMEOUT_S="3")
+    rig.capture(cid)
+    assert rig.wait_refs(cid, 3, timeout_s=45), rig.logs()
+    try:
+        embedded_stack.stop("kafka", force=True)
+
+        def timed_out() -> bool:
+            m = aggregator.metrics()
+            return metric_sum(m, "depotwatch_aggregator_produce_failures_total") > 0
+
+        # Refs time out in the producer while frames keep being stored.
+        assert wait_until(timed_out, 20), rig.logs()
+    finally:
+        embedded_stack.start("kafka")
+
+    def drained() -> bool:
+        m = aggregator.metrics()
+        return metric_sum(m, "depotwatch_aggregator_pending_refs") == 0 and metric_sum(
+            m, "depotwatch_aggregator_frames_stored_total"
+        ) == metric_sum(m, "depotwatch_aggregator_frames_out_total")
+
+    back = time.monotonic()
+    assert rig.wait_refs(cid, 3, timeout_s=60, after=back), rig.logs()
+    assert wait_until(drained, 60), rig.logs()
+    for p in rig.processes:
+        p.stop()
+    time.sleep(0.5)
+    refs = rig.collector.refs(cid)
+    keys = [r.key for r in refs]
+    assert set(keys) == set(rig.store.keys(f"{rig.prefix}/")), "every stored frame has its ref"
+    assert_refs_match_objects(rig, refs)

@@ -35,7 +35,8 @@ def test_committed_weights_detect_head_and_tail(
     os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp_path))
     from ultralytics import YOLO
 
-    # A scene no dataset contains: a tail-first ChME3 and a TE33A head, both in cam-s2's view.
+    # A scene no dataset contains: a TE33A's head at 15.5 m and a ChME3's tail at 21 m on T1,
+    # both in cam-s2's view.
     sc = scenario(
         locomotives=[
             {
@@ -50,8 +51,7 @@ def test_committed_weights_detect_head_and_tail(
                 "model": "ChME3",
                 "number": 815,
                 "track": "T1",
-                "facing": "start",
-                "keyframes": [{"at_s": 0, "head_m": 21.0}],
+                "keyframes": [{"at_s": 0, "head_m": 21.0 + 17.22}],
             },
         ],
         lighting=[{"at_s": 0, "level": 0.9}],

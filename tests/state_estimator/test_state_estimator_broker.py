@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, Producer
 from state_builders import OFFSET, end, identity, position
 
 from schemas.base import Message, decode, encode
+from schemas.deadletter import DeadLetter
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import load_facility
 from schemas.facility_state import FacilityState
@@ -188,6 +189,10 @@ def test_state_survives_killing_the_worker(
         inputs: list[Message] = []
         for seq in range(4):
             inputs += scene(prod, seq, seq * 0.5)
+        started = datetime.now(UTC)
+        bad = Producer(stack_settings.kafka.client_config())
+        bad.produce(PositionEstimate.topic_name(prod), value=b'{"flow": 1}', key=b"cam-s1")
+        assert bad.flush(10) == 0
         produce(stack_settings, prod, inputs)
         before = reader.until(
             lambda r, s: (
@@ -198,6 +203,21 @@ def test_state_survives_killing_the_worker(
         )
         # Let the table's changelog and the offsets reach the broker, then crash hard.
         reader.until(lambda r, s: r == "heartbeat" and ids(s) == ids(before))
+        # The bad estimate went to the dead-letter topic, with its reason; nothing else did.
+        letters = [
+            d
+            for d in read_range(
+                stack_settings.kafka,
+                DeadLetter.topic_name(),
+                DeadLetter,
+                started,
+                datetime.now(UTC) + timedelta(seconds=1),
+            )
+            if d.source_topic == PositionEstimate.topic_name(prod)
+        ]
+        assert len(letters) == 1
+        assert letters[0].payload == b'{"flow": 1}'
+        assert "state-estimator" in letters[0].service
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         last_offset = reader.seen[-1][2]
@@ -335,3 +355,67 @@ def test_run_starts_a_flow_beside_prod_without_touching_prod_topics(
     child = int(text.split("(pid ")[1].split(",")[0])
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+@pytest.mark.slow
+def test_state_update_latency_at_eight_cameras_two_fps(
+    stack_settings: Settings,
+    flows: tuple[Path, str, str],
+    start_worker: Callable[[Path, str], subprocess.Popen[bytes]],
+) -> None:
+    """Capture time -> facility-state record, through the broker and the Faust worker."""
+    import random
+
+    from services.evaluation.compare import percentile, read_range_raw
+
+    config, prod, _ = flows
+    ensure_topics(stack_settings, config, prod)
+    reader = StateReader(stack_settings, prod)
+    start_worker(config, prod)
+    try:
+        # Wait until the worker is up (it publishes heartbeats), then feed it live.
+        reader.until(lambda r, s: r == "heartbeat")
+        started = datetime.now(UTC)
+        producer = Producer({**stack_settings.kafka.client_config(), "linger.ms": 0})
+        rng = random.Random(3)
+        cameras = ["cam-s1", "cam-s2", "cam-s3", "cam-s4", "cam-n1", "cam-n2", "cam-n3", "cam-n4"]
+        for seq in range(30):  # 15 s of 8 cameras at 2 fps
+            tick = time.monotonic()
+            for cam in cameras:
+                obs = []
+                if cam == "cam-s1":
+                    obs = [end("head", "T1", 2.3 + rng.gauss(0, 0.1))]
+                elif cam == "cam-s2":
+                    obs = [end("tail", "T1", 18.67 + rng.gauss(0, 0.1))]
+                msg = position(cam, seq, 0.0, *obs, flow=prod).model_copy(
+                    update={
+                        "frame": position(cam, seq, 0.0).frame.model_copy(
+                            update={"captured_at": datetime.now(UTC)}
+                        )
+                    }
+                )
+                producer.produce(msg.topic_name(prod), value=encode(msg), key=msg.kafka_key())
+                producer.poll(0)
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - tick)))
+        assert producer.flush(10) == 0
+        time.sleep(2.0)  # let the last updates through before reading the range back
+        records = read_range_raw(
+            stack_settings.kafka,
+            FacilityState.topic_name(prod),
+            started,
+            datetime.now(UTC) + timedelta(seconds=1),
+        )
+        latencies = [
+            r.timestamp_ms / 1000 - decode(FacilityState, r.value).as_of.timestamp()
+            for r in records
+            if r.headers.get("reason") == b"change"
+        ]
+        assert len(latencies) >= 20
+        p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+        print(
+            f"state-estimator stage latency: p50 {p50:.3f} s, p95 {p95:.3f} s, n={len(latencies)}"
+        )
+        assert p95 is not None
+        assert p95 < 1.0
+    finally:
+        reader.close()
