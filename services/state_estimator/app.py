@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -155,12 +156,15 @@ class StateEstimatorApp:
     def _build(self) -> faust.App:
         limit_fetch_wait(self.service.fetch_max_wait_ms)
         kafka = self.settings.kafka
+        # One directory per flow; Faust creates only the last path component itself.
+        datadir = Path(self.service.data_dir) / self.app_id
+        datadir.parent.mkdir(parents=True, exist_ok=True)
         broker = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
         app = faust.App(
             self.app_id,
             broker=broker,
             store=self.service.store,
-            datadir=f"{self.service.data_dir}/{self.app_id}",
+            datadir=str(datadir),
             processing_guarantee=self.service.processing_guarantee,
             topic_partitions=1,
             topic_replication_factor=1,
