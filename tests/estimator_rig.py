@@ -29,6 +29,7 @@ from schemas.facility import FacilityConfig, load_facility
 from schemas.frames import FrameRef
 from schemas.topics import TopicSpec, topics_for
 from services.runtime.frame_stream import FrameStream
+from services.runtime.frames import REDUCED_DECODE
 from services.runtime.kafka import MessageConsumer, MessageProducer, Received, TopicAdmin
 from services.runtime.settings import Settings
 from services.runtime.shutdown import ShutdownSignal
@@ -79,17 +80,23 @@ class LabelDetector:
     def __init__(self, cases: Sequence[RenderedCase]) -> None:
         self.known: dict[str, list[Detection]] = {}
         for case in cases:
-            img = cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), cv2.IMREAD_COLOR)
-            self.known[image_key(img)] = [
-                Detection(
-                    cls=label.cls,
-                    bbox=BoundingBox(
-                        x1=label.box[0], y1=label.box[1], x2=label.box[2], y2=label.box[3]
-                    ),
-                    confidence=0.99,
-                )
-                for label in case.labels
-            ]
+            # The service may decode at reduced size (REDUCED_DECODE); know every size, with
+            # boxes in that image's pixels as a real detector would give them.
+            for reduction, flag in REDUCED_DECODE.items():
+                img = cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), flag)
+                self.known[image_key(img)] = [
+                    Detection(
+                        cls=label.cls,
+                        bbox=BoundingBox(
+                            x1=label.box[0] / reduction,
+                            y1=label.box[1] / reduction,
+                            x2=label.box[2] / reduction,
+                            y2=label.box[3] / reduction,
+                        ),
+                        confidence=0.99,
+                    )
+                    for label in case.labels
+                ]
         self.calls = 0
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ Component = Literal["s3", "kafka"]
 COMPONENTS: tuple[Component, ...] = ("s3", "kafka")
 LABELS: dict[Component, str] = {"s3": "SeaweedFS S3", "kafka": "Tansu broker"}
 STATE_FILE = "infra.json"
+READINESS_KEY = "depotwatch-readiness-probe"
+"""Object the S3 readiness check writes and reads back (in the broker's bucket)."""
 
 Progress = Callable[[str], None]
 
@@ -516,9 +519,8 @@ class EmbeddedInfra:
                 )
             if port_answers(self.infra.host, port):
                 if component == "s3":
-                    ok, detail = self._s3_answers()
+                    ok, detail = self._s3_round_trips()
                     if ok:
-                        ObjectStore(self.client_settings.s3).ensure_bucket(self.infra.broker_bucket)
                         return
                 else:
                     ok, detail, _ = self._kafka_answers()
@@ -538,6 +540,26 @@ class EmbeddedInfra:
         except Exception as exc:
             return False, f"S3 error: {type(exc).__name__}: {exc}"
         return True, f"{len(buckets)} bucket(s)"
+
+    def _s3_round_trips(self) -> tuple[bool, str]:
+        # Listing buckets only needs the filer; a restarted volume server registers with the
+        # master a moment later and until then object reads fail with 500. Ready means an
+        # object can be written and read back.
+        ok, detail = self._s3_answers()
+        if not ok:
+            return ok, detail
+        store = ObjectStore(self.client_settings.s3, timeout_s=2.0, retries=0)
+        probe = b"depotwatch readiness probe"
+        try:
+            store.ensure_bucket(self.infra.broker_bucket)
+            store.raw.put_object(
+                self.infra.broker_bucket, READINESS_KEY, io.BytesIO(probe), len(probe)
+            )
+            if store.get(READINESS_KEY, bucket=self.infra.broker_bucket) != probe:
+                return False, "S3 returned other bytes than written"
+        except Exception as exc:
+            return False, f"S3 read/write not ready yet: {type(exc).__name__}: {exc}"
+        return True, detail
 
     def _kafka_answers(self) -> tuple[bool, str, int | None]:
         admin = TopicAdmin(self.client_settings.kafka)

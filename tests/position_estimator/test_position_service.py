@@ -28,13 +28,13 @@ from estimator_rig import (
 )
 
 from schemas.deadletter import DeadLetter
-from schemas.estimates import PositionEstimate
+from schemas.estimates import PositionEstimate, TrackObservation
 from schemas.facility import load_facility
 from schemas.frames import FrameRef
 from services.position_estimator.config import position_estimator_config
 from services.position_estimator.service import position_stream
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.kafka import MessageProducer
+from services.runtime.kafka import MessageProducer, Received
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
 
@@ -54,6 +54,7 @@ def flow(unique_name: Callable[[str], str]) -> str:
     return "t" + unique_name("f").rsplit("-", 1)[-1]
 
 
+@pytest.mark.slow
 def test_rendered_frame_is_placed_on_its_track(
     stack_settings: Settings,
     producer: MessageProducer,
@@ -61,25 +62,31 @@ def test_rendered_frame_is_placed_on_its_track(
     tmp_path: Path,
     unique_name: Callable[[str], str],
 ) -> None:
+    """Real inference with the committed weights: every clearly visible end lands on its track."""
+    if not WEIGHTS.is_file():
+        pytest.skip(f"{WEIGHTS} is absent; train it with `depotwatch train`")
+    from services.position_estimator.detector import YoloDetector
+
     facility = load_facility(ROOT / "facility.yaml")
     # Tick 100 of the demo: L1 arriving on T1 past cam-s1/s2, L2 and L3 parked on T2.
     cases = render_cases(facility, [100], ["cam-s1", "cam-s2", "cam-n2"])
-    truth = {
-        (c.camera_id, tuple(round(v, 2) for v in label.box)): label
+    truth = [
+        (c.camera_id, label)
         for c in cases
         for label in c.labels
-        if label.cls != "plate"
-    }
+        if label.cls != "plate" and label.visible_fraction >= 0.5
+    ]
     assert len(truth) >= 3, "the scenario must show several locomotive ends in these views"
     frames_topic = unique_name("frames")
-    path = flow_facility(tmp_path, flow)
+    path = flow_facility(tmp_path, flow, weights=WEIGHTS)
     create_topics(stack_settings, flow, frames_topic)
     refs = store_frames(stack_settings, producer, frames_topic, cases, prefix=flow)
     watch = FacilityWatch(path)
     config = position_estimator_config(
         watch.config, path, flow, stack_settings, "replay", frames_topic=frames_topic
     )
-    stream = position_stream(stack_settings, config, watch, LabelDetector(cases))
+    detector = YoloDetector(config.weights, config.imgsz, config.confidence, "cpu")
+    stream = position_stream(stack_settings, config, watch, detector)
     reader = output_consumer(
         stack_settings,
         producer,
@@ -89,32 +96,35 @@ def test_rendered_frame_is_placed_on_its_track(
     )
     try:
         with running(stream):
-            got = collect(reader, lambda out: len(out) >= len(refs))
+            got = collect(reader, lambda out: len(out) >= len(refs), timeout=120)
     finally:
         reader.close()
     estimates = {r.message.frame.seq: r.message for r in got}
     assert sorted(estimates) == [r.seq for r in refs]
-    placed = 0
+    by_camera: dict[str, list[TrackObservation]] = {}
     for ref in refs:
         est = estimates[ref.seq]
         assert est.frame == ref
         assert est.flow == flow
         assert est.model_version == config.model_version
         assert r_key(got, ref.seq) == ref.camera_id.encode()
-        ends = [d for d in est.detections if d.cls != "plate"]
-        assert len(ends) == len(est.observations)
-        for det, obs in zip(ends, est.observations, strict=True):
-            box = (det.bbox.x1, det.bbox.y1, det.bbox.x2, det.bbox.y2)
-            label = truth[(ref.camera_id, tuple(round(v, 2) for v in box))]
-            assert obs.kind == label.cls
-            assert obs.track_id == label.track_id
-            # The box's bottom-centre lies ~0.3 m inside the end (label convention).
-            assert obs.position_m == pytest.approx(label.end_position_m, abs=1.0)
-            placed += 1
-    assert placed == len(truth)
+        assert len([d for d in est.detections if d.cls != "plate"]) == len(est.observations)
+        by_camera[ref.camera_id] = est.observations
+    for camera_id, label in truth:
+        # The box's bottom-centre lies ~0.3 m inside the end (label convention).
+        near = [
+            abs(obs.position_m - label.end_position_m)
+            for obs in by_camera[camera_id]
+            if obs.kind == label.cls
+            and obs.track_id == label.track_id
+            and obs.position_m is not None
+            and label.end_position_m is not None
+        ]
+        assert near, f"{label.cls} of {label.locomotive_id} in {camera_id} was not placed"
+        assert min(near) <= 1.0, (camera_id, label, near)
 
 
-def r_key(received: list, seq: int) -> bytes | None:  # type: ignore[type-arg]
+def r_key(received: list[Received[PositionEstimate]], seq: int) -> bytes | None:
     return next(r.key for r in received if r.message.frame.seq == seq)
 
 

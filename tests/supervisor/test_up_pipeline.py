@@ -26,7 +26,8 @@ from services.infra import settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
-WEIGHTS = REPO / "models" / "depot-yolo.pt"
+# DEPOTWATCH_TEST_WEIGHTS runs the full test against a checkpoint (e.g. one still training).
+WEIGHTS = Path(os.environ.get("DEPOTWATCH_TEST_WEIGHTS", REPO / "models" / "depot-yolo.pt"))
 
 pytestmark = [
     pytest.mark.integration,
