@@ -30,7 +30,11 @@ class GroundTruth(Message):
     scenario: str = Field(description="Scenario name.")
     seed: int = Field(description="Scenario seed.")
     tick: int = Field(ge=0, description="Simulator tick number.")
-    at: UtcDatetime = Field(description="Simulated time of the tick (matches frame capture time).")
+    at: UtcDatetime = Field(
+        description="When these positions held: the wall-clock time the simulator served the "
+        "tick's frames when serving live (so it matches frame capture times), the simulated "
+        "time in offline renders."
+    )
     locomotives: list[TrueLocomotive] = Field(default_factory=list, description="All locomotives.")
     cameras_down: list[Identifier] = Field(
         default_factory=list, description="Cameras the scenario has dropped out at this tick."

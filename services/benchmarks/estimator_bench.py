@@ -145,6 +145,11 @@ def bench_settings(use_settings: bool, say: Callable[[str], None]) -> Iterator[S
 def bench_facility(facility_path: Path, workdir: Path) -> Path:
     """The facility file with a ``bench`` flow (a copy of prod) for the benchmark's outputs."""
     data = yaml.safe_load(facility_path.read_text())
+    for flow in data["flows"].values():
+        stage = flow.get("position_estimator")
+        if isinstance(stage, dict) and not Path(stage["weights"]).is_absolute():
+            # Weights are relative to the config file, which the copy no longer sits beside.
+            stage["weights"] = str((facility_path.parent / stage["weights"]).resolve())
     data["flows"][BENCH_FLOW] = dict(data["flows"]["prod"])
     path = workdir / "facility.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import click
 
+from services.evaluation.detector_eval import detector_command
 from services.evaluation.estimators import estimators_command
 from services.evaluation.fusion_eval import fusion_command
 
@@ -61,5 +62,6 @@ def pipeline_command(
         click.echo(line)
 
 
+evaluate.add_command(detector_command)
 evaluate.add_command(estimators_command)
 evaluate.add_command(fusion_command)

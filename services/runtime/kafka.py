@@ -80,6 +80,7 @@ class MessageProducer:
         conf.update(overrides or {})
         self._producer = Producer(conf)
         self.client_id = client_id
+        self._closed = False
 
     @staticmethod
     def _on_error(err: KafkaError) -> None:
@@ -159,10 +160,18 @@ class MessageProducer:
         return self._producer
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush; logs how many messages could not be delivered."""
+        """Flush, then release the client; logs how many messages could not be delivered.
+
+        Idempotent. Without the release librdkafka keeps reconnecting (and logging) until the
+        object is garbage collected, e.g. after the broker it talked to was stopped.
+        """
+        if self._closed:
+            return
         left = self.flush(timeout)
         if left:
             log.error("messages not delivered at shutdown", extra={"undelivered": left})
+        self._closed = True
+        self._producer.close()
 
 
 @dataclass(frozen=True)

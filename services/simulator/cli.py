@@ -188,6 +188,7 @@ def serve_command(
     """Serve every simulated camera as H.264 RTSP and publish ground truth, in real time."""
     from urllib.parse import urlparse
 
+    from schemas.base import utc_now
     from services.runtime.logs import configure_logging
     from services.runtime.settings import load_settings
     from services.runtime.shutdown import ShutdownSignal
@@ -217,7 +218,9 @@ def serve_command(
         for cam_id, frame in tick.frames.items():
             server.push(cam_id, frame.image)
         if producer is not None:
-            producer.publish(tick.ground_truth)
+            # Captures stamp frames with the wall clock: the truth of a tick served live is
+            # stamped the same way, so the two can be paired (the tick number stays in it).
+            producer.publish(tick.ground_truth.model_copy(update={"at": utc_now()}))
             producer.poll(0)
 
     crashed = False

@@ -63,8 +63,17 @@ def evaluate(weights: Path, data: Path, imgsz: int, split: str, device: str) -> 
         "per_class": per_class,
         "mAP50": round(float(box.map50), 4),
         "mAP50-95": round(float(box.map), 4),
-        "images": len(list((data.parent / "labels" / split).glob("*.txt"))),
+        "images": len(_label_files(data, split)),
     }
+
+
+def _label_files(data: Path, split: str) -> list[Path]:
+    """YOLO label files of one split of a data YAML (``images/x`` -> ``labels/x``)."""
+    spec = yaml.safe_load(data.read_text())
+    root = Path(spec.get("path") or data.parent)
+    images = Path(str(spec[split]))
+    labels = root / Path(*["labels" if p == "images" else p for p in images.parts])
+    return sorted(labels.glob("*.txt"))
 
 
 def _split_counts(data: Path) -> dict[str, dict[str, int]]:

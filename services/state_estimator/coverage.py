@@ -6,10 +6,13 @@ locomotive end left) from "this camera cannot see here" (no evidence at all).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
 
 from schemas.facility import Camera, FacilityConfig, Track
-from schemas.geometry import point_at_position
+from schemas.geometry import FloatArray, point_at_position
 
 Interval = tuple[float, float]
 
@@ -58,3 +61,104 @@ def facility_coverage(cfg: FacilityConfig) -> dict[str, dict[str, list[Interval]
 def covers(intervals: list[Interval], position_m: float, margin_m: float = 0.0) -> bool:
     """Whether ``position_m`` lies inside one of ``intervals`` shrunk by ``margin_m`` each side."""
     return any(lo + margin_m <= position_m <= hi - margin_m for lo, hi in intervals)
+
+
+@dataclass(frozen=True)
+class TrackInImage:
+    """Where a track's centre line lies in one camera's image, sampled along the track.
+
+    ``u`` (column) and ``v`` (row) of the floor point at each ``position_m``; samples behind
+    the camera are left out. From the calibration alone, no camera pose needed.
+    """
+
+    positions: tuple[float, ...]
+    u: tuple[float, ...]
+    v: tuple[float, ...]
+
+    @cached_property
+    def _by_position(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        return np.asarray(self.positions), np.asarray(self.u), np.asarray(self.v)
+
+    @cached_property
+    def _by_column(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        pos, u, v = self._by_position
+        order = np.argsort(u)
+        return u[order], pos[order], v[order]
+
+    def pixel(self, position_m: float) -> tuple[float, float] | None:
+        """(u, v) of a position, interpolated; None outside the sampled stretch."""
+        pos, u, v = self._by_position
+        if len(pos) == 0 or not pos[0] <= position_m <= pos[-1]:
+            return None
+        return float(np.interp(position_m, pos, u)), float(np.interp(position_m, pos, v))
+
+    def position_at_column(self, u: float) -> tuple[float, float] | None:
+        """(position_m, v) of the point on this track that appears in image column ``u``."""
+        cols, pos, rows = self._by_column
+        if len(cols) < 2 or not cols[0] <= u <= cols[-1]:
+            return None
+        return float(np.interp(u, cols, pos)), float(np.interp(u, cols, rows))
+
+
+def track_in_image(
+    camera: Camera, track: Track, reach_m: float = 30.0, step_m: float = SAMPLE_STEP_M
+) -> TrackInImage:
+    """Image columns and rows of ``track``'s centre line, ``reach_m`` beyond both ends too
+    (a locomotive partly outside the depot still hides what stands behind it)."""
+    positions = np.arange(-reach_m, track.length_m + reach_m + step_m / 2, step_m)
+    floor = np.array([point_at_position(track.polyline, float(p))[0] for p in positions])
+    h = camera.floor_to_pixel
+    hom = (h @ np.c_[floor, np.ones(len(floor))].T).T
+    calib = np.array([p.floor for p in camera.calibration], dtype=np.float64)
+    w_ref = (h @ np.c_[calib, np.ones(len(calib))].T).T[:, 2]
+    sign = 1.0 if float(np.median(w_ref)) > 0 else -1.0
+    front = hom[:, 2] * sign > 1e-9
+    # Keep a wide band around the image: a locomotive just outside the frame does not matter,
+    # but points far behind the camera's horizon would wrap around.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = hom[:, 0] / hom[:, 2]
+        v = hom[:, 1] / hom[:, 2]
+    keep = front & (np.abs(u - camera.width / 2) <= 2 * camera.width)
+    keep &= np.abs(v - camera.height / 2) <= 2 * camera.height
+    return TrackInImage(
+        positions=tuple(float(p) for p in positions[keep]),
+        u=tuple(float(x) for x in u[keep]),
+        v=tuple(float(y) for y in v[keep]),
+    )
+
+
+def facility_sightlines(cfg: FacilityConfig) -> dict[str, dict[str, TrackInImage]]:
+    """camera_id -> track_id -> where that track lies in the camera's image."""
+    return {cam.id: {t.id: track_in_image(cam, t) for t in cfg.tracks} for cam in cfg.cameras}
+
+
+def hidden_behind(
+    sightlines: dict[str, TrackInImage],
+    track_id: str,
+    position_m: float,
+    occluders: list[tuple[str, float, float]],
+    margin_m: float = 0.3,
+) -> bool:
+    """Whether a locomotive end at ``position_m`` on ``track_id`` is hidden in this camera's
+    image by one of ``occluders`` ((track_id, low_m, high_m) of locomotives on other tracks).
+
+    A locomotive is a tall box standing on its track: it hides what stands on a farther track
+    in the image columns it covers. Farther means higher up in the image (smaller row) in
+    that column. ``margin_m`` widens each occluder (negative: narrows it).
+    """
+    line = sightlines.get(track_id)
+    at = line.pixel(position_m) if line is not None else None
+    if at is None:
+        return False
+    u, v = at
+    for other_track, lo, hi in occluders:
+        if other_track == track_id:
+            continue
+        other = sightlines.get(other_track)
+        crossing = other.position_at_column(u) if other is not None else None
+        if crossing is None:
+            continue
+        position, row = crossing
+        if row > v and lo - margin_m <= position <= hi + margin_m:
+            return True
+    return False

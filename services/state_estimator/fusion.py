@@ -31,8 +31,8 @@ in a changelog-backed table and a restart resumes exactly where the worker stopp
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -43,9 +43,17 @@ from schemas.base import StrictModel, UtcDatetime
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import FacilityConfig, StateEstimatorSettings
 from schemas.facility_state import CameraHealth, FacilityState, LocomotiveState, TrackState
-from services.state_estimator.coverage import Interval, covers, facility_coverage
+from services.state_estimator.coverage import (
+    Interval,
+    TrackInImage,
+    covers,
+    facility_coverage,
+    facility_sightlines,
+    hidden_behind,
+)
 
 EndKind = Literal["head", "tail"]
+END_KINDS: tuple[EndKind, ...] = ("head", "tail")
 
 
 # --------------------------------------------------------------------------- state model
@@ -137,6 +145,8 @@ class FusionConfig:
     model_lengths: dict[str, float]
     plate_patterns: dict[str, str]
     coverage: dict[str, dict[str, list[Interval]]]
+    sightlines: dict[str, dict[str, TrackInImage]] = field(default_factory=dict)
+    """Where each track lies in each camera's image (for occlusion by nearer locomotives)."""
     disabled_cameras: frozenset[str] = frozenset()
     stale_after_s: float = 30.0
     pairing_tolerance_m: float = 3.0
@@ -147,6 +157,17 @@ class FusionConfig:
     sync_window_s: float = 10.0
     match_m: float = 3.0
     coverage_margin_m: float = 1.0
+    view_edge_m: float = 0.5
+    lone_end_confidence: float = 0.5
+    """A new locomotive seen by one end only needs a detection at least this confident."""
+    read_model_tolerance_m: float = 1.5
+    occluder_inset_m: float = 1.0
+    """A locomotive on a nearer track hides what stands behind it except near its ends (the
+    sightlines come from the floor calibration alone, without heights)."""
+    """Two ends pair only if their distance fits, this closely, the model a plate names."""
+    """A new locomotive seen by one end only needs a detection at least this confident."""
+    """An end this close to an image edge is cut off and often missed: such a spot does not
+    count as seen empty (see ``_in_view``)."""
     plate_margin_m: float = 1.5
     pending_vote_s: float = 15.0
     max_votes: int = 24
@@ -166,6 +187,7 @@ class FusionConfig:
             model_lengths={m.name: m.length_m for m in cfg.locomotive_models},
             plate_patterns={m.name: m.plate_pattern for m in cfg.locomotive_models},
             coverage=facility_coverage(cfg),
+            sightlines=facility_sightlines(cfg),
             disabled_cameras=frozenset(c.id for c in cfg.cameras if not c.enabled),
             stale_after_s=s.stale_after_s,
             pairing_tolerance_m=s.pairing_tolerance_m,
@@ -425,11 +447,23 @@ class FusionCore:
             return loco.head_m + loco.direction * off
         return loco.tail_m - loco.direction * off
 
-    def _pair_score(self, a: _End, b: _End, prev: list[TrackedLocomotive]) -> float | None:
+    def _pair_score(
+        self,
+        a: _End,
+        b: _End,
+        prev: list[TrackedLocomotive],
+        readings: Sequence[tuple[float, str, float]] = (),
+        heads: Sequence[float] = (),
+    ) -> float | None:
         if a.kind == b.kind:
             return None
         misfit = self._length_fit(abs(b.position_m - a.position_m))
         if misfit is None:
+            return None
+        head, other = (a, b) if a.kind == "head" else (b, a)
+        if self._contradicts_reading(head.position_m, other.position_m, readings, heads):
+            # Its plate names a model this pair's length does not fit: the two ends belong to
+            # two locomotives (e.g. each running out of the depot at its own end).
             return None
         apart = abs(_seconds(a.seen_at, b.seen_at))
         owner_a, owner_b = self._owner(a, prev), self._owner(b, prev)
@@ -441,6 +475,62 @@ class FusionCore:
             # between were missed in a frame: not a new, longer locomotive.
             return None
         return 2.0 - misfit / self.config.pairing_tolerance_m
+
+    def _read_model(
+        self,
+        head_m: float,
+        other_m: float,
+        readings: Sequence[tuple[float, str, float]],
+        heads: Sequence[float],
+    ) -> str | None:
+        """The model the plate readings name for a locomotive with its cab end at ``head_m``
+        and its other end at ``other_m`` (detector positions), or None.
+
+        A reading counts when it lies on or beside the span and no other head end seen on the
+        track is closer to it (plates are read near the cab of their own locomotive, not the
+        neighbour's it is coupled to).
+        """
+        lo, hi = sorted((head_m, other_m))
+        # A plate hangs above the floor: placed through the floor homography it lands up to a
+        # couple of metres off its cab, on either side.
+        margin = 2 * self.config.plate_margin_m
+        weights: dict[str, float] = defaultdict(float)
+        for position, model, weight in readings:
+            if not lo - margin <= position <= hi + margin:
+                continue
+            nearest = min(heads, key=lambda h: abs(h - position), default=head_m)
+            if abs(nearest - position) < abs(head_m - position):
+                continue
+            weights[model] += weight
+        return max(sorted(weights), key=lambda m: weights[m]) if weights else None
+
+    def _contradicts_reading(
+        self,
+        head_m: float,
+        other_m: float,
+        readings: Sequence[tuple[float, str, float]],
+        heads: Sequence[float],
+    ) -> bool:
+        """Whether the plate read near this cab names a model whose length does not fit."""
+        model = self._read_model(head_m, other_m, readings, heads)
+        if model is None:
+            return False
+        length = abs(other_m - head_m) + 2 * self.config.end_label_offset_m
+        return abs(self.config.model_lengths[model] - length) > self.config.read_model_tolerance_m
+
+    def _readings(
+        self, track_id: str, prev: list[TrackedLocomotive], state: FusionState | None
+    ) -> list[tuple[float, str, float]]:
+        """(position, model, weight) of the plate/model readings on a track."""
+        votes = [v for loco in prev for v in loco.votes]
+        if state is not None:
+            votes += [v for v in state.pending_votes if v.track_id == track_id]
+        out = []
+        for v in votes:
+            model = self._vote_model(v)
+            if model in self.config.model_lengths:
+                out.append((v.position_m, model, max(v.model_confidence, v.plate_confidence)))
+        return out
 
     def _voted_model(self, loco: TrackedLocomotive) -> str | None:
         """The model plate/model readings give this locomotive (not guessed from length)."""
@@ -460,12 +550,14 @@ class FusionCore:
         # Best set of non-overlapping neighbour pairs (locomotives cannot overlap, so a
         # locomotive's two ends are always neighbours along the track).
         n = len(ends)
+        readings = self._readings(track_id, prev, state)
+        heads = [e.position_m for e in ends if e.kind == "head"]
         best = [0.0] * (n + 1)
         choice: list[int] = [0] * (n + 1)
         for i in range(1, n + 1):
             best[i], choice[i] = best[i - 1], 1
             if i >= 2:
-                score = self._pair_score(ends[i - 2], ends[i - 1], prev)
+                score = self._pair_score(ends[i - 2], ends[i - 1], prev, readings, heads)
                 if score is not None and best[i - 2] + score > best[i]:
                     best[i], choice[i] = best[i - 2] + score, 2
         pairs: list[tuple[_End, _End]] = []
@@ -536,6 +628,8 @@ class FusionCore:
         # A lone end keeps a known locomotive alive; the other end follows rigidly.
         remaining = [p for pi, p in enumerate(prev) if pi not in used_prev]
         unmatched: list[_End] = []
+        refuted: list[_End] = []  # ends of a known locomotive that a plate reading refutes
+        refuted_ids: set[str] = set()
         for end in lone:
             match = min(
                 (
@@ -549,18 +643,48 @@ class FusionCore:
             if match is None:
                 unmatched.append(end)
                 continue
-            remaining.remove(match)
             shift = end.position_m - self._raw_end(match, end.kind)
             head_m, tail_m = match.head_m + shift, match.tail_m + shift
-            model = self._voted_model(match)
-            if model is not None and not self._on_track(track_id, head_m, tail_m):
-                # The unseen end is outside the depot: its place follows from the model's
-                # length once a plate or model reading says which model this is.
+            model = self._voted_model(match) or self._read_model(
+                self._raw_end(match, "head") + shift,
+                self._raw_end(match, "tail") + shift,
+                readings,
+                heads,
+            )
+            unseen = tail_m if end.kind == "head" else head_m
+            other_kind: EndKind = "tail" if end.kind == "head" else "head"
+            unseen_raw = self._raw_end(match, other_kind) + shift
+            other_seen = any(
+                e.kind == other_kind and abs(e.position_m - unseen_raw) <= cfg.match_m for e in ends
+            )
+            misfit = model is not None and (
+                abs(cfg.model_lengths[model] - match.length_m) > cfg.read_model_tolerance_m
+            )
+            if misfit and other_seen:
+                # Its other end is seen where it was, but a plate names a model that does not
+                # fit between the two: they are ends of two locomotives, wrongly paired.
+                refuted.append(end)
+                refuted_ids.add(match.locomotive_id)
+                continue
+            if model is not None and (
+                not self._on_track(track_id, unseen) or self._blind_spot(track_id, unseen, state)
+            ):
+                # The unseen end is outside the depot or where no camera shows it: its place
+                # follows from the model's length once a reading says which model this is.
                 length = cfg.model_lengths[model]
                 if end.kind == "head":
                     tail_m = head_m + match.direction * length
                 else:
                     head_m = tail_m - match.direction * length
+            elif model is not None and (
+                abs(cfg.model_lengths[model] - match.length_m) > cfg.read_model_tolerance_m
+            ):
+                # A plate names a model that cannot stand here with its other end where a
+                # camera shows it: these ends were wrongly paired into this locomotive.
+                refuted.append(end)
+                refuted_ids.add(match.locomotive_id)
+                continue
+            remaining.remove(match)
             result.append(
                 match.model_copy(
                     update={
@@ -574,13 +698,17 @@ class FusionCore:
                     }
                 )
             )
+        remaining = [p for p in remaining if p.locomotive_id not in refuted_ids]
 
-        # A new lone end whose partner can only lie beyond the end of the track: a locomotive
-        # arriving or leaving through the gate, partly outside the depot.
-        for end in unmatched:
-            if self._explained(end, prev, result, ends):
+        # A new lone end whose partner can only stand where no camera shows it: a locomotive
+        # partly outside the depot (arriving or leaving through the gate), or one whose other
+        # end stands in a blind spot between two views.
+        for end in [*unmatched, *refuted]:
+            if end not in refuted and self._explained(end, prev, result, ends):
                 continue  # an end of a known locomotive, not the first sight of a new one
-            placed = self._partly_outside(track_id, end, ends, state or FusionState())
+            if end.confidence < cfg.lone_end_confidence:
+                continue  # one unsure detection does not make a locomotive
+            placed = self._other_end_unseen(track_id, end, ends, state or FusionState())
             if placed is None:
                 continue
             head_m, tail_m = placed
@@ -603,41 +731,131 @@ class FusionCore:
         # Unsupported locomotives are held briefly (one missed detection must not flicker an
         # id away), unless something else now stands where they stood.
         for p in remaining:
-            if _seconds(now, p.last_seen) > cfg.hold_s:
-                continue
             lo, hi = p.span
             if any(_overlap((lo, hi), r.span) > 0.5 for r in result):
                 continue
+            if _seconds(now, p.last_seen) > cfg.hold_s:
+                if state is None or not self._out_of_sight(p, now, state):
+                    continue
+                # Where its ends stand, no current view can show them (hidden behind
+                # locomotives on nearer tracks, or where views meet): it has not been seen
+                # to leave, so it is kept, with the confidence of a guess.
+                p = p.model_copy(update={"confidence": min(p.confidence, 0.5)})
             result.append(p)
         result.sort(key=lambda loco: loco.span[0])
         return result, next_id
 
-    def _looked_at(self, track_id: str, position_m: float, end: _End, state: FusionState) -> bool:
-        """Whether a view as recent as ``end``'s covers ``position_m`` (and so would show an
-        end standing there)."""
+    def _in_view(
+        self,
+        camera_id: str,
+        track_id: str,
+        position_m: float,
+        occluders: list[tuple[str, float, float]] | None = None,
+    ) -> bool:
+        """Whether ``camera_id`` shows ``position_m`` well inside its image, not hidden.
+
+        An end within ``view_edge_m`` of an image edge is cut off there and often not
+        detected, so such a spot does not count as seen; the track's own ends are not image
+        edges. An end behind a locomotive on a nearer track (``occluders``) is not seen either.
+        """
         cfg = self.config
-        since = end.seen_at - timedelta(seconds=cfg.sync_window_s)
+        margin = cfg.view_edge_m
+        length = cfg.track_lengths.get(track_id)
+        inside = False
+        for lo, hi in cfg.coverage.get(camera_id, {}).get(track_id, []):
+            lo_edge = lo + (0.0 if lo <= 0.0 else margin)
+            hi_edge = hi - (0.0 if length is not None and hi >= length else margin)
+            if lo_edge <= position_m <= hi_edge:
+                inside = True
+                break
+        if not inside:
+            return False
+        return not (
+            occluders
+            and hidden_behind(
+                cfg.sightlines.get(camera_id, {}),
+                track_id,
+                position_m,
+                occluders,
+                -cfg.occluder_inset_m,
+            )
+        )
+
+    @staticmethod
+    def _occluders(state: FusionState) -> list[tuple[str, float, float]]:
+        """(track, low, high) of every locomotive the state holds: what may hide ends."""
+        return [(loco.track_id, *loco.span) for loco in state.locomotives]
+
+    def _shown(
+        self,
+        track_id: str,
+        position_m: float,
+        since: datetime,
+        state: FusionState,
+        occlusion: bool = False,
+    ) -> bool:
+        """Whether a view captured at or after ``since`` shows ``position_m`` (and so would
+        show an end standing there); with ``occlusion``, not where the state's locomotives on
+        nearer tracks may hide it."""
+        occluders = self._occluders(state) if occlusion else None
         return any(
-            v.captured_at >= since
-            and covers(cfg.coverage.get(v.camera_id, {}).get(track_id, []), position_m)
+            v.captured_at >= since and self._in_view(v.camera_id, track_id, position_m, occluders)
             for v in state.views.values()
+        )
+
+    def _looked_at(self, track_id: str, position_m: float, end: _End, state: FusionState) -> bool:
+        """Whether a view as recent as ``end``'s shows ``position_m``, not hidden."""
+        since = end.seen_at - timedelta(seconds=self.config.sync_window_s)
+        return self._shown(track_id, position_m, since, state, occlusion=True)
+
+    def _blind_spot(
+        self, track_id: str, position_m: float, state: FusionState | None = None
+    ) -> bool:
+        """Whether no enabled camera shows ``position_m`` well: views meet or miss there, or
+        locomotives of ``state`` on nearer tracks hide it from every camera that could."""
+        cfg = self.config
+        occluders = self._occluders(state) if state is not None else None
+        return not any(
+            self._in_view(cam, track_id, position_m, occluders)
+            for cam in cfg.camera_ids or tuple(cfg.coverage)
+            if cam not in cfg.disabled_cameras
+        )
+
+    def _out_of_sight(self, loco: TrackedLocomotive, now: datetime, state: FusionState) -> bool:
+        """Whether no current view shows either end of ``loco`` that stands on its track."""
+        since = now - timedelta(seconds=self.config.sync_window_s)
+        others = state.model_copy(
+            update={
+                "locomotives": tuple(
+                    x for x in state.locomotives if x.locomotive_id != loco.locomotive_id
+                )
+            }
+        )
+        spots = [
+            self._raw_end(loco, kind)
+            for kind in END_KINDS
+            if self._on_track(loco.track_id, loco.head_m if kind == "head" else loco.tail_m)
+        ]
+        return bool(spots) and not any(
+            self._shown(loco.track_id, spot, since, others, occlusion=True) for spot in spots
         )
 
     def _on_track(self, track_id: str, *positions: float) -> bool:
         length = self.config.track_lengths.get(track_id)
         return length is None or all(0.0 <= p <= length for p in positions)
 
-    def _partly_outside(
+    def _other_end_unseen(
         self, track_id: str, end: _End, ends: list[_End], state: FusionState
     ) -> tuple[float, float] | None:
-        """(head_m, tail_m) of a locomotive whose only visible end is ``end`` and whose body
-        runs off the track, or None when that is not the only explanation.
+        """(head_m, tail_m) of a locomotive whose only visible end is ``end`` and whose other
+        end stands where no camera can show it, or None when that is not the only explanation.
 
-        Each (direction, model) is a hypothesis. One whose other end would stand on the track
-        is ruled out when a current view covers that spot (it would have been seen) and makes
-        the case ambiguous otherwise; one whose other end lies beyond the track end stands
-        when nothing else stands in between. All standing hypotheses must agree on the
-        direction.
+        Each (direction, model) is a hypothesis for where the other end stands. One whose
+        other end would be in a current view is ruled out (it would have been seen); one
+        whose other end would be in a view that has not reported yet makes the case ambiguous
+        (wait); one whose other end lies beyond the track end (outside the depot) or in a
+        blind spot (where neighbouring views meet) stands when no other end lies in between.
+        All standing hypotheses must agree on the direction.
         """
         cfg = self.config
         track_length = cfg.track_lengths.get(track_id)
@@ -656,32 +874,46 @@ class FusionCore:
         standing: list[tuple[float, float, str]] = []
         for direction in (-1.0, 1.0):  # where the body lies, seen from this end
             true_end = end.position_m - direction * off
-            boundary = 0.0 if direction < 0 else track_length
-            lo, hi = sorted((true_end, boundary))
-            blocked = any(lo < e.position_m < hi for e in ends if e is not end)
             for model, length in cfg.model_lengths.items():
                 far = true_end + direction * length
                 if 0.0 <= far <= track_length:
-                    if not self._looked_at(track_id, far - direction * off, end, state):
-                        return None
-                    continue
-                if not blocked:
+                    spot = far - direction * off
+                    if self._looked_at(track_id, spot, end, state):
+                        continue  # a current view shows that spot empty: not this model
+                    if not self._blind_spot(track_id, spot, state):
+                        return None  # a camera would show it but has not reported yet: wait
+                    # No camera shows that spot well (views meet there): the other end may
+                    # stand there unseen.
+                lo, hi = sorted((true_end, min(max(far, 0.0), track_length)))
+                if not any(lo < e.position_m < hi for e in ends if e is not end):
                     standing.append((direction, length, model))
-        if not standing or len({d for d, _, _ in standing}) != 1:
+        if not standing:
             return None
-        direction = standing[0][0]
+        # A plate/model reading waiting on the body of a hypothesis says which model it is,
+        # and so which way the body runs when the views leave both ways open.
+        votes: dict[tuple[float, str], float] = defaultdict(float)
+        for direction, length, model in standing:
+            true_end = end.position_m - direction * off
+            lo, hi = sorted((true_end, true_end + direction * length))
+            for v in state.pending_votes:
+                if (
+                    v.track_id == track_id
+                    and self._vote_model(v) == model
+                    and lo - 1.5 <= v.position_m <= hi + 1.5
+                ):
+                    votes[(direction, model)] += max(v.model_confidence, v.plate_confidence)
+        ways = Counter(d for d, _, _ in standing).most_common()
+        if votes:
+            direction, model = max(votes, key=lambda k: votes[k])
+            length = cfg.model_lengths[model]
+        elif len(ways) == 1 or ways[0][1] > ways[1][1]:
+            # The way more models fit is the likelier one; without a reading, the shortest
+            # model that fits that way is the least committal guess.
+            direction = ways[0][0]
+            length = min(length for d, length, _ in standing if d == direction)
+        else:
+            return None  # the body may run either way: wait for a plate or for movement
         true_end = end.position_m - direction * off
-        # A plate/model reading waiting near this end says which model it is; without one,
-        # the shortest model that sticks out is the least committal guess.
-        votes: dict[str, float] = defaultdict(float)
-        reach = max(length for _, length, _ in standing)
-        lo, hi = sorted((true_end, true_end + direction * reach))
-        for v in state.pending_votes:
-            if v.track_id == track_id and v.model and lo - 1.5 <= v.position_m <= hi + 1.5:
-                votes[v.model] += v.model_confidence
-        candidates = {model: length for _, length, model in standing}
-        voted = [m for m in sorted(votes, key=lambda m: -votes[m]) if m in candidates]
-        length = candidates[voted[0]] if voted else min(candidates.values())
         far = true_end + direction * length
         return (true_end, far) if end.kind == "head" else (far, true_end)
 
@@ -719,6 +951,16 @@ class FusionCore:
         )
 
     # ---- output
+
+    def _vote_model(self, vote: PlateVote) -> str | None:
+        """The model a reading names: its model, else the model whose pattern its plate fits."""
+        if vote.model:
+            return vote.model
+        if vote.plate:
+            for name, pattern in self._plate_res.items():
+                if pattern.fullmatch(vote.plate):
+                    return name
+        return None
 
     def identity_of(
         self, loco: TrackedLocomotive, from_length: bool = True

@@ -113,6 +113,13 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
     default=None,
     help="Redraw the status table in place (default: when stdout is a terminal).",
 )
+@click.option(
+    "--scenario",
+    default="depot-day",
+    show_default=True,
+    help="Simulator scenario (`depotwatch sim scenarios`, or a YAML path); with --sim only.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Simulator scenario seed.")
 def up_command(
     config_path: Path | None,
     sim: bool | None,
@@ -123,6 +130,8 @@ def up_command(
     skip: tuple[str, ...],
     data_dir: Path | None,
     live: bool | None,
+    scenario: str,
+    seed: int,
 ) -> None:
     """Run the whole pipeline: infrastructure, cameras, captures, aggregator, estimators,
     state estimators and dashboard, restarted when they crash, stopped together on Ctrl-C.
@@ -169,6 +178,13 @@ def up_command(
             if sim
             else "cameras: real (sources are not the local simulator; --sim forces it)"
         )
+    if sim:
+        from services.simulator.world import ScenarioError, load_scenario
+
+        try:
+            load_scenario(scenario)
+        except ScenarioError as exc:
+            raise click.UsageError(f"--scenario: {exc}") from None
     if external is None:
         # Endpoints set in the environment mean "use these": one command for both worlds.
         external = "bootstrap_servers" in settings.kafka.model_fields_set or (
@@ -249,6 +265,8 @@ def up_command(
         dashboard_port=dash.port if dashboard_port is None else dashboard_port,
         dashboard=not no_dashboard,
         skip=skip,
+        scenario=scenario,
+        seed=seed,
     )
     supervisor = Supervisor(cfg, options, env, data_dir_path, console.say, cwd=Path.cwd())
     if stop["requested"]:

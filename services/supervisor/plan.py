@@ -54,6 +54,10 @@ class PlanOptions:
     dashboard: bool = True
     skip: Sequence[str] = ()
     """Services not to run, by command (``plate-ocr``) or name (``capture/cam-s1``)."""
+    scenario: str = "depot-day"
+    """Simulator scenario served when ``simulate``."""
+    seed: int = 1
+    """Seed of the simulator scenario."""
 
 
 def capture_spec(camera: Camera, config_path: Path) -> ServiceSpec:
@@ -71,7 +75,17 @@ def plan_services(cfg: FacilityConfig, opts: PlanOptions) -> list[ServiceSpec]:
     path = str(opts.config_path)
     specs: list[ServiceSpec] = []
     if opts.simulate:
-        specs.append(ServiceSpec("sim", ("sim", "serve", "--config", path), "sim", metrics=False))
+        argv = (
+            "sim",
+            "serve",
+            "--config",
+            path,
+            "--scenario",
+            opts.scenario,
+            "--seed",
+            str(opts.seed),
+        )
+        specs.append(ServiceSpec("sim", argv, "sim", metrics=False))
     specs.append(ServiceSpec("aggregator", ("aggregator", "--config", path), "aggregator"))
     specs += [capture_spec(c, opts.config_path) for c in cfg.enabled_cameras]
     flows = [f for f in cfg.flows if opts.flows is None or f in opts.flows]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,9 @@ def test_serve_publishes_ground_truth_and_stops_cleanly(
         assert len(truths) >= 3
         assert truths[0].locomotives[0].head_m == 10.0
         assert truths[0].facility_id == "depot-north"
+        # Stamped with the wall clock, as captures stamp frames, so the two can be paired.
+        assert abs((datetime.now(UTC) - truths[-1].at).total_seconds()) < 60
+        assert [t.tick for t in truths[:3]] == [0, 1, 2]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:

@@ -312,8 +312,9 @@ def test_locomotive_partly_outside_the_gate_is_placed_from_its_visible_end(
     core: FusionCore,
 ) -> None:
     # A TE33A (21.7 m) arriving on T1: cab at 8.0 inside, coupler end at -13.7 outside the
-    # depot. Every camera on T1 reports, so where its coupler end could stand on the track
-    # has been looked at: the body can only run out through the gate.
+    # depot. Every camera on T1 reports. A body running inwards would put the coupler end at
+    # 24.2-29.4 m: cam-s3 shows nothing there, except where its view meets cam-s2's (a TEM2
+    # or ChME3 could hide its end there). Every model fits running out of the gate: likelier.
     def frames(seq: int, at_s: float) -> list[Message]:
         return [
             position("cam-s1", seq, at_s, end("head", "T1", 8.0 - OFFSET)),
@@ -331,6 +332,55 @@ def test_locomotive_partly_outside_the_gate_is_placed_from_its_visible_end(
     (loco,) = locos(core.render(state), "T1")
     assert (loco.head_m, loco.tail_m) == pytest.approx((8.0, 8.0 - 21.7), abs=0.01)
     assert loco.model == "TE33A"
+
+
+def test_locomotive_deep_inside_the_gate_is_placed_with_the_shortest_model(
+    core: FusionCore,
+) -> None:
+    # Cab at 3.0 on T1, every camera reports: a body running inwards would put the coupler
+    # end at 19.7-24.4 m, inside cam-s2's view, which shows nothing there. It runs out.
+    state = feed(
+        core,
+        [
+            position("cam-s1", 0, 0.0, end("head", "T1", 3.0 - OFFSET)),
+            *(position(c, 0, 0.0) for c in ("cam-s2", "cam-s3", "cam-s4")),
+        ],
+    )
+    (loco,) = locos(core.render(state), "T1")
+    assert loco.head_m == pytest.approx(3.0, abs=0.01)
+    assert loco.tail_m == pytest.approx(3.0 - 16.97, abs=0.01)  # shortest model: TEM2
+
+
+def test_end_whose_partner_stands_where_two_views_meet_is_placed(core: FusionCore) -> None:
+    # Two locomotives coupled on T1: a TEM2 (1.8-18.77) and a ChME3 whose cab is at 18.95 and
+    # whose coupler end is at 36.17, right where cam-s3's and cam-s4's views meet, so no
+    # camera detects it. The ChME3's cab cannot belong to a body running towards the gate
+    # (the TEM2's ends are in the way): its coupler end stands unseen in the seam.
+    def frames(seq: int, at_s: float) -> list[Message]:
+        return [
+            position("cam-s1", seq, at_s, end("head", "T1", 1.8 + OFFSET)),
+            position(
+                "cam-s2",
+                seq,
+                at_s,
+                end("tail", "T1", 18.77 - OFFSET),
+                end("head", "T1", 18.95 + OFFSET),
+            ),
+            *(position(c, seq, at_s) for c in ("cam-s3", "cam-s4")),
+        ]
+
+    state = feed(core, frames(0, 0.0))
+    first, second = locos(core.render(state), "T1")
+    assert (first.head_m, first.tail_m) == pytest.approx((1.8, 18.77), abs=0.01)
+    assert second.head_m == pytest.approx(18.95, abs=0.01)
+    assert second.tail_m == pytest.approx(18.95 + 16.97, abs=0.01)  # shortest model fits
+    # Its plate says ChME3 (17.22 m): the unseen end moves to that length.
+    state = feed(
+        core, [identity("cam-s2", 1, 0.5, "T1", 20.0, "ChME3-5752"), *frames(1, 0.5)], state
+    )
+    _, second = locos(core.render(state), "T1")
+    assert second.tail_m == pytest.approx(18.95 + 17.22, abs=0.01)
+    assert second.plate == "ChME3-5752"
 
 
 def test_lone_end_is_not_placed_while_its_partner_could_be_unseen(core: FusionCore) -> None:
@@ -364,3 +414,70 @@ def test_two_locomotives_coupled_tail_to_tail_seen_from_both_walls(core: FusionC
     assert found[1] == pytest.approx((33.0, 11.3), abs=0.2)
     assert found[0][1] == pytest.approx(10.62, abs=0.2)
     assert found[0][0] < 0
+
+
+def test_a_plate_splits_ends_of_two_locomotives_that_fit_one_length(core: FusionCore) -> None:
+    # On T2: a TE33A with its cab at 18.96 runs out of the gate (coupler end at -2.74), and
+    # another locomotive's coupler end stands at 37.0 with its body running out past 48 m.
+    # The two visible ends, 18.3 m apart, fit a 2TE116 (18.15 m): alone they look like one.
+    # The TE33A's plate, read beside its cab, names a model that does not fit: two.
+    cameras = ("cam-s1", "cam-s2", "cam-s3", "cam-s4", "cam-n1", "cam-n2", "cam-n3", "cam-n4")
+
+    def frames(seq: int, at_s: float) -> list[Message]:
+        seen = {
+            "cam-s2": [end("head", "T2", 18.96 - OFFSET)],
+            "cam-s4": [end("tail", "T2", 37.0 + OFFSET)],
+        }
+        return [position(c, seq, at_s, *seen.get(c, [])) for c in cameras]
+
+    state = feed(core, frames(0, 0.0))
+    assert len(locos(core.render(state), "T2")) == 1  # without the plate: one 2TE116
+    for seq in range(1, 4):
+        state = feed(
+            core,
+            [
+                identity("cam-s2", seq, seq * 0.5, "T2", 16.74, "TE33A-5405"),
+                *frames(seq, seq * 0.5),
+            ],
+            state,
+        )
+    first, second = locos(core.render(state), "T2")
+    assert (first.head_m, first.tail_m) == pytest.approx((18.96, 18.96 - 21.7), abs=0.05)
+    assert first.plate == "TE33A-5405"
+    assert second.tail_m == pytest.approx(37.0, abs=0.05)
+    assert second.head_m > 48.0  # its cab stands outside the depot
+
+
+def test_locomotive_hidden_behind_another_on_a_nearer_track_is_kept(core: FusionCore) -> None:
+    # A TEM2 on T2 (cab 2.0, coupler end 18.97), seen by cam-s1 and cam-s2. Then a TE33A rolls
+    # onto T1 (0.5-22.2) in front of it as cam-s1/s2 see it, and another onto T3 (0.5-22.2)
+    # as cam-n1/n2 see it: the T2 ends disappear from every view. It was not seen to leave.
+    near = {
+        "cam-s1": [end("head", "T1", 0.5 + OFFSET)],
+        "cam-s2": [end("tail", "T1", 22.2 - OFFSET)],
+        "cam-n1": [end("head", "T3", 0.5 + OFFSET)],
+        "cam-n2": [end("tail", "T3", 22.2 - OFFSET)],
+    }
+    cameras = ("cam-s1", "cam-s2", "cam-s3", "cam-s4", "cam-n1", "cam-n2", "cam-n3", "cam-n4")
+
+    def frames(seq: int, at_s: float, hidden: bool) -> list[Message]:
+        out = []
+        for c in cameras:
+            obs = list(near.get(c, [])) if hidden else []
+            if not hidden and c in ("cam-s1", "cam-n1"):
+                obs.append(end("head", "T2", 2.0 + OFFSET))
+            if not hidden and c in ("cam-s2", "cam-n2"):
+                obs.append(end("tail", "T2", 18.97 - OFFSET))
+            out.append(position(c, seq, at_s, *obs))
+        return out
+
+    state = feed(core, frames(0, 0.0, hidden=False))
+    assert len(locos(core.render(state), "T2")) == 1
+    for seq in range(1, 40):  # 20 s, far beyond hold_s
+        state = feed(core, frames(seq, seq * 0.5, hidden=True), state)
+    rendered = core.render(state)
+    assert len(locos(rendered, "T1")) == 1
+    assert len(locos(rendered, "T3")) == 1
+    (kept,) = locos(rendered, "T2")
+    assert (kept.head_m, kept.tail_m) == pytest.approx((2.0, 18.97), abs=0.05)
+    assert kept.confidence <= 0.5
