@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from numpy.typing import NDArray
 
 from schemas.facility import Camera, FacilityConfig, Track
 from schemas.geometry import FloatArray, point_at_position
@@ -20,10 +21,10 @@ SAMPLE_STEP_M = 0.2
 """Resolution of the coverage intervals along a track."""
 
 
-def track_coverage(camera: Camera, track: Track, step_m: float = SAMPLE_STEP_M) -> list[Interval]:
-    """Intervals of ``position_m`` on ``track`` whose floor point lies inside ``camera``'s image."""
-    length = track.length_m
-    positions = np.arange(0.0, length + step_m / 2, step_m)
+def project_track(
+    camera: Camera, track: Track, positions: FloatArray
+) -> tuple[FloatArray, FloatArray, NDArray[np.bool_]]:
+    """(u, v, in_front) of the track's centre line at ``positions`` in ``camera``'s image."""
     floor = np.array([point_at_position(track.polyline, float(p))[0] for p in positions])
     h = camera.floor_to_pixel
     hom = (h @ np.c_[floor, np.ones(len(floor))].T).T
@@ -32,11 +33,17 @@ def track_coverage(camera: Camera, track: Track, step_m: float = SAMPLE_STEP_M) 
     calib = np.array([p.floor for p in camera.calibration], dtype=np.float64)
     w_ref = (h @ np.c_[calib, np.ones(len(calib))].T).T[:, 2]
     sign = 1.0 if float(np.median(w_ref)) > 0 else -1.0
-    w = hom[:, 2] * sign
     with np.errstate(divide="ignore", invalid="ignore"):
         u = hom[:, 0] / hom[:, 2]
         v = hom[:, 1] / hom[:, 2]
-    visible = (w > 1e-9) & (u >= 0) & (u <= camera.width) & (v >= 0) & (v <= camera.height)
+    return u, v, hom[:, 2] * sign > 1e-9
+
+
+def track_coverage(camera: Camera, track: Track, step_m: float = SAMPLE_STEP_M) -> list[Interval]:
+    """Intervals of ``position_m`` on ``track`` whose floor point lies inside ``camera``'s image."""
+    positions = np.arange(0.0, track.length_m + step_m / 2, step_m)
+    u, v, front = project_track(camera, track, positions)
+    visible = front & (u >= 0) & (u <= camera.width) & (v >= 0) & (v <= camera.height)
     intervals: list[Interval] = []
     start: float | None = None
     for pos, vis in zip(positions, visible, strict=True):
@@ -106,18 +113,9 @@ def track_in_image(
     """Image columns and rows of ``track``'s centre line, ``reach_m`` beyond both ends too
     (a locomotive partly outside the depot still hides what stands behind it)."""
     positions = np.arange(-reach_m, track.length_m + reach_m + step_m / 2, step_m)
-    floor = np.array([point_at_position(track.polyline, float(p))[0] for p in positions])
-    h = camera.floor_to_pixel
-    hom = (h @ np.c_[floor, np.ones(len(floor))].T).T
-    calib = np.array([p.floor for p in camera.calibration], dtype=np.float64)
-    w_ref = (h @ np.c_[calib, np.ones(len(calib))].T).T[:, 2]
-    sign = 1.0 if float(np.median(w_ref)) > 0 else -1.0
-    front = hom[:, 2] * sign > 1e-9
+    u, v, front = project_track(camera, track, positions)
     # Keep a wide band around the image: a locomotive just outside the frame does not matter,
     # but points far behind the camera's horizon would wrap around.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = hom[:, 0] / hom[:, 2]
-        v = hom[:, 1] / hom[:, 2]
     keep = front & (np.abs(u - camera.width / 2) <= 2 * camera.width)
     keep &= np.abs(v - camera.height / 2) <= 2 * camera.height
     return TrackInImage(
