@@ -24,14 +24,14 @@ def test_split_yaml(dataset: Path) -> Path:
         raise click.ClickException(
             f"{dataset} has no images/test; write it with `depotwatch sim dataset --out {dataset}`"
         )
-    path = dataset / "test-only.yaml"
-    path.write_text(
-        f"# the test split of {dataset.resolve()}, for `depotwatch eval detector`\n"
-        f"path: {dataset.resolve()}\n"
-        "train: images/test\nval: images/test\ntest: images/test\n"
-        "names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
+    from services.simulator.dataset import write_data_yaml
+
+    return write_data_yaml(
+        dataset / "test-only.yaml",
+        dataset,
+        f"the test split of {dataset.resolve()}, for `depotwatch eval detector`",
+        ("test", "test", "test"),
     )
-    return path
 
 
 @click.command("detector")

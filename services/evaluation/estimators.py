@@ -113,8 +113,8 @@ class OracleDetector:
         ]
 
 
-class _Fixed:
-    """Hands the already computed detections of a batch to the plate reader core."""
+class FixedDetections:
+    """Hands already computed detections of a batch to an estimator core (detect once)."""
 
     def __init__(self, detections: list[list[Detection]]) -> None:
         self.detections = detections
@@ -163,7 +163,7 @@ def score_estimators(
             seq += 1
         identities = IdentityEstimator(
             facility=lambda: facility,
-            detector=_Fixed(dets),
+            detector=FixedDetections(dets),
             recogniser=recogniser,
             flow="eval",
             estimator="evaluation",

@@ -13,7 +13,7 @@ detector-quality input, independent of the detector's own accuracy.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,18 +22,18 @@ import click
 import cv2
 import numpy as np
 
-from schemas.estimates import Detection, IdentityEstimate, PositionEstimate, TrackObservation
+from schemas.estimates import IdentityEstimate, PositionEstimate, TrackObservation
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import AgreementSummary, summarise
+from services.evaluation.estimators import FixedDetections
 from services.plate_ocr.identity import TextRecogniser
 from services.position_estimator.estimator import BatchDetector, to_frame_pixels
 from services.runtime.frames import (
     REDUCED_DECODE,
     DecodedFrame,
     FrameOutcome,
-    Image,
     Rejected,
     decode_reduction,
 )
@@ -169,16 +169,6 @@ def modelled_estimates(
     return arrivals, truths
 
 
-class _Fixed:
-    """Hands already computed detections to an estimator core (detect once, use twice)."""
-
-    def __init__(self, detections: list[list[Detection]]) -> None:
-        self.detections = detections
-
-    def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
-        return self.detections
-
-
 def rendered_estimates(
     facility: FacilityConfig,
     scenario: str,
@@ -208,7 +198,6 @@ def rendered_estimates(
     imgsz = stages.position_estimator.imgsz if stages.position_estimator else None
     sim = Simulation(facility, load_scenario(scenario), seed, tick_s=1.0 / fps)
     renderer = Renderer(facility)
-    positions = PositionEstimator(lambda: facility, detector, flow, "evaluation", "evaluation")
     arrivals: list[Arrival] = []
     truths: list[GroundTruth] = []
     ticks = sim.ticks if max_ticks is None else min(max_ticks, sim.ticks)
@@ -236,12 +225,14 @@ def rendered_estimates(
             to_frame_pixels(d, f.scale)
             for d, f in zip(detector.detect([f.image for f in frames]), frames, strict=True)
         ]
-        positions.detector = _Fixed(detections)
+        positions = PositionEstimator(
+            lambda: facility, FixedDetections(detections), flow, "evaluation", "evaluation"
+        )
         outcomes: list[FrameOutcome] = list(positions(full))
         if plate_settings is not None:
             reader = IdentityEstimator(
                 lambda: facility,
-                _Fixed(detections),
+                FixedDetections(detections),
                 recogniser,
                 flow,
                 "evaluation",

@@ -115,9 +115,18 @@ def write_dataset(
                     if progress:
                         progress(f"{plan.name}: {scenario_name} seed {seed}: {dict(count)}")
         counts[plan.name] = count
-    (out / "data.yaml").write_text(
-        f"# depotwatch simulator dataset\npath: {out.resolve()}\n"
-        "train: images/train\nval: images/val\ntest: images/test\n"
+    write_data_yaml(out / "data.yaml", out, "depotwatch simulator dataset")
+    return counts
+
+
+def write_data_yaml(
+    path: Path, root: Path, comment: str, splits: tuple[str, str, str] = ("train", "val", "test")
+) -> Path:
+    """Write an ultralytics data YAML for ``root``: ``images/<split>`` for train, val, test."""
+    train, val, test = splits
+    path.write_text(
+        f"# {comment}\npath: {root.resolve()}\n"
+        f"train: images/{train}\nval: images/{val}\ntest: images/{test}\n"
         "names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
     )
-    return counts
+    return path

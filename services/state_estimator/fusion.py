@@ -660,30 +660,29 @@ class FusionCore:
             misfit = model is not None and (
                 abs(cfg.model_lengths[model] - match.length_m) > cfg.read_model_tolerance_m
             )
-            if misfit and other_seen:
-                # Its other end is seen where it was, but a plate names a model that does not
-                # fit between the two: they are ends of two locomotives, wrongly paired.
+            # The unseen end is outside the depot or where no camera shows it: its place
+            # follows from the model's length once a reading says which model this is.
+            movable = (
+                model is not None
+                and not (misfit and other_seen)
+                and (
+                    not self._on_track(track_id, unseen)
+                    or self._blind_spot(track_id, unseen, state)
+                )
+            )
+            if misfit and not movable:
+                # A plate names a model that does not fit between this end and the other end,
+                # which a camera shows where it was: ends of two locomotives, wrongly paired.
                 refuted.append(end)
                 refuted_ids.add(match.locomotive_id)
                 continue
-            if model is not None and (
-                not self._on_track(track_id, unseen) or self._blind_spot(track_id, unseen, state)
-            ):
-                # The unseen end is outside the depot or where no camera shows it: its place
-                # follows from the model's length once a reading says which model this is.
+            if movable:
+                assert model is not None
                 length = cfg.model_lengths[model]
                 if end.kind == "head":
                     tail_m = head_m + match.direction * length
                 else:
                     head_m = tail_m - match.direction * length
-            elif model is not None and (
-                abs(cfg.model_lengths[model] - match.length_m) > cfg.read_model_tolerance_m
-            ):
-                # A plate names a model that cannot stand here with its other end where a
-                # camera shows it: these ends were wrongly paired into this locomotive.
-                refuted.append(end)
-                refuted_ids.add(match.locomotive_id)
-                continue
             remaining.remove(match)
             result.append(
                 match.model_copy(
@@ -761,13 +760,12 @@ class FusionCore:
         cfg = self.config
         margin = cfg.view_edge_m
         length = cfg.track_lengths.get(track_id)
-        inside = False
-        for lo, hi in cfg.coverage.get(camera_id, {}).get(track_id, []):
-            lo_edge = lo + (0.0 if lo <= 0.0 else margin)
-            hi_edge = hi - (0.0 if length is not None and hi >= length else margin)
-            if lo_edge <= position_m <= hi_edge:
-                inside = True
-                break
+        inside = any(
+            lo + (0.0 if lo <= 0.0 else margin)
+            <= position_m
+            <= hi - (0.0 if length is not None and hi >= length else margin)
+            for lo, hi in cfg.coverage.get(camera_id, {}).get(track_id, [])
+        )
         if not inside:
             return False
         return not (
@@ -824,20 +822,13 @@ class FusionCore:
     def _out_of_sight(self, loco: TrackedLocomotive, now: datetime, state: FusionState) -> bool:
         """Whether no current view shows either end of ``loco`` that stands on its track."""
         since = now - timedelta(seconds=self.config.sync_window_s)
-        others = state.model_copy(
-            update={
-                "locomotives": tuple(
-                    x for x in state.locomotives if x.locomotive_id != loco.locomotive_id
-                )
-            }
-        )
         spots = [
             self._raw_end(loco, kind)
             for kind in END_KINDS
             if self._on_track(loco.track_id, loco.head_m if kind == "head" else loco.tail_m)
         ]
         return bool(spots) and not any(
-            self._shown(loco.track_id, spot, since, others, occlusion=True) for spot in spots
+            self._shown(loco.track_id, spot, since, state, occlusion=True) for spot in spots
         )
 
     def _on_track(self, track_id: str, *positions: float) -> bool:
@@ -892,16 +883,13 @@ class FusionCore:
         # A plate/model reading waiting on the body of a hypothesis says which model it is,
         # and so which way the body runs when the views leave both ways open.
         votes: dict[tuple[float, str], float] = defaultdict(float)
+        readings = self._readings(track_id, [], state)
         for direction, length, model in standing:
             true_end = end.position_m - direction * off
             lo, hi = sorted((true_end, true_end + direction * length))
-            for v in state.pending_votes:
-                if (
-                    v.track_id == track_id
-                    and self._vote_model(v) == model
-                    and lo - 1.5 <= v.position_m <= hi + 1.5
-                ):
-                    votes[(direction, model)] += max(v.model_confidence, v.plate_confidence)
+            for position, read, weight in readings:
+                if read == model and lo - 1.5 <= position <= hi + 1.5:
+                    votes[(direction, model)] += weight
         ways = Counter(d for d, _, _ in standing).most_common()
         if votes:
             direction, model = max(votes, key=lambda k: votes[k])
