@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -209,10 +210,10 @@ def test_killed_service_restarts_without_losing_frames(
     unique_name: Callable[[str], str],
     dev_weights: Path,
 ) -> None:
-    """SIGKILL mid-run, restart: every frame gets an estimate; repeats only from the last batch."""
+    """SIGKILL mid-run, restart: every frame gets an estimate; only uncommitted ones twice."""
     facility = load_facility(ROOT / "facility.yaml")
     cases = render_cases(facility, [0, 100], ["cam-s1", "cam-s2", "cam-n1", "cam-n2"])
-    cases = (cases * 5)[:36]
+    cases = (cases * 12)[:96]
     frames_topic = unique_name("frames")
     path = flow_facility(tmp_path, flow, weights=dev_weights)
     create_topics(stack_settings, flow, frames_topic)
@@ -255,8 +256,16 @@ def test_killed_service_restarts_without_losing_frames(
         first = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE)
         procs.append(first)
         before = collect(reader, lambda out: len(out) >= 4, timeout=120)
+        # Kill it once it has committed some work, so both sides of the commit are tested.
+        group = f"position-estimator.{flow}"
+        deadline = time.monotonic() + 60
+        while not committed_offsets(stack_settings, group, frames_topic):
+            assert time.monotonic() < deadline, "the service committed no offsets within 60 s"
+            time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+        committed = committed_offsets(stack_settings, group, frames_topic)
+        assert sum(committed.values()) < len(refs), "the first run finished before it was killed"
         seen = {r.message.frame.seq for r in before}
         assert len(seen) < len(refs), "the first run finished before it could be killed"
         port = free_port()
@@ -291,9 +300,40 @@ def test_killed_service_restarts_without_losing_frames(
                 p.wait(timeout=30)
     counts = Counter(r.message.frame.seq for r in before + after)
     assert set(counts) == {r.seq for r in refs}
-    # At least once: frames of batches that were done but not yet committed come again.
-    repeated = sum(n - 1 for n in counts.values())
-    assert repeated <= len(refs) // 2, counts
+    # At least once, and exactly the uncommitted work again: a frame whose offset was committed
+    # when the first run died is estimated once; only frames after the commit may come twice.
+    where = frame_offsets(stack_settings, producer, frames_topic, len(refs), unique_name("offsets"))
+    for seq, n in counts.items():
+        partition, offset = where[seq]
+        if offset < committed.get(partition, 0):
+            assert n == 1, f"frame {seq} (offset {offset}) was committed, yet estimated {n} times"
+    repeated = {seq for seq, n in counts.items() if n > 1}
+    assert all(where[seq][1] >= committed.get(where[seq][0], 0) for seq in repeated), counts
+
+
+def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """Offsets ``group`` has committed on each partition of ``topic`` (none: left out)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        got = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+
+
+def frame_offsets(
+    settings: Settings, producer: MessageProducer, topic: str, count: int, group: str
+) -> dict[int, tuple[int, int]]:
+    """frame seq -> (partition, offset) of its ref on ``topic``."""
+    reader = output_consumer(settings, producer, topic, FrameRef, group)
+    try:
+        got = collect(reader, lambda out: len(out) >= count)
+    finally:
+        reader.close()
+    return {r.message.seq: (r.partition, r.offset) for r in got}
 
 
 def test_unknown_flow_and_missing_stage_are_one_line_errors(tmp_path: Path) -> None:
