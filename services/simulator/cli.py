@@ -272,3 +272,51 @@ def calibrate_command(config_path: Path, camera_ids: tuple[str, ...]) -> None:
             continue
         out[cam.id] = {"calibration": calibration_from_pose(cam)}
     click.echo(yaml.safe_dump(out, sort_keys=False, default_flow_style=None).rstrip())
+
+
+@sim.command("facility")
+@click.option("--seed", type=int, required=True, help="Depot seed: the same seed, the same depot.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the facility YAML here (default: print it).",
+)
+@click.option(
+    "--scenario-seed",
+    type=int,
+    default=None,
+    help="Also write the generated scenario of this seed (to --scenario-out).",
+)
+@click.option(
+    "--scenario-out", type=click.Path(path_type=Path), default=None, help="Scenario YAML path."
+)
+def facility_command(
+    seed: int, out: Path | None, scenario_seed: int | None, scenario_out: Path | None
+) -> None:
+    """A random but plausible depot (facility YAML), deterministic per --seed.
+
+    2-6 straight or gently curved tracks with gates and buffer stops, 4-20 cameras on the
+    walls or the roof calibrated from their poses (no camera sees a whole locomotive), the
+    shipped fleet plus up to two models of this depot only. Gates are named in track names.
+    """
+    import yaml
+
+    from services.simulator.generated_depot import generate_depot as depot_of
+    from services.simulator.generated_depot import generate_depot_data, generate_scenario
+
+    data, _ = generate_depot_data(seed)
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    if out is None:
+        click.echo(text.rstrip())
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+    if scenario_seed is not None:
+        if scenario_out is None:
+            raise click.UsageError("--scenario-seed needs --scenario-out PATH")
+        scenario = generate_scenario(depot_of(seed), scenario_seed)
+        scenario_out.write_text(
+            yaml.safe_dump(scenario.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        )
+        click.echo(f"wrote {scenario_out}")
