@@ -12,6 +12,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,8 @@ class Placed:
     head_inside: bool = True
     tail_inside: bool = True
     """False for a true end beyond the track's end (outside the depot, unobservable)."""
+    legible: bool = False
+    """Truth only: some camera has read this plate correctly so far."""
 
     @property
     def centre(self) -> float:
@@ -66,6 +69,13 @@ class SnapshotComparison:
     identity_matches: int
     identity_total: int
     """Matched locomotives whose plate agrees / matched locomotives A knows the plate of."""
+    identity_unknown: int = 0
+    """Of ``identity_total``: B shows no plate."""
+    identity_wrong: int = 0
+    """Of ``identity_total``: B shows a different plate."""
+    legible_total: int = 0
+    legible_identified: int = 0
+    """Matched locomotives whose plate was legible so far / of those, B shows the right plate."""
 
     @property
     def counts_agree(self) -> bool:
@@ -83,21 +93,31 @@ def placed_from_state(state: FacilityState) -> list[Placed]:
 
 
 def placed_from_truth(
-    truth: GroundTruth, track_lengths: Mapping[str, float] | None = None
+    truth: GroundTruth,
+    track_lengths: Mapping[str, float] | None = None,
+    observable: AbstractSet[str] | None = None,
+    legible: AbstractSet[str] = frozenset(),
 ) -> list[Placed]:
     """The locomotives the simulator placed.
 
     With ``track_lengths``, ends beyond the track's end (outside the depot) are left out of
     the position error, and a locomotive whose cab (and so its plate) stands outside has no
-    plate to be read: it is left out of the identity score, not counted as wrong.
+    plate to be read: it is left out of the identity score, not counted as wrong. With
+    ``observable``, only those locomotives are kept (no camera has seen the others yet);
+    ``legible`` marks those whose plate some camera has read correctly so far.
     """
     out = []
     for x in truth.locomotives:
+        if observable is not None and x.locomotive_id not in observable:
+            continue
         length = (track_lengths or {}).get(x.track_id)
         head_in = length is None or 0.0 <= x.head_m <= length
         tail_in = length is None or 0.0 <= x.tail_m <= length
         plate = x.plate if head_in else None
-        out.append(Placed(x.track_id, x.head_m, x.tail_m, plate, x.model, head_in, tail_in))
+        seen_plate = x.locomotive_id in legible
+        out.append(
+            Placed(x.track_id, x.head_m, x.tail_m, plate, x.model, head_in, tail_in, seen_plate)
+        )
     return out
 
 
@@ -107,7 +127,7 @@ def compare_placed(
     """Match B's locomotives to A's per track (nearest centres first) and score them."""
     counts = {t: (0, 0) for t in tracks}
     errors: list[float] = []
-    id_ok = id_total = 0
+    id_ok = id_total = id_unknown = id_wrong = legible_total = legible_ok = 0
     for track in sorted(set(tracks) | {p.track_id for p in (*a, *b)}):
         in_a = [p for p in a if p.track_id == track]
         in_b = [p for p in b if p.track_id == track]
@@ -133,7 +153,14 @@ def compare_placed(
             if pa.plate is not None:
                 id_total += 1
                 id_ok += int(pa.plate == pb.plate)
-    return SnapshotComparison(counts, errors, id_ok, id_total)
+                id_unknown += int(pb.plate is None)
+                id_wrong += int(pb.plate is not None and pb.plate != pa.plate)
+                if pa.legible:
+                    legible_total += 1
+                    legible_ok += int(pa.plate == pb.plate)
+    return SnapshotComparison(
+        counts, errors, id_ok, id_total, id_unknown, id_wrong, legible_total, legible_ok
+    )
 
 
 def compare_states(a: FacilityState, b: FacilityState) -> SnapshotComparison:
@@ -143,11 +170,16 @@ def compare_states(a: FacilityState, b: FacilityState) -> SnapshotComparison:
 
 
 def compare_to_truth(
-    truth: GroundTruth, state: FacilityState, track_lengths: Mapping[str, float] | None = None
+    truth: GroundTruth,
+    state: FacilityState,
+    track_lengths: Mapping[str, float] | None = None,
+    observable: AbstractSet[str] | None = None,
+    legible: AbstractSet[str] = frozenset(),
 ) -> SnapshotComparison:
-    """Accuracy of a flow's state against the simulator's ground truth."""
+    """Accuracy of a flow's state against the simulator's ground truth (see placed_from_truth)."""
     tracks = [t.track_id for t in state.tracks]
-    return compare_placed(placed_from_truth(truth, track_lengths), placed_from_state(state), tracks)
+    truth_placed = placed_from_truth(truth, track_lengths, observable, legible)
+    return compare_placed(truth_placed, placed_from_state(state), tracks)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -169,6 +201,10 @@ class AgreementSummary:
     end_errors_m: list[float] = field(default_factory=list)
     identity_matches: int = 0
     identity_total: int = 0
+    identity_unknown: int = 0
+    identity_wrong: int = 0
+    legible_total: int = 0
+    legible_identified: int = 0
 
     def add(self, c: SnapshotComparison) -> None:
         """Fold one snapshot in."""
@@ -179,6 +215,10 @@ class AgreementSummary:
         self.end_errors_m += c.end_errors_m
         self.identity_matches += c.identity_matches
         self.identity_total += c.identity_total
+        self.identity_unknown += c.identity_unknown
+        self.identity_wrong += c.identity_wrong
+        self.legible_total += c.legible_total
+        self.legible_identified += c.legible_identified
 
     @property
     def count_rate(self) -> float | None:
@@ -189,6 +229,21 @@ class AgreementSummary:
     def identity_rate(self) -> float | None:
         """Fraction of matched locomotives whose plate agrees."""
         return self.identity_matches / self.identity_total if self.identity_total else None
+
+    @property
+    def unknown_rate(self) -> float | None:
+        """Fraction of matched locomotives whose plate the state does not show."""
+        return self.identity_unknown / self.identity_total if self.identity_total else None
+
+    @property
+    def wrong_rate(self) -> float | None:
+        """Fraction of matched locomotives shown with another locomotive's plate."""
+        return self.identity_wrong / self.identity_total if self.identity_total else None
+
+    @property
+    def identified_when_legible(self) -> float | None:
+        """Fraction of matched locomotives with a legible-so-far plate that show it right."""
+        return self.legible_identified / self.legible_total if self.legible_total else None
 
     @property
     def median_error_m(self) -> float | None:
@@ -219,7 +274,8 @@ class AgreementSummary:
             f"head/tail difference median: {metres(self.median_error_m)}, "
             f"p95 {metres(self.p95_error_m)} ({len(self.end_errors_m)} ends)",
             f"identity agrees:             {pct(self.identity_rate)} "
-            f"({self.identity_matches}/{self.identity_total})",
+            f"({self.identity_matches}/{self.identity_total}; unknown {pct(self.unknown_rate)}, "
+            f"wrong {pct(self.wrong_rate)})",
         ]
 
 
@@ -256,11 +312,13 @@ def summarise(
     max_skew_s: float = 2.0,
     warmup_s: float = 0.0,
     track_lengths: Mapping[str, float] | None = None,
+    observability: Mapping[int, tuple[AbstractSet[str], AbstractSet[str]]] | None = None,
 ) -> AgreementSummary:
     """Compare every state of B with the reference (flow A's states or ground truth).
 
     ``track_lengths`` (ground truth only) leaves plates outside the depot out of the
-    identity score.
+    identity score. ``observability`` (ground truth only) maps a truth tick to (observable so
+    far, plate legible so far): unobservable locomotives are left out of the comparison.
     """
     summary = AgreementSummary()
     refs: list[tuple[datetime, Any]] = [
@@ -271,7 +329,10 @@ def summarise(
     start = min(at for at, _ in refs) + timedelta(seconds=warmup_s)
     for ref, state in pair_in_time(refs, [s for s in states if s.as_of >= start], max_skew_s):
         if isinstance(ref, GroundTruth):
-            summary.add(compare_to_truth(ref, state, track_lengths))
+            seen, legible = (
+                observability[ref.tick] if observability is not None else (None, frozenset())
+            )
+            summary.add(compare_to_truth(ref, state, track_lengths, seen, legible))
         else:
             summary.add(compare_states(ref, state))
     return summary

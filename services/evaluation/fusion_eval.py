@@ -2,7 +2,8 @@
 
 The simulator's ground truth is turned into what the position estimator and plate reader would
 publish: every camera (unless the scenario takes it down) sees the locomotive ends inside its
-view of each track, placed ``end_offset_m`` inside the true end (the detector's label
+view of each track (not at the edge of the view, not behind another locomotive's body: see
+``observability``), placed ``end_offset_m`` inside the true end (the detector's label
 convention) with Gaussian noise, misses some, reads some plates (a few wrongly), and the
 estimates arrive late and out of order. The fusion core then runs over them in arrival order
 and every snapshot is scored against the truth of its event time, as ``eval pipeline`` does for
@@ -13,21 +14,31 @@ detector-quality input, independent of the detector's own accuracy.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import cv2
 import numpy as np
 
 from schemas.estimates import IdentityEstimate, PositionEstimate, TrackObservation
-from schemas.facility import FacilityConfig
+from schemas.facility import Camera, FacilityConfig
+from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
+from schemas.geometry import FloatArray, point_at_position
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import AgreementSummary, summarise
 from services.evaluation.estimators import FixedDetections
+from services.evaluation.observability import (
+    BODY_HEIGHT_M,
+    BODY_WIDTH_M,
+    locomotive_box,
+    sightlines_blocked,
+)
 from services.plate_ocr.identity import TextRecogniser
 from services.position_estimator.estimator import BatchDetector, to_frame_pixels
 from services.runtime.frames import (
@@ -37,8 +48,10 @@ from services.runtime.frames import (
     Rejected,
     decode_reduction,
 )
-from services.state_estimator.coverage import covers
 from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState
+
+if TYPE_CHECKING:
+    from services.simulator.world import Scenario, WorldState
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,11 @@ class DetectorModel:
     plate_error_rate: float = 0.02
     max_lag_s: float = 1.0
     plate_inset_m: float = 1.0
+    plate_height_m: float = 2.5
+    edge_margin_m: float = 0.3
+    """An end this close to the edge of a view is cut off: not seen."""
+    body_width_m: float = BODY_WIDTH_M
+    body_height_m: float = BODY_HEIGHT_M
 
 
 def _frame(camera: str, seq: int, at: datetime) -> FrameRef:
@@ -84,26 +102,140 @@ def _observation(kind: str, track: str, position: float, conf: float) -> TrackOb
 Arrival = tuple[datetime, PositionEstimate | IdentityEstimate]
 
 
+@dataclass(frozen=True)
+class ModelledRun:
+    """What the modelled detector made of a scenario, and what could be known when."""
+
+    arrivals: list[Arrival]
+    truths: list[GroundTruth]
+    observable: list[frozenset[str]]
+    """Per tick: locomotives some camera has seen an end or the plate of, so far."""
+    legible: list[frozenset[str]]
+    """Per tick: locomotives some camera has read the plate of correctly, so far."""
+
+
 def modelled_estimates(
     facility: FacilityConfig,
-    scenario: str,
+    scenario: str | Scenario,
     seed: int,
     detector: DetectorModel,
     flow: str = "prod",
     fps: float = 2.0,
 ) -> tuple[list[Arrival], list[GroundTruth]]:
     """(estimates with their arrival times, ground truth per tick) of a simulator scenario."""
+    run = modelled_run(facility, scenario, seed, detector, flow, fps)
+    return run.arrivals, run.truths
+
+
+@dataclass(frozen=True)
+class _Sight:
+    """One thing a camera might see this tick: an end or a plate of a locomotive."""
+
+    placement: int
+    kind: str  # head, tail or plate
+    track: str
+    position_m: float
+    point: tuple[float, float, float]
+
+
+def _sights(
+    world: WorldState, facility: FacilityConfig, detector: DetectorModel
+) -> tuple[list[_Sight], FloatArray]:
+    """Ends and plates inside the depot this tick, and every locomotive's body box."""
+    sights: list[_Sight] = []
+    boxes = []
+    for i, p in enumerate(world.placements):
+        track = facility.track(p.identity.track_id)
+        head_xy = point_at_position(track.polyline, p.head_m)[0]
+        tail_xy = point_at_position(track.polyline, p.tail_m)[0]
+        boxes.append(
+            locomotive_box(head_xy, tail_xy, detector.body_width_m, detector.body_height_m)
+        )
+        inward = 1.0 if p.tail_m >= p.head_m else -1.0
+        plate_at = p.head_m + inward * detector.plate_inset_m
+        for kind, at, z in (
+            ("head", p.head_m, 0.0),
+            ("tail", p.tail_m, 0.0),
+            ("plate", plate_at, detector.plate_height_m),
+        ):
+            if 0.0 <= at <= track.length_m:
+                xy = point_at_position(track.polyline, at)[0]
+                sights.append(_Sight(i, kind, track.id, at, (xy[0], xy[1], z)))
+    return sights, np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+
+
+def in_view(
+    intervals: list[tuple[float, float]], position_m: float, edge_margin_m: float, length_m: float
+) -> bool:
+    """Whether a position lies in a camera's view of a track, ``edge_margin_m`` from the
+    image edges (where an end is cut off); the track's own ends are no image edge."""
+    for lo, hi in intervals:
+        lo_edge = lo + (edge_margin_m if lo > 1e-6 else 0.0)
+        hi_edge = hi - (edge_margin_m if hi < length_m - 0.25 else 0.0)
+        if lo_edge <= position_m <= hi_edge:
+            return True
+    return False
+
+
+def visible_sights(
+    camera: Camera,
+    view: dict[str, list[tuple[float, float]]],
+    sights: list[_Sight],
+    boxes: FloatArray,
+    track_of_box: list[str],
+    edge_margin_m: float,
+    lengths: dict[str, float],
+) -> list[_Sight]:
+    """The sights inside this camera's view (not at its edge) and not behind another body.
+
+    Locomotives on the sight's own track do not hide it (their ends touch at most); without
+    a pose there is nothing to occlude with.
+    """
+    inside = [
+        s
+        for s in sights
+        if in_view(view.get(s.track, []), s.position_m, edge_margin_m, lengths[s.track])
+    ]
+    if camera.pose is None or not inside:
+        return inside
+    same_track = np.array([[t == s.track for t in track_of_box] for s in inside])
+    hidden = sightlines_blocked(
+        camera.pose.position, [s.point for s in inside], boxes, ignore=same_track
+    )
+    return [s for s, h in zip(inside, hidden, strict=True) if not h]
+
+
+def modelled_run(
+    facility: FacilityConfig,
+    scenario: str | Scenario,
+    seed: int,
+    detector: DetectorModel,
+    flow: str = "prod",
+    fps: float = 2.0,
+) -> ModelledRun:
+    """Modelled estimates of a scenario (built-in name or a Scenario), with observability.
+
+    A camera sees an end or a plate when it lies in the camera's coverage at least
+    ``edge_margin_m`` from the edge of the view and no other locomotive's body is in the way.
+    """
     from services.simulator.world import Simulation, load_scenario
 
-    sim = Simulation(facility, load_scenario(scenario), seed, tick_s=1.0 / fps)
+    loaded = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    sim = Simulation(facility, loaded, seed, tick_s=1.0 / fps)
     coverage = FusionConfig.from_facility(facility, flow).coverage
     rng = np.random.default_rng(seed)
-    tracks = {t.id: t.length_m for t in facility.tracks}
     arrivals: list[Arrival] = []
     truths: list[GroundTruth] = []
+    observable_per_tick: list[frozenset[str]] = []
+    legible_per_tick: list[frozenset[str]] = []
+    observable: set[str] = set()
+    legible: set[str] = set()
+    lengths = {t.id: t.length_m for t in facility.tracks}
     for tick in range(sim.ticks):
         world = sim.state(tick)
         truths.append(sim.ground_truth(world))
+        sights, boxes = _sights(world, facility, detector)
+        track_of_box = [p.identity.track_id for p in world.placements]
         for cam in facility.enabled_cameras:
             if cam.id in world.cameras_down:
                 continue
@@ -111,26 +243,34 @@ def modelled_estimates(
             frame = _frame(cam.id, tick, at)
             observations = []
             plates = []
-            for p in world.placements:
-                track = p.identity.track_id
-                view = coverage.get(cam.id, {}).get(track)
-                if not view:
+            seen = visible_sights(
+                cam,
+                coverage.get(cam.id, {}),
+                sights,
+                boxes,
+                track_of_box,
+                detector.edge_margin_m,
+                lengths,
+            )
+            for sight in seen:
+                p = world.placements[sight.placement]
+                observable.add(p.locomotive_id)
+                if sight.kind == "plate":
+                    if rng.random() < detector.plate_read_rate:
+                        text = p.identity.plate
+                        if rng.random() < detector.plate_error_rate:
+                            text = text[:-1] + str((int(text[-1]) + 1) % 10)
+                        else:
+                            legible.add(p.locomotive_id)
+                        plates.append((text, p.identity.model.name, sight.track, sight.position_m))
+                    continue
+                if rng.random() < detector.miss_rate:
                     continue
                 inward = 1.0 if p.tail_m >= p.head_m else -1.0
-                for kind, true_end, sign in (("head", p.head_m, 1.0), ("tail", p.tail_m, -1.0)):
-                    if not 0.0 <= true_end <= tracks[track] or not covers(view, true_end):
-                        continue
-                    if rng.random() < detector.miss_rate:
-                        continue
-                    raw = true_end + sign * inward * detector.end_offset_m
-                    raw += float(rng.normal(0.0, detector.sigma_m))
-                    observations.append(_observation(kind, track, raw, 0.85))
-                plate_at = p.head_m + inward * detector.plate_inset_m
-                if covers(view, plate_at) and rng.random() < detector.plate_read_rate:
-                    text = p.identity.plate
-                    if rng.random() < detector.plate_error_rate:
-                        text = text[:-1] + str((int(text[-1]) + 1) % 10)
-                    plates.append((text, p.identity.model.name, track, plate_at))
+                sign = 1.0 if sight.kind == "head" else -1.0
+                raw = sight.position_m + sign * inward * detector.end_offset_m
+                raw += float(rng.normal(0.0, detector.sigma_m))
+                observations.append(_observation(sight.kind, sight.track, raw, 0.85))
             lag = timedelta(seconds=float(rng.uniform(0.05, detector.max_lag_s)))
             arrivals.append(
                 (
@@ -165,8 +305,10 @@ def modelled_estimates(
                         ),
                     )
                 )
+        observable_per_tick.append(frozenset(observable))
+        legible_per_tick.append(frozenset(legible))
     arrivals.sort(key=lambda a: a[0])
-    return arrivals, truths
+    return ModelledRun(arrivals, truths, observable_per_tick, legible_per_tick)
 
 
 def rendered_estimates(
@@ -252,18 +394,23 @@ def rendered_estimates(
     return arrivals, truths
 
 
-def fuse_and_score(
-    facility: FacilityConfig,
-    arrivals: list[Arrival],
-    truths: list[GroundTruth],
-    flow: str = "prod",
-    warmup_s: float = 10.0,
-) -> AgreementSummary:
-    """Run the fusion core over estimates in arrival order and score every accepted update."""
+@dataclass(frozen=True)
+class Fused:
+    """The fusion core's output over a run: one state per accepted update, and its cost."""
+
+    snapshots: list[FacilityState]
+    estimates: int
+    cpu_s: float
+    """Process CPU time spent in the fusion core (apply and render)."""
+
+
+def fuse(facility: FacilityConfig, arrivals: list[Arrival], flow: str = "prod") -> Fused:
+    """Run the fusion core over estimates in arrival order; a state after every accepted one."""
     settings = facility.flows[flow].state_estimator if flow in facility.flows else None
     core = FusionCore(FusionConfig.from_facility(facility, flow, settings))
     state = FusionState()
     snapshots = []
+    started = time.process_time()
     for _, est in arrivals:
         if isinstance(est, PositionEstimate):
             state, accepted = core.apply_position(state, est)
@@ -271,8 +418,42 @@ def fuse_and_score(
             state, accepted = core.apply_identity(state, est)
         if accepted:
             snapshots.append(core.render(state))
+    return Fused(snapshots, len(arrivals), time.process_time() - started)
+
+
+def fuse_and_score(
+    facility: FacilityConfig,
+    arrivals: list[Arrival],
+    truths: list[GroundTruth],
+    flow: str = "prod",
+    warmup_s: float = 10.0,
+    run: ModelledRun | None = None,
+    snapshots: list[FacilityState] | None = None,
+) -> AgreementSummary:
+    """Run the fusion core over estimates in arrival order and score every accepted update.
+
+    With a modelled ``run``, only locomotives observable so far are counted and identity is
+    also scored among plates legible so far. ``snapshots`` skips the fusion (already run).
+    """
+    if snapshots is None:
+        snapshots = fuse(facility, arrivals, flow).snapshots
     lengths = {t.id: t.length_m for t in facility.tracks}
-    return summarise(truths, snapshots, max_skew_s=0.5, warmup_s=warmup_s, track_lengths=lengths)
+    observability = (
+        {
+            t.tick: (seen, legible)
+            for t, seen, legible in zip(run.truths, run.observable, run.legible, strict=True)
+        }
+        if run is not None
+        else None
+    )
+    return summarise(
+        truths,
+        snapshots,
+        max_skew_s=0.5,
+        warmup_s=warmup_s,
+        track_lengths=lengths,
+        observability=observability,
+    )
 
 
 def evaluate_fusion(
@@ -283,9 +464,10 @@ def evaluate_fusion(
     flow: str = "prod",
     warmup_s: float = 10.0,
 ) -> AgreementSummary:
-    """Run the fusion core over a scenario's modelled estimates and score every update."""
-    arrivals, truths = modelled_estimates(facility, scenario, seed, detector or DetectorModel())
-    return fuse_and_score(facility, arrivals, truths, flow, warmup_s)
+    """Run the fusion core over a scenario's modelled estimates and score every update
+    against the locomotives observable so far."""
+    run = modelled_run(facility, scenario, seed, detector or DetectorModel(), flow)
+    return fuse_and_score(facility, run.arrivals, run.truths, flow, warmup_s, run=run)
 
 
 @click.command("fusion")
@@ -360,6 +542,7 @@ def fusion_command(
             f"{config_path}: no flow {flow!r}; use one of {', '.join(facility.flows)}"
         )
     for name in scenarios:
+        run: ModelledRun | None = None
         if detector_kind == "yolo":
             detector, recogniser = _real_estimators(facility, Path(config_path), flow)
             arrivals, truths = rendered_estimates(
@@ -378,11 +561,12 @@ def fusion_command(
             what = f"detector {facility.flows[flow].position_estimator.weights}"  # type: ignore[union-attr]
         else:
             model = DetectorModel(sigma_m=sigma, miss_rate=miss_rate, max_lag_s=lag)
-            arrivals, truths = modelled_estimates(facility, name, seed, model, flow, fps)
+            run = modelled_run(facility, name, seed, model, flow, fps)
+            arrivals, truths = run.arrivals, run.truths
             if max_ticks is not None:
                 truths = truths[:max_ticks]
             what = f"modelled detector: sigma {sigma} m, miss {miss_rate}, lag {lag} s"
-        summary = fuse_and_score(facility, arrivals, truths, flow, warmup)
+        summary = fuse_and_score(facility, arrivals, truths, flow, warmup, run=run)
         click.echo(f"scenario {name} (seed {seed}, {fps:g} fps, {what})")
         for line in summary.lines():
             click.echo(f"  {line}")
