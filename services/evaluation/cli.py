@@ -9,6 +9,7 @@ import click
 from services.evaluation.detector_eval import detector_command
 from services.evaluation.estimators import estimators_command
 from services.evaluation.fusion_eval import fusion_command
+from services.evaluation.suite import suite_command
 
 
 @click.group("eval")
@@ -65,3 +66,4 @@ def pipeline_command(
 evaluate.add_command(detector_command)
 evaluate.add_command(estimators_command)
 evaluate.add_command(fusion_command)
+evaluate.add_command(suite_command)
