@@ -185,24 +185,195 @@ class PlateOcrSettings(StrictModel):
 
 
 class StateEstimatorSettings(StrictModel):
-    """Settings of a flow's state estimator (fusion)."""
+    """Settings of a flow's state estimator: every tuning value of the fusion tracker.
 
-    stale_after_s: float = Field(default=30, gt=0, description="Camera silent this long -> stale.")
+    The tracker follows each locomotive as a rigid body in the 1-D space of its track (see
+    ``services/state_estimator/README.md``). Each value says what it is for; the defaults are
+    tuned on the development set of ``depotwatch eval suite`` and reported on its validation set.
+    """
+
+    stale_after_s: float = Field(
+        default=30, gt=0, description="A camera silent this long is stale; so is what only it saw."
+    )
     heartbeat_s: float = Field(default=5, gt=0, description="Publish state at least this often.")
-    pairing_tolerance_m: float = Field(
-        default=3.0, gt=0, description="Head-tail distance may differ from model length by this."
-    )
-    pairing_window_s: float = Field(
-        default=10.0, gt=0, description="A head and a tail seen this far apart in time may pair."
-    )
     end_label_offset_m: float = Field(
         default=0.3,
         ge=0,
         le=2,
         description="Detected ends lie this far inside the true ends (detector label convention).",
     )
-    hold_s: float = Field(
-        default=5.0, ge=0, description="Keep a locomotive no camera confirms for this long."
+    pairing_tolerance_m: float = Field(
+        default=1.2,
+        gt=0,
+        description="A head and a tail form a new locomotive when their distance (corrected for "
+        "the label offset) is within this of a model length (detector noise on two ends).",
+    )
+    pairing_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Unexplained ends pair or stand alone only while seen this recently.",
+    )
+    association_gate_m: float = Field(
+        default=2.0,
+        gt=0,
+        description="A detected end is this locomotive's end only within this distance of where "
+        "the track predicts it (noise plus one frame of movement at shunting speed).",
+    )
+    inferred_end_gate_m: float = Field(
+        default=3.5,
+        gt=0,
+        description="Gate for an end never seen yet (its place comes from an assumed model, "
+        "whose length may be off by the spread of the fleet's lengths).",
+    )
+    swap_cost_m: float = Field(
+        default=0.6,
+        ge=0,
+        description="Cost, in metres, of matching a detected end to the other kind of end: "
+        "side-angle cameras swap head and tail labels, so a swap is unlikely, not impossible.",
+    )
+    merge_m: float = Field(
+        default=1.5,
+        gt=0,
+        description="Unexplained ends of different frames closer than this are one end.",
+    )
+    position_gain: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of a detected end's deviation from the prediction that is believed "
+        "(alpha of an alpha-beta filter; lower smooths noise, higher follows moves).",
+    )
+    velocity_gain: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Speed gained per metre of deviation, per second (beta of the filter).",
+    )
+    velocity_memory_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A speed no detection confirms fades to zero over this long (a hidden "
+        "locomotive is not driven on for ever).",
+    )
+    max_speed_mps: float = Field(
+        default=5.0, gt=0, description="Speed estimates are clamped to this (depot speed limit)."
+    )
+    rigid_after_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="An end unseen this long follows its seen end rigidly at the locomotive's "
+        "length instead of keeping its own last measurement.",
+    )
+    length_gain: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="How strongly a known model length pulls two measured ends to that length.",
+    )
+    birth_min_hits: int = Field(
+        default=2,
+        ge=1,
+        description="Detections an unexplained end needs before it can start a locomotive.",
+    )
+    birth_settle_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Unexplained ends pair only once seen this long: every camera reports "
+        "first, so the best-fitting pairing is chosen among all ends, not the first found.",
+    )
+    lone_end_min_hits: int = Field(
+        default=3,
+        ge=1,
+        description="Detections a lone end (partner never seen) needs to start a locomotive.",
+    )
+    lone_end_confidence: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Detection confidence a lone end needs to start a locomotive.",
+    )
+    lone_end_wait_s: float = Field(
+        default=6.0,
+        ge=0,
+        description="A lone end whose body may run either way waits this long for evidence "
+        "(its partner, a plate) before the likelier way is taken.",
+    )
+    loose_end_misses: int = Field(
+        default=2,
+        ge=1,
+        description="An unexplained end not detected this many times where a camera shows its "
+        "spot is dropped (a false detection or a locomotive that moved on).",
+    )
+    existence_hit: float = Field(
+        default=0.35, gt=0, le=1, description="Existence gained per detected end."
+    )
+    existence_miss: float = Field(
+        default=0.75,
+        gt=0,
+        lt=1,
+        description="Existence is multiplied by this per end a camera shows but did not detect.",
+    )
+    existence_birth: float = Field(
+        default=0.6, gt=0, le=1, description="Existence of a newly started locomotive."
+    )
+    existence_drop: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="A locomotive whose existence falls below this is dropped.",
+    )
+    view_edge_m: float = Field(
+        default=0.5,
+        ge=0,
+        description="An end this close to an image edge is often cut off and missed: such a "
+        "spot does not count as shown.",
+    )
+    occluder_margin_m: float = Field(
+        default=0.5,
+        description="Locomotives on nearer tracks are widened by this when deciding what they "
+        "hide (the floor-only sightline model errs towards 'hidden': a hidden end that is not "
+        "detected is no evidence of departure).",
+    )
+    overlap_m: float = Field(
+        default=1.0,
+        ge=0,
+        description="Two locomotives on one track overlapping more than this cannot both be "
+        "real: the one with less evidence is dropped.",
+    )
+    plate_inset_m: float = Field(
+        default=1.0,
+        ge=0,
+        description="Plates hang about this far inside the cab end: a reading belongs to the "
+        "locomotive whose cab is that far from it.",
+    )
+    plate_margin_m: float = Field(
+        default=2.0,
+        ge=0,
+        description="A plate placed through the floor homography lands up to this far off its "
+        "locomotive (it hangs above the floor).",
+    )
+    plate_min_evidence: float = Field(
+        default=1.6,
+        ge=0,
+        description="Summed reading confidence a plate needs before it is shown (one misread "
+        "never names a locomotive).",
+    )
+    plate_dominance: float = Field(
+        default=0.75,
+        gt=0.5,
+        le=1,
+        description="Share of all plate evidence the shown plate must hold; below it the plate "
+        "is unknown rather than possibly wrong.",
+    )
+    pending_vote_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="A plate reading with no locomotive under it waits this long for one.",
+    )
+    length_fit_m: float = Field(
+        default=0.5,
+        ge=0,
+        description="A measured length names a model only when one model alone is this close.",
     )
 
 

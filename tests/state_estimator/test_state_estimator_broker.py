@@ -170,8 +170,8 @@ def scene(flow: str, seq: int, at_s: float) -> list[Message]:
         position("cam-s2", seq, at_s, end("tail", "T1", 18.97 - OFFSET), flow=flow),
         position("cam-n2", seq, at_s, end("head", "T3", 20.0 + OFFSET), flow=flow),
         position("cam-n4", seq, at_s, end("tail", "T3", 37.22 - OFFSET), flow=flow),
-        identity("cam-s1", seq, at_s, "T1", 5.0, "TEM2-0001", flow=flow),
-        identity("cam-n3", seq, at_s, "T3", 30.0, "ChME3-0002", flow=flow),
+        identity("cam-s1", seq, at_s, "T1", 3.0, "TEM2-0001", flow=flow),
+        identity("cam-n3", seq, at_s, "T3", 21.0, "ChME3-0002", flow=flow),
     ]
 
 

@@ -1,0 +1,71 @@
+"""Which detected end is which tracked end: optimal assignment with gating.
+
+Each detection may explain at most one target (a locomotive's head or tail, or an unexplained
+end) and each target at most one detection of a frame, so two tails 0.6 m apart in one view
+stay two. The total cost (distance, plus a penalty for a head/tail label swap) is minimised
+with the Hungarian method; a pair costing more than its target's gate is no match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from services.state_estimator.fusion.state import EndKind
+
+_INFEASIBLE = 1e9
+
+
+@dataclass(frozen=True)
+class Detection:
+    """An end one camera placed on a track in one frame."""
+
+    kind: EndKind
+    position_m: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an end the tracker knows is predicted (detector convention: label offset in)."""
+
+    kind: EndKind
+    position_m: float
+    gate_m: float
+    bias_m: float = 0.0
+    """Added cost: makes a target the second choice (unexplained ends after locomotives)."""
+
+
+def match_cost(detection: Detection, target: Target, swap_cost_m: float) -> float | None:
+    """Cost of explaining ``detection`` by ``target``, or None beyond the target's gate."""
+    cost = abs(detection.position_m - target.position_m) + target.bias_m
+    if detection.kind != target.kind:
+        cost += swap_cost_m
+    return cost if cost <= target.gate_m else None
+
+
+def assign(
+    detections: Sequence[Detection], targets: Sequence[Target], swap_cost_m: float
+) -> dict[int, int]:
+    """detection index -> target index of the cheapest consistent assignment."""
+    if not detections or not targets:
+        return {}
+    n, m = len(detections), len(targets)
+    cost = np.full((n, m + n), _INFEASIBLE)
+    for i, det in enumerate(detections):
+        for j, tgt in enumerate(targets):
+            c = match_cost(det, tgt, swap_cost_m)
+            if c is not None:
+                cost[i, j] = c
+        # "No match" for detection i costs its nearest gate, so any feasible match is taken
+        # when it is cheaper than leaving the detection unexplained.
+        cost[i, m + i] = max((t.gate_m for t in targets), default=0.0) + 1.0
+    rows, cols = linear_sum_assignment(cost)
+    return {
+        int(r): int(c)
+        for r, c in zip(rows, cols, strict=True)
+        if c < m and cost[r, c] < _INFEASIBLE
+    }

@@ -1,0 +1,381 @@
+"""Starting locomotives from ends no known locomotive explains.
+
+* **Pairs.** An unexplained head and tail whose distance (label offset removed) fits a model
+  length start a locomotive, if its body overlaps no known locomotive and holds no other
+  unexplained end. The best-fitting pairs are taken first.
+* **Lone ends.** An end whose partner is never detected is a locomotive when the partner can
+  stand only where no camera shows it: beyond the track end (outside the depot), in a blind
+  spot, or behind a locomotive on a nearer track. Every (direction, model) is a hypothesis;
+  one whose far end a camera has shown since the end appeared is ruled out. A plate reading
+  on the body picks the model. When both directions stay open, the end waits
+  ``lone_end_wait_s`` for evidence, then the likelier one is taken (the far end outside the
+  depot, else the way more models fit); without a reading the middle-length model is placed
+  (the smallest worst-case error). Later detections of the far end correct it.
+* **Plates.** A plate read where no locomotive stands is evidence of a cab there: it supports
+  a lone-end start whose model the plate names (its ends may be hidden from every camera).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.state_estimator.fusion.config import FusionConfig
+from services.state_estimator.fusion.identity import vote_model
+from services.state_estimator.fusion.state import (
+    END_KINDS,
+    FusionState,
+    LooseEnd,
+    TrackedLocomotive,
+)
+from services.state_estimator.fusion.tracking import seconds
+from services.state_estimator.fusion.visibility import occluders_of, on_track, shows
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """Where a lone end's body may lie: ``direction`` from the end, a model and its length."""
+
+    direction: float
+    model: str
+    length_m: float
+    true_end_m: float
+    far_end_m: float
+    far_outside: bool
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def _body_free(
+    config: FusionConfig,
+    state: FusionState,
+    track_id: str,
+    span: tuple[float, float],
+    ends: list[LooseEnd],
+    exclude: tuple[int, ...],
+) -> bool:
+    """No known locomotive overlaps ``span`` and no other unexplained end stands inside it."""
+    t = config.tuning
+    for loco in state.locomotives:
+        if loco.track_id == track_id and _overlap(loco.span, span) > t.overlap_m:
+            return False
+    lo, hi = span
+    if any(
+        e.end_id not in exclude and lo + t.merge_m < e.position_m < hi - t.merge_m for e in ends
+    ):
+        return False
+    # A plate read well inside the body is another locomotive's cab (its own hangs by an end).
+    inset = t.plate_inset_m + t.merge_m
+    return not any(
+        e.track_id == track_id
+        and e.from_plate_only
+        and e.end_id not in exclude
+        and lo + inset < e.position_m < hi - inset
+        for e in state.loose_ends
+    )
+
+
+def _eligible(
+    config: FusionConfig, state: FusionState, track_id: str, at: datetime
+) -> list[LooseEnd]:
+    t = config.tuning
+    return [
+        e
+        for e in state.loose_ends
+        if e.track_id == track_id
+        and e.hits >= t.birth_min_hits
+        and seconds(at, e.last_seen) <= t.pairing_window_s
+    ]
+
+
+def _new_locomotive(
+    state: FusionState,
+    track_id: str,
+    head_m: float,
+    tail_m: float,
+    at: datetime,
+    existence: float,
+    ends: list[LooseEnd],
+    head_seen: datetime | None,
+    tail_seen: datetime | None,
+    assumed_model: str | None,
+) -> TrackedLocomotive:
+    cameras: list[str] = []
+    for e in ends:
+        cameras += [c for c in e.cameras if c not in cameras]
+    loco = TrackedLocomotive(
+        locomotive_id=f"loco-{state.next_id}",
+        track_id=track_id,
+        head_m=head_m,
+        tail_m=tail_m,
+        updated_at=at,
+        first_seen=min(e.first_seen for e in ends),
+        last_seen=max(e.last_seen for e in ends),
+        head_seen_at=head_seen,
+        tail_seen_at=tail_seen,
+        existence=existence,
+        assumed_model=assumed_model,
+        cameras=cameras[-8:],
+    )
+    state.next_id += 1
+    state.locomotives.append(loco)
+    used = {e.end_id for e in ends}
+    state.loose_ends = [e for e in state.loose_ends if e.end_id not in used]
+    return loco
+
+
+def _plate_behind_cab(
+    config: FusionConfig,
+    state: FusionState,
+    track_id: str,
+    head_raw_m: float,
+    direction: float,
+    heads: list[float],
+) -> bool:
+    """Whether a plate read at this cab hangs on the side away from the body: the cab's
+    locomotive runs the other way, so this head does not pair in ``direction``."""
+    t = config.tuning
+    for vote in state.pending_votes:
+        if vote.track_id != track_id or not vote.plate:
+            continue
+        offset = vote.position_m - head_raw_m
+        if abs(offset) > t.plate_inset_m + t.plate_margin_m:
+            continue
+        if min(heads, key=lambda h: abs(h - vote.position_m)) != head_raw_m:
+            continue  # nearer another cab: that one's plate
+        if offset * direction < -t.plate_inset_m / 2:
+            return True
+    return False
+
+
+def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
+    """Start locomotives from unexplained head/tail pairs that fit a model length."""
+    t = config.tuning
+    off = t.end_label_offset_m
+    ends = [e for e in _eligible(config, state, track_id, at) if not e.from_plate_only]
+    # Any detected end, however new, inside a body rules that body out: it is another end.
+    detected = [e for e in state.loose_ends if e.track_id == track_id and not e.from_plate_only]
+    options: list[tuple[float, LooseEnd, LooseEnd, float, float]] = []
+    for head in (e for e in ends if e.kind == "head"):
+        for tail in (e for e in ends if e.kind == "tail"):
+            direction = 1.0 if tail.position_m >= head.position_m else -1.0
+            head_true = head.position_m - direction * off
+            tail_true = tail.position_m + direction * off
+            length = abs(tail_true - head_true)
+            misfit = min((abs(m - length) for m in config.model_lengths.values()), default=None)
+            if misfit is None or misfit > t.pairing_tolerance_m:
+                continue
+            if min(seconds(at, head.first_seen), seconds(at, tail.first_seen)) < t.birth_settle_s:
+                continue  # let every camera report first: another pairing may fit better
+            span = (min(head_true, tail_true), max(head_true, tail_true))
+            if not _body_free(config, state, track_id, span, detected, (head.end_id, tail.end_id)):
+                continue
+            heads = [e.position_m for e in ends if e.kind == "head"]
+            if _plate_behind_cab(config, state, track_id, head.position_m, direction, heads):
+                continue
+            options.append((misfit, head, tail, head_true, tail_true))
+    used: set[int] = set()
+    for _, head, tail, head_true, tail_true in sorted(options, key=lambda o: o[0]):
+        if head.end_id in used or tail.end_id in used:
+            continue
+        span = (min(head_true, tail_true), max(head_true, tail_true))
+        if not _body_free(config, state, track_id, span, [], ()):
+            continue
+        used |= {head.end_id, tail.end_id}
+        _new_locomotive(
+            state,
+            track_id,
+            head_true,
+            tail_true,
+            at,
+            t.existence_birth,
+            [head, tail],
+            head.last_seen,
+            tail.last_seen,
+            None,
+        )
+
+
+def hypotheses(
+    config: FusionConfig, state: FusionState, end: LooseEnd, at: datetime
+) -> list[Hypothesis]:
+    """The (direction, model) placements of a lone end's body that no view rules out."""
+    t = config.tuning
+    track = end.track_id
+    off = t.plate_inset_m if end.from_plate_only else t.end_label_offset_m
+    occluders = occluders_of(loco for loco in state.locomotives if loco.track_id != track)
+    unexplained = [e for e in state.loose_ends if e.track_id == track and not e.from_plate_only]
+    looked = [
+        cam
+        for cam, clock in state.cameras.items()
+        if cam not in config.disabled_cameras and clock.captured_at >= end.first_seen
+    ]
+    out: list[Hypothesis] = []
+    for direction in (-1.0, 1.0):
+        true = end.position_m - direction * off
+        for model, length in config.model_lengths.items():
+            far = true + direction * length
+            span = (min(true, far), max(true, far))
+            if not _body_free(config, state, track, span, unexplained, (end.end_id,)):
+                continue
+            outside = not on_track(config, track, far)
+            far_raw = far - direction * t.end_label_offset_m
+            if any(
+                e.end_id != end.end_id
+                and e.kind != end.kind
+                and abs(e.position_m - far_raw) <= t.pairing_tolerance_m
+                for e in unexplained
+            ):
+                return []  # its partner may have been detected: let it pair instead
+            if not outside and any(shows(config, cam, track, far_raw, occluders) for cam in looked):
+                continue  # a camera has shown that spot since, and no end stood there
+            out.append(Hypothesis(direction, model, length, true, far, outside))
+    return out
+
+
+def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: Hypothesis) -> float:
+    """Summed confidence of waiting plate readings on this hypothesis' body naming its model."""
+    margin = config.tuning.plate_margin_m
+    lo, hi = sorted((hyp.true_end_m, hyp.far_end_m))
+    return sum(
+        max(v.plate_confidence, v.model_confidence)
+        for v in state.pending_votes
+        if v.track_id == end.track_id
+        and lo - margin <= v.position_m <= hi + margin
+        and vote_model(config, v) == hyp.model
+    )
+
+
+def choose(
+    config: FusionConfig, state: FusionState, end: LooseEnd, options: list[Hypothesis], at: datetime
+) -> Hypothesis | None:
+    """The hypothesis to start, or None to wait for more evidence."""
+    if not options:
+        return None
+    read = {h: _read_models(config, state, end, h) for h in options}
+    if any(read.values()):
+        # A reading on the body names the model; the direction it fits in is the answer.
+        best = max(read.values())
+        options = [h for h in options if read[h] == best]
+    elif end.from_plate_only:
+        return None  # a plate with no model: nothing to place
+    directions = {h.direction for h in options}
+    if len(directions) > 1:
+        if seconds(at, end.first_seen) < config.tuning.lone_end_wait_s:
+            return None
+        outside = {h.direction for h in options if h.far_outside}
+        if len(outside) == 1:
+            direction = outside.pop()
+        else:
+            counts = {d: sum(h.direction == d for h in options) for d in directions}
+            if counts[1.0] != counts[-1.0]:
+                direction = max(counts, key=lambda d: counts[d])
+            else:
+                # Towards the middle of the track: more of the body stands inside the depot.
+                middle = config.track_lengths.get(end.track_id, 0.0) / 2
+                direction = 1.0 if end.position_m < middle else -1.0
+        options = [h for h in options if h.direction == direction]
+    ordered = sorted(options, key=lambda h: (h.length_m, h.model))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def start_lone_ends(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
+    """Start locomotives from unexplained ends whose partner no camera can show."""
+    t = config.tuning
+    for end in _eligible(config, state, track_id, at):
+        if end not in state.loose_ends:
+            continue  # used by an earlier start in this loop
+        if end.hits < t.lone_end_min_hits:
+            continue
+        if end.from_plate_only and seconds(at, end.first_seen) < t.lone_end_wait_s:
+            continue  # a cab whose ends are hidden: no hurry, let detected ends explain it
+        if not end.from_plate_only and end.confidence < t.lone_end_confidence:
+            continue
+        hyp = choose(config, state, end, hypotheses(config, state, end, at), at)
+        if hyp is None:
+            continue
+        head_end = end.kind == "head"
+        head_m, tail_m = (
+            (hyp.true_end_m, hyp.far_end_m) if head_end else (hyp.far_end_m, hyp.true_end_m)
+        )
+        seen = None if end.from_plate_only else end.last_seen
+        _new_locomotive(
+            state,
+            track_id,
+            head_m,
+            tail_m,
+            at,
+            t.existence_birth,
+            [end],
+            seen if head_end else None,
+            None if head_end else seen,
+            hyp.model,
+        )
+
+
+def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
+    """Correct locomotives whose one end was never seen (placed from an assumed model) when
+    new evidence contradicts the assumption.
+
+    * An unexplained end of the other kind that fits a model length from the seen end is that
+      locomotive's far end: the pair replaces the assumption.
+    * A detected end inside the assumed body means the body runs the other way: it is turned
+      round about its seen end (the end inside belongs to a neighbour).
+    """
+    t = config.tuning
+    off = t.end_label_offset_m
+    for loco in [x for x in state.locomotives if x.track_id == track_id]:
+        unseen = [k for k in END_KINDS if loco.seen_at(k) is None]
+        if len(unseen) != 1:
+            continue
+        far_kind = unseen[0]
+        seen_kind = "tail" if far_kind == "head" else "head"
+        seen_true = loco.tail_m if seen_kind == "tail" else loco.head_m
+        others = [x for x in state.locomotives if x is not loco and x.track_id == track_id]
+        ends = [
+            e
+            for e in _eligible(config, state, track_id, at)
+            if not e.from_plate_only and e.kind == far_kind
+        ]
+        best: tuple[float, LooseEnd, float] | None = None
+        for e in ends:
+            body = 1.0 if e.position_m >= seen_true else -1.0
+            far_true = e.position_m + body * off
+            length = abs(far_true - seen_true)
+            misfit = min((abs(m - length) for m in config.model_lengths.values()), default=None)
+            if misfit is None or misfit > t.pairing_tolerance_m:
+                continue
+            span = (min(seen_true, far_true), max(seen_true, far_true))
+            if any(_overlap(o.span, span) > t.overlap_m for o in others):
+                continue
+            if best is None or misfit < best[0]:
+                best = (misfit, e, far_true)
+        if best is not None:
+            _, e, far_true = best
+            if far_kind == "head":
+                loco.head_m, loco.head_seen_at = far_true, e.last_seen
+            else:
+                loco.tail_m, loco.tail_seen_at = far_true, e.last_seen
+            loco.assumed_model = None
+            state.loose_ends = [x for x in state.loose_ends if x.end_id != e.end_id]
+            continue
+        lo, hi = loco.span
+        inside = [
+            e
+            for e in _eligible(config, state, track_id, at)
+            if not e.from_plate_only
+            and e.hits >= t.lone_end_min_hits
+            and lo + t.merge_m < e.position_m < hi - t.merge_m
+        ]
+        if inside:
+            far = loco.head_m if far_kind == "head" else loco.tail_m
+            turned = seen_true - (far - seen_true)
+            span = (min(seen_true, turned), max(seen_true, turned))
+            if any(_overlap(o.span, span) > t.overlap_m for o in others):
+                continue
+            if far_kind == "head":
+                loco.head_m = turned
+            else:
+                loco.tail_m = turned

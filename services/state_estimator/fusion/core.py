@@ -1,0 +1,355 @@
+"""The fusion tracker: per-camera estimates in, one facility state out. No Faust, no Kafka.
+
+Per track, in event time (``frame.captured_at``), for every frame of every camera:
+
+1. **Predict** the track's locomotives to the frame's time (rigid bodies with a speed).
+2. **Associate** the frame's detected ends with the ends the tracker expects (locomotive
+   ends, then unexplained ends) by optimal assignment with gates (``association``).
+3. **Update** matched locomotives (``tracking``); an end the camera shows (``visibility``:
+   in the image, off its edges, not hidden by a nearer locomotive) but did not detect costs
+   the locomotive existence, an end it cannot show costs nothing: standing for hours behind
+   another locomotive is normal. Unmatched detections become unexplained ends.
+4. **Start** locomotives from unexplained ends (``births``) and drop what cannot be: a
+   locomotive out of the depot, one whose existence ran out, the weaker of two that overlap.
+
+Plate readings are evidence per locomotive (``identity``). Every update is idempotent under
+redelivery: a camera's frame is applied only if newer than the last one applied, a reading
+only once per (camera, frame, position), so at-least-once delivery cannot double-count.
+The public methods never change the state passed in; they return a new one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from schemas.estimates import IdentityEstimate, PositionEstimate
+from schemas.facility_state import FacilityState
+from services.state_estimator.fusion import births, identity, tracking
+from services.state_estimator.fusion.association import Detection, Target, assign
+from services.state_estimator.fusion.config import FusionConfig
+from services.state_estimator.fusion.output import render
+from services.state_estimator.fusion.state import (
+    END_KINDS,
+    CameraClock,
+    EndKind,
+    FusionState,
+    LooseEnd,
+    PlateVote,
+    TrackedLocomotive,
+)
+from services.state_estimator.fusion.visibility import (
+    covers_track,
+    occluders_of,
+    on_track,
+    shows,
+)
+
+LOOSE_END_BIAS_M = 0.1
+"""Extra cost of explaining a detection by an unexplained end: a known locomotive's end at
+the same distance is the better explanation."""
+
+IDENTITY_KEYS_KEPT = 64
+"""Reading keys remembered per camera to recognise redeliveries (several frames' worth)."""
+
+
+def _later(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else max(a, b)
+
+
+class FusionCore:
+    """The pure tracker: ``apply_position`` / ``apply_identity`` return a new state;
+    ``render`` turns a state into the published :class:`FacilityState`."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        self.config = config
+
+    # ---- inputs
+
+    def apply(
+        self, state: FusionState, estimate: PositionEstimate | IdentityEstimate
+    ) -> tuple[FusionState, bool]:
+        """Fold one estimate of either kind in; returns (new state, accepted)."""
+        if isinstance(estimate, PositionEstimate):
+            return self.apply_position(state, estimate)
+        return self.apply_identity(state, estimate)
+
+    def apply_position(
+        self, state: FusionState, estimate: PositionEstimate
+    ) -> tuple[FusionState, bool]:
+        """Fold one frame's detected ends in; returns (new state, accepted).
+
+        Not accepted (state unchanged): a frame not newer than the camera's last applied
+        frame (a redelivery, or a late arrival).
+        """
+        cfg = self.config
+        cam = estimate.camera_id
+        frame = estimate.frame
+        clock = state.cameras.get(cam)
+        if clock is not None and (frame.captured_at, frame.seq) <= (clock.captured_at, clock.seq):
+            return state, False
+        new = state.model_copy(deep=True)
+        new.cameras[cam] = CameraClock(seq=frame.seq, captured_at=frame.captured_at)
+        new.watermark = _later(new.watermark, frame.captured_at)
+        detections: dict[str, list[Detection]] = defaultdict(list)
+        for o in estimate.observations:
+            if o.kind in END_KINDS and o.track_id in cfg.track_lengths and o.position_m is not None:
+                kind: EndKind = "head" if o.kind == "head" else "tail"
+                detections[o.track_id].append(Detection(kind, o.position_m, o.confidence))
+        at = frame.captured_at
+        for track_id in cfg.track_ids:
+            if detections.get(track_id) or covers_track(cfg, cam, track_id):
+                self._update_track(new, cam, track_id, detections.get(track_id, []), at)
+        for track_id in cfg.track_ids:
+            births.revise_assumed(cfg, new, track_id, at)
+            births.start_pairs(cfg, new, track_id, at)
+            births.start_lone_ends(cfg, new, track_id, at)
+        self._tidy(new, at)
+        self._attach_votes(new)
+        return new, True
+
+    def apply_identity(
+        self, state: FusionState, estimate: IdentityEstimate
+    ) -> tuple[FusionState, bool]:
+        """Fold one plate/model reading in as evidence; returns (new state, accepted)."""
+        cam = estimate.camera_id
+        frame = estimate.frame
+        seen = state.identity_seen_at.get(cam)
+        obs = estimate.observation
+        if (
+            obs is None
+            or obs.track_id is None
+            or obs.position_m is None
+            or obs.track_id not in self.config.track_lengths
+            or (estimate.plate_text is None and estimate.locomotive_model is None)
+        ):
+            if seen is not None and frame.captured_at <= seen:
+                return state, False
+            new = state.model_copy(deep=True)
+            new.identity_seen_at[cam] = frame.captured_at
+            return new, True
+        key = f"{frame.seq}:{obs.position_m:.1f}"
+        if key in state.identity_keys.get(cam, []):
+            return state, False
+        new = state.model_copy(deep=True)
+        new.identity_keys[cam] = [*new.identity_keys.get(cam, []), key][-IDENTITY_KEYS_KEPT:]
+        if seen is None or frame.captured_at > seen:
+            new.identity_seen_at[cam] = frame.captured_at
+        new.watermark = _later(new.watermark, frame.captured_at)
+        vote = PlateVote(
+            key=f"{cam}:{key}",
+            captured_at=frame.captured_at,
+            track_id=obs.track_id,
+            position_m=obs.position_m,
+            plate=estimate.plate_text,
+            plate_confidence=estimate.plate_confidence,
+            model=estimate.locomotive_model,
+            model_confidence=estimate.model_confidence,
+        )
+        owner = identity.reading_owner(self.config, new.locomotives, vote)
+        if owner is not None:
+            identity.add_vote(owner, vote)
+            # A plate read on it is seen evidence that it stands there, ends hidden or not.
+            owner.existence = min(1.0, owner.existence + self.config.tuning.existence_hit)
+            owner.last_seen = max(owner.last_seen, frame.captured_at)
+        else:
+            new.pending_votes.append(vote)
+            self._plate_as_cab(new, vote, cam)
+            births.start_lone_ends(self.config, new, obs.track_id, frame.captured_at)
+            self._attach_votes(new)
+        return new, True
+
+    # ---- one track, one frame
+
+    def _update_track(
+        self,
+        state: FusionState,
+        camera_id: str,
+        track_id: str,
+        detected: list[Detection],
+        at: datetime,
+    ) -> None:
+        cfg = self.config
+        t = cfg.tuning
+        locos = [loco for loco in state.locomotives if loco.track_id == track_id]
+        for loco in locos:
+            tracking.predict(cfg, loco, at)
+        loose = [e for e in state.loose_ends if e.track_id == track_id]
+        targets: list[Target] = []
+        owners: list[tuple[TrackedLocomotive | LooseEnd, EndKind]] = []
+        for loco in locos:
+            for kind in END_KINDS:
+                if not on_track(cfg, track_id, loco.end_m(kind), t.view_edge_m):
+                    continue
+                gate = t.association_gate_m if loco.seen_at(kind) else t.inferred_end_gate_m
+                raw = tracking.raw_end(loco, kind, t.end_label_offset_m)
+                targets.append(Target(kind, raw, gate))
+                owners.append((loco, kind))
+        for e in loose:
+            if not e.from_plate_only:
+                targets.append(Target(e.kind, e.position_m, t.merge_m, LOOSE_END_BIAS_M))
+                owners.append((e, e.kind))
+        matches = assign(detected, targets, t.swap_cost_m)
+        per_loco: dict[str, dict[EndKind, Detection]] = defaultdict(dict)
+        matched: set[int] = set(matches.values())
+        for i, j in matches.items():
+            owner, kind = owners[j]
+            if isinstance(owner, TrackedLocomotive):
+                per_loco[owner.locomotive_id][kind] = detected[i]
+            else:
+                self._update_loose(owner, detected[i], at, camera_id)
+        for loco in locos:
+            if loco.locomotive_id in per_loco:
+                tracking.update(cfg, loco, per_loco[loco.locomotive_id], at, camera_id)
+        occluders = occluders_of(loco for loco in state.locomotives if loco.track_id != track_id)
+        for j, (owner, kind) in enumerate(owners):
+            if j in matched:
+                continue
+            spot = (
+                tracking.raw_end(owner, kind, t.end_label_offset_m)
+                if isinstance(owner, TrackedLocomotive)
+                else owner.position_m
+            )
+            if not shows(cfg, camera_id, track_id, spot, occluders):
+                continue
+            if isinstance(owner, TrackedLocomotive):
+                tracking.missed(cfg, owner)
+            else:
+                owner.misses += 1
+        for i, det in enumerate(detected):
+            if i not in matches:
+                state.loose_ends.append(
+                    LooseEnd(
+                        end_id=state.next_end_id,
+                        track_id=track_id,
+                        position_m=det.position_m,
+                        head_votes=det.confidence if det.kind == "head" else 0.0,
+                        tail_votes=det.confidence if det.kind == "tail" else 0.0,
+                        hits=1,
+                        confidence=det.confidence,
+                        first_seen=at,
+                        last_seen=at,
+                        cameras=[camera_id],
+                        from_plate_only=False,
+                    )
+                )
+                state.next_end_id += 1
+
+    def _update_loose(self, end: LooseEnd, det: Detection, at: datetime, camera_id: str) -> None:
+        gain = self.config.tuning.position_gain
+        end.position_m += gain * (det.position_m - end.position_m)
+        if det.kind == "head":
+            end.head_votes += det.confidence
+        else:
+            end.tail_votes += det.confidence
+        end.hits += 1
+        end.misses = 0
+        end.confidence = max(end.confidence, det.confidence)
+        end.last_seen = max(end.last_seen, at)
+        if camera_id not in end.cameras:
+            end.cameras.append(camera_id)
+
+    def _plate_as_cab(self, state: FusionState, vote: PlateVote, camera_id: str) -> None:
+        """A plate read where no locomotive stands: evidence of a cab there."""
+        merge = self.config.tuning.merge_m
+        near = [
+            e
+            for e in state.loose_ends
+            if e.track_id == vote.track_id
+            and e.from_plate_only
+            and abs(e.position_m - vote.position_m) <= merge
+        ]
+        if near:
+            end = min(near, key=lambda e: abs(e.position_m - vote.position_m))
+            end.position_m += 0.5 * (vote.position_m - end.position_m)
+            end.head_votes += vote.plate_confidence
+            end.hits += 1
+            end.last_seen = max(end.last_seen, vote.captured_at)
+            if camera_id not in end.cameras:
+                end.cameras.append(camera_id)
+            return
+        state.loose_ends.append(
+            LooseEnd(
+                end_id=state.next_end_id,
+                track_id=vote.track_id,
+                position_m=vote.position_m,
+                head_votes=vote.plate_confidence,
+                hits=1,
+                confidence=vote.plate_confidence,
+                first_seen=vote.captured_at,
+                last_seen=vote.captured_at,
+                cameras=[camera_id],
+                from_plate_only=True,
+            )
+        )
+        state.next_end_id += 1
+
+    # ---- consistency
+
+    def _tidy(self, state: FusionState, at: datetime) -> None:
+        """Drop what cannot be: locomotives out of the depot or out of existence, the weaker
+        of two overlapping ones, unexplained ends shown empty or too old."""
+        cfg = self.config
+        t = cfg.tuning
+        kept: list[TrackedLocomotive] = []
+        for loco in state.locomotives:
+            lo, hi = loco.span
+            length = cfg.track_lengths.get(loco.track_id, float("inf"))
+            if hi < 0.0 or lo > length or loco.existence < t.existence_drop:
+                continue
+            kept.append(loco)
+
+        def support(loco: TrackedLocomotive) -> tuple[int, float, datetime]:
+            both = int(loco.head_seen_at is not None and loco.tail_seen_at is not None)
+            return (both, loco.existence, -loco.first_seen.timestamp())  # type: ignore[return-value]
+
+        kept.sort(key=support, reverse=True)
+        survivors: list[TrackedLocomotive] = []
+        for loco in kept:
+            if any(
+                s.track_id == loco.track_id and births._overlap(s.span, loco.span) > t.overlap_m
+                for s in survivors
+            ):
+                continue
+            survivors.append(loco)
+        order = {id(loco): i for i, loco in enumerate(state.locomotives)}
+        state.locomotives = sorted(survivors, key=lambda loco: order[id(loco)])
+        state.loose_ends = [
+            e
+            for e in state.loose_ends
+            if e.misses < t.loose_end_misses
+            and not (e.from_plate_only and self._on_a_body(state, e))
+            and (at - e.last_seen).total_seconds() <= t.pairing_window_s
+        ]
+
+    def _on_a_body(self, state: FusionState, end: LooseEnd) -> bool:
+        """Whether a plate-only end now lies on a locomotive (its readings are votes)."""
+        margin = self.config.tuning.plate_margin_m
+        return any(
+            loco.track_id == end.track_id
+            and loco.span[0] - margin <= end.position_m <= loco.span[1] + margin
+            for loco in state.locomotives
+        )
+
+    def _attach_votes(self, state: FusionState) -> None:
+        """Move waiting plate readings onto the locomotive now standing where they were read."""
+        if not state.pending_votes:
+            return
+        t = self.config.tuning
+        waiting: list[PlateVote] = []
+        for vote in state.pending_votes:
+            owner = identity.reading_owner(self.config, state.locomotives, vote)
+            if owner is not None:
+                identity.add_vote(owner, vote)
+                continue
+            if state.watermark is None or (
+                (state.watermark - vote.captured_at).total_seconds() <= t.pending_vote_s
+            ):
+                waiting.append(vote)
+        state.pending_votes = waiting
+
+    # ---- output
+
+    def render(self, state: FusionState, as_of: datetime | None = None) -> FacilityState:
+        """The facility state at event time ``as_of`` (default: the newest event seen)."""
+        return render(self.config, state, as_of)

@@ -1,0 +1,121 @@
+"""Plates and models as evidence accumulated per locomotive, and what the state shows.
+
+Every reading counts (no sliding window): a plate read right 111 times and wrong twice stays
+right. A plate is shown only when enough readings name it and it holds most of the evidence;
+otherwise the state says "unknown" rather than risk a wrong plate. A plate once established
+stays with the locomotive while it is tracked, through moves and occlusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from services.state_estimator.fusion.config import FusionConfig
+from services.state_estimator.fusion.state import PlateVote, TrackedLocomotive
+
+IdentityStatus = Literal["identified", "model_only", "unidentified"]
+
+MAX_PLATES = 6
+"""Distinct plate texts kept per locomotive (misreads are few; the weakest falls off)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the state shows about who a locomotive is."""
+
+    model: str | None
+    plate: str | None
+
+    @property
+    def status(self) -> IdentityStatus:
+        """identified (plate and model), model_only, or unidentified."""
+        if self.plate is not None and self.model is not None:
+            return "identified"
+        return "model_only" if self.model is not None else "unidentified"
+
+
+def vote_model(config: FusionConfig, vote: PlateVote) -> str | None:
+    """The model a reading names: its model, else the model whose pattern its plate fits."""
+    if vote.model:
+        return vote.model
+    if vote.plate:
+        return plate_model(config, vote.plate)
+    return None
+
+
+def plate_model(config: FusionConfig, plate: str) -> str | None:
+    """The model whose plate pattern ``plate`` fits (None: none or several)."""
+    fits = [name for name, pattern in config.plate_res.items() if pattern.fullmatch(plate)]
+    return fits[0] if len(fits) == 1 else None
+
+
+def add_vote(loco: TrackedLocomotive, vote: PlateVote) -> None:
+    """Fold one reading into a locomotive's evidence."""
+    if vote.plate:
+        loco.plates[vote.plate] = loco.plates.get(vote.plate, 0.0) + vote.plate_confidence
+        if len(loco.plates) > MAX_PLATES:
+            weakest = min(loco.plates, key=lambda p: (loco.plates[p], p))
+            del loco.plates[weakest]
+    if vote.model:
+        loco.models[vote.model] = loco.models.get(vote.model, 0.0) + vote.model_confidence
+
+
+def _dominant(evidence: dict[str, float], minimum: float, share: float) -> str | None:
+    if not evidence:
+        return None
+    best = max(sorted(evidence), key=lambda k: evidence[k])
+    total = sum(evidence.values())
+    if evidence[best] >= minimum and evidence[best] >= share * total:
+        return best
+    return None
+
+
+def read_model(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
+    """The model readings name (plate pattern or model recognition), not guessed from length."""
+    t = config.tuning
+    plate = _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
+    if plate is not None and (model := plate_model(config, plate)) is not None:
+        return model
+    # Model recognition alone (no plate legible) needs the same dominance, any amount.
+    model = _dominant(loco.models, 0.0, t.plate_dominance)
+    if model in config.model_lengths:
+        return model
+    return None
+
+
+def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
+    """The model and plate the state shows for ``loco`` (None where unsure)."""
+    t = config.tuning
+    plate = _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
+    model = read_model(config, loco)
+    if model is None and loco.head_seen_at is not None and loco.tail_seen_at is not None:
+        fits = [
+            name
+            for name, length in config.model_lengths.items()
+            if abs(length - loco.length_m) <= t.length_fit_m
+        ]
+        model = fits[0] if len(fits) == 1 else None
+    if plate is not None and model is not None and plate_model(config, plate) not in (None, model):
+        plate = None  # plate and model disagree: say less rather than something wrong
+    return Identity(model=model, plate=plate)
+
+
+def reading_owner(
+    config: FusionConfig, locomotives: list[TrackedLocomotive], vote: PlateVote
+) -> TrackedLocomotive | None:
+    """The locomotive a reading belongs to: on its track, the one whose cab stands about
+    ``plate_inset_m`` from the reading, among those whose body (with margin) holds it."""
+    t = config.tuning
+    best: tuple[float, TrackedLocomotive] | None = None
+    for loco in locomotives:
+        if loco.track_id != vote.track_id:
+            continue
+        lo, hi = loco.span
+        if not lo - t.plate_margin_m <= vote.position_m <= hi + t.plate_margin_m:
+            continue
+        cab = loco.head_m + loco.direction * t.plate_inset_m
+        score = abs(cab - vote.position_m)
+        if best is None or score < best[0]:
+            best = (score, loco)
+    return best[1] if best is not None else None

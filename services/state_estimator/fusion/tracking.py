@@ -1,0 +1,153 @@
+"""Following known locomotives: predict, update from detected ends, lose existence.
+
+Each locomotive is a rigid body on its track: both true ends move with one speed
+(alpha-beta filter). A detected end updates its own end; an end that has not been detected
+for ``rigid_after_s`` (hidden, outside the depot, never seen) follows the seen end at the
+locomotive's length: the model length when readings name the model, the assumed model of a
+lone-end start, else the measured length.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from services.state_estimator.fusion.association import Detection
+from services.state_estimator.fusion.config import FusionConfig
+from services.state_estimator.fusion.identity import read_model
+from services.state_estimator.fusion.state import END_KINDS, EndKind, TrackedLocomotive
+
+MAX_CAMERAS = 8
+"""Cameras remembered per locomotive (shown on the dashboard; the newest win)."""
+
+
+def seconds(a: datetime, b: datetime) -> float:
+    """``a - b`` in seconds."""
+    return (a - b).total_seconds()
+
+
+def other(kind: EndKind) -> EndKind:
+    """The other end."""
+    return "tail" if kind == "head" else "head"
+
+
+def raw_end(loco: TrackedLocomotive, kind: EndKind, offset_m: float) -> float:
+    """Where the detector places this end: ``offset_m`` inside the true end."""
+    inward = loco.direction if kind == "head" else -loco.direction
+    return loco.end_m(kind) + inward * offset_m
+
+
+def target_length(config: FusionConfig, loco: TrackedLocomotive) -> float:
+    """The length the locomotive is held to: read model, assumed model, else measured."""
+    model = read_model(config, loco) or loco.assumed_model
+    if model is not None and model in config.model_lengths:
+        return config.model_lengths[model]
+    return loco.length_m
+
+
+def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None:
+    """Move ``loco`` to event time ``at`` with its speed; the speed fades while unconfirmed."""
+    dt = seconds(at, loco.updated_at)
+    shift = loco.velocity_mps * dt
+    loco.head_m += shift
+    loco.tail_m += shift
+    if dt > 0:
+        loco.velocity_mps *= max(0.0, 1.0 - dt / config.tuning.velocity_memory_s)
+    loco.updated_at = at
+
+
+def _set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
+    if kind == "head":
+        loco.head_m = value
+    else:
+        loco.tail_m = value
+
+
+def _mark_seen(loco: TrackedLocomotive, kind: EndKind, at: datetime) -> None:
+    if kind == "head":
+        loco.head_seen_at = at
+    else:
+        loco.tail_seen_at = at
+
+
+def update(
+    config: FusionConfig,
+    loco: TrackedLocomotive,
+    detected: dict[EndKind, Detection],
+    at: datetime,
+    camera_id: str,
+) -> None:
+    """Fold the ends one frame detected of ``loco`` (already predicted to ``at``) in."""
+    t = config.tuning
+    direction = loco.direction
+    for kind, det in detected.items():
+        inward = direction if kind == "head" else -direction
+        true = det.position_m - inward * t.end_label_offset_m
+        if det.kind == kind:
+            loco.label_agree += 1
+        else:
+            loco.label_swapped += 1
+        if loco.seen_at(kind) is None:
+            _set_end(loco, kind, true)  # first sighting replaces the assumed place
+            loco.assumed_model = None
+        else:
+            residual = true - loco.end_m(kind)
+            _set_end(loco, kind, loco.end_m(kind) + t.position_gain * residual)
+            speed = loco.velocity_mps + t.velocity_gain * residual
+            loco.velocity_mps = max(-t.max_speed_mps, min(t.max_speed_mps, speed))
+        _mark_seen(loco, kind, at)
+    _hold_length(config, loco, detected, at)
+    loco.existence = min(1.0, loco.existence + t.existence_hit * len(detected))
+    loco.last_seen = max(loco.last_seen, at)
+    if camera_id in loco.cameras:
+        loco.cameras.remove(camera_id)
+    loco.cameras = [*loco.cameras, camera_id][-MAX_CAMERAS:]
+    _maybe_turn(loco)
+
+
+def _hold_length(
+    config: FusionConfig, loco: TrackedLocomotive, detected: dict[EndKind, Detection], at: datetime
+) -> None:
+    """Keep the body rigid: an end not seen lately follows the seen one at the length."""
+    t = config.tuning
+    length = target_length(config, loco)
+    direction = loco.direction
+    for kind in END_KINDS:
+        if kind in detected:
+            continue
+        seen = loco.seen_at(kind)
+        if seen is None or seconds(at, seen) > t.rigid_after_s:
+            anchor = loco.end_m(other(kind))
+            sign = direction if kind == "tail" else -direction
+            _set_end(loco, kind, anchor + sign * length)
+    head_seen, tail_seen = loco.head_seen_at, loco.tail_seen_at
+    both_recent = (
+        head_seen is not None
+        and tail_seen is not None
+        and seconds(at, head_seen) <= t.rigid_after_s
+        and seconds(at, tail_seen) <= t.rigid_after_s
+    )
+    model = read_model(config, loco)
+    if both_recent and model is not None:
+        # Two measured ends and a known length: split the disagreement between the ends.
+        correction = t.length_gain * (config.model_lengths[model] - loco.length_m) / 2
+        loco.head_m -= direction * correction
+        loco.tail_m += direction * correction
+
+
+def _maybe_turn(loco: TrackedLocomotive) -> None:
+    """Swap head and tail when the detector's labels say, consistently, it stands the other
+    way round (it was started from swapped labels)."""
+    if loco.label_swapped >= TURN_MIN_VOTES and loco.label_swapped >= 2 * loco.label_agree:
+        loco.head_m, loco.tail_m = loco.tail_m, loco.head_m
+        loco.head_seen_at, loco.tail_seen_at = loco.tail_seen_at, loco.head_seen_at
+        loco.label_agree, loco.label_swapped = loco.label_swapped, loco.label_agree
+
+
+TURN_MIN_VOTES = 6
+"""Swapped labels needed before a locomotive is turned round (a few swaps are detector noise:
+up to a third of one camera's labels at steep side angles)."""
+
+
+def missed(config: FusionConfig, loco: TrackedLocomotive) -> None:
+    """A camera showed one of ``loco``'s ends and did not detect it."""
+    loco.existence *= config.tuning.existence_miss
