@@ -214,3 +214,24 @@ def pinhole_extrinsics(
     fx = (width / 2.0) / np.tan(np.radians(hfov_deg) / 2.0)
     k = np.array([[fx, 0.0, width / 2.0], [0.0, fx, height / 2.0], [0.0, 0.0, 1.0]])
     return k, r, -r @ c
+
+
+def stretches(
+    positions: Sequence[float] | FloatArray, mask: Sequence[bool] | NDArray[np.bool_], step_m: float
+) -> list[tuple[float, float]]:
+    """(first, last) position of every run of consecutive samples where ``mask`` holds.
+
+    ``positions`` are samples ``step_m`` apart along a track; a run ends one step before the
+    first sample where the mask fails (the last sample closes an open run).
+    """
+    out: list[tuple[float, float]] = []
+    start: float | None = None
+    for pos, hit in zip(positions, mask, strict=True):
+        if hit and start is None:
+            start = float(pos)
+        elif not hit and start is not None:
+            out.append((start, float(pos) - step_m))
+            start = None
+    if start is not None and len(positions):
+        out.append((start, float(positions[-1])))
+    return out

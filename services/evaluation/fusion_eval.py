@@ -48,6 +48,7 @@ from services.runtime.frames import (
     Rejected,
     decode_reduction,
 )
+from services.state_estimator.coverage import in_view
 from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState
 
 if TYPE_CHECKING:
@@ -114,19 +115,6 @@ class ModelledRun:
     """Per tick: locomotives some camera has read the plate of correctly, so far."""
 
 
-def modelled_estimates(
-    facility: FacilityConfig,
-    scenario: str | Scenario,
-    seed: int,
-    detector: DetectorModel,
-    flow: str = "prod",
-    fps: float = 2.0,
-) -> tuple[list[Arrival], list[GroundTruth]]:
-    """(estimates with their arrival times, ground truth per tick) of a simulator scenario."""
-    run = modelled_run(facility, scenario, seed, detector, flow, fps)
-    return run.arrivals, run.truths
-
-
 @dataclass(frozen=True)
 class _Sight:
     """One thing a camera might see this tick: an end or a plate of a locomotive."""
@@ -162,19 +150,6 @@ def _sights(
                 xy = point_at_position(track.polyline, at)[0]
                 sights.append(_Sight(i, kind, track.id, at, (xy[0], xy[1], z)))
     return sights, np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-
-
-def in_view(
-    intervals: list[tuple[float, float]], position_m: float, edge_margin_m: float, length_m: float
-) -> bool:
-    """Whether a position lies in a camera's view of a track, ``edge_margin_m`` from the
-    image edges (where an end is cut off); the track's own ends are no image edge."""
-    for lo, hi in intervals:
-        lo_edge = lo + (edge_margin_m if lo > 1e-6 else 0.0)
-        hi_edge = hi - (edge_margin_m if hi < length_m - 0.25 else 0.0)
-        if lo_edge <= position_m <= hi_edge:
-            return True
-    return False
 
 
 def visible_sights(

@@ -30,7 +30,12 @@ from typing import Any, Literal
 import numpy as np
 
 from schemas.facility import FacilityConfig, parse_facility
-from schemas.geometry import apply_homography, pinhole_extrinsics, pinhole_floor_homography
+from schemas.geometry import (
+    apply_homography,
+    pinhole_extrinsics,
+    pinhole_floor_homography,
+    stretches,
+)
 from services.simulator.world import (
     CameraOutage,
     Keyframe,
@@ -196,16 +201,7 @@ def _visible_stretches(
         uv = apply_homography(h, pts)
         seen = (depth > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] <= IMAGE_W)
         seen &= (uv[:, 1] >= 0) & (uv[:, 1] <= IMAGE_H)
-        intervals: list[tuple[float, float]] = []
-        start: float | None = None
-        for p, s in zip(pos, seen, strict=True):
-            if s and start is None:
-                start = float(p)
-            elif not s and start is not None:
-                intervals.append((start, float(p) - step_m))
-                start = None
-        if start is not None:
-            intervals.append((start, float(pos[-1])))
+        intervals = stretches(pos, seen, step_m)
         if intervals:
             out[track["id"]] = intervals
     return out

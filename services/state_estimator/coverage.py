@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from schemas.facility import Camera, FacilityConfig, Track
-from schemas.geometry import FloatArray, point_at_position
+from schemas.geometry import FloatArray, point_at_position, stretches
 
 Interval = tuple[float, float]
 
@@ -44,17 +44,7 @@ def track_coverage(camera: Camera, track: Track, step_m: float = SAMPLE_STEP_M) 
     positions = np.arange(0.0, track.length_m + step_m / 2, step_m)
     u, v, front = project_track(camera, track, positions)
     visible = front & (u >= 0) & (u <= camera.width) & (v >= 0) & (v <= camera.height)
-    intervals: list[Interval] = []
-    start: float | None = None
-    for pos, vis in zip(positions, visible, strict=True):
-        if vis and start is None:
-            start = float(pos)
-        elif not vis and start is not None:
-            intervals.append((start, float(pos) - step_m))
-            start = None
-    if start is not None:
-        intervals.append((start, float(positions[-1])))
-    return [(lo, hi) for lo, hi in intervals if hi > lo]
+    return [(lo, hi) for lo, hi in stretches(positions, visible, step_m) if hi > lo]
 
 
 def facility_coverage(cfg: FacilityConfig) -> dict[str, dict[str, list[Interval]]]:
@@ -65,9 +55,21 @@ def facility_coverage(cfg: FacilityConfig) -> dict[str, dict[str, list[Interval]
     }
 
 
-def covers(intervals: list[Interval], position_m: float, margin_m: float = 0.0) -> bool:
-    """Whether ``position_m`` lies inside one of ``intervals`` shrunk by ``margin_m`` each side."""
-    return any(lo + margin_m <= position_m <= hi - margin_m for lo, hi in intervals)
+def in_view(
+    intervals: list[Interval], position_m: float, edge_margin_m: float, length_m: float
+) -> bool:
+    """Whether a position lies in a camera's view of a track (``intervals``), at least
+    ``edge_margin_m`` from an image edge (where an end is cut off and often missed).
+
+    The track's own ends are no image edge: an interval reaching a track end (within one
+    coverage sample) keeps its full extent there.
+    """
+    for lo, hi in intervals:
+        lo_edge = lo + (edge_margin_m if lo > 1e-6 else 0.0)
+        hi_edge = hi - (edge_margin_m if hi < length_m - 0.25 else 0.0)
+        if lo_edge <= position_m <= hi_edge:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from schemas.geometry import (
     point_at_position,
     polyline_length,
     reprojection_errors,
+    stretches,
 )
 
 # (position, look_at, hfov_deg, width, height): cameras like the depot's, and some odd ones.
@@ -221,3 +222,19 @@ def test_points_on_the_horizon_map_to_infinity() -> None:
     mapped = apply_homography(h, [(0.5, 0.5), (2.0, 0.0)])
     assert np.isinf(mapped[0]).all()
     assert mapped[1] == pytest.approx((2.0, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [
+        ([False, False, False], []),
+        ([True, True, True], [(0.0, 1.0)]),
+        ([True, False, True], [(0.0, 0.0), (1.0, 1.0)]),
+        ([False, True, True, False], [(0.5, 1.0)]),
+    ],
+)
+def test_stretches_are_the_runs_where_the_mask_holds(
+    mask: list[bool], expected: list[tuple[float, float]]
+) -> None:
+    positions = [0.5 * i for i in range(len(mask))]
+    assert stretches(positions, mask, 0.5) == expected

@@ -56,13 +56,3 @@ class FusionConfig:
     def plate_res(self) -> dict[str, re.Pattern[str]]:
         """Compiled plate pattern per model."""
         return {name: re.compile(p) for name, p in self.plate_patterns.items()}
-
-    @cached_property
-    def shortest_model_m(self) -> float:
-        """Length of the shortest model (0 with no models)."""
-        return min(self.model_lengths.values(), default=0.0)
-
-    @cached_property
-    def longest_model_m(self) -> float:
-        """Length of the longest model (0 with no models)."""
-        return max(self.model_lengths.values(), default=0.0)

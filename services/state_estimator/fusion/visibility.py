@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from services.state_estimator.coverage import hidden_behind
+from services.state_estimator.coverage import hidden_behind, in_view
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.state import TrackedLocomotive
 
@@ -31,14 +31,12 @@ def covers_track(config: FusionConfig, camera_id: str, track_id: str) -> bool:
 
 def in_image(config: FusionConfig, camera_id: str, track_id: str, position_m: float) -> bool:
     """Whether ``position_m`` lies well inside the camera's image (edges excluded)."""
-    margin = config.tuning.view_edge_m
-    length = config.track_lengths.get(track_id)
-    for lo, hi in config.coverage.get(camera_id, {}).get(track_id, []):
-        low = lo if lo <= 0.0 else lo + margin
-        high = hi if length is not None and hi >= length else hi - margin
-        if low <= position_m <= high:
-            return True
-    return False
+    return in_view(
+        config.coverage.get(camera_id, {}).get(track_id, []),
+        position_m,
+        config.tuning.view_edge_m,
+        config.track_lengths.get(track_id, float("inf")),
+    )
 
 
 def shows(
