@@ -161,6 +161,7 @@ def run_case(case: Case, detector: DetectorModel | None = None) -> CaseResult:
     frames = tracking_frames(run.truths, run.observable, fused.snapshots, lengths)
     everyone = {x.locomotive_id for t in run.truths for x in t.locomotives}
     tracked = hota(frames)
+    id_f1 = idf1(frames)
     return CaseResult(
         name=case.name,
         tracks=len(facility.tracks),
@@ -174,7 +175,7 @@ def run_case(case: Case, detector: DetectorModel | None = None) -> CaseResult:
         wrong=summary.wrong_rate,
         identified_when_legible=summary.identified_when_legible,
         unobservable=len(everyone - run.observable[-1]),
-        idf1=idf1(frames),
+        idf1=id_f1,
         hota=tracked.hota,
         cpu_ms_per_estimate=1000.0 * fused.cpu_s / max(1, fused.estimates),
         details=(
@@ -182,7 +183,7 @@ def run_case(case: Case, detector: DetectorModel | None = None) -> CaseResult:
             f"identified when legible:     {_pct(summary.identified_when_legible)} "
             f"({summary.legible_identified}/{summary.legible_total})",
             f"HOTA {tracked.hota:.3f} (DetA {tracked.det_a:.3f}, AssA {tracked.ass_a:.3f}), "
-            f"IDF1 {_num(idf1(frames))}",
+            f"IDF1 {_num(id_f1)}",
             f"fusion: {fused.estimates} estimates, {fused.cpu_s:.2f} s CPU",
         ),
     )

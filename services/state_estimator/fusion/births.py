@@ -28,7 +28,7 @@ from services.state_estimator.fusion.state import (
     LooseEnd,
     TrackedLocomotive,
 )
-from services.state_estimator.fusion.tracking import seconds
+from services.state_estimator.fusion.tracking import MAX_CAMERAS, seconds
 from services.state_estimator.fusion.visibility import occluders_of, on_track, shows
 
 
@@ -44,7 +44,7 @@ class Hypothesis:
     far_outside: bool
 
 
-def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
@@ -59,7 +59,7 @@ def _body_free(
     """No known locomotive overlaps ``span`` and no other unexplained end stands inside it."""
     t = config.tuning
     for loco in state.locomotives:
-        if loco.track_id == track_id and _overlap(loco.span, span) > t.overlap_m:
+        if loco.track_id == track_id and overlap(loco.span, span) > t.overlap_m:
             return False
     lo, hi = span
     if any(
@@ -117,7 +117,7 @@ def _new_locomotive(
         tail_seen_at=tail_seen,
         existence=existence,
         assumed_model=assumed_model,
-        cameras=cameras[-8:],
+        cameras=cameras[-MAX_CAMERAS:],
     )
     state.next_id += 1
     state.locomotives.append(loco)
@@ -164,8 +164,8 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
             head_true = head.position_m - direction * off
             tail_true = tail.position_m + direction * off
             length = abs(tail_true - head_true)
-            misfit = min((abs(m - length) for m in config.model_lengths.values()), default=None)
-            if misfit is None or misfit > t.pairing_tolerance_m:
+            misfit = config.length_misfit(length)
+            if misfit > t.pairing_tolerance_m:
                 continue
             if min(seconds(at, head.first_seen), seconds(at, tail.first_seen)) < t.birth_settle_s:
                 continue  # let every camera report first: another pairing may fit better
@@ -344,11 +344,11 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             body = 1.0 if e.position_m >= seen_true else -1.0
             far_true = e.position_m + body * off
             length = abs(far_true - seen_true)
-            misfit = min((abs(m - length) for m in config.model_lengths.values()), default=None)
-            if misfit is None or misfit > t.pairing_tolerance_m:
+            misfit = config.length_misfit(length)
+            if misfit > t.pairing_tolerance_m:
                 continue
             span = (min(seen_true, far_true), max(seen_true, far_true))
-            if any(_overlap(o.span, span) > t.overlap_m for o in others):
+            if any(overlap(o.span, span) > t.overlap_m for o in others):
                 continue
             if best is None or misfit < best[0]:
                 best = (misfit, e, far_true)
@@ -373,7 +373,7 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             far = loco.head_m if far_kind == "head" else loco.tail_m
             turned = seen_true - (far - seen_true)
             span = (min(seen_true, turned), max(seen_true, turned))
-            if any(_overlap(o.span, span) > t.overlap_m for o in others):
+            if any(overlap(o.span, span) > t.overlap_m for o in others):
                 continue
             if far_kind == "head":
                 loco.head_m = turned

@@ -56,3 +56,7 @@ class FusionConfig:
     def plate_res(self) -> dict[str, re.Pattern[str]]:
         """Compiled plate pattern per model."""
         return {name: re.compile(p) for name, p in self.plate_patterns.items()}
+
+    def length_misfit(self, length_m: float) -> float:
+        """How far ``length_m`` is from the nearest model length (inf with no models)."""
+        return min((abs(m - length_m) for m in self.model_lengths.values()), default=float("inf"))

@@ -197,7 +197,8 @@ class FusionCore:
             if isinstance(owner, TrackedLocomotive):
                 per_loco[owner.locomotive_id][kind] = detected[i]
             else:
-                self._update_loose(owner, detected[i], at, camera_id)
+                det = detected[i]
+                self._support(owner, det.position_m, det.kind, det.confidence, at, camera_id)
         for loco in locos:
             if loco.locomotive_id in per_loco:
                 tracking.update(cfg, loco, per_loco[loco.locomotive_id], at, camera_id)
@@ -218,36 +219,60 @@ class FusionCore:
                 owner.misses += 1
         for i, det in enumerate(detected):
             if i not in matches:
-                state.loose_ends.append(
-                    LooseEnd(
-                        end_id=state.next_end_id,
-                        track_id=track_id,
-                        position_m=det.position_m,
-                        head_votes=det.confidence if det.kind == "head" else 0.0,
-                        tail_votes=det.confidence if det.kind == "tail" else 0.0,
-                        hits=1,
-                        confidence=det.confidence,
-                        first_seen=at,
-                        last_seen=at,
-                        cameras=[camera_id],
-                        from_plate_only=False,
-                    )
+                self._start_loose(
+                    state, track_id, det.position_m, det.kind, det.confidence, at, camera_id, False
                 )
-                state.next_end_id += 1
 
-    def _update_loose(self, end: LooseEnd, det: Detection, at: datetime, camera_id: str) -> None:
-        gain = self.config.tuning.position_gain
-        end.position_m += gain * (det.position_m - end.position_m)
-        if det.kind == "head":
-            end.head_votes += det.confidence
+    def _support(
+        self,
+        end: LooseEnd,
+        position_m: float,
+        kind: EndKind,
+        weight: float,
+        at: datetime,
+        camera_id: str,
+    ) -> None:
+        """One more sighting of an unexplained end (a detection, or a plate for a cab)."""
+        end.position_m += self.config.tuning.position_gain * (position_m - end.position_m)
+        if kind == "head":
+            end.head_votes += weight
         else:
-            end.tail_votes += det.confidence
+            end.tail_votes += weight
         end.hits += 1
         end.misses = 0
-        end.confidence = max(end.confidence, det.confidence)
+        end.confidence = max(end.confidence, weight)
         end.last_seen = max(end.last_seen, at)
         if camera_id not in end.cameras:
             end.cameras.append(camera_id)
+
+    @staticmethod
+    def _start_loose(
+        state: FusionState,
+        track_id: str,
+        position_m: float,
+        kind: EndKind,
+        weight: float,
+        at: datetime,
+        camera_id: str,
+        from_plate_only: bool,
+    ) -> None:
+        """A new unexplained end from its first sighting."""
+        state.loose_ends.append(
+            LooseEnd(
+                end_id=state.next_end_id,
+                track_id=track_id,
+                position_m=position_m,
+                head_votes=weight if kind == "head" else 0.0,
+                tail_votes=weight if kind == "tail" else 0.0,
+                hits=1,
+                confidence=weight,
+                first_seen=at,
+                last_seen=at,
+                cameras=[camera_id],
+                from_plate_only=from_plate_only,
+            )
+        )
+        state.next_end_id += 1
 
     def _plate_as_cab(self, state: FusionState, vote: PlateVote, camera_id: str) -> None:
         """A plate read where no locomotive stands: evidence of a cab there."""
@@ -259,30 +284,14 @@ class FusionCore:
             and e.from_plate_only
             and abs(e.position_m - vote.position_m) <= merge
         ]
+        at, weight = vote.captured_at, vote.plate_confidence
         if near:
             end = min(near, key=lambda e: abs(e.position_m - vote.position_m))
-            end.position_m += 0.5 * (vote.position_m - end.position_m)
-            end.head_votes += vote.plate_confidence
-            end.hits += 1
-            end.last_seen = max(end.last_seen, vote.captured_at)
-            if camera_id not in end.cameras:
-                end.cameras.append(camera_id)
-            return
-        state.loose_ends.append(
-            LooseEnd(
-                end_id=state.next_end_id,
-                track_id=vote.track_id,
-                position_m=vote.position_m,
-                head_votes=vote.plate_confidence,
-                hits=1,
-                confidence=vote.plate_confidence,
-                first_seen=vote.captured_at,
-                last_seen=vote.captured_at,
-                cameras=[camera_id],
-                from_plate_only=True,
+            self._support(end, vote.position_m, "head", weight, at, camera_id)
+        else:
+            self._start_loose(
+                state, vote.track_id, vote.position_m, "head", weight, at, camera_id, True
             )
-        )
-        state.next_end_id += 1
 
     # ---- consistency
 
@@ -299,15 +308,16 @@ class FusionCore:
                 continue
             kept.append(loco)
 
-        def support(loco: TrackedLocomotive) -> tuple[int, float, datetime]:
+        def support(loco: TrackedLocomotive) -> tuple[int, float, float]:
+            # Both ends seen, then existence, then the older locomotive wins.
             both = int(loco.head_seen_at is not None and loco.tail_seen_at is not None)
-            return (both, loco.existence, -loco.first_seen.timestamp())  # type: ignore[return-value]
+            return (both, loco.existence, -loco.first_seen.timestamp())
 
         kept.sort(key=support, reverse=True)
         survivors: list[TrackedLocomotive] = []
         for loco in kept:
             if any(
-                s.track_id == loco.track_id and births._overlap(s.span, loco.span) > t.overlap_m
+                s.track_id == loco.track_id and births.overlap(s.span, loco.span) > t.overlap_m
                 for s in survivors
             ):
                 continue

@@ -71,24 +71,31 @@ def _dominant(evidence: dict[str, float], minimum: float, share: float) -> str |
     return None
 
 
-def read_model(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
-    """The model readings name (plate pattern or model recognition), not guessed from length."""
+def _shown_plate(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
     t = config.tuning
-    plate = _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
+    return _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
+
+
+def _model_read(config: FusionConfig, loco: TrackedLocomotive, plate: str | None) -> str | None:
     if plate is not None and (model := plate_model(config, plate)) is not None:
         return model
     # Model recognition alone (no plate legible) needs the same dominance, any amount.
-    model = _dominant(loco.models, 0.0, t.plate_dominance)
+    model = _dominant(loco.models, 0.0, config.tuning.plate_dominance)
     if model in config.model_lengths:
         return model
     return None
 
 
+def read_model(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
+    """The model readings name (plate pattern or model recognition), not guessed from length."""
+    return _model_read(config, loco, _shown_plate(config, loco))
+
+
 def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
     """The model and plate the state shows for ``loco`` (None where unsure)."""
     t = config.tuning
-    plate = _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
-    model = read_model(config, loco)
+    plate = _shown_plate(config, loco)
+    model = _model_read(config, loco, plate)
     if model is None and loco.head_seen_at is not None and loco.tail_seen_at is not None:
         fits = [
             name

@@ -36,9 +36,10 @@ def raw_end(loco: TrackedLocomotive, kind: EndKind, offset_m: float) -> float:
     return loco.end_m(kind) + inward * offset_m
 
 
-def target_length(config: FusionConfig, loco: TrackedLocomotive) -> float:
-    """The length the locomotive is held to: read model, assumed model, else measured."""
-    model = read_model(config, loco) or loco.assumed_model
+def target_length(config: FusionConfig, loco: TrackedLocomotive, read: str | None) -> float:
+    """The length the locomotive is held to: the ``read`` model, the assumed model, else the
+    measured length."""
+    model = read or loco.assumed_model
     if model is not None and model in config.model_lengths:
         return config.model_lengths[model]
     return loco.length_m
@@ -109,7 +110,8 @@ def _hold_length(
 ) -> None:
     """Keep the body rigid: an end not seen lately follows the seen one at the length."""
     t = config.tuning
-    length = target_length(config, loco)
+    model = read_model(config, loco)
+    length = target_length(config, loco, model)
     direction = loco.direction
     for kind in END_KINDS:
         if kind in detected:
@@ -126,7 +128,6 @@ def _hold_length(
         and seconds(at, head_seen) <= t.rigid_after_s
         and seconds(at, tail_seen) <= t.rigid_after_s
     )
-    model = read_model(config, loco)
     if both_recent and model is not None:
         # Two measured ends and a known length: split the disagreement between the ends.
         correction = t.length_gain * (config.model_lengths[model] - loco.length_m) / 2
