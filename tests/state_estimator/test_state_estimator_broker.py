@@ -329,7 +329,8 @@ def test_run_starts_a_flow_beside_prod_without_touching_prod_topics(
         IdentityEstimate.topic_name(prod),
         FacilityState.topic_name(prod),
     ]
-    produce(stack_settings, prod, scene(prod, 0, 0.0))
+    # Two seconds of frames: the tracker starts a locomotive once its ends were seen for 1 s.
+    produce(stack_settings, prod, [m for seq in range(4) for m in scene(prod, seq, seq * 0.5)])
     before = high_watermarks(stack_settings, prod_topics)
     reader = StateReader(stack_settings, dev)
     run = subprocess.Popen(
