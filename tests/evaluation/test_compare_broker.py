@@ -112,7 +112,7 @@ def test_compare_command_scores_a_time_range(
     assert result.exit_code == 0, result.output
     assert "snapshots compared:          5" in result.output
     assert "count per track agrees:      60.0% (T1 100.0%, T2 60.0%, T3 100.0%)" in result.output
-    assert "identity agrees:             100.0% (5/5)" in result.output
+    assert "identity agrees:             100.0% (5/5; unknown 0.0%, wrong 0.0%)" in result.output
     bad = CliRunner().invoke(compare_command, [a, "qa", "--config", str(config), "--from", "-1m"])
     assert bad.exit_code != 0
     assert "unknown flow 'qa'" in bad.output
