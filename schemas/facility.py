@@ -35,6 +35,10 @@ Point2 = tuple[float, float]
 Point3 = tuple[float, float, float]
 
 
+TrackEnd = Literal["start", "end"]
+TRACK_ENDS: tuple[TrackEnd, ...] = ("start", "end")
+
+
 class Track(StrictModel):
     """A track as a polyline on the facility floor, in metres."""
 
@@ -46,6 +50,19 @@ class Track(StrictModel):
     tolerance_m: float = Field(
         default=2.0, gt=0, le=10, description="Max distance from the centre line to count as on it."
     )
+    gates: list[TrackEnd] = Field(
+        default_factory=lambda: list(TRACK_ENDS),
+        max_length=2,
+        description="Track ends locomotives can pass (doors, a line out of the depot); any "
+        "other end is a buffer stop: no locomotive stands beyond it.",
+    )
+
+    @field_validator("gates")
+    @classmethod
+    def _distinct_gates(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists an end twice; write [start], [end] or [start, end]")
+        return v
 
     @field_validator("polyline")
     @classmethod

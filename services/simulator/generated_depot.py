@@ -81,12 +81,15 @@ FLOWS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class GeneratedDepot:
-    """A generated facility and what the facility config cannot say: where the gates are."""
+    """A generated facility (its tracks say where the gates are)."""
 
     seed: int
     facility: FacilityConfig
-    gates: dict[str, tuple[End, ...]]
-    """track_id -> its ends that are gates; every other end is a buffer stop."""
+
+    @property
+    def gates(self) -> dict[str, tuple[End, ...]]:
+        """track_id -> its ends that are gates; every other end is a buffer stop."""
+        return {t.id: tuple(t.gates) for t in self.facility.tracks}
 
     def closed_ends(self, track_id: str) -> tuple[End, ...]:
         """Ends of ``track_id`` with a buffer stop (no locomotive may pass them)."""
@@ -338,6 +341,7 @@ def _try_depot(
                 "name": f"Track {i + 1}"
                 + (f" (buffer stop at the {closed[0]})" if closed else " (gates at both ends)"),
                 "polyline": _simplify(points),
+                "gates": list(ends),
                 "_samples": _track_samples(points),
             }
         )
@@ -404,8 +408,8 @@ def _try_depot(
 
 def generate_depot(seed: int) -> GeneratedDepot:
     """A random plausible depot, the same for the same seed (validated as facility.yaml is)."""
-    data, gates = generate_depot_data(seed)
-    return GeneratedDepot(seed, parse_facility(data, f"generated depot {seed}"), gates)
+    data, _ = generate_depot_data(seed)
+    return GeneratedDepot(seed, parse_facility(data, f"generated depot {seed}"))
 
 
 # --------------------------------------------------------------------------- scenario

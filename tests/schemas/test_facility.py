@@ -187,6 +187,11 @@ OTHER_TRACKS = "use one of ['T1', 'T3'] or add the track"
 
 BAD_CONFIGS = [
     pytest.param(
+        _set("tracks.0.gates", ["end", "end"]),
+        ["tracks[0].gates: lists an end twice; write [start], [end] or [start, end]"],
+        id="gate-listed-twice",
+    ),
+    pytest.param(
         _set("cameras.0.source", "ftp://192.0.2.1/cam"),
         [f"cameras[0].source: URL scheme 'ftp' is not supported; {SCHEMES}"],
         id="bad-url-scheme",

@@ -35,6 +35,7 @@ def test_generated_depot_is_plausible(seed: int) -> None:
     assert 4 <= len(facility.cameras) <= 20
     assert all(40.0 <= t.length_m <= 150.0 for t in facility.tracks)
     assert set(gates) == {t.id for t in facility.tracks}
+    assert {t.id: tuple(t.gates) for t in facility.tracks} == gates
     for cam in facility.cameras:
         assert cam.pose is not None
         assert 5.0 <= cam.pose.position[2] <= 14.0

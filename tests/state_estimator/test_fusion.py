@@ -233,3 +233,21 @@ def test_render_lists_every_track_and_camera(core: FusionCore) -> None:
     assert [t.track_id for t in out.tracks] == ["T1", "T2", "T3"]
     assert len(out.cameras) == 8
     assert all(c.status == "stale" for c in out.cameras)
+
+
+def test_no_locomotive_is_placed_beyond_a_buffer_stop() -> None:
+    # As the gate test above, but T1's start is a buffer stop: the tail at 5 m cannot belong
+    # to a locomotive reaching out of the depot there, and every on-track place is empty.
+    cfg = load_facility(FACILITY)
+    tracks = [t.model_copy(update={"gates": ["end"]}) if t.id == "T1" else t for t in cfg.tracks]
+    stopped = FusionCore(
+        FusionConfig.from_facility(
+            cfg.model_copy(update={"tracks": tracks}), "prod", cfg.flow("prod").state_estimator
+        )
+    )
+    views: dict[str, list[tuple[str, str, float]]] = {
+        "cam-s1": [("tail", "T1", 5.0 - OFFSET)],
+        "cam-s2": [],
+        "cam-s3": [],
+    }
+    assert locos(stopped.render(feed(stopped, frames(4, views))), "T1") == []

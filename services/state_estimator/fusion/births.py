@@ -220,6 +220,8 @@ def hypotheses(
             span = (min(true, far), max(true, far))
             if not _body_free(config, state, track, span, unexplained, (end.end_id,)):
                 continue
+            if not config.passable(track, far):
+                continue  # its body would reach past a buffer stop
             outside = not on_track(config, track, far)
             far_raw = far - direction * t.end_label_offset_m
             if any(

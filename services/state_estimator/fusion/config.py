@@ -29,6 +29,8 @@ class FusionConfig:
     sightlines: dict[str, dict[str, TrackInImage]] = field(default_factory=dict)
     """Where each track lies in each camera's image (for occlusion by nearer locomotives)."""
     track_lengths: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, frozenset[str]] = field(default_factory=dict)
+    """track -> its ends ("start", "end") locomotives can pass; absent: both."""
     camera_ids: tuple[str, ...] = ()
     disabled_cameras: frozenset[str] = frozenset()
     tuning: StateEstimatorSettings = field(default_factory=StateEstimatorSettings)
@@ -47,6 +49,7 @@ class FusionConfig:
             coverage=facility_coverage(cfg),
             sightlines=facility_sightlines(cfg),
             track_lengths={t.id: t.length_m for t in cfg.tracks},
+            gates={t.id: frozenset(t.gates) for t in cfg.tracks},
             camera_ids=tuple(c.id for c in cfg.cameras),
             disabled_cameras=frozenset(c.id for c in cfg.cameras if not c.enabled),
             tuning=settings or StateEstimatorSettings(),
@@ -60,3 +63,12 @@ class FusionConfig:
     def length_misfit(self, length_m: float) -> float:
         """How far ``length_m`` is from the nearest model length (inf with no models)."""
         return min((abs(m - length_m) for m in self.model_lengths.values()), default=float("inf"))
+
+    def passable(self, track_id: str, position_m: float) -> bool:
+        """Whether a locomotive end may stand at ``position_m``: on the track, or beyond an
+        end of it that is a gate (never beyond a buffer stop)."""
+        length = self.track_lengths.get(track_id)
+        if length is None or 0.0 <= position_m <= length:
+            return True
+        gates = self.gates.get(track_id, frozenset({"start", "end"}))
+        return ("start" if position_m < 0.0 else "end") in gates
