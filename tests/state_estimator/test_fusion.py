@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from state_builders import OFFSET, end, identity, position
@@ -251,3 +252,54 @@ def test_no_locomotive_is_placed_beyond_a_buffer_stop() -> None:
         "cam-s3": [],
     }
     assert locos(stopped.render(feed(stopped, frames(4, views))), "T1") == []
+
+
+def _record(loco_id: str, head: float, tail: float, head_seen: bool, tail_seen: bool) -> Any:
+    from state_builders import T0
+
+    from services.state_estimator.fusion import TrackedLocomotive
+
+    return TrackedLocomotive(
+        locomotive_id=loco_id,
+        track_id="T1",
+        head_m=head,
+        tail_m=tail,
+        updated_at=T0,
+        first_seen=T0,
+        last_seen=T0,
+        head_seen_at=T0 if head_seen else None,
+        tail_seen_at=T0 if tail_seen else None,
+        existence=1.0,
+        assumed_model="TE33A" if not tail_seen else None,
+    )
+
+
+def test_an_assumed_end_yields_to_a_neighbour_seen_whole(core: FusionCore) -> None:
+    from services.state_estimator.fusion.births import certain_span, yield_assumed_room
+
+    # A: cab seen at 10 m, tail assumed 21.70 m away (TE33A); B: a TEM2 seen whole at 29-45.97.
+    a = _record("a", 10.0, 31.7, head_seen=True, tail_seen=False)
+    b = _record("b", 29.0, 45.97, head_seen=True, tail_seen=True)
+    assert certain_span(core.config, a) == pytest.approx((10.0, 10.0 + 16.97))
+    assert certain_span(core.config, b) == (29.0, 45.97)
+    state = FusionState(locomotives=[a, b])
+    yield_assumed_room(core.config, state, "T1")
+    # The longest model that leaves B's body free: a 2TE116 (18.15 m).
+    assert (a.assumed_model, a.tail_m) == ("2TE116", pytest.approx(28.15))
+    assert (b.head_m, b.tail_m) == (29.0, 45.97)
+
+
+def test_a_locomotive_seen_only_by_its_plate_moves_with_it(core: FusionCore) -> None:
+    reads: list[Message] = []
+    for i in range(20):
+        reads.append(identity("cam-n2", i, i * 0.5, "T2", 20.0, "TE33A-0042"))
+        reads.append(position("cam-n1", i, i * 0.5 + 0.01))
+    state = feed(core, reads)
+    (before,) = locos(core.render(state), "T2")
+    moves: list[Message] = [
+        identity("cam-n2", 20 + i, 10 + i * 0.5, "T2", 20.0 + 0.5 * (i + 1), "TE33A-0042")
+        for i in range(10)
+    ]
+    (after,) = locos(core.render(feed(core, moves, state)), "T2")
+    assert after.locomotive_id == before.locomotive_id
+    assert after.head_m - before.head_m == pytest.approx(5.0, abs=1.0)

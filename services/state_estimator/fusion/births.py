@@ -56,10 +56,11 @@ def _body_free(
     ends: list[LooseEnd],
     exclude: tuple[int, ...],
 ) -> bool:
-    """No known locomotive overlaps ``span`` and no other unexplained end stands inside it."""
+    """No known locomotive overlaps ``span`` with the part of it that is certain (see
+    :func:`certain_span`) and no other unexplained end stands inside it."""
     t = config.tuning
     for loco in state.locomotives:
-        if loco.track_id == track_id and overlap(loco.span, span) > t.overlap_m:
+        if loco.track_id == track_id and overlap(certain_span(config, loco), span) > t.overlap_m:
             return False
     lo, hi = span
     if any(
@@ -75,6 +76,56 @@ def _body_free(
         and lo + inset < e.position_m < hi - inset
         for e in state.loose_ends
     )
+
+
+def certain_span(config: FusionConfig, loco: TrackedLocomotive) -> tuple[float, float]:
+    """The part of a locomotive's body that evidence fixes.
+
+    Both ends seen: the whole body. Otherwise only the seen end (or, placed from a plate
+    alone, the cab) is fixed, and the body is at least as long as the shortest model: the
+    rest of an assumed length yields to a detected neighbour.
+    """
+    if loco.head_seen_at is not None and loco.tail_seen_at is not None:
+        return loco.span
+    anchor = loco.tail_m if loco.head_seen_at is None and loco.tail_seen_at else loco.head_m
+    towards_body = loco.direction if anchor == loco.head_m else -loco.direction
+    reach = anchor + towards_body * min(config.shortest_model_m, loco.length_m)
+    return (min(anchor, reach), max(anchor, reach))
+
+
+def yield_assumed_room(config: FusionConfig, state: FusionState, track_id: str) -> None:
+    """Pull back an assumed end that reaches into a neighbour's certain body: the assumed
+    model becomes the longest one that fits the free room (a guess yields to evidence)."""
+    t = config.tuning
+    locos = [x for x in state.locomotives if x.track_id == track_id]
+    for loco in locos:
+        unseen = [k for k in END_KINDS if loco.seen_at(k) is None]
+        if not unseen:
+            continue
+        others = [certain_span(config, o) for o in locos if o is not loco]
+        if not any(overlap(loco.span, o) > t.overlap_m for o in others):
+            continue
+        far_kind = unseen[0] if len(unseen) == 1 else "tail"
+        anchor = loco.head_m if far_kind == "tail" else loco.tail_m
+        towards_body = loco.direction if far_kind == "tail" else -loco.direction
+        fitting = [
+            (length, model)
+            for model, length in config.model_lengths.items()
+            if not any(
+                overlap((min(anchor, far), max(anchor, far)), o) > t.overlap_m
+                for o in others
+                for far in (anchor + towards_body * length,)
+            )
+        ]
+        if not fitting:
+            continue  # no model fits: the tidy step keeps the better supported one
+        length, model = max(fitting)
+        far = anchor + towards_body * length
+        if far_kind == "tail":
+            loco.tail_m = far
+        else:
+            loco.head_m = far
+        loco.assumed_model = model
 
 
 def _eligible(
@@ -318,8 +369,8 @@ def start_lone_ends(config: FusionConfig, state: FusionState, track_id: str, at:
 
 
 def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
-    """Correct locomotives whose one end was never seen (placed from an assumed model) when
-    new evidence contradicts the assumption.
+    """Correct locomotives with an end never seen (placed from an assumed model, or from a
+    plate alone) when new evidence contradicts the assumption.
 
     * An unexplained end of the other kind that fits a model length from the seen end is that
       locomotive's far end: the pair replaces the assumption.
@@ -330,16 +381,20 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
     off = t.end_label_offset_m
     for loco in [x for x in state.locomotives if x.track_id == track_id]:
         unseen = [k for k in END_KINDS if loco.seen_at(k) is None]
-        if len(unseen) != 1:
+        if not unseen:
             continue
-        far_kind = unseen[0]
+        # Placed from its plate alone, neither end seen: the plate places the cab, so the
+        # tail is the assumption to check first.
+        far_kind = unseen[0] if len(unseen) == 1 else "tail"
         seen_kind = "tail" if far_kind == "head" else "head"
         seen_true = loco.tail_m if seen_kind == "tail" else loco.head_m
         others = [x for x in state.locomotives if x is not loco and x.track_id == track_id]
         ends = [
             e
             for e in _eligible(config, state, track_id, at)
-            if not e.from_plate_only and e.kind == far_kind
+            if not e.from_plate_only
+            and e.kind == far_kind
+            and seconds(at, e.first_seen) >= t.birth_settle_s
         ]
         best: tuple[float, LooseEnd, float] | None = None
         for e in ends:

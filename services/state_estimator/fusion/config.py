@@ -72,3 +72,8 @@ class FusionConfig:
             return True
         gates = self.gates.get(track_id, frozenset({"start", "end"}))
         return ("start" if position_m < 0.0 else "end") in gates
+
+    @cached_property
+    def shortest_model_m(self) -> float:
+        """Length of the shortest model: every locomotive is at least this long."""
+        return min(self.model_lengths.values(), default=0.0)

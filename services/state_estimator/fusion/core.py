@@ -101,9 +101,12 @@ class FusionCore:
             if detections.get(track_id) or covers_track(cfg, cam, track_id):
                 self._update_track(new, cam, track_id, detections.get(track_id, []), at)
         for track_id in cfg.track_ids:
-            births.revise_assumed(cfg, new, track_id, at)
+            # Unexplained ends pair among themselves first: an assumed end gives way only to
+            # an end nothing else explains.
             births.start_pairs(cfg, new, track_id, at)
+            births.revise_assumed(cfg, new, track_id, at)
             births.start_lone_ends(cfg, new, track_id, at)
+            births.yield_assumed_room(cfg, new, track_id)
         self._tidy(new, at)
         self._attach_votes(new)
         return new, True
@@ -149,6 +152,7 @@ class FusionCore:
         owner = identity.reading_owner(self.config, new.locomotives, vote)
         if owner is not None:
             identity.add_vote(owner, vote)
+            tracking.follow_plate(self.config, owner, vote.position_m, frame.captured_at)
             # A plate read on it is seen evidence that it stands there, ends hidden or not.
             owner.existence = min(1.0, owner.existence + self.config.tuning.existence_hit)
             owner.last_seen = max(owner.last_seen, frame.captured_at)
