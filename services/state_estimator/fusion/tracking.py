@@ -152,18 +152,22 @@ up to a third of one camera's labels at steep side angles)."""
 def follow_plate(
     config: FusionConfig, loco: TrackedLocomotive, plate_m: float, at: datetime
 ) -> None:
-    """A plate read on ``loco`` while its cab end goes undetected (hidden): the plate is the
+    """A plate read on ``loco`` while neither end is detected (both hidden): the plate is the
     best measure of where the cab is, so a locomotive seen only by its plate still moves.
 
     The plate hangs ``plate_inset_m`` inside the cab; the body follows rigidly.
     """
     t = config.tuning
-    seen = loco.head_seen_at
-    if seen is not None and seconds(at, seen) <= t.rigid_after_s:
-        return  # the detected cab end is the better measure
+    if any(
+        seen is not None and seconds(at, seen) <= t.rigid_after_s
+        for seen in (loco.head_seen_at, loco.tail_seen_at)
+    ):
+        return  # a detected end is the better measure
     predict(config, loco, at)
     cab = plate_m - loco.direction * t.plate_inset_m
     residual = cab - loco.head_m
+    if abs(residual) > t.association_gate_m:
+        return  # not where its cab can be: a neighbour's plate, or a cab that moved unseen
     length = target_length(config, loco, read_model(config, loco))
     loco.head_m += t.position_gain * residual
     loco.tail_m = loco.head_m + loco.direction * length
