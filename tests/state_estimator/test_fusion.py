@@ -303,3 +303,23 @@ def test_a_locomotive_seen_only_by_its_plate_moves_with_it(core: FusionCore) -> 
     (after,) = locos(core.render(feed(core, moves, state)), "T2")
     assert after.locomotive_id == before.locomotive_id
     assert after.head_m - before.head_m == pytest.approx(5.0, abs=1.0)
+
+
+def test_a_plate_on_one_side_of_a_lone_cab_says_which_way_its_body_runs(
+    core: FusionCore,
+) -> None:
+    # A cab at 30 m on T1; the stretch 0-24 m is shown empty, so only a body running out of
+    # the gate at 48 m fits. A plate hanging on the 0 m side of the cab contradicts that body.
+    views: dict[str, list[tuple[str, str, float]]] = {
+        "cam-s1": [],
+        "cam-s2": [],
+        "cam-s3": [("head", "T1", 30.0 + OFFSET)],
+        "cam-s4": [],
+    }
+    alone = locos(core.render(feed(core, frames(4, views))), "T1")
+    assert [(x.head_m, x.tail_m > 48) for x in alone] == [(pytest.approx(30.0, abs=0.05), True)]
+    plates: list[Message] = [
+        identity("cam-s3", 100 + i, i * 0.5 + 0.02, "T1", 29.0, "TEM2-0001") for i in range(8)
+    ]
+    both = sorted([*frames(4, views), *plates], key=lambda m: m.frame.captured_at)  # type: ignore[attr-defined]
+    assert locos(core.render(feed(core, both)), "T1") == []

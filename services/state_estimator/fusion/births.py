@@ -4,13 +4,14 @@
   length start a locomotive, if its body overlaps no known locomotive and holds no other
   unexplained end. The best-fitting pairs are taken first.
 * **Lone ends.** An end whose partner is never detected is a locomotive when the partner can
-  stand only where no camera shows it: beyond the track end (outside the depot), in a blind
-  spot, or behind a locomotive on a nearer track. Every (direction, model) is a hypothesis;
-  one whose far end a camera has shown since the end appeared is ruled out. A plate reading
-  on the body picks the model. When both directions stay open, the end waits
-  ``lone_end_wait_s`` for evidence, then the likelier one is taken (the far end outside the
-  depot, else the way more models fit); without a reading the middle-length model is placed
-  (the smallest worst-case error). Later detections of the far end correct it.
+  stand only where no camera shows it: beyond a gate (outside the depot), in a blind spot, or
+  behind a locomotive on a nearer track. Every (direction, model) is a hypothesis; one whose
+  far end a camera has shown since the end appeared is ruled out, and so is a body on the side
+  of a cab away from its plate. A plate reading on the body picks the model. When both
+  directions stay open, the end waits ``lone_end_wait_s`` for evidence, then the likelier one
+  is taken (the far end outside the depot, else the way more models fit); without a reading
+  the middle-length model is placed (the smallest worst-case error). Later detections of the
+  far end correct it.
 * **Plates.** A plate read where no locomotive stands is evidence of a cab there: it supports
   a lone-end start whose model the plate names (its ends may be hidden from every camera).
 """
@@ -263,8 +264,15 @@ def hypotheses(
         for cam, clock in state.cameras.items()
         if cam not in config.disabled_cameras and clock.captured_at >= end.first_seen
     ]
+    heads = [e.position_m for e in unexplained if e.kind == "head"]
     out: list[Hypothesis] = []
     for direction in (-1.0, 1.0):
+        if (
+            end.kind == "head"
+            and not end.from_plate_only
+            and _plate_behind_cab(config, state, track, end.position_m, direction, heads)
+        ):
+            continue  # its plate hangs on the other side of the cab: the body runs that way
         true = end.position_m - direction * off
         for model, length in config.model_lengths.items():
             far = true + direction * length

@@ -179,6 +179,8 @@ class FusionCore:
         for loco in locos:
             tracking.predict(cfg, loco, at)
         loose = [e for e in state.loose_ends if e.track_id == track_id]
+        for e in loose:
+            tracking.predict_end(cfg, e, at)
         targets: list[Target] = []
         owners: list[tuple[TrackedLocomotive | LooseEnd, EndKind]] = []
         for loco in locos:
@@ -237,7 +239,10 @@ class FusionCore:
         camera_id: str,
     ) -> None:
         """One more sighting of an unexplained end (a detection, or a plate for a cab)."""
-        end.position_m += self.config.tuning.position_gain * (position_m - end.position_m)
+        tracking.predict_end(self.config, end, at)
+        residual = position_m - end.position_m
+        end.position_m += self.config.tuning.position_gain * residual
+        end.velocity_mps = tracking.corrected(self.config, end.velocity_mps, residual)
         if kind == "head":
             end.head_votes += weight
         else:

@@ -108,6 +108,9 @@ class LooseEnd(Record):
     end_id: int
     track_id: str
     position_m: float
+    velocity_mps: float = 0.0
+    updated_at: UtcDatetime | None = None
+    """Event time ``position_m`` holds for (None: ``last_seen``)."""
     head_votes: float = 0.0
     tail_votes: float = 0.0
     hits: int = 0

@@ -14,7 +14,7 @@ from datetime import datetime
 from services.state_estimator.fusion.association import Detection
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.identity import read_model
-from services.state_estimator.fusion.state import END_KINDS, EndKind, TrackedLocomotive
+from services.state_estimator.fusion.state import END_KINDS, EndKind, LooseEnd, TrackedLocomotive
 
 MAX_CAMERAS = 8
 """Cameras remembered per locomotive (shown on the dashboard; the newest win)."""
@@ -45,15 +45,37 @@ def target_length(config: FusionConfig, loco: TrackedLocomotive, read: str | Non
     return loco.length_m
 
 
+def _faded(config: FusionConfig, velocity_mps: float, dt: float) -> float:
+    """A speed no detection confirms fades to zero over ``velocity_memory_s``."""
+    if dt <= 0:
+        return velocity_mps
+    return velocity_mps * max(0.0, 1.0 - dt / config.tuning.velocity_memory_s)
+
+
+def corrected(config: FusionConfig, velocity_mps: float, residual_m: float) -> float:
+    """The speed after a detection ``residual_m`` from the prediction (beta of the filter)."""
+    t = config.tuning
+    speed = velocity_mps + t.velocity_gain * residual_m
+    return max(-t.max_speed_mps, min(t.max_speed_mps, speed))
+
+
 def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None:
-    """Move ``loco`` to event time ``at`` with its speed; the speed fades while unconfirmed."""
+    """Move ``loco`` to event time ``at`` with its speed."""
     dt = seconds(at, loco.updated_at)
     shift = loco.velocity_mps * dt
     loco.head_m += shift
     loco.tail_m += shift
-    if dt > 0:
-        loco.velocity_mps *= max(0.0, 1.0 - dt / config.tuning.velocity_memory_s)
+    loco.velocity_mps = _faded(config, loco.velocity_mps, dt)
     loco.updated_at = at
+
+
+def predict_end(config: FusionConfig, end: LooseEnd, at: datetime) -> None:
+    """Move an unexplained end to event time ``at`` with its speed (one filter for all ends:
+    an end driving in through a gate stays one end, not a trail of them)."""
+    dt = seconds(at, end.updated_at or end.last_seen)
+    end.position_m += end.velocity_mps * dt
+    end.velocity_mps = _faded(config, end.velocity_mps, dt)
+    end.updated_at = at
 
 
 def _set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
@@ -93,8 +115,7 @@ def update(
         else:
             residual = true - loco.end_m(kind)
             _set_end(loco, kind, loco.end_m(kind) + t.position_gain * residual)
-            speed = loco.velocity_mps + t.velocity_gain * residual
-            loco.velocity_mps = max(-t.max_speed_mps, min(t.max_speed_mps, speed))
+            loco.velocity_mps = corrected(config, loco.velocity_mps, residual)
         _mark_seen(loco, kind, at)
     _hold_length(config, loco, detected, at)
     loco.existence = min(1.0, loco.existence + t.existence_hit * len(detected))
@@ -171,8 +192,7 @@ def follow_plate(
     length = target_length(config, loco, read_model(config, loco))
     loco.head_m += t.position_gain * residual
     loco.tail_m = loco.head_m + loco.direction * length
-    speed = loco.velocity_mps + t.velocity_gain * residual
-    loco.velocity_mps = max(-t.max_speed_mps, min(t.max_speed_mps, speed))
+    loco.velocity_mps = corrected(config, loco.velocity_mps, residual)
 
 
 def missed(config: FusionConfig, loco: TrackedLocomotive) -> None:
