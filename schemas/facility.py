@@ -236,6 +236,12 @@ class StateEstimatorSettings(StrictModel):
         description="A detected end is this locomotive's end only within this distance of where "
         "the track predicts it (noise plus one frame of movement at shunting speed).",
     )
+    gate_growth_mps: float = Field(
+        default=0.5,
+        ge=0,
+        description="An end's gate grows by this per second it goes unseen (in a blind spot "
+        "a moving locomotive may speed up or brake), up to inferred_end_gate_m.",
+    )
     inferred_end_gate_m: float = Field(
         default=3.5,
         gt=0,

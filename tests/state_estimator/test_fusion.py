@@ -323,3 +323,17 @@ def test_a_plate_on_one_side_of_a_lone_cab_says_which_way_its_body_runs(
     ]
     both = sorted([*frames(4, views), *plates], key=lambda m: m.frame.captured_at)  # type: ignore[attr-defined]
     assert locos(core.render(feed(core, both)), "T1") == []
+
+
+@pytest.mark.parametrize(("unseen_s", "expected"), [(0.0, 2.0), (2.0, 3.0), (60.0, 3.5)])
+def test_an_end_unseen_for_a_while_is_looked_for_further_away(
+    core: FusionCore, unseen_s: float, expected: float
+) -> None:
+    from datetime import timedelta
+
+    from state_builders import T0
+
+    from services.state_estimator.fusion.tracking import gate
+
+    loco = _record("a", 10.0, 26.97, head_seen=True, tail_seen=True)
+    assert gate(core.config, loco, "head", T0 + timedelta(seconds=unseen_s)) == expected

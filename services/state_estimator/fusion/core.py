@@ -187,7 +187,7 @@ class FusionCore:
             for kind in END_KINDS:
                 if not on_track(cfg, track_id, loco.end_m(kind), t.view_edge_m):
                     continue
-                gate = t.association_gate_m if loco.seen_at(kind) else t.inferred_end_gate_m
+                gate = tracking.gate(cfg, loco, kind, at)
                 raw = tracking.raw_end(loco, kind, t.end_label_offset_m)
                 targets.append(Target(kind, raw, gate))
                 owners.append((loco, kind))

@@ -59,6 +59,17 @@ def corrected(config: FusionConfig, velocity_mps: float, residual_m: float) -> f
     return max(-t.max_speed_mps, min(t.max_speed_mps, speed))
 
 
+def gate(config: FusionConfig, loco: TrackedLocomotive, kind: EndKind, at: datetime) -> float:
+    """How far from its prediction a detection may be this end: the base gate, growing while
+    the end goes unseen (its speed may have changed), up to the gate of an end never seen."""
+    t = config.tuning
+    seen = loco.seen_at(kind)
+    if seen is None:
+        return t.inferred_end_gate_m
+    unseen_s = max(0.0, seconds(at, seen))
+    return min(t.inferred_end_gate_m, t.association_gate_m + t.gate_growth_mps * unseen_s)
+
+
 def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None:
     """Move ``loco`` to event time ``at`` with its speed."""
     dt = seconds(at, loco.updated_at)
