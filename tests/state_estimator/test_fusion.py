@@ -337,3 +337,15 @@ def test_an_end_unseen_for_a_while_is_looked_for_further_away(
 
     loco = _record("a", 10.0, 26.97, head_seen=True, tail_seen=True)
     assert gate(core.config, loco, "head", T0 + timedelta(seconds=unseen_s)) == expected
+
+
+def test_ends_detected_inside_a_body_no_camera_can_confirm_remove_it(core: FusionCore) -> None:
+    # A locomotive left over where no camera shows its ends (cab outside the gate, tail where
+    # two views meet), while cam-s3 keeps detecting another locomotive's cab inside its body.
+    ghost = _record("ghost", -5.0, 36.2, head_seen=True, tail_seen=True)
+    state = FusionState(locomotives=[ghost])
+    views = {"cam-s3": [("head", "T1", 30.0)]}
+    kept = feed(core, frames(0.5, views), state)
+    assert [x.locomotive_id for x in kept.locomotives] == ["ghost"]
+    gone = feed(core, frames(3, views), state)
+    assert "ghost" not in [x.locomotive_id for x in gone.locomotives]

@@ -228,6 +228,14 @@ class FusionCore:
                 self._start_loose(
                     state, track_id, det.position_m, det.kind, det.confidence, at, camera_id, False
                 )
+            if i in matches and isinstance(owners[matches[i]][0], TrackedLocomotive):
+                continue
+            # An end no locomotive explains, well inside a locomotive's body: that body is
+            # not (all) there any more, as surely as an end shown empty.
+            for loco in locos:
+                lo, hi = loco.span
+                if lo + t.merge_m < det.position_m < hi - t.merge_m:
+                    tracking.missed(cfg, loco)
 
     def _support(
         self,
