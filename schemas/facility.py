@@ -267,7 +267,7 @@ class StateEstimatorSettings(StrictModel):
         "(alpha of an alpha-beta filter; lower smooths noise, higher follows moves).",
     )
     velocity_gain: float = Field(
-        default=0.2,
+        default=0.5,
         ge=0,
         le=1,
         description="Speed gained per metre of deviation, per second (beta of the filter).",
