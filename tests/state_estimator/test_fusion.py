@@ -349,3 +349,20 @@ def test_ends_detected_inside_a_body_no_camera_can_confirm_remove_it(core: Fusio
     assert [x.locomotive_id for x in kept.locomotives] == ["ghost"]
     gone = feed(core, frames(3, views), state)
     assert "ghost" not in [x.locomotive_id for x in gone.locomotives]
+
+
+def test_a_new_end_that_fits_an_assumed_end_waits_to_be_that_end(core: FusionCore) -> None:
+    from state_builders import T0
+
+    from services.state_estimator.fusion.births import hypotheses
+    from services.state_estimator.fusion.state import LooseEnd
+
+    # A locomotive seen by its tail at 26.1 m, its cab assumed at 43.33 m (the middle model);
+    # then a cab is detected at 47.6 m, which fits a TE33A from that tail: not a new one.
+    placed = _record("placed", 43.33, 26.1, head_seen=False, tail_seen=True)
+    cab = LooseEnd(
+        end_id=1, track_id="T1", position_m=47.6, head_votes=2.7, hits=3, confidence=0.9,
+        first_seen=T0, last_seen=T0, cameras=["cam-s4"], from_plate_only=False,
+    )  # fmt: skip
+    state = FusionState(locomotives=[placed], loose_ends=[cab])
+    assert hypotheses(core.config, state, cab, T0) == []

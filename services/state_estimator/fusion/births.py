@@ -29,7 +29,7 @@ from services.state_estimator.fusion.state import (
     LooseEnd,
     TrackedLocomotive,
 )
-from services.state_estimator.fusion.tracking import MAX_CAMERAS, seconds
+from services.state_estimator.fusion.tracking import MAX_CAMERAS, other, seconds
 from services.state_estimator.fusion.visibility import occluders_of, on_track, shows
 
 
@@ -264,6 +264,8 @@ def hypotheses(
         for cam, clock in state.cameras.items()
         if cam not in config.disabled_cameras and clock.captured_at >= end.first_seen
     ]
+    if not end.from_plate_only and _may_be_assumed_end(config, state, end):
+        return []  # the unseen end of a locomotive placed from one end: let it be revised
     heads = [e.position_m for e in unexplained if e.kind == "head"]
     out: list[Hypothesis] = []
     for direction in (-1.0, 1.0):
@@ -294,6 +296,22 @@ def hypotheses(
                 continue  # a camera has shown that spot since, and no end stood there
             out.append(Hypothesis(direction, model, length, true, far, outside))
     return out
+
+
+def _may_be_assumed_end(config: FusionConfig, state: FusionState, end: LooseEnd) -> bool:
+    """Whether ``end`` fits, at a model length, as the never-seen end of a known locomotive
+    whose other end was seen (``revise_assumed`` decides once the end has settled)."""
+    t = config.tuning
+    for loco in state.locomotives:
+        if loco.track_id != end.track_id or loco.seen_at(end.kind) is not None:
+            continue
+        if loco.seen_at(other(end.kind)) is None:
+            continue
+        anchor = loco.end_m(other(end.kind))
+        length = abs(end.position_m - anchor) + t.end_label_offset_m
+        if config.length_misfit(length) <= t.pairing_tolerance_m:
+            return True
+    return False
 
 
 def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: Hypothesis) -> float:
