@@ -140,7 +140,7 @@ def tracking_frames(
     return frames
 
 
-def _case_inputs(case: Case) -> tuple[FacilityConfig, object]:
+def case_inputs(case: Case) -> tuple[FacilityConfig, object]:
     if case.depot_seed is None:
         return load_facility("facility.yaml"), case.scenario
     from services.simulator.generated_depot import generate_depot, generate_scenario
@@ -151,7 +151,7 @@ def _case_inputs(case: Case) -> tuple[FacilityConfig, object]:
 
 def run_case(case: Case, detector: DetectorModel | None = None) -> CaseResult:
     """Modelled detector -> fusion core -> every figure of one case."""
-    facility, scenario = _case_inputs(case)
+    facility, scenario = case_inputs(case)
     run = modelled_run(facility, scenario, case.seed, detector or DetectorModel(), fps=FPS)  # type: ignore[arg-type]
     fused = fuse(facility, run.arrivals)
     summary = fuse_and_score(

@@ -5,15 +5,23 @@ Dataflow inside the app::
     positions.<pf>.v1 ─┐ (6 partitions, key camera_id)
     identities.<if>.v1 ┴─> agent ``route``: validate (dead-letter bad ones), forward raw bytes
                             └─> <app_id>-estimates (1 partition, key facility_id)
-                                 └─> agent ``fuse``: FusionCore.apply_* -> Table ``fusion``
-                                      (changelog <app_id>-fusion-changelog, 1 partition)
-                                      └─> facility-state.<flow>.v1 on change; timer: heartbeat
+                                 └─> agent ``fuse``: FusionCore.apply_* (state in memory)
+                                      ├─> facility-state.<flow>.v1 on change; timer: heartbeat
+                                      └─> checkpoint (timer): changed records -> Table ``fusion``
+                                          (changelog <app_id>-fusion-changelog, 1 partition)
 
 Fusion is facility-wide (one locomotive spans several cameras, hence several input
-partitions), so estimates are funnelled through a one-partition topic: the table's only key
-(the facility id) then always lives in the same changelog partition, and a restart restores
-exactly the last state written. ``pf``/``if`` are the flow's ``positions_from`` /
-``identities_from`` (mixed flows) or the flow itself.
+partitions), so estimates are funnelled through a one-partition topic, and the table's keys
+(``<facility>/meta``, ``<facility>/cameras``, ``<facility>/track/<id>``, see
+``fusion.records``) all live in one changelog partition.
+
+State is checkpointed, not written per estimate: every ``checkpoint_interval_s`` the records
+that changed are written to the table, and only then are the estimates they cover
+acknowledged. Faust flushes the producer (changelog writes included) before it commits an
+offset, so after a crash the worker restores the last checkpoint and is handed again every
+estimate after it (at-least-once); the camera clocks in the records make those idempotent.
+``pf``/``if`` are the flow's ``positions_from`` / ``identities_from`` (mixed flows) or the
+flow itself.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from prometheus_client import Counter, Gauge, Histogram
@@ -41,6 +49,7 @@ from services.state_estimator.fusion import (
     FusionCore,
     FusionState,
     content_signature,
+    records,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,16 @@ LATENCY = Histogram(
 )
 LOCOMOTIVES = Gauge(
     "depotwatch_state_locomotives", "Locomotives per track in the facility state", ["flow", "track"]
+)
+CHECKPOINT_RECORDS = Counter(
+    "depotwatch_state_checkpoint_records_total",
+    "Fusion-state records written to the table's changelog",
+    ["flow"],
+)
+CHECKPOINT_BYTES = Counter(
+    "depotwatch_state_checkpoint_bytes_total",
+    "Bytes of fusion-state records written to the table's changelog",
+    ["flow"],
 )
 
 POSITION, IDENTITY = b"P", b"I"
@@ -129,6 +148,11 @@ class StateEstimatorApp:
         self.internal_topic = f"{self.app_id}-estimates"
         self.changelog_topic = f"{self.app_id}-{TABLE_NAME}-changelog"
         self._state: FusionState | None = None
+        self._written: dict[str, bytes] = {}
+        """Records as last written to the table (what the next checkpoint diffs against)."""
+        self._unacked: list[tuple[Any, Any]] = []
+        """(stream, event) of estimates applied since the last checkpoint."""
+        self._dirty = False
         self._signature: str | None = None
         self._watermark_moved_at = time.monotonic()
         self.ready = False
@@ -184,7 +208,16 @@ class StateEstimatorApp:
         internal = app.topic(self.internal_topic, partitions=1, internal=True, **raw)
         output = app.topic(self.output_topic, **raw)
         dead_letters = app.topic(DeadLetter.topic_name(), **raw)
-        table = app.Table(TABLE_NAME, partitions=1, default=None, key_type=bytes, value_type=bytes)
+        # use_partitioner: the checkpoint timer writes outside stream iteration; with one
+        # partition every key lands in partition 0 either way.
+        table = app.Table(
+            TABLE_NAME,
+            partitions=1,
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            use_partitioner=True,
+        )
         fid = self.facility_id.encode()
 
         async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
@@ -218,7 +251,11 @@ class StateEstimatorApp:
                 yield None
 
         async def fuse(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for payload in stream:
+            # Acknowledged by the checkpoint that covers them, not when the next one arrives.
+            manual = cast(Any, stream).noack()
+            async for event in manual.events():
+                self._unacked.append((manual, event))
+                payload = event.value or b""
                 state = self._load(table)
                 captured_at = None
                 if payload[:1] == POSITION:
@@ -237,8 +274,7 @@ class StateEstimatorApp:
                 ESTIMATES.labels(self.flow, kind, "accepted").inc()
                 if self._state is None or state.watermark != self._state.watermark:
                     self._watermark_moved_at = time.monotonic()
-                self._state = state
-                table[fid] = state.model_dump_json().encode()
+                self._state, self._dirty = state, True
                 rendered = self.core.render(state)
                 signature = content_signature(rendered)
                 if signature != self._signature:
@@ -249,6 +285,10 @@ class StateEstimatorApp:
                     )
                 yield None
 
+        async def checkpoint() -> None:
+            if self._recovered(app) and not app.in_recovery:
+                await self.checkpoint(table)
+
         async def heartbeat() -> None:
             # Before the table is restored from its changelog there is nothing true to say.
             if not self.ready or not self._recovered(app) or app.in_recovery:
@@ -257,7 +297,7 @@ class StateEstimatorApp:
             # knows the state; the others would publish an empty facility.
             if self.internal_topic not in {tp.topic for tp in app.consumer.assignment()}:
                 return
-            state = self._load(table, cache=False)
+            state = self._load(table)
             as_of = None
             if state.watermark is not None:
                 # Event time moves on with the wall clock while no estimate arrives, so a
@@ -283,6 +323,7 @@ class StateEstimatorApp:
         app.agent(inputs, name=f"{self.app_id}.route")(route)
         app.agent(internal, name=f"{self.app_id}.fuse", concurrency=1)(fuse)
         app.timer(self.tuning.heartbeat_s, name=f"{self.app_id}.heartbeat")(heartbeat)
+        app.timer(self.service.checkpoint_interval_s, name=f"{self.app_id}.checkpoint")(checkpoint)
         app.task(started)
         return app
 
@@ -291,15 +332,58 @@ class StateEstimatorApp:
         recovery = getattr(app.tables, "recovery", None)
         return recovery is None or bool(recovery.completed.is_set())
 
-    def _load(self, table: Any, cache: bool = True) -> FusionState:
-        """The current state: cached after the first read, which follows table recovery."""
-        if self._state is not None:
-            return self._state
-        stored = table.get(self.facility_id.encode())
-        state = FusionState.model_validate_json(stored) if stored is not None else FusionState()
-        if cache:
-            self._state = state
-        return state
+    def _table_key(self, record: str) -> bytes:
+        return f"{self.facility_id}/{record}".encode()
+
+    def _load(self, table: Any) -> FusionState:
+        """The current state: kept in memory after the first read, which follows recovery."""
+        if self._state is None:
+            prefix = f"{self.facility_id}/"
+            stored = {
+                k.decode()[len(prefix) :]: v
+                for k, v in table.items()
+                if isinstance(k, bytes) and k.decode(errors="replace").startswith(prefix)
+            }
+            legacy = table.get(self.facility_id.encode())
+            if not stored and legacy is not None:
+                # Written by a version that stored the whole state under the facility id.
+                self._state = FusionState.model_validate_json(legacy)
+                del table[self.facility_id.encode()]
+                self._dirty = True
+            else:
+                self._state = records.join(stored)
+                self._written = stored
+            log.info(
+                "fusion state restored",
+                extra={
+                    "flow": self.flow,
+                    "records": len(stored),
+                    "locomotives": len(self._state.locomotives),
+                },
+            )
+        return self._state
+
+    async def checkpoint(self, table: Any) -> int:
+        """Write the records that changed, then acknowledge the estimates they cover.
+
+        Returns how many records were written.
+        """
+        written = 0
+        if self._dirty and self._state is not None:
+            parts = records.split(self._state)
+            for key, value in records.diff(self._written, parts).items():
+                if value is None:
+                    table.pop(self._table_key(key), None)
+                else:
+                    table[self._table_key(key)] = value
+                    CHECKPOINT_BYTES.labels(self.flow).inc(len(value))
+                written += 1
+            self._written, self._dirty = parts, False
+            CHECKPOINT_RECORDS.labels(self.flow).inc(written)
+        unacked, self._unacked = self._unacked, []
+        for stream, event in unacked:
+            await stream.ack(event)
+        return written
 
     async def _publish(self, output: Any, state: FacilityState, reason: str) -> None:
         await output.send(

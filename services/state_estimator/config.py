@@ -55,4 +55,11 @@ class StateEstimatorServiceSettings(BaseSettings):
         description="Consumer long-poll limit; Tansu answers multi-partition fetches only "
         "after it, so it bounds the latency of each hop.",
     )
+    checkpoint_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Write the fusion state's changed records this often; estimates are "
+        "acknowledged only once a checkpoint covers them (a crash replays at most this much).",
+    )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")

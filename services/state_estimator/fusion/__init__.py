@@ -7,6 +7,7 @@ update a locomotive), ``births`` (new locomotives from unexplained ends), ``iden
 all). The same core runs in the Faust app, in replay and in the evaluation suite.
 """
 
+from services.state_estimator.fusion import records
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.core import FusionCore
 from services.state_estimator.fusion.output import content_signature, published_changes
@@ -19,4 +20,5 @@ __all__ = [
     "TrackedLocomotive",
     "content_signature",
     "published_changes",
+    "records",
 ]
