@@ -42,6 +42,12 @@ Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 FlowName = Annotated[str, Field(pattern=FLOW_NAME_PATTERN)]
 
 
+MAX_CLOCK_SKEW_S = 300.0
+"""Default bound on how far an event time may lie after its message's Kafka timestamp."""
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""Event times before this come from an unset clock."""
+
+
 def utc_now() -> datetime:
     """Current time as an aware UTC datetime."""
     return datetime.now(UTC)
@@ -93,6 +99,10 @@ class Message(StrictModel):
         """The Kafka key for this message (UTF-8 of the ``KEY_FIELD`` value)."""
         return str(getattr(self, self.KEY_FIELD)).encode()
 
+    def event_time(self) -> datetime | None:
+        """When what this message describes happened (frame capture); None: not an event."""
+        return None
+
 
 M = TypeVar("M", bound=Message)
 
@@ -111,17 +121,64 @@ def encode(message: Message) -> bytes:
     return message.model_dump_json().encode()
 
 
-def decode(model: type[M], payload: bytes | None) -> M:
+def decode(
+    model: type[M],
+    payload: bytes | None,
+    produced_at: datetime | None = None,
+    max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+) -> M:
     """Parse and validate a wire payload as ``model``.
 
+    With ``produced_at`` (the Kafka message timestamp), a message whose event time lies more
+    than ``max_clock_skew_s`` after it is refused too (see :func:`event_time_problem`).
     Raises :class:`MessageDecodeError` with a one-line reason that names the bad field.
     """
     if payload is None:
         raise MessageDecodeError(model, "empty payload (tombstone)")
     try:
-        return model.model_validate_json(payload)
+        message = model.model_validate_json(payload)
     except ValidationError as exc:
         raise MessageDecodeError(model, describe_validation_error(exc)) from None
+    problem = event_time_problem(message, produced_at, max_clock_skew_s)
+    if problem is not None:
+        raise MessageDecodeError(model, problem)
+    return message
+
+
+def event_time_problem(
+    message: Message, produced_at: datetime | None, max_clock_skew_s: float = MAX_CLOCK_SKEW_S
+) -> str | None:
+    """Why a message's event time cannot be true, or None.
+
+    The accepted window: not before :data:`EARLIEST_EVENT_TIME`, and not more than
+    ``max_clock_skew_s`` after the message was produced (a frame cannot be captured after its
+    reference was sent). Old events are accepted: replays and backlogs are legitimate. A frame
+    stamped in 2099 would otherwise stay a camera's "latest" frame forever.
+    """
+    at = message.event_time()
+    if at is None:
+        return None
+    if at < EARLIEST_EVENT_TIME:
+        return (
+            f"event time {at.isoformat()} is before {EARLIEST_EVENT_TIME.year}: "
+            "the sender's clock is not set (sync it with NTP)"
+        )
+    if produced_at is not None:
+        ahead = (at - produced_at).total_seconds()
+        if ahead > max_clock_skew_s:
+            return (
+                f"event time {at.isoformat()} is {ahead:,.0f} s after the message was produced "
+                f"(more than the {max_clock_skew_s:.0f} s clock-skew bound, "
+                "DEPOTWATCH_KAFKA__MAX_CLOCK_SKEW_S): fix the sender's clock"
+            )
+    return None
+
+
+def kafka_time(timestamp_ms: int | None) -> datetime | None:
+    """A Kafka record timestamp (ms since the epoch; <= 0: none) as an aware datetime."""
+    if timestamp_ms is None or timestamp_ms <= 0:
+        return None
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
@@ -164,6 +221,8 @@ __all__ = [
     "decode",
     "describe_validation_error",
     "encode",
+    "event_time_problem",
+    "kafka_time",
     "model_copy_validated",
     "utc_now",
     "with_schema_version",

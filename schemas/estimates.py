@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -77,6 +78,10 @@ class PositionEstimate(Message):
         default_factory=list, description="Head/tail detections mapped onto the floor and tracks."
     )
 
+    def event_time(self) -> datetime:
+        """The capture time of the frame it is about."""
+        return self.frame.captured_at
+
 
 class IdentityEstimate(Message):
     """Plate text and locomotive model read from one frame; unreadable says why, never guesses."""
@@ -108,3 +113,7 @@ class IdentityEstimate(Message):
         if self.plate_text is None and not self.unreadable_reason:
             raise ValueError("an estimate without plate_text must give unreadable_reason")
         return self
+
+    def event_time(self) -> datetime:
+        """The capture time of the frame it is about."""
+        return self.frame.captured_at

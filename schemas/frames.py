@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 from pydantic import Field
 
 from schemas.base import Identifier, Message, UtcDatetime
+
+MAX_SEQ = 10**12
+"""Larger sequence numbers are corrupt (10^12 frames at 100 fps is 300 years)."""
 
 
 class FrameRef(Message):
@@ -16,7 +20,11 @@ class FrameRef(Message):
     KEY_FIELD: ClassVar[str] = "camera_id"
 
     camera_id: Identifier = Field(description="Camera that captured the frame (the Kafka key).")
-    seq: int = Field(ge=0, description="Per-camera sequence number, increasing from capture start.")
+    seq: int = Field(
+        ge=0,
+        le=MAX_SEQ,
+        description="Per-camera sequence number, increasing from capture start.",
+    )
     captured_at: UtcDatetime = Field(description="When the capture service read the frame (UTC).")
     bucket: str = Field(min_length=3, max_length=63, description="Object store bucket.")
     key: str = Field(min_length=1, max_length=1024, description="Object key of the JPEG.")
@@ -25,3 +33,7 @@ class FrameRef(Message):
     size: int = Field(gt=0, description="Object size in bytes.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the object bytes.")
     content_type: str = Field(default="image/jpeg", description="MIME type of the object.")
+
+    def event_time(self) -> datetime:
+        """The capture time."""
+        return self.captured_at

@@ -214,7 +214,7 @@ def restore_seconds(
 @click.option(
     "--checkpoint-s",
     type=float,
-    default=1.0,
+    default=5.0,
     show_default=True,
     help="Checkpoint interval (DEPOTWATCH_STATE_ESTIMATOR__CHECKPOINT_INTERVAL_S).",
 )

@@ -14,10 +14,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from prometheus_client import Counter
 
-from schemas.base import Message, MessageDecodeError, decode
+from schemas.base import Message, MessageDecodeError, decode, kafka_time
 from schemas.estimates import PositionEstimate
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
@@ -62,6 +69,7 @@ class KafkaFeed:
         metadata_interval_s: float = 3.0,
     ) -> None:
         self._kafka = kafka
+        self._max_clock_skew_s = kafka.max_clock_skew_s
         self.topics = dashboard_topics(flows)
         self._sink = sink
         self._interval = metadata_interval_s
@@ -148,7 +156,9 @@ class KafkaFeed:
         topic = str(msg.topic())
         model = self.topics[topic][0]
         try:
-            message = decode(model, msg.value())
+            ts_type, ts = msg.timestamp()
+            produced_at = kafka_time(ts) if ts_type != TIMESTAMP_NOT_AVAILABLE else None
+            message = decode(model, msg.value(), produced_at, self._max_clock_skew_s)
         except MessageDecodeError as exc:
             FEED_INVALID.labels(topic).inc()
             log.warning(

@@ -30,6 +30,7 @@ VIEWER_GROUPS = frozenset({"depotwatch-dashboard-viewer"})
 """Groups that only read (assign, never commit); they have no lag to report."""
 
 PartitionKey = tuple[str, int]
+RECONNECT_AFTER_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class ConsumerLagMonitor:
         self._stop.set()
         self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def _clients(self) -> tuple[Any, Any]:
         from confluent_kafka import Consumer
         from confluent_kafka.admin import AdminClient
 
@@ -145,18 +146,44 @@ class ConsumerLagMonitor:
         consumer = Consumer(
             {**conf, "group.id": "depotwatch-dashboard-viewer", "enable.auto.commit": False}
         )
+        return admin, consumer
+
+    def _run(self) -> None:
+        admin, consumer = self._clients()
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
                     self.collector.rows = self.refresh(admin, consumer)
                     self.collector.ok = True
                     self.collector.updated_at = time.time()
+                    failures = 0
                 except Exception as exc:
-                    self.collector.ok = False
+                    # Never export frozen figures: no rows until the broker answers again.
+                    self.collector.rows, self.collector.ok = [], False
+                    failures += 1
                     log.warning("consumer lag not refreshed", extra={"error": str(exc)})
+                    if failures % RECONNECT_AFTER_FAILURES == 0:
+                        # Clients can stay wedged after a broker restart: start afresh.
+                        consumer.close()
+                        admin, consumer = self._clients()
                 self._stop.wait(self._interval)
         finally:
             consumer.close()
+
+    def backlog(self) -> int | None:
+        """Total lag of the matching groups, or None when the last good refresh is too old."""
+        fresh = time.time() - self.collector.updated_at < 3 * self._interval + 5
+        if not (self.collector.ok and fresh):
+            return None
+        return sum(row.lag for row in self.collector.rows)
+
+    @classmethod
+    def of_group(
+        cls, kafka: KafkaSettings, group: str, interval_s: float = 5.0
+    ) -> ConsumerLagMonitor:
+        """A monitor of one consumer group only (a service's own backlog, for its health)."""
+        return cls(kafka, interval_s=interval_s, group_pattern=f"^{re.escape(group)}$")
 
     def refresh(self, admin: Any, consumer: Any, timeout: float = 5.0) -> list[GroupLag]:
         """Lag rows for every matching consumer group (blocking; talks to the broker)."""

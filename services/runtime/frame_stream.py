@@ -32,6 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.base import Message, utc_now
 from schemas.frames import FrameRef
+from services.runtime.consumer_lag import ConsumerLagMonitor
 from services.runtime.frames import (
     DecodedFrame,
     FrameDecodeError,
@@ -41,7 +42,12 @@ from services.runtime.frames import (
     decode_reduction,
 )
 from services.runtime.kafka import MessageConsumer, MessageProducer, ProduceError, Received
-from services.runtime.observability import Health, ObservabilityServer
+from services.runtime.observability import (
+    Health,
+    ObservabilityServer,
+    ProgressWatch,
+    with_grace,
+)
 from services.runtime.settings import Settings
 from services.runtime.shutdown import ShutdownSignal
 from services.runtime.storage import ObjectMissingError, ObjectStore, StorageError
@@ -124,6 +130,10 @@ class FrameStreamConfig:
     """Batches published but not yet acknowledged before the loop waits for the broker."""
     ack_timeout_s: float = 30.0
     storage_retry_s: float = 1.0
+    stall_after_s: float = 60.0
+    """/healthz fails when frames wait and none was finished for this long."""
+    dependency_grace_s: float = 60.0
+    """/healthz fails when the broker or the object store is unreachable for this long."""
 
 
 @dataclass(frozen=True)
@@ -452,14 +462,40 @@ def connect_frame_stream(
     return FrameStream(config, consumer, producer, ObjectStore(settings.s3), handler)
 
 
-def serve_frame_stream(stream: FrameStream, settings: Settings, shutdown: ShutdownSignal) -> None:
-    """Serve /metrics and /healthz, run the loop until shutdown, then stop serving."""
+def frame_stream_health(
+    stream: FrameStream, settings: Settings
+) -> tuple[Health, ConsumerLagMonitor]:
+    """The /healthz checks of a frame service, and the (started) lag monitor they read.
+
+    ``loop``: the loop comes round. ``progress``: frames wait (consumer-group lag) and none
+    was finished for ``stall_after_s``, or the lag could not be measured for
+    ``dependency_grace_s``, fails it (field failure: a consumer left stuck by a broker restart
+    processed nothing for 9 minutes while its loop, hence /healthz, looked fine).
+    ``object_store``: the bucket is reachable, with the same grace.
+    """
+    lag = ConsumerLagMonitor.of_group(settings.kafka, stream.consumer.group_id).start()
     health = Health()
     health.add("loop", stream.health)
-    health.add("object_store", stream.store.ping)
+    health.add(
+        "progress",
+        ProgressWatch(
+            lambda: stream.processed + stream.skipped + stream.rejected,
+            lag.backlog,
+            stall_after_s=stream.config.stall_after_s,
+            unreachable_after_s=stream.config.dependency_grace_s,
+        ).check,
+    )
+    health.add("object_store", with_grace(stream.store.ping, stream.config.dependency_grace_s))
+    return health, lag
+
+
+def serve_frame_stream(stream: FrameStream, settings: Settings, shutdown: ShutdownSignal) -> None:
+    """Serve /metrics and /healthz, run the loop until shutdown, then stop serving."""
+    health, lag = frame_stream_health(stream, settings)
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
     try:
         stream.run(shutdown)
     finally:
         server.stop()
+        lag.stop()
         log.info("stopped", extra={"flow": stream.config.flow, **stream_summary(stream)})

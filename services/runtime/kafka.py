@@ -17,12 +17,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from prometheus_client import Counter
 
-from schemas.base import Message, MessageDecodeError, decode, encode, utc_now
+from schemas.base import Message, MessageDecodeError, decode, encode, kafka_time
 from schemas.deadletter import DeadLetter
 from schemas.topics import TopicSpec
 from services.runtime.settings import KafkaSettings
@@ -224,6 +231,7 @@ class MessageConsumer:
         self.service = service
         self.group_id = group_id
         self._dead_letters = dead_letters
+        self._max_clock_skew_s = kafka.max_clock_skew_s
         # A caller with messages in flight (batches, read-ahead) sets this, so a bad message's
         # offset never overtakes them; the next done() in its partition covers it instead.
         self._defer_dead_letter_offsets = defer_dead_letter_offsets
@@ -270,13 +278,14 @@ class MessageConsumer:
                 mark_done=not self._defer_dead_letter_offsets,
             )
             return None
+        ts_type, ts = msg.timestamp()
+        produced_at = kafka_time(ts) if ts_type != TIMESTAMP_NOT_AVAILABLE else None
         try:
-            message = decode(model, msg.value())
+            message = decode(model, msg.value(), produced_at, self._max_clock_skew_s)
         except MessageDecodeError as exc:
             self.dead_letter(msg, exc.reason, mark_done=not self._defer_dead_letter_offsets)
             return None
         CONSUMED.labels(self.service, topic).inc()
-        _, ts = msg.timestamp()
         return Received(
             message=message,
             topic=topic,
@@ -290,15 +299,14 @@ class MessageConsumer:
     def dead_letter(self, msg: KafkaMessage, reason: str, mark_done: bool = True) -> None:
         """Publish ``msg`` to the dead-letter topic (waiting for the ack), then mark it done
         (unless ``mark_done`` is False: the caller marks it, in offset order)."""
-        letter = DeadLetter(
-            source_topic=str(msg.topic()),
-            source_partition=int(msg.partition() or 0),
-            source_offset=int(msg.offset() or 0),
-            source_key_b64=DeadLetter.b64(msg.key()),
-            payload_b64=DeadLetter.b64(msg.value() or b"") or "",
+        letter = DeadLetter.of(
+            topic=str(msg.topic()),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
             reason=reason,
             service=self.service,
-            dead_lettered_at=utc_now(),
         )
         self._dead_letters.publish_and_wait(letter)
         DEAD_LETTERED.labels(self.service, letter.source_topic).inc()

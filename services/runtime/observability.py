@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,85 @@ class Health:
             results[name] = {"ok": ok, "detail": detail}
             healthy = healthy and ok
         return healthy, results
+
+
+Backlog = Callable[[], int | None]
+"""Messages waiting for a service (consumer-group lag); None when it cannot be measured."""
+
+
+def with_grace(
+    check: HealthCheck, grace_s: float, clock: Callable[[], float] = time.monotonic
+) -> HealthCheck:
+    """A check that fails only once ``check`` has failed continuously for ``grace_s``
+    (a dependency restarting for a few seconds is not an outage)."""
+    failing_since: list[float | None] = [None]
+
+    def graced() -> tuple[bool, str]:
+        try:
+            ok, detail = check()
+        except Exception as exc:
+            ok, detail = False, f"check raised {type(exc).__name__}: {exc}"
+        if ok:
+            failing_since[0] = None
+            return True, detail
+        now = clock()
+        since = failing_since[0] if failing_since[0] is not None else now
+        failing_since[0] = since
+        down = now - since
+        return down < grace_s, f"{detail} (failing for {down:.0f}s, limit {grace_s:.0f}s)"
+
+    return graced
+
+
+class ProgressWatch:
+    """Health that fails when a service has work and makes no progress.
+
+    ``done`` counts the items the service has finished (any monotonic counter); each check
+    notes when it last grew. :meth:`check` fails when the backlog is above zero and nothing
+    was finished for ``stall_after_s`` (a stuck consumer: its loop may still come round, so
+    "the loop is alive" is not enough), and when the backlog could not be measured for
+    ``unreachable_after_s`` (the broker is gone). ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        done: Callable[[], int],
+        backlog: Backlog,
+        stall_after_s: float = 60.0,
+        unreachable_after_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._done = done
+        self._backlog = backlog
+        self.stall_after_s = stall_after_s
+        self.unreachable_after_s = unreachable_after_s
+        self._clock = clock
+        self._seen = done()
+        self.last_progress = clock()
+        self._last_measured = clock()
+
+    def check(self) -> tuple[bool, str]:
+        """(healthy, detail)."""
+        now = self._clock()
+        finished = self._done()
+        if finished != self._seen:
+            self._seen, self.last_progress = finished, now
+        idle = now - self.last_progress
+        backlog = self._backlog()
+        if backlog is None:
+            unknown = now - self._last_measured
+            ok = unknown < self.unreachable_after_s
+            return ok, (
+                f"backlog unknown for {unknown:.0f}s (broker unreachable?); "
+                f"{finished} done, last {idle:.0f}s ago"
+            )
+        self._last_measured = now
+        if backlog > 0 and idle >= self.stall_after_s:
+            return False, (
+                f"stalled: {backlog} waiting and nothing done for {idle:.0f}s "
+                f"(limit {self.stall_after_s:.0f}s); {finished} done"
+            )
+        return True, f"{backlog} waiting; {finished} done, last {idle:.0f}s ago"
 
 
 class ObservabilityServer:

@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from schemas.base import MAX_CLOCK_SKEW_S
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 
@@ -40,6 +42,12 @@ class KafkaSettings(_Frozen):
         default=6000, ge=1000, description="Consumer group session timeout; low = fast joins."
     )
     request_timeout_ms: int = Field(default=10000, ge=1000)
+    max_clock_skew_s: float = Field(
+        default=MAX_CLOCK_SKEW_S,
+        gt=0,
+        description="Messages whose event time lies further after their Kafka timestamp are "
+        "dead-lettered (a camera clock in the future).",
+    )
 
     def client_config(self) -> dict[str, str | int]:
         """librdkafka properties common to producers, consumers and admin clients."""

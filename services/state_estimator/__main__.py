@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from schemas.facility import ConfigError, load_facility
+from services.runtime.consumer_lag import ConsumerLagMonitor
 from services.runtime.kafka import KafkaUnavailableError, TopicAdmin
 from services.runtime.logs import configure_logging
-from services.runtime.observability import Health, ObservabilityServer
+from services.runtime.observability import Health, ObservabilityServer, ProgressWatch
 from services.runtime.settings import load_settings
 from services.state_estimator.app import FlowNotRunnableError, StateEstimatorApp
 from services.state_estimator.config import StateEstimatorServiceSettings
@@ -31,12 +32,15 @@ def state_estimator_command(flow: str, config_path: Path | None) -> None:
     """Fuse a flow's position and identity estimates into facility-state.<flow>.v1."""
     settings = load_settings()
     configure_logging(f"state-estimator/{flow}", settings.log_level, settings.log_format)
+    path = Path(config_path or settings.facility_config)
     try:
-        facility = load_facility(config_path or settings.facility_config)
+        facility = load_facility(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        estimator = StateEstimatorApp(facility, flow, settings, StateEstimatorServiceSettings())
+        estimator = StateEstimatorApp(
+            facility, flow, settings, StateEstimatorServiceSettings(), config_path=path
+        )
     except (KeyError, FlowNotRunnableError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     admin = TopicAdmin(settings.kafka)
@@ -48,8 +52,19 @@ def state_estimator_command(flow: str, config_path: Path | None) -> None:
     except KafkaUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
 
+    lag = ConsumerLagMonitor.of_group(settings.kafka, estimator.app_id).start()
     health = Health()
     health.add("faust", lambda: (estimator.ready, "running" if estimator.ready else "starting"))
+    health.add("output", estimator.output_health)
+    health.add(
+        "progress",
+        ProgressWatch(
+            lambda: estimator.estimates_done,
+            lag.backlog,
+            stall_after_s=estimator.service.stall_after_s,
+            unreachable_after_s=estimator.service.stall_after_s,
+        ).check,
+    )
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
     log.info("metrics", extra={"flow": flow, "url": server.url})
     import faust
@@ -64,6 +79,7 @@ def state_estimator_command(flow: str, config_path: Path | None) -> None:
         worker.execute_from_commandline()
     finally:
         server.stop()
+        lag.stop()
 
 
 if __name__ == "__main__":

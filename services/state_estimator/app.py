@@ -36,12 +36,14 @@ from typing import Any, cast
 import faust
 from prometheus_client import Counter, Gauge, Histogram
 
-from schemas.base import Message, MessageDecodeError, decode, encode, utc_now
+from schemas.base import Message, MessageDecodeError, decode, encode, kafka_time, utc_now
 from schemas.deadletter import DeadLetter
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import FacilityConfig
 from schemas.facility_state import FacilityState
 from schemas.topics import TopicLayout, TopicSpec, topics_for
+from services.runtime.facility_watch import FacilityWatch
+from services.runtime.kafka import DEAD_LETTERED
 from services.runtime.settings import Settings
 from services.state_estimator.config import StateEstimatorServiceSettings
 from services.state_estimator.fusion import (
@@ -126,6 +128,7 @@ class StateEstimatorApp:
         flow: str,
         settings: Settings,
         service: StateEstimatorServiceSettings | None = None,
+        config_path: Path | None = None,
     ) -> None:
         flow_cfg = facility.flow(flow)
         if flow_cfg.state_estimator is None:
@@ -134,6 +137,10 @@ class StateEstimatorApp:
                 f"`state_estimator: {{}}` under flows.{flow}"
             )
         self.service = service or StateEstimatorServiceSettings()
+        self.config_path = config_path
+        self._watch = FacilityWatch(config_path) if config_path is not None else None
+        self._camera_ids = {c.id for c in facility.cameras}
+        self.service_name = f"state-estimator/{flow}"
         self.settings = settings
         self.flow = flow
         self.facility_id = facility.facility_id
@@ -156,6 +163,11 @@ class StateEstimatorApp:
         self._signature: str | None = None
         self._watermark_moved_at = time.monotonic()
         self.ready = False
+        self.estimates_done = 0
+        """Estimates the fuse agent has finished (accepted or ignored): progress for health."""
+        self.last_published = time.monotonic()
+        self.owns_fusion = True
+        """False on a worker that was not assigned the fusion partition (it publishes nothing)."""
         self.app = self._build()
 
     # ---- topics
@@ -225,21 +237,26 @@ class StateEstimatorApp:
                 msg = event.message
                 is_position = msg.topic == self.positions_topic
                 model: type[Message] = PositionEstimate if is_position else IdentityEstimate
+                kind = "position" if is_position else "identity"
+                produced_at = kafka_time(int(msg.timestamp * 1000)) if msg.timestamp else None
                 try:
-                    decode(model, event.value)
+                    estimate = decode(
+                        model, event.value, produced_at, self.settings.kafka.max_clock_skew_s
+                    )
+                    self._check_camera(estimate)
                 except MessageDecodeError as exc:
-                    letter = DeadLetter(
-                        source_topic=msg.topic,
-                        source_partition=msg.partition,
-                        source_offset=msg.offset,
-                        source_key_b64=DeadLetter.b64(event.key),
-                        payload_b64=DeadLetter.b64(event.value) or "",
+                    letter = DeadLetter.of(
+                        topic=msg.topic,
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        key=event.key,
+                        value=event.value,
                         reason=exc.reason,
-                        service=f"state-estimator/{self.flow}",
-                        dead_lettered_at=utc_now(),
+                        service=self.service_name,
                     )
                     await dead_letters.send(key=letter.kafka_key(), value=encode(letter))
-                    ESTIMATES.labels(self.flow, model.__name__, "dead_lettered").inc()
+                    ESTIMATES.labels(self.flow, kind, "dead_lettered").inc()
+                    DEAD_LETTERED.labels(self.service_name, msg.topic).inc()
                     log.warning(
                         "estimate dead-lettered",
                         extra={"flow": self.flow, "topic": msg.topic, "reason": exc.reason},
@@ -266,6 +283,7 @@ class StateEstimatorApp:
                     ident = decode(IdentityEstimate, payload[1:])
                     state, accepted = self.core.apply_identity(state, ident)
                     kind, captured_at = "identity", ident.frame.captured_at
+                self.estimates_done += 1
                 if not accepted:
                     # Late, or a redelivery after a crash: idempotence at work.
                     ESTIMATES.labels(self.flow, kind, "ignored").inc()
@@ -295,7 +313,8 @@ class StateEstimatorApp:
                 return
             # With several workers for one flow only the owner of the one fusion partition
             # knows the state; the others would publish an empty facility.
-            if self.internal_topic not in {tp.topic for tp in app.consumer.assignment()}:
+            self.owns_fusion = self.internal_topic in {tp.topic for tp in app.consumer.assignment()}
+            if not self.owns_fusion:
                 return
             state = self._load(table)
             as_of = None
@@ -326,6 +345,42 @@ class StateEstimatorApp:
         app.timer(self.service.checkpoint_interval_s, name=f"{self.app_id}.checkpoint")(checkpoint)
         app.task(started)
         return app
+
+    def _check_camera(self, estimate: Message) -> None:
+        """Refuse an estimate from a camera the facility config does not list."""
+        camera = getattr(estimate, "camera_id", None)
+        self._refresh_facility()
+        if camera not in self._camera_ids:
+            raise MessageDecodeError(
+                type(estimate),
+                f"camera {camera!r} is not in the facility config "
+                f"({self.config_path or 'as loaded'}); add it under cameras:",
+            )
+
+    def _refresh_facility(self) -> None:
+        """Pick up facility edits (new cameras, calibration) without a restart."""
+        if self._watch is None or not self._watch.refresh():
+            return
+        facility = self._watch.config
+        try:
+            flow_cfg = facility.flow(self.flow)
+        except KeyError:
+            log.error("flow removed from the facility config; keeping the last one")
+            return
+        self.core = FusionCore(
+            FusionConfig.from_facility(facility, self.flow, flow_cfg.state_estimator)
+        )
+        self._camera_ids = {c.id for c in facility.cameras}
+
+    def output_health(self) -> tuple[bool, str]:
+        """Health: the facility state is published at least every few heartbeats."""
+        if not self.ready:
+            return False, "starting (restoring the fusion state)"
+        if not self.owns_fusion:
+            return True, "standby: another worker owns the fusion partition"
+        age = time.monotonic() - self.last_published
+        limit = 3 * self.tuning.heartbeat_s + 10
+        return age < limit, f"last facility-state message {age:.0f}s ago (limit {limit:.0f}s)"
 
     @staticmethod
     def _recovered(app: faust.App) -> bool:
@@ -392,5 +447,6 @@ class StateEstimatorApp:
             headers=[("reason", reason.encode())],
         )
         UPDATES.labels(self.flow, reason).inc()
+        self.last_published = time.monotonic()
         for track in state.tracks:
             LOCOMOTIVES.labels(self.flow, track.track_id).set(len(track.locomotives))

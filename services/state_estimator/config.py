@@ -56,10 +56,16 @@ class StateEstimatorServiceSettings(BaseSettings):
         "after it, so it bounds the latency of each hop.",
     )
     checkpoint_interval_s: float = Field(
-        default=1.0,
+        default=5.0,
         gt=0,
         le=60,
         description="Write the fusion state's changed records this often; estimates are "
         "acknowledged only once a checkpoint covers them (a crash replays at most this much).",
+    )
+    stall_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="/healthz fails when estimates wait and none was fused for this long, or "
+        "the broker cannot be asked for the backlog for this long.",
     )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")

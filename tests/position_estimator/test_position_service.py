@@ -12,9 +12,12 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from estimator_rig import (
     ROOT,
     LabelDetector,
@@ -35,6 +38,7 @@ from schemas.frames import FrameRef
 from services.position_estimator.config import position_estimator_config
 from services.position_estimator.service import position_stream
 from services.runtime.facility_watch import FacilityWatch
+from services.runtime.frame_stream import frame_stream_health
 from services.runtime.kafka import MessageProducer, Received
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
@@ -161,6 +165,14 @@ def test_poison_refs_are_dead_lettered_and_the_service_goes_on(
     # 5. bytes that are not a FrameRef at all
     producer.raw.produce(frames_topic, value=b"{not json", key=b"cam-s1")
     producer.flush(10)
+    # 6. a 5 MB value (field failure: its dead letter was too large for the broker, the
+    #    offset was never committed and the service crash-looped on it)
+    big = Producer({**stack_settings.kafka.client_config(), "message.max.bytes": 10_000_000})
+    big.produce(frames_topic, value=b"\x00" * 5_000_000, key=b"cam-s1")
+    assert big.flush(30) == 0
+    # 7. a frame stamped in 2099 (it stayed the camera's "latest" frame on the dashboard)
+    future = good.model_copy(update={"seq": 5, "captured_at": datetime(2099, 1, 1, tzinfo=UTC)})
+    producer.publish_and_wait(future, topic=frames_topic)
     producer.publish_and_wait(good.model_copy(update={"seq": 10}), topic=frames_topic)
 
     watch = FacilityWatch(path)
@@ -182,17 +194,23 @@ def test_poison_refs_are_dead_lettered_and_the_service_goes_on(
         with running(stream):
             got = collect(reader, lambda out: len(out) >= 2)
             dead = collect(
-                letters, lambda out: len(dead_letters_of(out, frames_topic)) >= 5, timeout=30
+                letters, lambda out: len(dead_letters_of(out, frames_topic)) >= 7, timeout=30
             )
     finally:
         reader.close()
         letters.close()
     assert sorted(r.message.frame.seq for r in got) == [9, 10]
+    letters_of = dead_letters_of(dead, frames_topic)
+    (huge,) = [d for d in letters_of if d.payload_truncated]
+    assert huge.payload_size == 5_000_000
+    assert "original 5,000,000 bytes" in huge.reason
     reasons = {
         (FrameRef.model_validate_json(d.payload).seq if d.payload.startswith(b'{"') else -1): d
-        for d in dead_letters_of(dead, frames_topic)
+        for d in letters_of
+        if d is not huge
     }
-    assert sorted(reasons) == [-1, 1, 2, 3, 4]
+    assert sorted(reasons) == [-1, 1, 2, 3, 4, 5]
+    assert "clock-skew bound" in reasons[5].reason
     assert "missing" in reasons[1].reason
     assert "not a decodable image" in reasons[2].reason
     assert "bytes" in reasons[3].reason
@@ -283,7 +301,7 @@ def test_killed_service_restarts_without_losing_frames(
         )
         health = json.loads(http_get(f"http://127.0.0.1:{port}/healthz"))
         assert health["ok"] is True
-        assert set(health["checks"]) == {"loop", "object_store"}
+        assert set(health["checks"]) == {"loop", "progress", "object_store"}
         metrics = http_get(f"http://127.0.0.1:{port}/metrics")
         assert (
             f'depotwatch_frames_processed_total{{flow="{flow}",service="position-estimator"}}'
@@ -389,3 +407,52 @@ def test_live_mode_skips_to_the_newest_frame_of_a_camera(
     assert stream.processed + stream.skipped == len(refs)
     assert stream.skipped >= 3, "refs already waiting must be skipped, not estimated"
     assert len(got) == stream.processed
+
+
+def test_health_fails_when_frames_wait_and_none_is_processed(
+    stack_settings: Settings,
+    producer: MessageProducer,
+    flow: str,
+    tmp_path: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    """Field failure: after a broker restart a consumer stayed in its group and fetched
+    nothing for 9 minutes; its loop came round, so /healthz said ok."""
+    facility = load_facility(ROOT / "facility.yaml")
+    (case,) = render_cases(facility, [0], ["cam-s1"])
+    frames_topic = unique_name("frames")
+    path = flow_facility(tmp_path, flow)
+    create_topics(stack_settings, flow, frames_topic, partitions=1)
+    store_frames(stack_settings, producer, frames_topic, [case], prefix=flow, first_seq=1)
+    watch = FacilityWatch(path)
+    config = position_estimator_config(
+        watch.config, path, flow, stack_settings, "replay", frames_topic=frames_topic
+    )
+    stream = position_stream(stack_settings, config, watch, LabelDetector([case]))
+    stream.config = replace(stream.config, stall_after_s=3.0)
+    health, lag = frame_stream_health(stream, stack_settings)
+
+    def until(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert time.monotonic() < deadline, f"not within 60 s: {what}"
+            time.sleep(0.5)
+
+    try:
+        with running(stream):
+            until(lambda: lag.backlog() == 0 and stream.processed == 1, "first frame done")
+            assert health.evaluate()[0]
+            # The consumer stays in its group but fetches nothing any more.
+            stream.consumer.raw.pause(stream.consumer.raw.assignment())
+            store_frames(
+                stack_settings, producer, frames_topic, [case, case], prefix=flow, first_seq=2
+            )
+            until(lambda: not health.evaluate()[0], "/healthz fails")
+            _, checks = health.evaluate()
+            assert checks["loop"]["ok"], "the loop still comes round"
+            assert not checks["progress"]["ok"]
+            assert "stalled:" in str(checks["progress"]["detail"])
+            stream.consumer.raw.resume(stream.consumer.raw.assignment())
+            until(lambda: stream.processed == 3 and health.evaluate()[0], "recovers")
+    finally:
+        lag.stop()

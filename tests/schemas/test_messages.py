@@ -457,3 +457,73 @@ def test_encoded_message_matches_its_published_json_schema(model: type[Message])
     assert list(validator.iter_errors(wire)) == []
     assert not validator.is_valid(wire | {"colour": "red"})
     assert schema["x-kafka-topic"] == model.TOPIC
+
+
+# ---- accepted event-time window and dead letters of any size
+
+
+def test_an_event_far_after_its_message_timestamp_is_refused() -> None:
+    ref = FrameRef.model_validate(_frame(captured_at="2099-01-01T00:00:00Z"))
+    with pytest.raises(MessageDecodeError, match="clock-skew bound"):
+        decode(FrameRef, encode(ref), produced_at=AT)
+    # Within the bound, and without a message timestamp, it is a valid message.
+    near = FrameRef.model_validate(_frame(captured_at=(AT + timedelta(seconds=30)).isoformat()))
+    assert decode(FrameRef, encode(near), produced_at=AT) == near
+    assert decode(FrameRef, encode(ref)) == ref
+
+
+def test_old_events_are_accepted_but_an_unset_clock_is_not() -> None:
+    old = FrameRef.model_validate(_frame(captured_at="2021-03-01T00:00:00Z"))
+    assert decode(FrameRef, encode(old), produced_at=AT) == old  # a replay or a backlog
+    epoch = FrameRef.model_validate(_frame(captured_at="1970-01-01T00:00:00Z"))
+    with pytest.raises(MessageDecodeError, match="clock is not set"):
+        decode(FrameRef, encode(epoch), produced_at=AT)
+
+
+def test_an_estimate_is_timed_by_its_frame() -> None:
+    frame = FrameRef.model_validate(_frame(captured_at="2099-01-01T00:00:00Z"))
+    estimate = PositionEstimate(
+        flow="prod",
+        camera_id="cam-s1",
+        frame=frame,
+        estimator="position-estimator/0.1",
+        model_version="test",
+        estimated_at=AT,
+    )
+    with pytest.raises(MessageDecodeError, match="clock-skew bound"):
+        decode(PositionEstimate, encode(estimate), produced_at=AT)
+
+
+def test_an_absurd_sequence_number_is_refused() -> None:
+    with pytest.raises(MessageDecodeError, match="seq"):
+        decode(FrameRef, json.dumps(_frame(seq=10**15)).encode())
+
+
+def test_a_large_original_is_kept_truncated_so_the_dead_letter_fits() -> None:
+    value = b"x" * 5_000_000
+    letter = DeadLetter.of(
+        topic="frames.v1",
+        partition=2,
+        offset=7,
+        key=b"cam-s1",
+        value=value,
+        reason="Invalid JSON",
+        service="position-estimator.prod",
+    )
+    assert letter.payload_truncated
+    assert letter.payload_size == 5_000_000
+    assert letter.payload == value[: len(letter.payload)]
+    assert "original 5,000,000 bytes" in letter.reason
+    assert len(encode(letter)) < 1_000_000  # the broker's default message limit
+    small = DeadLetter.of(
+        topic="frames.v1",
+        partition=0,
+        offset=1,
+        key=None,
+        value=b"{bad",
+        reason="Invalid JSON",
+        service="s",
+    )
+    assert small.payload == b"{bad"
+    assert not small.payload_truncated
+    assert small.reason == "Invalid JSON"

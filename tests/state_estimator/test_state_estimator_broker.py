@@ -193,6 +193,18 @@ def test_state_survives_killing_the_worker(
         bad = Producer(stack_settings.kafka.client_config())
         bad.produce(PositionEstimate.topic_name(prod), value=b'{"flow": 1}', key=b"cam-s1")
         assert bad.flush(10) == 0
+        # Field failures: an estimate of an unknown camera was neither used nor
+        # dead-lettered; one stamped in 2099 was used.
+        stranger = position("cam-x9", 1, 0.0, end("head", "T1", 5.0), flow=prod)
+        future = position("cam-s1", 99, 0.0, end("head", "T1", 5.0), flow=prod)
+        future = future.model_copy(
+            update={
+                "frame": future.frame.model_copy(
+                    update={"captured_at": datetime(2099, 1, 1, tzinfo=UTC)}
+                )
+            }
+        )
+        produce(stack_settings, prod, [stranger, future])
         produce(stack_settings, prod, inputs)
         before = reader.until(
             lambda r, s: (
@@ -215,9 +227,16 @@ def test_state_survives_killing_the_worker(
             )
             if d.source_topic == PositionEstimate.topic_name(prod)
         ]
-        assert len(letters) == 1
-        assert letters[0].payload == b'{"flow": 1}'
-        assert "state-estimator" in letters[0].service
+        assert len(letters) == 3, [d.reason for d in letters]
+        by_payload = {
+            "bad": [d for d in letters if d.payload == b'{"flow": 1}'],
+            "stranger": [d for d in letters if b"cam-x9" in d.payload],
+            "future": [d for d in letters if b"2099-01-01" in d.payload],
+        }
+        assert all(len(v) == 1 for v in by_payload.values()), by_payload
+        assert "'cam-x9' is not in the facility config" in by_payload["stranger"][0].reason
+        assert "clock-skew bound" in by_payload["future"][0].reason
+        assert all("state-estimator" in d.service for d in letters)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         last_offset = reader.seen[-1][2]
@@ -445,8 +464,11 @@ def test_a_burst_of_estimates_writes_a_few_small_checkpoints_and_restores_quickl
         last = inputs[-1].frame.captured_at  # type: ignore[attr-defined]
         before = reader.until(lambda r, s: r == "heartbeat" and s.as_of >= last)
         assert sum(len(t.locomotives) for t in before.tracks) == 2
-        written = high_watermarks(stack_settings, [changelog])[changelog]
-        # One record per estimate was the old design (1,680 here).
+        deadline = time.monotonic() + 30  # the next checkpoint (every 5 s) writes them
+        while (written := high_watermarks(stack_settings, [changelog])[changelog]) == 0:
+            assert time.monotonic() < deadline, "no checkpoint within 30 s"
+            time.sleep(0.5)
+        # One record per estimate was the old design (1,440 here).
         assert 0 < written <= len(inputs) // 10, written
 
         worker.send_signal(signal.SIGKILL)
