@@ -69,7 +69,12 @@ def facility_layout(cfg: FacilityConfig) -> dict[str, Any]:
         ],
         "flows": list(cfg.flows),
         "models": {m.name: m.length_m for m in cfg.locomotive_models},
+        "state_stale_after_s": STATE_STALE_AFTER_S,
     }
+
+
+STATE_STALE_AFTER_S = 10.0
+"""The page shows a flow's state in red once its newest frame is older than this."""
 
 
 def track_path(track: Track, from_m: float, to_m: float) -> list[Point]:
@@ -119,9 +124,13 @@ def state_view(cfg: FacilityConfig, state: FacilityState) -> dict[str, Any]:
         if ts.track_id in tracks
         for loco in ts.locomotives
     ]
+    frames = [c.last_frame_at for c in state.cameras if c.last_frame_at is not None]
     return {
         "flow": state.flow,
         "as_of": state.as_of.isoformat(),
+        # The newest frame any camera contributed: what the state's age is measured from
+        # (``as_of`` keeps moving with heartbeats even when no estimate arrives).
+        "data_at": max(frames).isoformat() if frames else None,
         "locomotives": locos,
         "cameras": {c.camera_id: c.status for c in state.cameras},
         "unknown_tracks": sorted({ts.track_id for ts in state.tracks} - set(tracks)),

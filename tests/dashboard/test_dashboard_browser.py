@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ import yaml
 from chromium_cdp import Chromium, chromium_binary
 from dashboard_builders import REPO, loco, positions, service_env, state, true_loco, truth
 
+from schemas.facility_state import CameraHealth
 from schemas.frames import FrameRef
 from services.runtime.kafka import MessageProducer
 from services.runtime.settings import Settings
@@ -211,6 +213,21 @@ def test_page_draws_locomotives_pushed_through_kafka(
             )
             assert sorted(diff) == ["p2", "p3"]
             await page.screenshot(tmp_path / "both.png")
+            # Field failure: a green "live" over a state 53 minutes old. The page shows the
+            # age of each flow's newest frame, red once it is stale.
+            age_of = "document.querySelector(\"#state-age span[data-flow='prod']\")"
+            assert await page.evaluate(f"{age_of}.className") == "stale-state"
+            now = datetime.now(UTC)
+            fresh = state("prod", at_s=3, facility_id=FACILITY, T1=[loco("p1", 20, 3.03)])
+            fresh = fresh.model_copy(
+                update={
+                    "as_of": now,
+                    "cameras": [CameraHealth(camera_id=CAMERA, status="ok", last_frame_at=now)],
+                }
+            )
+            producer.publish_and_wait(fresh, flow="prod")
+            await page.wait_for(f"{age_of}.className == 'fresh'", 20)
+            assert "s old" in await page.evaluate(f"{age_of}.textContent")
 
     try:
         asyncio.run(drive())

@@ -35,6 +35,7 @@ from schemas.deadletter import DeadLetter
 from schemas.estimates import PositionEstimate, TrackObservation
 from schemas.facility import load_facility
 from schemas.frames import FrameRef
+from services.infra import EmbeddedInfra
 from services.position_estimator.config import position_estimator_config
 from services.position_estimator.service import position_stream
 from services.runtime.facility_watch import FacilityWatch
@@ -456,3 +457,46 @@ def test_health_fails_when_frames_wait_and_none_is_processed(
             until(lambda: stream.processed == 3 and health.evaluate()[0], "recovers")
     finally:
         lag.stop()
+
+
+@pytest.mark.slow
+def test_a_running_service_resumes_after_the_broker_is_killed_and_restarted(
+    embedded_stack: EmbeddedInfra,
+    stack_settings: Settings,
+    flow: str,
+    tmp_path: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    """Field failure: after a broker restart plate-ocr processed nothing for ~9 minutes."""
+    facility = load_facility(ROOT / "facility.yaml")
+    (case,) = render_cases(facility, [0], ["cam-s1"])
+    frames_topic = unique_name("frames")
+    path = flow_facility(tmp_path, flow)
+    create_topics(stack_settings, flow, frames_topic, partitions=1)
+    producer = MessageProducer(stack_settings.kafka, client_id=unique_name("p"))
+    store_frames(stack_settings, producer, frames_topic, [case], prefix=flow, first_seq=1)
+    watch = FacilityWatch(path)
+    config = position_estimator_config(
+        watch.config, path, flow, stack_settings, "replay", frames_topic=frames_topic
+    )
+    stream = position_stream(stack_settings, config, watch, LabelDetector([case]))
+
+    def until(predicate: Callable[[], bool], what: str, limit_s: float = 90) -> None:
+        deadline = time.monotonic() + limit_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"not within {limit_s:.0f} s: {what}"
+            time.sleep(0.5)
+
+    try:
+        with running(stream):
+            until(lambda: stream.processed == 1, "first frame done")
+            embedded_stack.stop("kafka", force=True)
+            embedded_stack.start("kafka")
+            store_frames(
+                stack_settings, producer, frames_topic, [case, case], prefix=flow, first_seq=2
+            )
+            restarted = time.monotonic()
+            until(lambda: stream.processed >= 3, "frames after the restart processed")
+            print(f"resumed {time.monotonic() - restarted:.1f} s after the broker restart")
+    finally:
+        producer.close(5)

@@ -207,7 +207,7 @@ function drawAll() {
   if (!model.layout) return;
   drawFlowSwitch();
   document.getElementById("title").textContent = `depotwatch · ${model.layout.name}`;
-  drawPlan(); drawHealth(); drawTiles(); drawCompare(); drawAccuracy();
+  drawPlan(); drawHealth(); drawTiles(); drawCompare(); drawAccuracy(); drawStateAge();
 }
 
 function drawFlowSwitch() {
@@ -238,13 +238,34 @@ function setFlowView(v) {
   drawAll();
 }
 
+function drawStateAge() {
+  // "live" above says the page is connected; this says whether what it shows is current.
+  const box = document.getElementById("state-age");
+  if (!model.layout) return;
+  const limit = model.layout.state_stale_after_s;
+  box.replaceChildren();
+  for (const flow of model.layout.flows) {
+    const st = model.states[flow];
+    const span = html("span", {}, box);
+    span.dataset.flow = flow;
+    if (!st || !st.data_at) {
+      span.className = "stale-state";
+      span.textContent = `${flow}: no data `;
+      continue;
+    }
+    const age = (Date.now() - Date.parse(st.data_at)) / 1000;
+    span.className = age > limit ? "stale-state" : "fresh";
+    span.textContent = `${flow}: data ${age < 100 ? age.toFixed(1) : Math.round(age)} s old `;
+  }
+}
+
 const handlers = {
   snapshot(d) {
     Object.assign(model, { layout: d.layout, states: d.states, frames: d.frames,
       detections: d.detections, compare: d.compare, accuracy: d.accuracy });
     drawAll();
   },
-  state(d) { model.states[d.flow] = d; drawPlan(); drawHealth(); drawTiles(); },
+  state(d) { model.states[d.flow] = d; drawPlan(); drawHealth(); drawTiles(); drawStateAge(); },
   frame(d) { model.frames[d.camera_id] = d; drawFrame(d.camera_id); },
   detections(d) { model.detections[`${d.camera_id}/${d.flow}`] = d; drawFrame(d.camera_id); },
   compare(d) { model.compare = d; drawCompare(); if (flowView === "both") drawPlan(); },
@@ -267,3 +288,4 @@ for (const btn of document.querySelectorAll("#flow-switch button")) {
 }
 setFlowView(flowView);
 connect();
+setInterval(drawStateAge, 1000);
