@@ -142,7 +142,7 @@ def up_command(
     from schemas.facility import ConfigError, load_facility
     from services.dashboard.config import DashboardSettings
     from services.runtime.logs import configure_logging
-    from services.runtime.observability import Health, ObservabilityServer
+    from services.runtime.observability import Health, ObservabilityServer, with_grace
     from services.runtime.settings import load_settings
     from services.supervisor.supervisor import (
         AlreadyRunningError,
@@ -273,6 +273,16 @@ def up_command(
         supervisor.stop_event.set()
     health = Health()
     health.add("services", supervisor.health)
+    if infra is not None:
+        from services.infra.keeper import InfraKeeper
+
+        embedded = infra
+        # A killed broker or S3 is started again (it used to stay dead until `infra up`).
+        supervisor.watchers.append(InfraKeeper(embedded, console.say).tick)
+        health.add(
+            "infra",
+            with_grace(lambda: (embedded.status().healthy, "embedded broker and S3"), grace_s=60.0),
+        )
     metrics: ObservabilityServer | None = None
     try:
         metrics = ObservabilityServer(health, settings.http_host, settings.http_port).start()

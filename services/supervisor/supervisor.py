@@ -115,6 +115,8 @@ class Supervisor:
         # Tests run stand-in programs; production runs `python -m services.cli <argv>`.
         self._argv_for = argv_for or (lambda spec: depotwatch_argv(spec.argv))
         self.children: dict[str, Child] = {}
+        self.watchers: list[Callable[[float], None]] = []
+        """Called with the monotonic time on every round (e.g. the embedded infra keeper)."""
         self.skipped: list[str] = []
         self.stop_event = threading.Event()
         self._config_check_s = config_check_s
@@ -327,6 +329,8 @@ class Supervisor:
         next_config = next_status = 0.0
         while not self.stop_event.is_set():
             now = time.monotonic()
+            for watch in self.watchers:
+                watch(now)
             self.tick(now)
             if now >= next_config:
                 self.check_config()
