@@ -9,8 +9,9 @@ from pydantic import Field
 
 from schemas.base import Identifier, Message, UtcDatetime
 
-MAX_SEQ = 10**12
-"""Larger sequence numbers are corrupt (10^12 frames at 100 fps is 300 years)."""
+MAX_SEQ = 10**13
+"""Larger sequence numbers are corrupt. Captures number frames from the start time in ms
+since the epoch (about 1.8e12 in 2026; 1e13 is the year 2286)."""
 
 
 class FrameRef(Message):

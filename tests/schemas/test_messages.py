@@ -497,6 +497,9 @@ def test_an_estimate_is_timed_by_its_frame() -> None:
 def test_an_absurd_sequence_number_is_refused() -> None:
     with pytest.raises(MessageDecodeError, match="seq"):
         decode(FrameRef, json.dumps(_frame(seq=10**15)).encode())
+    # Captures number frames from their start time in ms (services/capture/decimation.py).
+    ms_clock = int(datetime.now(UTC).timestamp() * 1000)
+    assert decode(FrameRef, json.dumps(_frame(seq=ms_clock)).encode()).seq == ms_clock
 
 
 def test_a_large_original_is_kept_truncated_so_the_dead_letter_fits() -> None:
