@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from message_samples import every_message
 
@@ -65,6 +65,10 @@ def test_a_valid_message_with_one_field_mangled(model: type[Message], data: st.D
 @pytest.mark.parametrize("model", MESSAGE_MODELS, ids=lambda m: m.__name__)
 @PROPERTY
 @given(skew_s=st.floats(min_value=-1e9, max_value=1e9, allow_nan=False))
+@example(skew_s=299.0)
+@example(skew_s=301.0)
+@example(skew_s=3600.0)
+@example(skew_s=-86400.0 * 365)
 def test_round_trip_with_any_message_timestamp(model: type[Message], skew_s: float) -> None:
     message = SAMPLES[model]
     at = message.event_time()
