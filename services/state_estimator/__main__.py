@@ -13,7 +13,7 @@ from services.runtime.kafka import KafkaUnavailableError, TopicAdmin
 from services.runtime.logs import configure_logging
 from services.runtime.observability import Health, ObservabilityServer, ProgressWatch
 from services.runtime.settings import load_settings
-from services.state_estimator.app import FlowNotRunnableError, StateEstimatorApp
+from services.state_estimator.app import StateEstimatorApp
 from services.state_estimator.config import StateEstimatorServiceSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def state_estimator_command(flow: str, config_path: Path | None) -> None:
         estimator = StateEstimatorApp(
             facility, flow, settings, StateEstimatorServiceSettings(), config_path=path
         )
-    except (KeyError, FlowNotRunnableError) as exc:
+    except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     admin = TopicAdmin(settings.kafka)
     try:

@@ -27,6 +27,7 @@ flow itself.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -44,7 +45,7 @@ from schemas.facility_state import FacilityState
 from schemas.topics import TopicLayout, TopicSpec, topics_for
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.kafka import DEAD_LETTERED
-from services.runtime.settings import Settings
+from services.runtime.settings import KafkaSettings, Settings
 from services.state_estimator.config import StateEstimatorServiceSettings
 from services.state_estimator.fusion import (
     FusionConfig,
@@ -113,6 +114,42 @@ def limit_fetch_wait(max_wait_ms: int) -> None:
         return consumer
 
     thread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """Faust's broker credentials from the settings every librdkafka client uses.
+
+    ``DEPOTWATCH_KAFKA__SECURITY_PROTOCOL`` SSL / SASL_PLAINTEXT / SASL_SSL, with
+    ``SASL_MECHANISM`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), ``SASL_USERNAME``,
+    ``SASL_PASSWORD`` (or the mounted secret file ``depotwatch_kafka__sasl_password``) and
+    ``SSL_CA_LOCATION`` (system CAs when unset). None for PLAINTEXT.
+    """
+    protocol = kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=kafka.ssl_ca_location)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if not kafka.sasl_username or kafka.sasl_password is None:
+        raise ValueError(
+            f"{protocol} needs DEPOTWATCH_KAFKA__SASL_USERNAME and "
+            "DEPOTWATCH_KAFKA__SASL_PASSWORD (or the secret file depotwatch_kafka__sasl_password)"
+        )
+    mechanism = (kafka.sasl_mechanism or "PLAIN").upper()
+    allowed = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    if mechanism not in allowed:
+        raise ValueError(
+            f"DEPOTWATCH_KAFKA__SASL_MECHANISM={kafka.sasl_mechanism!r} is not supported by the "
+            f"state estimator; use one of {', '.join(allowed)}"
+        )
+    return faust.SASLCredentials(
+        username=kafka.sasl_username,
+        password=kafka.sasl_password.get_secret_value(),
+        mechanism=mechanism,
+        ssl_context=context,
+    )
 
 
 class FlowNotRunnableError(ValueError):
@@ -199,6 +236,7 @@ class StateEstimatorApp:
         app = faust.App(
             self.app_id,
             broker=broker,
+            broker_credentials=faust_credentials(kafka),
             store=self.service.store,
             datadir=str(datadir),
             processing_guarantee=self.service.processing_guarantee,
