@@ -177,7 +177,8 @@ class StateEstimatorApp:
         self.config_path = config_path
         self._watch = FacilityWatch(config_path) if config_path is not None else None
         self._camera_ids = {c.id for c in facility.cameras}
-        self.service_name = f"state-estimator/{flow}"
+        # The same "<service>.<flow>" naming as the frame services (dead letters, metrics).
+        self.service_name = f"state-estimator.{flow}"
         self.settings = settings
         self.flow = flow
         self.facility_id = facility.facility_id

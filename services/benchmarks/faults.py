@@ -1,0 +1,345 @@
+"""Faults: the whole pipeline under ``depotwatch up``, one fault at a time, recovery measured.
+
+Runs ``depotwatch up --flow prod`` (simulated cameras, embedded broker and S3 on free ports, in
+a temporary data directory), waits until the facility state is fresh, then applies each fault
+and measures:
+
+- ``back``: seconds from the fault until the faulted process runs again (a new pid under the
+  supervisor, or the embedded broker/S3 restarted by ``up``; for a stop, its resumption);
+- ``fresh``: seconds from the end of the fault until a facility-state message carries a frame
+  captured after it (the state consumers see has recovered);
+- ``state/truth``: locomotives in that state and in the simulator's ground truth then (a
+  double count after a crash would show here).
+
+The table is printed at the end. Live-mode estimators skip to each camera's newest frame by
+design, so "frames lost" is not a meaningful figure in this run; at-least-once processing of
+every stored frame is covered by the replay-mode service tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FRESH_S = 10.0
+"""A state whose newest frame is younger than this counts as fresh."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: what it hits and how."""
+
+    name: str
+    target: str
+    """Supervised service name prefix (``state-estimator/``) or ``infra:s3`` / ``infra:kafka``."""
+    how: str
+    """``kill`` (SIGKILL, then the supervisor restarts it) or ``stop:<seconds>`` (SIGSTOP)."""
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault("kill -9 one camera's capture", "capture/", "kill"),
+    Fault("kill -9 aggregator", "aggregator", "kill"),
+    Fault("kill -9 position estimator", "position-estimator/", "kill"),
+    Fault("kill -9 plate-ocr", "plate-ocr/", "kill"),
+    Fault("kill -9 state estimator", "state-estimator/", "kill"),
+    Fault("slow consumer: state estimator stopped 20 s", "state-estimator/", "stop:20"),
+    Fault("kill -9 broker", "infra:kafka", "kill"),
+    Fault("S3 unresponsive 30 s", "infra:s3", "stop:30"),
+    Fault("kill -9 S3", "infra:s3", "kill"),
+)
+
+
+@dataclass
+class Outcome:
+    """What one fault did."""
+
+    fault: Fault
+    back_s: float | None
+    fresh_s: float | None
+    state_locos: int | None
+    truth_locos: int | None
+
+    def row(self) -> str:
+        def num(x: float | None) -> str:
+            return "never" if x is None else f"{x:.1f}"
+
+        recovered = "yes" if self.fresh_s is not None and self.back_s is not None else "NO"
+        counts = f"{self.state_locos}/{self.truth_locos}" if self.state_locos is not None else "-"
+        return (
+            f"{self.fault.name:<46} {recovered:>9} {num(self.back_s):>8} "
+            f"{num(self.fresh_s):>9} {counts:>12}"
+        )
+
+
+HEADER = f"{'fault':<46} {'recovered':>9} {'back s':>8} {'fresh s':>9} {'state/truth':>12}"
+
+
+class StateWatch:
+    """Tails facility-state and ground truth; remembers when fresh data arrived."""
+
+    def __init__(self, bootstrap: str, flow: str) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-faults-{uuid.uuid4().hex}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+            }
+        )
+        self._consumer.subscribe([f"facility-state.{flow}.v1", "ground-truth.v1"])
+        self.data_at: list[tuple[float, datetime, int]] = []
+        """(monotonic receive time, newest frame in the state, locomotives)."""
+        self.truth_locos: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from schemas.base import MessageDecodeError, decode
+        from schemas.facility_state import FacilityState
+        from schemas.ground_truth import GroundTruth
+
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            try:
+                if str(msg.topic()).startswith("facility-state"):
+                    state = decode(FacilityState, msg.value())
+                    frames = [c.last_frame_at for c in state.cameras if c.last_frame_at]
+                    if frames:
+                        self.data_at.append((time.monotonic(), max(frames), state.locomotive_count))
+                else:
+                    self.truth_locos = len(decode(GroundTruth, msg.value()).locomotives)
+            except MessageDecodeError:
+                continue
+
+    def fresh_since(self, after: datetime) -> tuple[float, int] | None:
+        """(receive time, locomotives) of the first state whose newest frame is after ``after``."""
+        for received, data_at, locos in list(self.data_at):
+            if data_at > after:
+                return received, locos
+        return None
+
+    def is_fresh(self) -> bool:
+        """The newest state carries a frame younger than :data:`FRESH_S`."""
+        if not self.data_at:
+            return False
+        return (datetime.now(UTC) - self.data_at[-1][1]).total_seconds() < FRESH_S
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.5) -> float | None:
+    """Seconds until ``predicate`` held, or None after ``limit_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step_s)
+    return None
+
+
+class Pipeline:
+    """``depotwatch up`` in a temporary directory, and where its processes are."""
+
+    def __init__(self, work: Path, cameras: int, flow: str) -> None:
+        from services.infra import EmbeddedInfra, settings_on_free_ports
+        from services.infra.embedded import COMPONENTS, PORT_FIELDS
+
+        self.work, self.flow = work, flow
+        self.data = work / "data"
+        settings = settings_on_free_ports(self.data)
+        self.infra = EmbeddedInfra(settings)
+        config = yaml.safe_load((REPO / "facility.yaml").read_text())
+        config["flows"] = {flow: config["flows"][flow]}
+        for stage in config["flows"][flow].values():
+            # Paths in facility.yaml are relative to it; this copy lives elsewhere.
+            if isinstance(stage, dict) and "weights" in stage:
+                stage["weights"] = str((REPO / stage["weights"]).resolve())
+        rtsp = _free_port()
+        for i, cam in enumerate(config["cameras"]):
+            cam["enabled"] = i < cameras
+            cam["source"] = cam["source"].replace(":8554/", f":{rtsp}/")
+        self.config = work / "facility.yaml"
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOTWATCH_")}
+        for component in COMPONENTS:
+            for name in PORT_FIELDS[component]:
+                env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(settings.infra, name))
+        env["DEPOTWATCH_HTTP_PORT"] = "0"
+        self.log = work / "up.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "up",
+                    "--flow",
+                    flow,
+                    "--config",
+                    str(self.config),
+                    "--data-dir",
+                    str(self.data),
+                    "--no-dashboard",
+                    "--no-live",
+                ],
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def bootstrap(self) -> str:
+        return self.infra.client_settings.kafka.bootstrap_servers
+
+    def services(self) -> list[dict[str, Any]]:
+        try:
+            return list(json.loads((self.data / "status.json").read_text())["services"])
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def pid(self, target: str) -> int | None:
+        if target.startswith("infra:"):
+            component = target.split(":", 1)[1]
+            for c in self.infra.status().components:
+                if c.component == component:
+                    return c.pid if c.running else None
+            return None
+        for svc in self.services():
+            if svc["name"].startswith(target) and svc["state"] == "up":
+                return int(svc["pid"])
+        return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -> Outcome:
+    """Apply one fault and measure the recovery."""
+    pid = pipe.pid(fault.target)
+    if pid is None:
+        return Outcome(fault, None, None, None, watch.truth_locos)
+    started = time.monotonic()
+    fault_end = started
+    if fault.how == "kill":
+        os.kill(pid, signal.SIGKILL)
+        ended_at = datetime.now(UTC)
+        back = _wait(lambda: (p := pipe.pid(fault.target)) is not None and p != pid, limit_s)
+    else:
+        seconds = float(fault.how.split(":", 1)[1])
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(pid, signal.SIGCONT)
+        ended_at = datetime.now(UTC)
+        fault_end = time.monotonic()
+        back = fault_end - started
+    fresh_after = ended_at + timedelta(seconds=1)
+    waited = _wait(lambda: watch.fresh_since(fresh_after) is not None, limit_s)
+    got = watch.fresh_since(fresh_after)
+    fresh = None
+    locos = None
+    if waited is not None and got is not None:
+        fresh = got[0] - fault_end
+        locos = got[1]
+    return Outcome(fault, back, fresh, locos, watch.truth_locos)
+
+
+@click.command("faults")
+@click.option(
+    "--cameras",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Simulated cameras enabled (the first N of facility.yaml).",
+)
+@click.option("--flow", default="prod", show_default=True)
+@click.option("--only", multiple=True, help="Run only faults whose name contains this text.")
+@click.option(
+    "--limit-s",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Give up on a recovery after this long.",
+)
+@click.option(
+    "--warmup-s",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Wait at most this long for the first fresh state.",
+)
+def bench_command(
+    cameras: int, flow: str, only: tuple[str, ...], limit_s: float, warmup_s: float
+) -> None:
+    """Kill or stop each part of the pipeline in turn; print recovery times."""
+    faults = [f for f in FAULTS if not only or any(o in f.name for o in only)]
+    work = Path(tempfile.mkdtemp(prefix="depotwatch-bench-faults-"))
+    click.echo(f"starting `depotwatch up --flow {flow}` with {cameras} cameras in {work} ...")
+    pipe = Pipeline(work, cameras, flow)
+    watch: StateWatch | None = None
+    outcomes: list[Outcome] = []
+    try:
+        if _wait(lambda: pipe.infra.status().healthy, 120) is None:
+            raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
+        watch = StateWatch(pipe.bootstrap, flow)
+        w = watch
+        if _wait(w.is_fresh, warmup_s) is None:
+            raise click.ClickException(
+                f"no fresh facility state within {warmup_s:.0f}s; see {pipe.log}"
+            )
+        click.echo("pipeline fresh; applying faults one at a time")
+        for fault in faults:
+            if _wait(w.is_fresh, limit_s) is None:
+                click.echo(f"state not fresh before {fault.name!r}; continuing anyway")
+            outcome = run_fault(pipe, w, fault, limit_s)
+            click.echo(outcome.row())
+            outcomes.append(outcome)
+    finally:
+        if watch is not None:
+            watch.close()
+        pipe.stop()
+    click.echo(f"\n{HEADER}")
+    for outcome in outcomes:
+        click.echo(outcome.row())
+    missed = [o.fault.name for o in outcomes if o.fresh_s is None or o.back_s is None]
+    if missed:
+        click.echo(f"NOT recovered within {limit_s:.0f}s: {', '.join(missed)}")
