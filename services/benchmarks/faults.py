@@ -8,8 +8,8 @@ and measures:
   supervisor, or the embedded broker/S3 restarted by ``up``; for a stop, its resumption);
 - ``fresh``: seconds from the end of the fault until a facility-state message carries a frame
   captured after it (the state consumers see has recovered);
-- ``state/truth``: locomotives in that state and in the simulator's ground truth then (a
-  double count after a crash would show here).
+- ``locos``: locomotives in the last state before the fault and in that first fresh state
+  after it (a double count after a crash would show as more after than before).
 
 The table is printed at the end. Live-mode estimators skip to each camera's newest frame by
 design, so "frames lost" is not a meaningful figure in this run; at-least-once processing of
@@ -73,26 +73,26 @@ class Outcome:
     fault: Fault
     back_s: float | None
     fresh_s: float | None
-    state_locos: int | None
-    truth_locos: int | None
+    locos_before: int | None
+    locos_after: int | None
 
     def row(self) -> str:
         def num(x: float | None) -> str:
             return "never" if x is None else f"{x:.1f}"
 
         recovered = "yes" if self.fresh_s is not None and self.back_s is not None else "NO"
-        counts = f"{self.state_locos}/{self.truth_locos}" if self.state_locos is not None else "-"
+        counts = f"{self.locos_before} -> {self.locos_after}"
         return (
             f"{self.fault.name:<46} {recovered:>9} {num(self.back_s):>8} "
             f"{num(self.fresh_s):>9} {counts:>12}"
         )
 
 
-HEADER = f"{'fault':<46} {'recovered':>9} {'back s':>8} {'fresh s':>9} {'state/truth':>12}"
+HEADER = f"{'fault':<46} {'recovered':>9} {'back s':>8} {'fresh s':>9} {'locos':>12}"
 
 
 class StateWatch:
-    """Tails facility-state and ground truth; remembers when fresh data arrived."""
+    """Tails facility-state; remembers when fresh data arrived."""
 
     def __init__(self, bootstrap: str, flow: str) -> None:
         from confluent_kafka import Consumer
@@ -106,10 +106,9 @@ class StateWatch:
                 "session.timeout.ms": 6000,
             }
         )
-        self._consumer.subscribe([f"facility-state.{flow}.v1", "ground-truth.v1"])
+        self._consumer.subscribe([f"facility-state.{flow}.v1"])
         self.data_at: list[tuple[float, datetime, int]] = []
         """(monotonic receive time, newest frame in the state, locomotives)."""
-        self.truth_locos: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -117,22 +116,18 @@ class StateWatch:
     def _run(self) -> None:
         from schemas.base import MessageDecodeError, decode
         from schemas.facility_state import FacilityState
-        from schemas.ground_truth import GroundTruth
 
         while not self._stop.is_set():
             msg = self._consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
             try:
-                if str(msg.topic()).startswith("facility-state"):
-                    state = decode(FacilityState, msg.value())
-                    frames = [c.last_frame_at for c in state.cameras if c.last_frame_at]
-                    if frames:
-                        self.data_at.append((time.monotonic(), max(frames), state.locomotive_count))
-                else:
-                    self.truth_locos = len(decode(GroundTruth, msg.value()).locomotives)
+                state = decode(FacilityState, msg.value())
             except MessageDecodeError:
                 continue
+            frames = [c.last_frame_at for c in state.cameras if c.last_frame_at]
+            if frames:
+                self.data_at.append((time.monotonic(), max(frames), state.locomotive_count))
 
     def fresh_since(self, after: datetime) -> tuple[float, int] | None:
         """(receive time, locomotives) of the first state whose newest frame is after ``after``."""
@@ -256,8 +251,9 @@ class Pipeline:
 def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -> Outcome:
     """Apply one fault and measure the recovery."""
     pid = pipe.pid(fault.target)
+    before = watch.data_at[-1][2] if watch.data_at else None
     if pid is None:
-        return Outcome(fault, None, None, None, watch.truth_locos)
+        return Outcome(fault, None, None, before, None)
     started = time.monotonic()
     fault_end = started
     if fault.how == "kill":
@@ -280,7 +276,7 @@ def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -
     if waited is not None and got is not None:
         fresh = got[0] - fault_end
         locos = got[1]
-    return Outcome(fault, back, fresh, locos, watch.truth_locos)
+    return Outcome(fault, back, fresh, before, locos)
 
 
 @click.command("faults")
