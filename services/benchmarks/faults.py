@@ -28,14 +28,18 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
+
+from schemas.facility_state import FacilityState
 
 REPO = Path(__file__).resolve().parents[2]
 FRESH_S = 10.0
@@ -109,13 +113,14 @@ class StateWatch:
         self._consumer.subscribe([f"facility-state.{flow}.v1"])
         self.data_at: list[tuple[float, datetime, int]] = []
         """(monotonic receive time, newest frame in the state, locomotives)."""
+        self.states: deque[tuple[float, FacilityState]] = deque(maxlen=5000)
+        """The latest states with their receive time (double-count checks)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         from schemas.base import MessageDecodeError, decode
-        from schemas.facility_state import FacilityState
 
         while not self._stop.is_set():
             msg = self._consumer.poll(0.5)
@@ -125,6 +130,7 @@ class StateWatch:
                 state = decode(FacilityState, msg.value())
             except MessageDecodeError:
                 continue
+            self.states.append((time.monotonic(), state))
             frames = [c.last_frame_at for c in state.cameras if c.last_frame_at]
             if frames:
                 self.data_at.append((time.monotonic(), max(frames), state.locomotive_count))
@@ -135,6 +141,10 @@ class StateWatch:
             if data_at > after:
                 return received, locos
         return None
+
+    def states_since(self, since: float) -> list[FacilityState]:
+        """States received at or after the monotonic time ``since``."""
+        return [state for received, state in list(self.states) if received >= since]
 
     def is_fresh(self) -> bool:
         """The newest state carries a frame younger than :data:`FRESH_S`."""
@@ -148,13 +158,28 @@ class StateWatch:
         self._consumer.close()
 
 
+def double_counts(state: FacilityState, tolerance_m: float = 1.0) -> list[str]:
+    """Locomotives that overlap another on the same track by more than ``tolerance_m``: the
+    same locomotive counted twice (bodies cannot overlap)."""
+    found = []
+    for track in state.tracks:
+        spans = sorted(
+            (min(lo.head_m, lo.tail_m), max(lo.head_m, lo.tail_m), lo.locomotive_id)
+            for lo in track.locomotives
+        )
+        for (_, hi, a), (lo2, _, b) in pairwise(spans):
+            if hi - lo2 > tolerance_m:
+                found.append(f"{track.track_id}: {a} and {b} overlap by {hi - lo2:.1f} m")
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.5) -> float | None:
+def wait_until(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.5) -> float | None:
     """Seconds until ``predicate`` held, or None after ``limit_s``."""
     started = time.monotonic()
     while time.monotonic() - started < limit_s:
@@ -259,7 +284,7 @@ def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -
     if fault.how == "kill":
         os.kill(pid, signal.SIGKILL)
         ended_at = datetime.now(UTC)
-        back = _wait(lambda: (p := pipe.pid(fault.target)) is not None and p != pid, limit_s)
+        back = wait_until(lambda: (p := pipe.pid(fault.target)) is not None and p != pid, limit_s)
     else:
         seconds = float(fault.how.split(":", 1)[1])
         os.kill(pid, signal.SIGSTOP)
@@ -269,7 +294,7 @@ def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -
         fault_end = time.monotonic()
         back = fault_end - started
     fresh_after = ended_at + timedelta(seconds=1)
-    waited = _wait(lambda: watch.fresh_since(fresh_after) is not None, limit_s)
+    waited = wait_until(lambda: watch.fresh_since(fresh_after) is not None, limit_s)
     got = watch.fresh_since(fresh_after)
     fresh = None
     locos = None
@@ -314,17 +339,17 @@ def bench_command(
     watch: StateWatch | None = None
     outcomes: list[Outcome] = []
     try:
-        if _wait(lambda: pipe.infra.status().healthy, 120) is None:
+        if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
             raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
         watch = StateWatch(pipe.bootstrap, flow)
         w = watch
-        if _wait(w.is_fresh, warmup_s) is None:
+        if wait_until(w.is_fresh, warmup_s) is None:
             raise click.ClickException(
                 f"no fresh facility state within {warmup_s:.0f}s; see {pipe.log}"
             )
         click.echo("pipeline fresh; applying faults one at a time")
         for fault in faults:
-            if _wait(w.is_fresh, limit_s) is None:
+            if wait_until(w.is_fresh, limit_s) is None:
                 click.echo(f"state not fresh before {fault.name!r}; continuing anyway")
             outcome = run_fault(pipe, w, fault, limit_s)
             click.echo(outcome.row())

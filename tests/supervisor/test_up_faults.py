@@ -1,0 +1,76 @@
+"""The fault suite inside the test command (bounded): the whole pipeline under ``depotwatch
+up``, a few processes killed with SIGKILL one at a time; each time the facility state must be
+fresh again within the deadline, and no state may show a locomotive twice (two bodies
+overlapping on a track).
+
+``depotwatch bench faults`` runs the full list (S3 outages, a stopped consumer...) and prints
+the recovery table; this test runs the faults whose failure in the field stopped the product.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.benchmarks.faults import (
+    FAULTS,
+    Pipeline,
+    StateWatch,
+    double_counts,
+    run_fault,
+    wait_until,
+)
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        subprocess.run(
+            ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+            capture_output=True,
+        ).returncode
+        != 0,
+        reason="needs GStreamer's RTSP server for the simulator (make setup)",
+    ),
+]
+
+IN_SUITE = ("kill -9 state estimator", "kill -9 broker", "kill -9 aggregator")
+DEADLINE_S = 120.0
+
+
+@pytest.fixture
+def pipeline() -> Iterator[tuple[Pipeline, StateWatch]]:
+    work = Path(tempfile.mkdtemp(prefix="depotwatch-test-faults-"))
+    pipe = Pipeline(work, cameras=2, flow="prod")
+    watch: StateWatch | None = None
+    try:
+        assert wait_until(lambda: pipe.infra.status().healthy, 120) is not None, (
+            pipe.log.read_text()
+        )
+        watch = StateWatch(pipe.bootstrap, "prod")
+        w = watch
+        assert wait_until(w.is_fresh, 300) is not None, (
+            f"no fresh state: {pipe.log.read_text()[-3000:]}"
+        )
+        yield pipe, w
+    finally:
+        if watch is not None:
+            watch.close()
+        pipe.stop()
+
+
+def test_the_state_is_fresh_again_after_each_fault(pipeline: tuple[Pipeline, StateWatch]) -> None:
+    pipe, watch = pipeline
+    for fault in [f for f in FAULTS if f.name in IN_SUITE]:
+        assert wait_until(watch.is_fresh, DEADLINE_S) is not None, f"not fresh before {fault.name}"
+        started = time.monotonic()
+        outcome = run_fault(pipe, watch, fault, DEADLINE_S)
+        assert outcome.back_s is not None, f"{fault.name}: the process did not come back"
+        assert outcome.fresh_s is not None, f"{fault.name}: the state did not become fresh"
+        twice = [d for s in watch.states_since(started) for d in double_counts(s)]
+        assert not twice, f"{fault.name}: {twice[:3]}"
