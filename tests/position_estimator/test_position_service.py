@@ -12,7 +12,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 from estimator_rig import (
     ROOT,
     LabelDetector,
+    RenderedCase,
     collect,
     create_topics,
     dead_letters_of,
@@ -39,7 +40,7 @@ from services.infra import EmbeddedInfra
 from services.position_estimator.config import position_estimator_config
 from services.position_estimator.service import position_stream
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.frame_stream import frame_stream_health
+from services.runtime.frame_stream import FrameStream, frame_stream_health
 from services.runtime.kafka import MessageProducer, Received
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
@@ -410,6 +411,51 @@ def test_live_mode_skips_to_the_newest_frame_of_a_camera(
     assert len(got) == stream.processed
 
 
+@dataclass
+class OneCamera:
+    """A replay-mode position estimator on a topic of its own, one camera's frames in it."""
+
+    case: RenderedCase
+    frames_topic: str
+    stream: FrameStream
+
+    @classmethod
+    def start(
+        cls,
+        settings: Settings,
+        producer: MessageProducer,
+        flow: str,
+        tmp_path: Path,
+        topic: str,
+    ) -> OneCamera:
+        facility = load_facility(ROOT / "facility.yaml")
+        (case,) = render_cases(facility, [0], ["cam-s1"])
+        path = flow_facility(tmp_path, flow)
+        create_topics(settings, flow, topic, partitions=1)
+        store_frames(settings, producer, topic, [case], prefix=flow, first_seq=1)
+        watch = FacilityWatch(path)
+        config = position_estimator_config(
+            watch.config, path, flow, settings, "replay", frames_topic=topic
+        )
+        stream = position_stream(settings, config, watch, LabelDetector([case]))
+        return cls(case, topic, stream)
+
+    def more_frames(
+        self, settings: Settings, producer: MessageProducer, flow: str, seq: int
+    ) -> None:
+        """Two more frames, from ``seq``."""
+        cases = [self.case, self.case]
+        store_frames(settings, producer, self.frames_topic, cases, prefix=flow, first_seq=seq)
+
+
+def until(predicate: Callable[[], bool], what: str, limit_s: float = 60) -> None:
+    """Poll ``predicate`` until it holds (deadline ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {limit_s:.0f} s: {what}"
+        time.sleep(0.5)
+
+
 def test_health_fails_when_frames_wait_and_none_is_processed(
     stack_settings: Settings,
     producer: MessageProducer,
@@ -419,25 +465,10 @@ def test_health_fails_when_frames_wait_and_none_is_processed(
 ) -> None:
     """Field failure: after a broker restart a consumer stayed in its group and fetched
     nothing for 9 minutes; its loop came round, so /healthz said ok."""
-    facility = load_facility(ROOT / "facility.yaml")
-    (case,) = render_cases(facility, [0], ["cam-s1"])
-    frames_topic = unique_name("frames")
-    path = flow_facility(tmp_path, flow)
-    create_topics(stack_settings, flow, frames_topic, partitions=1)
-    store_frames(stack_settings, producer, frames_topic, [case], prefix=flow, first_seq=1)
-    watch = FacilityWatch(path)
-    config = position_estimator_config(
-        watch.config, path, flow, stack_settings, "replay", frames_topic=frames_topic
-    )
-    stream = position_stream(stack_settings, config, watch, LabelDetector([case]))
+    one = OneCamera.start(stack_settings, producer, flow, tmp_path, unique_name("frames"))
+    stream = one.stream
     stream.config = replace(stream.config, stall_after_s=3.0)
     health, lag = frame_stream_health(stream, stack_settings)
-
-    def until(predicate: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not predicate():
-            assert time.monotonic() < deadline, f"not within 60 s: {what}"
-            time.sleep(0.5)
 
     try:
         with running(stream):
@@ -445,9 +476,7 @@ def test_health_fails_when_frames_wait_and_none_is_processed(
             assert health.evaluate()[0]
             # The consumer stays in its group but fetches nothing any more.
             stream.consumer.raw.pause(stream.consumer.raw.assignment())
-            store_frames(
-                stack_settings, producer, frames_topic, [case, case], prefix=flow, first_seq=2
-            )
+            one.more_frames(stack_settings, producer, flow, 2)
             until(lambda: not health.evaluate()[0], "/healthz fails")
             _, checks = health.evaluate()
             assert checks["loop"]["ok"], "the loop still comes round"
@@ -468,35 +497,17 @@ def test_a_running_service_resumes_after_the_broker_is_killed_and_restarted(
     unique_name: Callable[[str], str],
 ) -> None:
     """Field failure: after a broker restart plate-ocr processed nothing for ~9 minutes."""
-    facility = load_facility(ROOT / "facility.yaml")
-    (case,) = render_cases(facility, [0], ["cam-s1"])
-    frames_topic = unique_name("frames")
-    path = flow_facility(tmp_path, flow)
-    create_topics(stack_settings, flow, frames_topic, partitions=1)
     producer = MessageProducer(stack_settings.kafka, client_id=unique_name("p"))
-    store_frames(stack_settings, producer, frames_topic, [case], prefix=flow, first_seq=1)
-    watch = FacilityWatch(path)
-    config = position_estimator_config(
-        watch.config, path, flow, stack_settings, "replay", frames_topic=frames_topic
-    )
-    stream = position_stream(stack_settings, config, watch, LabelDetector([case]))
-
-    def until(predicate: Callable[[], bool], what: str, limit_s: float = 90) -> None:
-        deadline = time.monotonic() + limit_s
-        while not predicate():
-            assert time.monotonic() < deadline, f"not within {limit_s:.0f} s: {what}"
-            time.sleep(0.5)
-
+    one = OneCamera.start(stack_settings, producer, flow, tmp_path, unique_name("frames"))
+    stream = one.stream
     try:
         with running(stream):
             until(lambda: stream.processed == 1, "first frame done")
             embedded_stack.stop("kafka", force=True)
             embedded_stack.start("kafka")
-            store_frames(
-                stack_settings, producer, frames_topic, [case, case], prefix=flow, first_seq=2
-            )
+            one.more_frames(stack_settings, producer, flow, 2)
             restarted = time.monotonic()
-            until(lambda: stream.processed >= 3, "frames after the restart processed")
+            until(lambda: stream.processed >= 3, "frames after the restart processed", 90)
             print(f"resumed {time.monotonic() - restarted:.1f} s after the broker restart")
     finally:
         producer.close(5)

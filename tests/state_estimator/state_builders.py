@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from schemas.estimates import IdentityEstimate, PositionEstimate, TrackObservation
 from schemas.frames import FrameRef
 
+FACILITY = Path(__file__).resolve().parents[2] / "facility.yaml"
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 OFFSET = 0.3  # the detector's inward label offset the fusion corrects for
 

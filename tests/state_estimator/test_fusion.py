@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-from state_builders import OFFSET, end, identity, position
+from state_builders import FACILITY, OFFSET, end, identity, position
 
 from schemas.base import Message
 from schemas.facility import load_facility
 from schemas.facility_state import FacilityState, LocomotiveState
 from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState
 
-FACILITY = Path(__file__).resolve().parents[2] / "facility.yaml"
-
 # A TEM2 (16.97 m) on T1 with its cab at 2.0 m: cam-s1 sees x 0-12, cam-s2 x 12-24 of T1.
 HEAD, TAIL = 2.0, 18.97
-
-
-@pytest.fixture(scope="module")
-def core() -> FusionCore:
-    cfg = load_facility(FACILITY)
-    return FusionCore(FusionConfig.from_facility(cfg, "prod", cfg.flow("prod").state_estimator))
 
 
 def feed(

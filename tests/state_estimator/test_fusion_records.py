@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from state_builders import OFFSET, end, identity, position
 
 from schemas.base import Message
-from schemas.facility import load_facility
-from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState, records
+from services.state_estimator.fusion import FusionCore, FusionState, records
 
-FACILITY = Path(__file__).resolve().parents[2] / "facility.yaml"
 HEAD, TAIL = 2.0, 18.97
-
-
-@pytest.fixture(scope="module")
-def core() -> FusionCore:
-    cfg = load_facility(FACILITY)
-    return FusionCore(FusionConfig.from_facility(cfg, "prod", cfg.flow("prod").state_estimator))
 
 
 def scene(seconds: float) -> list[Message]:

@@ -9,13 +9,13 @@ the recovery table; this test runs the faults whose failure in the field stopped
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rtsp_server import NEEDS_RTSP_SERVER
 
 from services.benchmarks.faults import (
     FAULTS,
@@ -29,14 +29,7 @@ from services.benchmarks.faults import (
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        subprocess.run(
-            ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
-            capture_output=True,
-        ).returncode
-        != 0,
-        reason="needs GStreamer's RTSP server for the simulator (make setup)",
-    ),
+    NEEDS_RTSP_SERVER,
 ]
 
 IN_SUITE = ("kill -9 state estimator", "kill -9 broker", "kill -9 aggregator")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from rtsp_server import NEEDS_RTSP_SERVER
 
 from services.infra import settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
@@ -32,14 +33,7 @@ WEIGHTS = Path(os.environ.get("DEPOTWATCH_TEST_WEIGHTS", REPO / "models" / "depo
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        subprocess.run(
-            ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
-            capture_output=True,
-        ).returncode
-        != 0,
-        reason="needs GStreamer's RTSP server for the simulator (make setup)",
-    ),
+    NEEDS_RTSP_SERVER,
 ]
 
 
