@@ -41,7 +41,13 @@ from services.runtime.frames import (
     decode_frame,
     decode_reduction,
 )
-from services.runtime.kafka import MessageConsumer, MessageProducer, ProduceError, Received
+from services.runtime.kafka import (
+    KafkaUnavailableError,
+    MessageConsumer,
+    MessageProducer,
+    ProduceError,
+    Received,
+)
 from services.runtime.observability import (
     Health,
     ObservabilityServer,
@@ -53,6 +59,9 @@ from services.runtime.shutdown import ShutdownSignal
 from services.runtime.storage import ObjectMissingError, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
+
+BROKER_UNREACHABLE_EXIT = 3
+"""Exit status of a frame service that gave up waiting for the broker (restart it)."""
 
 Mode = Literal["live", "replay"]
 
@@ -495,6 +504,14 @@ def serve_frame_stream(stream: FrameStream, settings: Settings, shutdown: Shutdo
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
     try:
         stream.run(shutdown)
+    except (ProduceError, KafkaUnavailableError) as exc:
+        # Nothing unacknowledged was marked done: a restart (the supervisor's or k8s') picks
+        # the same frames up again. One line, not a traceback.
+        log.error(
+            "broker unreachable; exiting so this service is restarted",
+            extra={"flow": stream.config.flow, "error": str(exc)},
+        )
+        raise SystemExit(BROKER_UNREACHABLE_EXIT) from None
     finally:
         server.stop()
         lag.stop()

@@ -131,3 +131,37 @@ def test_reduced_decode_reports_its_scale() -> None:
     )
     assert frame.image.shape == (360, 640, 3)
     assert frame.scale == (2.0, 2.0)
+
+
+def test_a_service_that_loses_its_broker_exits_with_one_line_and_status_3(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Field failure: estimators crashed with tracebacks on a broker outage."""
+    from types import SimpleNamespace
+
+    from services.runtime.frame_stream import BROKER_UNREACHABLE_EXIT, serve_frame_stream
+    from services.runtime.kafka import ProduceError
+    from services.runtime.settings import KafkaSettings, Settings
+    from services.runtime.shutdown import ShutdownSignal
+
+    def run(shutdown: ShutdownSignal) -> None:
+        raise ProduceError("4 estimates not acknowledged within 30s")
+
+    stream = SimpleNamespace(
+        run=run,
+        config=SimpleNamespace(flow="prod", stall_after_s=60.0, dependency_grace_s=60.0),
+        consumer=SimpleNamespace(group_id="depotwatch.test.prod"),
+        store=SimpleNamespace(ping=lambda: (True, "bucket present")),
+        health=lambda: (True, "ok"),
+        processed=0,
+        skipped=0,
+        rejected=0,
+    )
+    # A broker that does not exist: the lag monitor only logs that it cannot reach it.
+    settings = Settings().model_copy(
+        update={"kafka": KafkaSettings(bootstrap_servers="127.0.0.1:1"), "http_port": 0}
+    )
+    with pytest.raises(SystemExit) as exited:
+        serve_frame_stream(cast(Any, stream), settings, ShutdownSignal())
+    assert exited.value.code == BROKER_UNREACHABLE_EXIT
+    assert "broker unreachable; exiting" in caplog.text
