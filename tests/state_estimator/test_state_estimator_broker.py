@@ -482,3 +482,71 @@ def test_a_burst_of_estimates_writes_a_few_small_checkpoints_and_restores_quickl
         assert ids(after) == ids(before)
     finally:
         reader.close()
+
+
+@pytest.mark.slow
+def test_bad_estimates_from_an_independent_client_are_dead_lettered_and_fusion_goes_on(
+    stack_settings: Settings,
+    flows: tuple[Path, str, str],
+    start_worker: Callable[[Path, str], subprocess.Popen[bytes]],
+) -> None:
+    """Bad input sent with kafka-python (not our client) to both topics the estimator reads."""
+    from kafka import KafkaProducer
+
+    config, prod, _ = flows
+    ensure_topics(stack_settings, config, prod)
+    reader = StateReader(stack_settings, prod)
+    started = datetime.now(UTC)
+    try:
+        start_worker(config, prod)
+        good = position("cam-s1", 1, 0.0, end("head", "T1", 5.0), flow=prod)
+        epoch = good.model_copy(
+            update={
+                "frame": good.frame.model_copy(
+                    update={"captured_at": datetime(1970, 1, 2, tzinfo=UTC)}
+                )
+            }
+        )
+        bad: dict[str, tuple[str, bytes]] = {
+            "malformed": (PositionEstimate.topic_name(prod), b'{"flow": '),
+            "wrong schema": (IdentityEstimate.topic_name(prod), encode(good)),
+            "far past": (PositionEstimate.topic_name(prod), encode(epoch)),
+            "2 MB": (IdentityEstimate.topic_name(prod), b"x" * 2_000_000),
+        }
+        producer = KafkaProducer(
+            bootstrap_servers=stack_settings.kafka.bootstrap_servers, max_request_size=4_000_000
+        )
+        for topic, value in bad.values():
+            producer.send(topic, value=value, key=b"cam-s1")
+        producer.flush(30)
+        producer.close(10)
+        inputs: list[Message] = []
+        for seq in range(4):
+            inputs += scene(prod, seq, seq * 0.5)
+        produce(stack_settings, prod, inputs)
+        state = reader.until(lambda r, s: r == "change" and s.locomotive_count == 2)
+        assert state.locomotive_count == 2
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            letters = [
+                d
+                for d in read_range(
+                    stack_settings.kafka,
+                    DeadLetter.topic_name(),
+                    DeadLetter,
+                    started,
+                    datetime.now(UTC) + timedelta(seconds=1),
+                )
+                if d.source_topic.endswith(f".{prod}.v1")
+            ]
+            if len(letters) >= len(bad) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        reasons = sorted(d.reason for d in letters)
+        assert len(letters) == len(bad), reasons
+        assert any("Invalid JSON" in r for r in reasons)
+        assert any("clock is not set" in r for r in reasons)
+        assert any("original 2,000,000 bytes" in r for r in reasons)
+        assert all(d.service == f"state-estimator.{prod}" for d in letters)
+    finally:
+        reader.close()
