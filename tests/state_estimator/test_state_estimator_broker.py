@@ -460,8 +460,12 @@ def test_a_burst_of_estimates_writes_a_few_small_checkpoints_and_restores_quickl
         inputs: list[Message] = []
         for tick in range(240):  # two minutes of six cameras at 2 fps, all at once
             inputs += scene(prod, tick, tick * 0.5)
+        sent = time.monotonic()
         produce(stack_settings, prod, inputs)
         last = inputs[-1].frame.captured_at  # type: ignore[attr-defined]
+        reader.until(lambda r, s: any(c.last_frame_at == last for c in s.cameras))
+        took = time.monotonic() - sent
+        print(f"{len(inputs)} estimates fused in {took:.1f} s ({len(inputs) / took:.0f}/s)")
         before = reader.until(lambda r, s: r == "heartbeat" and s.as_of >= last)
         assert sum(len(t.locomotives) for t in before.tracks) == 2
         deadline = time.monotonic() + 30  # the next checkpoint (every 5 s) writes them
