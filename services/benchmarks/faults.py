@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,6 +172,15 @@ def double_counts(state: FacilityState, tolerance_m: float = 1.0) -> list[str]:
             if hi - lo2 > tolerance_m:
                 found.append(f"{track.track_id}: {a} and {b} overlap by {hi - lo2:.1f} m")
     return found
+
+
+def finish(work: Path, ok: bool, say: Callable[[str], None]) -> None:
+    """Delete a bench's working directory (broker and S3 data: hundreds of MB) after a run
+    that went through; keep it, logs included, after one that failed."""
+    if ok:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        say(f"logs and data kept in {work}")
 
 
 def _free_port() -> int:
@@ -338,6 +348,7 @@ def bench_command(
     pipe = Pipeline(work, cameras, flow)
     watch: StateWatch | None = None
     outcomes: list[Outcome] = []
+    ok = False
     try:
         if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
             raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
@@ -354,10 +365,12 @@ def bench_command(
             outcome = run_fault(pipe, w, fault, limit_s)
             click.echo(outcome.row())
             outcomes.append(outcome)
+        ok = all(o.fresh_s is not None and o.back_s is not None for o in outcomes)
     finally:
         if watch is not None:
             watch.close()
         pipe.stop()
+        finish(work, ok, click.echo)
     click.echo(f"\n{HEADER}")
     for outcome in outcomes:
         click.echo(outcome.row())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from services.benchmarks.faults import Pipeline, StateWatch, wait_until
+from services.benchmarks.faults import Pipeline, StateWatch, finish, wait_until
 
 RSS_GROWTH_GOAL = 0.10
 STATE_AGE_GOAL_S = 10.0
@@ -147,6 +147,7 @@ def bench_command(
     watch: StateWatch | None = None
     lag: ConsumerLagMonitor | None = None
     samples = Samples()
+    ok = False
     try:
         if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
             raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
@@ -169,12 +170,14 @@ def bench_command(
                 )
                 next_print += 300
             time.sleep(every_s)
+        ok = True
     finally:
         if lag is not None:
             lag.stop()
         if watch is not None:
             watch.close()
         pipe.stop()
+        finish(work, ok, click.echo)
     click.echo("")
     for line in report(samples, warmup_min * 60):
         click.echo(line)

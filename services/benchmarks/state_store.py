@@ -259,6 +259,7 @@ def bench_command(
     click.echo(f"\nstarting an embedded broker and S3 in {work} ...")
     stack = EmbeddedInfra(settings_on_free_ports(work / "infra"), flows=())
     stack.up()
+    ok = False
     try:
         client = stack.client_settings
         env = {
@@ -297,5 +298,9 @@ def bench_command(
             )
             mb = sum(len(v or b"") for _, v in fill) / 1e6
             click.echo(f"{name:<36} {len(fill):>9} {mb:>8.1f} {seconds:>17.1f} s")
+        ok = True
     finally:
         stack.down()
+        from services.benchmarks.faults import finish
+
+        finish(work, ok, click.echo)

@@ -9,7 +9,6 @@ the recovery table; this test runs the faults whose failure in the field stopped
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +36,8 @@ DEADLINE_S = 120.0
 
 
 @pytest.fixture
-def pipeline() -> Iterator[tuple[Pipeline, StateWatch]]:
-    work = Path(tempfile.mkdtemp(prefix="depotwatch-test-faults-"))
-    pipe = Pipeline(work, cameras=2, flow="prod")
+def pipeline(tmp_path: Path) -> Iterator[tuple[Pipeline, StateWatch]]:
+    pipe = Pipeline(tmp_path, cameras=2, flow="prod")
     watch: StateWatch | None = None
     try:
         assert wait_until(lambda: pipe.infra.status().healthy, 120) is not None, (
