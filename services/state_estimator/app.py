@@ -238,6 +238,7 @@ class StateEstimatorApp:
             self.app_id,
             broker=broker,
             broker_credentials=faust_credentials(kafka),
+            producer_linger=self.service.producer_linger_ms / 1000.0,
             store=self.service.store,
             datadir=str(datadir),
             processing_guarantee=self.service.processing_guarantee,

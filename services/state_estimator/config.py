@@ -55,6 +55,14 @@ class StateEstimatorServiceSettings(BaseSettings):
         description="Consumer long-poll limit; Tansu answers multi-partition fetches only "
         "after it, so it bounds the latency of each hop.",
     )
+    producer_linger_ms: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Faust producer batching delay. With 0 every estimate forwarded to the "
+        "internal topic was a batch of its own, a broker such as Tansu returned about one "
+        "batch per fetch, and under load the fuse agent fell behind by thousands.",
+    )
     checkpoint_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -80,3 +80,6 @@ def test_the_app_is_built_with_them() -> None:
     app = StateEstimatorApp(load_facility(FACILITY), "prod", settings).app
     assert isinstance(app.conf.broker_credentials, faust.SASLCredentials)
     assert app.conf.broker_credentials.username == "depotwatch"
+    # Batching the forwarded estimates: with Faust's default (0) the fuse agent fell behind
+    # by thousands under load (bench soak: state age up to 327 s; with 20 ms: 11 s).
+    assert app.conf.producer_linger == 0.02
