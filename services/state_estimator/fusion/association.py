@@ -69,3 +69,28 @@ def assign(
         for r, c in zip(rows, cols, strict=True)
         if c < m and cost[r, c] < _INFEASIBLE
     }
+
+
+def keep_order(
+    matches: dict[int, int],
+    detections: Sequence[Detection],
+    contacts: Sequence[tuple[int, int]],
+) -> dict[int, int]:
+    """Bodies keep their order along the track: repair crossed matches at contacts.
+
+    ``contacts`` pairs the target index of a body's upper end with that of the next body's
+    lower end. Two locomotives coupled with no gap show two ends side by side; matched the
+    other way round, each end is placed inside the neighbour and the crossing is
+    self-consistent from frame to frame (the tracker predicts the ends where it put them).
+    When the detection matched to the lower body lies above the one matched to the upper
+    body, the two are swapped.
+    """
+    out = dict(matches)
+    owner = {j: i for i, j in out.items()}
+    for lower, upper in contacts:
+        i, k = owner.get(lower), owner.get(upper)
+        if i is None or k is None or detections[i].position_m <= detections[k].position_m:
+            continue
+        out[i], out[k] = upper, lower
+        owner[lower], owner[upper] = k, i
+    return out

@@ -20,13 +20,14 @@ The public methods never change the state passed in; they return a new one.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from datetime import datetime
 
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility_state import FacilityState
 from services.state_estimator.fusion import births, identity, tracking
-from services.state_estimator.fusion.association import Detection, Target, assign
+from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.output import render
 from services.state_estimator.fusion.state import (
@@ -195,7 +196,9 @@ class FusionCore:
             if not e.from_plate_only:
                 targets.append(Target(e.kind, e.position_m, t.merge_m, LOOSE_END_BIAS_M))
                 owners.append((e, e.kind))
-        matches = assign(detected, targets, t.swap_cost_m)
+        matches = keep_order(
+            assign(detected, targets, t.swap_cost_m), detected, self._contacts(locos, owners)
+        )
         per_loco: dict[str, dict[EndKind, Detection]] = defaultdict(dict)
         matched: set[int] = set(matches.values())
         for i, j in matches.items():
@@ -237,6 +240,22 @@ class FusionCore:
                 if lo + t.merge_m < det.position_m < hi - t.merge_m:
                     tracking.missed(cfg, loco)
 
+    @staticmethod
+    def _contacts(
+        locos: list[TrackedLocomotive], owners: list[tuple[TrackedLocomotive | LooseEnd, EndKind]]
+    ) -> list[tuple[int, int]]:
+        """(upper end of a body, lower end of the next body) as target indices."""
+        index = {(id(o), k): j for j, (o, k) in enumerate(owners)}
+        ordered = sorted(locos, key=lambda x: x.span[0])
+        out: list[tuple[int, int]] = []
+        for a, b in itertools.pairwise(ordered):
+            high: EndKind = "head" if a.head_m >= a.tail_m else "tail"
+            low: EndKind = "head" if b.head_m < b.tail_m else "tail"
+            ja, jb = index.get((id(a), high)), index.get((id(b), low))
+            if ja is not None and jb is not None:
+                out.append((ja, jb))
+        return out
+
     def _support(
         self,
         end: LooseEnd,
@@ -250,7 +269,7 @@ class FusionCore:
         tracking.predict_end(self.config, end, at)
         residual = position_m - end.position_m
         end.position_m += self.config.tuning.position_gain * residual
-        end.velocity_mps = tracking.corrected(self.config, end.velocity_mps, residual)
+        tracking.correct_speed(self.config, end, residual, at)
         if kind == "head":
             end.head_votes += weight
         else:
@@ -343,11 +362,42 @@ class FusionCore:
         state.locomotives = sorted(survivors, key=lambda loco: order[id(loco)])
         state.loose_ends = [
             e
-            for e in state.loose_ends
+            for e in self._merged(state.loose_ends)
             if e.misses < t.loose_end_misses
             and not (e.from_plate_only and self._on_a_body(state, e))
             and (at - e.last_seen).total_seconds() <= t.pairing_window_s
         ]
+
+    def _merged(self, ends: list[LooseEnd]) -> list[LooseEnd]:
+        """One end, not a trail: detected ends of one kind closer than ``merge_m`` are one end
+        (a moving end can leave a stale copy behind when a frame's detection matched the
+        other). The most recently seen copy is kept and takes the others' evidence."""
+        merge = self.config.tuning.merge_m
+        kept: list[LooseEnd] = []
+        for e in sorted(ends, key=lambda e: (e.last_seen, e.hits), reverse=True):
+            twin = next(
+                (
+                    k
+                    for k in kept
+                    if not e.from_plate_only
+                    and not k.from_plate_only
+                    and k.track_id == e.track_id
+                    and k.kind == e.kind
+                    and abs(k.position_m - e.position_m) < merge
+                ),
+                None,
+            )
+            if twin is None:
+                kept.append(e)
+                continue
+            twin.hits += e.hits
+            twin.head_votes += e.head_votes
+            twin.tail_votes += e.tail_votes
+            twin.first_seen = min(twin.first_seen, e.first_seen)
+            twin.confidence = max(twin.confidence, e.confidence)
+            twin.cameras = [*twin.cameras, *(c for c in e.cameras if c not in twin.cameras)]
+        order = {id(e): i for i, e in enumerate(ends)}
+        return sorted(kept, key=lambda e: order[id(e)])
 
     def _on_a_body(self, state: FusionState, end: LooseEnd) -> bool:
         """Whether a plate-only end now lies on a locomotive (its readings are votes)."""

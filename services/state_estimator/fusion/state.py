@@ -57,6 +57,8 @@ class TrackedLocomotive(Record):
     head_m: float
     tail_m: float
     velocity_mps: float = 0.0
+    velocity_at: UtcDatetime | None = None
+    """Event time ``velocity_mps`` was last measured; it fades from then (None: never)."""
     updated_at: UtcDatetime
     first_seen: UtcDatetime
     last_seen: UtcDatetime
@@ -109,6 +111,8 @@ class LooseEnd(Record):
     track_id: str
     position_m: float
     velocity_mps: float = 0.0
+    velocity_at: UtcDatetime | None = None
+    """Event time ``velocity_mps`` was last measured; it fades from then (None: never)."""
     updated_at: UtcDatetime | None = None
     """Event time ``position_m`` holds for (None: ``last_seen``)."""
     head_votes: float = 0.0

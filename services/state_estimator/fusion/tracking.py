@@ -45,18 +45,58 @@ def target_length(config: FusionConfig, loco: TrackedLocomotive, read: str | Non
     return loco.length_m
 
 
-def _faded(config: FusionConfig, velocity_mps: float, dt: float) -> float:
-    """A speed no detection confirms fades to zero over ``velocity_memory_s``."""
-    if dt <= 0:
+def _faded_travel(config: FusionConfig, x: float) -> float:
+    """Distance per m/s of measured speed covered from the measurement to ``x`` seconds after
+    it: the speed holds before the measurement and fades linearly to zero over
+    ``velocity_memory_s`` after it (a hidden locomotive is not driven on for ever)."""
+    memory = config.tuning.velocity_memory_s
+    if x <= 0:
+        return x
+    if x >= memory:
+        return memory / 2
+    return x - x * x / (2 * memory)
+
+
+def travel(
+    config: FusionConfig,
+    velocity_mps: float,
+    measured_at: datetime | None,
+    t_from: datetime,
+    t_to: datetime,
+) -> float:
+    """How far a speed measured at ``measured_at`` moves a track from ``t_from`` to ``t_to``.
+
+    A function of the times alone, so it does not depend on the order estimates arrive in:
+    cameras lag differently, and a track moved forward and back again ends where it began.
+    """
+    if velocity_mps == 0.0:
+        return 0.0
+    ref = measured_at or t_from
+    return velocity_mps * (
+        _faded_travel(config, seconds(t_to, ref)) - _faded_travel(config, seconds(t_from, ref))
+    )
+
+
+def speed_at(
+    config: FusionConfig, velocity_mps: float, measured_at: datetime | None, at: datetime
+) -> float:
+    """The faded speed at ``at`` of a speed measured at ``measured_at``."""
+    if measured_at is None:
         return velocity_mps
-    return velocity_mps * max(0.0, 1.0 - dt / config.tuning.velocity_memory_s)
+    x = seconds(at, measured_at)
+    return velocity_mps * max(0.0, 1.0 - max(0.0, x) / config.tuning.velocity_memory_s)
 
 
-def corrected(config: FusionConfig, velocity_mps: float, residual_m: float) -> float:
+def correct_speed(
+    config: FusionConfig, track: TrackedLocomotive | LooseEnd, residual_m: float, at: datetime
+) -> None:
     """The speed after a detection ``residual_m`` from the prediction (beta of the filter)."""
     t = config.tuning
-    speed = velocity_mps + t.velocity_gain * residual_m
-    return max(-t.max_speed_mps, min(t.max_speed_mps, speed))
+    speed = (
+        speed_at(config, track.velocity_mps, track.velocity_at, at) + t.velocity_gain * residual_m
+    )
+    track.velocity_mps = max(-t.max_speed_mps, min(t.max_speed_mps, speed))
+    track.velocity_at = at if track.velocity_at is None else max(track.velocity_at, at)
 
 
 def gate(config: FusionConfig, loco: TrackedLocomotive, kind: EndKind, at: datetime) -> float:
@@ -71,25 +111,22 @@ def gate(config: FusionConfig, loco: TrackedLocomotive, kind: EndKind, at: datet
 
 
 def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None:
-    """Move ``loco`` to event time ``at`` with its speed."""
-    dt = seconds(at, loco.updated_at)
-    shift = loco.velocity_mps * dt
+    """Move ``loco`` to event time ``at`` (earlier or later) with its speed (``travel``)."""
+    shift = travel(config, loco.velocity_mps, loco.velocity_at, loco.updated_at, at)
     loco.head_m += shift
     loco.tail_m += shift
-    loco.velocity_mps = _faded(config, loco.velocity_mps, dt)
     loco.updated_at = at
 
 
 def predict_end(config: FusionConfig, end: LooseEnd, at: datetime) -> None:
     """Move an unexplained end to event time ``at`` with its speed (one filter for all ends:
     an end driving in through a gate stays one end, not a trail of them)."""
-    dt = seconds(at, end.updated_at or end.last_seen)
-    end.position_m += end.velocity_mps * dt
-    end.velocity_mps = _faded(config, end.velocity_mps, dt)
+    since = end.updated_at or end.last_seen
+    end.position_m += travel(config, end.velocity_mps, end.velocity_at, since, at)
     end.updated_at = at
 
 
-def _set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
+def set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
     if kind == "head":
         loco.head_m = value
     else:
@@ -97,6 +134,8 @@ def _set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
 
 
 def _mark_seen(loco: TrackedLocomotive, kind: EndKind, at: datetime) -> None:
+    seen = loco.seen_at(kind)
+    at = at if seen is None else max(seen, at)
     if kind == "head":
         loco.head_seen_at = at
     else:
@@ -121,12 +160,12 @@ def update(
         else:
             loco.label_swapped += 1
         if loco.seen_at(kind) is None:
-            _set_end(loco, kind, true)  # first sighting replaces the assumed place
+            set_end(loco, kind, true)  # first sighting replaces the assumed place
             loco.assumed_model = None
         else:
             residual = true - loco.end_m(kind)
-            _set_end(loco, kind, loco.end_m(kind) + t.position_gain * residual)
-            loco.velocity_mps = corrected(config, loco.velocity_mps, residual)
+            set_end(loco, kind, loco.end_m(kind) + t.position_gain * residual)
+            correct_speed(config, loco, residual, at)
         _mark_seen(loco, kind, at)
     _hold_length(config, loco, detected, at)
     loco.existence = min(1.0, loco.existence + t.existence_hit * len(detected))
@@ -152,7 +191,7 @@ def _hold_length(
         if seen is None or seconds(at, seen) > t.rigid_after_s:
             anchor = loco.end_m(other(kind))
             sign = direction if kind == "tail" else -direction
-            _set_end(loco, kind, anchor + sign * length)
+            set_end(loco, kind, anchor + sign * length)
     head_seen, tail_seen = loco.head_seen_at, loco.tail_seen_at
     both_recent = (
         head_seen is not None
@@ -203,7 +242,7 @@ def follow_plate(
     length = target_length(config, loco, read_model(config, loco))
     loco.head_m += t.position_gain * residual
     loco.tail_m = loco.head_m + loco.direction * length
-    loco.velocity_mps = corrected(config, loco.velocity_mps, residual)
+    correct_speed(config, loco, residual, at)
 
 
 def missed(config: FusionConfig, loco: TrackedLocomotive) -> None:

@@ -1,0 +1,97 @@
+"""Fusion stages with hand-made inputs: the motion model and unexplained-end bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from state_builders import T0, end, position
+
+from services.state_estimator.fusion import FusionCore, FusionState
+from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
+from services.state_estimator.fusion.state import TrackedLocomotive
+from services.state_estimator.fusion.tracking import predict, travel
+
+
+def _moving(speed_mps: float) -> TrackedLocomotive:
+    return TrackedLocomotive(
+        locomotive_id="loco-1",
+        track_id="T1",
+        head_m=20.0,
+        tail_m=37.0,
+        velocity_mps=speed_mps,
+        velocity_at=T0,
+        updated_at=T0,
+        first_seen=T0,
+        last_seen=T0,
+        existence=1.0,
+    )
+
+
+def test_prediction_does_not_depend_on_the_order_frames_arrive_in(core: FusionCore) -> None:
+    # Cameras lag differently: frames of 0.5-1 s ago arrive after newer ones. A track moved
+    # back and forth must end where straight prediction puts it (it used to lose its speed on
+    # every forward step and stop short: a locomotive driving out stayed in the depot).
+    straight, shuffled = _moving(-2.0), _moving(-2.0)
+    predict(core.config, straight, T0 + timedelta(seconds=4))
+    for at_s in (1.0, 0.5, 2.0, 1.5, 3.0, 2.5, 4.0, 3.5, 4.0):
+        predict(core.config, shuffled, T0 + timedelta(seconds=at_s))
+    assert shuffled.head_m == pytest.approx(straight.head_m, abs=1e-9)
+    assert shuffled.velocity_mps == straight.velocity_mps == -2.0  # the measured speed is kept
+
+
+def test_an_unconfirmed_speed_fades_to_zero_over_the_velocity_memory(core: FusionCore) -> None:
+    memory = core.config.tuning.velocity_memory_s
+    loco = _moving(-2.0)
+    predict(core.config, loco, T0 + timedelta(seconds=memory / 2))
+    assert loco.head_m == pytest.approx(20.0 - 2.0 * (memory / 2 - memory / 8))
+    predict(core.config, loco, T0 + timedelta(seconds=10 * memory))
+    assert loco.head_m == pytest.approx(20.0 - 2.0 * memory / 2)  # then it stands
+    before = travel(core.config, 3.0, T0, T0 - timedelta(seconds=2), T0)
+    assert before == pytest.approx(6.0)  # before its measurement a speed holds
+
+
+def _loose(state: FusionState, track: str) -> list[tuple[str, float]]:
+    return sorted((e.kind, round(e.position_m, 1)) for e in state.loose_ends if e.track_id == track)
+
+
+def test_one_end_seen_in_two_places_stays_one_end(core: FusionCore) -> None:
+    # A moving end leaves a stale copy behind when a frame's detection matches neither: a
+    # stale copy never confirmed or refuted later became a phantom locomotive.
+    state, _ = core.apply(
+        FusionState(),
+        position("cam-s1", 1, 0.0, end("head", "T1", 6.0), end("head", "T1", 7.0)),
+    )
+    assert len(_loose(state, "T1")) == 1
+    (only,) = state.loose_ends
+    assert only.hits == 2
+
+
+def test_a_head_and_a_tail_side_by_side_stay_two_ends(core: FusionCore) -> None:
+    # Two locomotives coupled: one's tail and the next one's head stand at the same spot.
+    state, _ = core.apply(
+        FusionState(),
+        position("cam-s1", 1, 0.0, end("tail", "T1", 6.0), end("head", "T1", 6.6)),
+    )
+    state, _ = core.apply(
+        state, position("cam-s1", 2, 0.5, end("tail", "T1", 6.0), end("head", "T1", 6.6))
+    )
+    assert [k for k, _ in _loose(state, "T1")] == ["head", "tail"]
+
+
+def test_matches_crossed_at_a_coupling_are_put_back_in_order() -> None:
+    # A coupled pair: the lower body's upper end (target 0) and the upper body's lower end
+    # (target 1) are 0.6 m apart in the image. Matched crossed, each end sits inside the
+    # neighbour and the tracker keeps predicting it there; order along the track repairs it.
+    detections = [Detection("head", 50.3, 0.9), Detection("head", 50.9, 0.9)]
+    crossed = {0: 1, 1: 0}
+    assert keep_order(crossed, detections, [(0, 1)]) == {0: 0, 1: 1}
+    assert keep_order({0: 0, 1: 1}, detections, [(0, 1)]) == {0: 0, 1: 1}
+    assert keep_order({0: 1}, detections, [(0, 1)]) == {0: 1}  # one end seen: nothing to order
+
+
+def test_targets_of_the_cheapest_assignment_within_gates() -> None:
+    targets = [Target("tail", 10.0, 2.0), Target("head", 10.6, 2.0)]
+    detections = [Detection("tail", 10.1, 0.9), Detection("head", 10.5, 0.9)]
+    assert assign(detections, targets, swap_cost_m=0.6) == {0: 0, 1: 1}
+    assert assign([Detection("tail", 20.0, 0.9)], targets, swap_cost_m=0.6) == {}
