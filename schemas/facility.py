@@ -273,10 +273,12 @@ class StateEstimatorSettings(StrictModel):
         description="Speed gained per metre of deviation, per second (beta of the filter).",
     )
     velocity_memory_s: float = Field(
-        default=10.0,
+        default=20.0,
         gt=0,
-        description="A speed no detection confirms fades to zero over this long (a hidden "
-        "locomotive is not driven on for ever).",
+        description="A speed no detection confirms fades linearly to zero over this long after "
+        "its last measurement, so a hidden locomotive moves on for half this long at that "
+        "speed (one driving out through a stretch no camera shows leaves; none is driven on "
+        "for ever).",
     )
     max_speed_mps: float = Field(
         default=5.0, gt=0, description="Speed estimates are clamped to this (depot speed limit)."

@@ -140,6 +140,70 @@ def tracking_frames(
     return frames
 
 
+MAX_EXPLAINED = 12
+"""Wrong-count intervals listed per case (the first ones: later ones often follow from them)."""
+
+
+def _spans_text(placed: Sequence[object]) -> str:
+    from services.evaluation.compare import Placed
+
+    items = sorted(
+        (min(p.head_m, p.tail_m), max(p.head_m, p.tail_m), p.plate)
+        for p in placed
+        if isinstance(p, Placed)
+    )
+    return " ".join(f"{lo:.1f}..{hi:.1f}" + (f" {p}" if p else "") for lo, hi, p in items)
+
+
+def count_failures(
+    truths: Sequence[object],
+    observable: Sequence[frozenset[str]],
+    snapshots: Sequence[FacilityState],
+    lengths: dict[str, float],
+    warmup_s: float = WARMUP_S,
+) -> list[str]:
+    """Where a track's count was wrong: one line per interval (track, seconds after the start,
+    truth and state spans at its start), so a failing case can be read, not only scored."""
+    from schemas.ground_truth import GroundTruth
+    from services.evaluation.compare import pair_in_time, placed_from_state, placed_from_truth
+
+    gts = [t for t in truths if isinstance(t, GroundTruth)]
+    if not gts:
+        return []
+    seen_at = {t.tick: seen for t, seen in zip(gts, observable, strict=True)}
+    start = gts[0].at
+    open_: dict[str, tuple[float, str]] = {}
+    last: dict[str, float] = {}
+    out: list[str] = []
+
+    def close(track: str) -> None:
+        began, text = open_.pop(track)
+        out.append(f"{track} {began:.1f}-{last[track]:.1f} s: {text}")
+
+    refs = [(t.at, t) for t in gts]
+    for truth, state in pair_in_time(refs, sorted(snapshots, key=lambda s: s.as_of), 0.5):
+        rel = (truth.at - start).total_seconds()
+        if rel < warmup_s:
+            continue
+        want = placed_from_truth(truth, lengths, seen_at[truth.tick])
+        got = placed_from_state(state)
+        for track in lengths:
+            a = [p for p in want if p.track_id == track]
+            b = [p for p in got if p.track_id == track]
+            if len(a) != len(b) and track not in open_:
+                text = f"truth {len(a)} [{_spans_text(a)}], state {len(b)} [{_spans_text(b)}]"
+                open_[track] = (rel, text)
+            elif len(a) == len(b) and track in open_:
+                close(track)
+            last[track] = rel
+    for track in list(open_):
+        close(track)
+    out.sort(key=lambda line: float(line.split()[1].split("-")[0]))
+    if len(out) > MAX_EXPLAINED:
+        out = [*out[:MAX_EXPLAINED], f"... {len(out) - MAX_EXPLAINED} more intervals"]
+    return out
+
+
 def case_inputs(case: Case) -> tuple[FacilityConfig, object]:
     if case.depot_seed is None:
         return load_facility("facility.yaml"), case.scenario
@@ -185,6 +249,12 @@ def run_case(case: Case, detector: DetectorModel | None = None) -> CaseResult:
             f"HOTA {tracked.hota:.3f} (DetA {tracked.det_a:.3f}, AssA {tracked.ass_a:.3f}), "
             f"IDF1 {_num(id_f1)}",
             f"fusion: {fused.estimates} estimates, {fused.cpu_s:.2f} s CPU",
+            "count wrong (track, seconds after the start, truth vs state at its start):",
+            *(
+                f"  {line}"
+                for line in count_failures(run.truths, run.observable, fused.snapshots, lengths)
+                or ["none"]
+            ),
         ),
     )
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from compare_builders import state, truth
 
 from services.evaluation.cli import evaluate
-from services.evaluation.suite import CaseResult, aggregate, cases
+from services.evaluation.suite import CaseResult, aggregate, cases, count_failures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,3 +50,18 @@ def test_suite_runs_two_cases_and_prints_a_row_each(monkeypatch: pytest.MonkeyPa
     assert lines[1].startswith("test-busy-9801")
     assert "-- 2 cases (validation)" in result.output
     assert any(x.startswith("wrong plate <= 0.5%") for x in lines)
+
+
+def test_wrong_counts_are_listed_as_intervals_per_track() -> None:
+    lengths = {"T1": 60.0, "T2": 60.0, "T3": 60.0}
+    truths, snaps = [], []
+    for s in range(0, 20):
+        truths.append(truth(s, ("T1", 5.0, 22.0, "TEM2-0001")))
+        extra = [(30.0, 47.0, None)] if 12 <= s < 16 else []  # a phantom for 4 s
+        snaps.append(state(s, "prod", T1=[(5.1, 22.1, "TEM2-0001"), *extra]))
+    seen = [frozenset({"x0"})] * len(truths)
+    lines = count_failures(truths, seen, snaps, lengths, warmup_s=2.0)
+    assert lines == [
+        "T1 12.0-15.0 s: truth 1 [5.0..22.0 TEM2-0001], state 2 [5.1..22.1 TEM2-0001 30.0..47.0]"
+    ]
+    assert count_failures(truths, seen, snaps[:10], lengths, warmup_s=2.0) == []
