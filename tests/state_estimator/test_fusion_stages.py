@@ -1,4 +1,4 @@
-"""Fusion stages with hand-made inputs: the motion model and unexplained-end bookkeeping."""
+"""Fusion stages with hand-made inputs: motion, unexplained ends, association."""
 
 from __future__ import annotations
 
