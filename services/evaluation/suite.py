@@ -345,7 +345,13 @@ def aggregate(results: Sequence[CaseResult]) -> tuple[list[str], bool]:
     "of the time when visible, 2%% misread, lag up to 1 s, occlusion by locomotive bodies.",
 )
 @click.option("--cases", "limit", type=click.IntRange(1), default=None, help="First N cases only.")
-@click.option("--case", "one", default=None, help="Run one named case and print its details.")
+@click.option(
+    "--case",
+    "one",
+    default=None,
+    help="Run one named case and print its details, with every interval in which a track's "
+    "count was wrong (truth and state at its start).",
+)
 @click.option(
     "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes."
 )
