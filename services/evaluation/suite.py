@@ -174,11 +174,11 @@ def count_failures(
     start = gts[0].at
     open_: dict[str, tuple[float, str]] = {}
     last: dict[str, float] = {}
-    out: list[str] = []
+    closed: list[tuple[float, str, str]] = []
 
     def close(track: str) -> None:
         began, text = open_.pop(track)
-        out.append(f"{track} {began:.1f}-{last[track]:.1f} s: {text}")
+        closed.append((began, track, f"{track} {began:.1f}-{last[track]:.1f} s: {text}"))
 
     refs = [(t.at, t) for t in gts]
     for truth, state in pair_in_time(refs, sorted(snapshots, key=lambda s: s.as_of), 0.5):
@@ -198,7 +198,7 @@ def count_failures(
             last[track] = rel
     for track in list(open_):
         close(track)
-    out.sort(key=lambda line: float(line.split()[1].split("-")[0]))
+    out = [line for _, _, line in sorted(closed)]
     if len(out) > MAX_EXPLAINED:
         out = [*out[:MAX_EXPLAINED], f"... {len(out) - MAX_EXPLAINED} more intervals"]
     return out
@@ -349,8 +349,8 @@ def aggregate(results: Sequence[CaseResult]) -> tuple[list[str], bool]:
     "--case",
     "one",
     default=None,
-    help="Run one named case and print its details, with every interval in which a track's "
-    "count was wrong (truth and state at its start).",
+    help="Run one named case and print its details, with the first intervals in which a "
+    "track's count was wrong (truth and state at its start).",
 )
 @click.option(
     "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes."

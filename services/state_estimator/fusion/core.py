@@ -369,9 +369,10 @@ class FusionCore:
         ]
 
     def _merged(self, ends: list[LooseEnd]) -> list[LooseEnd]:
-        """One end, not a trail: detected ends of one kind closer than ``merge_m`` are one end
-        (a moving end can leave a stale copy behind when a frame's detection matched the
-        other). The most recently seen copy is kept and takes the others' evidence."""
+        """One end, not a trail: a detected end last seen before another of its kind closer
+        than ``merge_m`` first appeared is a stale copy of it (a moving end leaves one behind
+        when a frame's detection starts a new end instead), and folds into it. Ends seen at
+        the same time are never merged: two cabs coupled face to face stand 0.6 m apart."""
         merge = self.config.tuning.merge_m
         kept: list[LooseEnd] = []
         for e in sorted(ends, key=lambda e: (e.last_seen, e.hits), reverse=True):
@@ -383,6 +384,7 @@ class FusionCore:
                     and not k.from_plate_only
                     and k.track_id == e.track_id
                     and k.kind == e.kind
+                    and e.last_seen < k.first_seen
                     and abs(k.position_m - e.position_m) < merge
                 ),
                 None,

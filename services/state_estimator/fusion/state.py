@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import UtcDatetime
 
@@ -99,6 +99,14 @@ class TrackedLocomotive(Record):
         """When that end was last detected (None: never, it is inferred)."""
         return self.head_seen_at if kind == "head" else self.tail_seen_at
 
+    @model_validator(mode="after")
+    def _speed_measured(self) -> TrackedLocomotive:
+        # Written before speeds carried their measurement time: fade from the last update
+        # (else a restored speed would never fade).
+        if self.velocity_at is None and self.velocity_mps != 0.0:
+            self.velocity_at = self.updated_at
+        return self
+
 
 class LooseEnd(Record):
     """A detected end no locomotive explains yet (a tentative track of one end).
@@ -125,6 +133,12 @@ class LooseEnd(Record):
     cameras: list[str] = Field(default_factory=list)
     from_plate_only: bool = True
     """Only plate readings support it (no end detected): evidence of a cab, not of its ends."""
+
+    @model_validator(mode="after")
+    def _speed_measured(self) -> LooseEnd:
+        if self.velocity_at is None and self.velocity_mps != 0.0:
+            self.velocity_at = self.updated_at or self.last_seen
+        return self
 
     @property
     def kind(self) -> EndKind:
