@@ -21,6 +21,8 @@ import click
 
 from schemas.facility import FacilityConfig, load_facility
 from schemas.facility_state import FacilityState
+from schemas.ground_truth import GroundTruth
+from services.evaluation.compare import Placed, pair_in_time, placed_from_state, placed_from_truth
 from services.evaluation.fusion_eval import DetectorModel, fuse, fuse_and_score, modelled_run
 from services.evaluation.tracking import Span, TrackingFrame, hota, idf1
 
@@ -108,8 +110,6 @@ def tracking_frames(
     warmup_s: float = WARMUP_S,
 ) -> list[TrackingFrame]:
     """One frame per truth tick after the warm-up: observable truth and the latest state."""
-    from schemas.ground_truth import GroundTruth
-
     frames: list[TrackingFrame] = []
     ordered = sorted(snapshots, key=lambda s: s.as_of)
     j = -1
@@ -144,19 +144,13 @@ MAX_EXPLAINED = 12
 """Wrong-count intervals listed per case (the first ones: later ones often follow from them)."""
 
 
-def _spans_text(placed: Sequence[object]) -> str:
-    from services.evaluation.compare import Placed
-
-    items = sorted(
-        (min(p.head_m, p.tail_m), max(p.head_m, p.tail_m), p.plate)
-        for p in placed
-        if isinstance(p, Placed)
-    )
+def _spans_text(placed: Sequence[Placed]) -> str:
+    items = sorted((min(p.head_m, p.tail_m), max(p.head_m, p.tail_m), p.plate) for p in placed)
     return " ".join(f"{lo:.1f}..{hi:.1f}" + (f" {p}" if p else "") for lo, hi, p in items)
 
 
 def count_failures(
-    truths: Sequence[object],
+    truths: Sequence[GroundTruth],
     observable: Sequence[frozenset[str]],
     snapshots: Sequence[FacilityState],
     lengths: dict[str, float],
@@ -164,14 +158,10 @@ def count_failures(
 ) -> list[str]:
     """Where a track's count was wrong: one line per interval (track, seconds after the start,
     truth and state spans at its start), so a failing case can be read, not only scored."""
-    from schemas.ground_truth import GroundTruth
-    from services.evaluation.compare import pair_in_time, placed_from_state, placed_from_truth
-
-    gts = [t for t in truths if isinstance(t, GroundTruth)]
-    if not gts:
+    if not truths:
         return []
-    seen_at = {t.tick: seen for t, seen in zip(gts, observable, strict=True)}
-    start = gts[0].at
+    seen_at = {t.tick: seen for t, seen in zip(truths, observable, strict=True)}
+    start = truths[0].at
     open_: dict[str, tuple[float, str]] = {}
     last: dict[str, float] = {}
     closed: list[tuple[float, str, str]] = []
@@ -180,7 +170,7 @@ def count_failures(
         began, text = open_.pop(track)
         closed.append((began, track, f"{track} {began:.1f}-{last[track]:.1f} s: {text}"))
 
-    refs = [(t.at, t) for t in gts]
+    refs = [(t.at, t) for t in truths]
     for truth, state in pair_in_time(refs, sorted(snapshots, key=lambda s: s.as_of), 0.5):
         rel = (truth.at - start).total_seconds()
         if rel < warmup_s:

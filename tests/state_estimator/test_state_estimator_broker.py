@@ -159,6 +159,17 @@ class StateReader:
         self.consumer.close()
 
 
+def dead_letters_since(settings: Settings, since: datetime) -> list[DeadLetter]:
+    """Every dead letter published from ``since`` until now."""
+    return read_range(
+        settings.kafka,
+        DeadLetter.topic_name(),
+        DeadLetter,
+        since,
+        datetime.now(UTC) + timedelta(seconds=1),
+    )
+
+
 def ids(state: FacilityState) -> dict[str, list[str]]:
     return {t.track_id: [x.locomotive_id for x in t.locomotives] for t in state.tracks}
 
@@ -218,13 +229,7 @@ def test_state_survives_killing_the_worker(
         # The bad estimate went to the dead-letter topic, with its reason; nothing else did.
         letters = [
             d
-            for d in read_range(
-                stack_settings.kafka,
-                DeadLetter.topic_name(),
-                DeadLetter,
-                started,
-                datetime.now(UTC) + timedelta(seconds=1),
-            )
+            for d in dead_letters_since(stack_settings, started)
             if d.source_topic == PositionEstimate.topic_name(prod)
         ]
         assert len(letters) == 3, [d.reason for d in letters]
@@ -534,13 +539,7 @@ def test_bad_estimates_from_an_independent_client_are_dead_lettered_and_fusion_g
         while True:
             letters = [
                 d
-                for d in read_range(
-                    stack_settings.kafka,
-                    DeadLetter.topic_name(),
-                    DeadLetter,
-                    started,
-                    datetime.now(UTC) + timedelta(seconds=1),
-                )
+                for d in dead_letters_since(stack_settings, started)
                 if d.source_topic.endswith(f".{prod}.v1")
             ]
             if len(letters) >= len(bad) or time.monotonic() > deadline:
