@@ -126,7 +126,7 @@ def predict_end(config: FusionConfig, end: LooseEnd, at: datetime) -> None:
     end.updated_at = at
 
 
-def set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
+def _set_end(loco: TrackedLocomotive, kind: EndKind, value: float) -> None:
     if kind == "head":
         loco.head_m = value
     else:
@@ -160,11 +160,11 @@ def update(
         else:
             loco.label_swapped += 1
         if loco.seen_at(kind) is None:
-            set_end(loco, kind, true)  # first sighting replaces the assumed place
+            _set_end(loco, kind, true)  # first sighting replaces the assumed place
             loco.assumed_model = None
         else:
             residual = true - loco.end_m(kind)
-            set_end(loco, kind, loco.end_m(kind) + t.position_gain * residual)
+            _set_end(loco, kind, loco.end_m(kind) + t.position_gain * residual)
             correct_speed(config, loco, residual, at)
         _mark_seen(loco, kind, at)
     _hold_length(config, loco, detected, at)
@@ -191,7 +191,7 @@ def _hold_length(
         if seen is None or seconds(at, seen) > t.rigid_after_s:
             anchor = loco.end_m(other(kind))
             sign = direction if kind == "tail" else -direction
-            set_end(loco, kind, anchor + sign * length)
+            _set_end(loco, kind, anchor + sign * length)
     head_seen, tail_seen = loco.head_seen_at, loco.tail_seen_at
     both_recent = (
         head_seen is not None
