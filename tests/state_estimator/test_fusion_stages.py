@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from state_builders import T0, end, position
+from state_builders import T0, end, identity, position
 
 from services.state_estimator.fusion import FusionCore, FusionState
 from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
@@ -114,3 +114,26 @@ def test_targets_of_the_cheapest_assignment_within_gates() -> None:
     detections = [Detection("tail", 10.1, 0.9), Detection("head", 10.5, 0.9)]
     assert assign(detections, targets, swap_cost_m=0.6) == {0: 0, 1: 1}
     assert assign([Detection("tail", 20.0, 0.9)], targets, swap_cost_m=0.6) == {}
+
+
+def test_an_assumed_end_is_not_revised_across_another_detected_end(core: FusionCore) -> None:
+    # test-busy 9802, T1: a tail at 13.9 m starts a locomotive running out through the gate
+    # (its head assumed outside). A head at 36.8 m fits a model length from that tail, and
+    # the assumption used to be "revised" into one 23 m body, over the detected tail at
+    # 19.4 m of the locomotive between them: one locomotive shown instead of three, all run.
+    # The head at 36.8 m is not that middle one's: its plate hangs on the far side of the cab.
+    state = FusionState()
+    for seq in range(1, 9):
+        at = seq * 0.5
+        for camera, ends in (
+            ("cam-s1", ()),
+            ("cam-s2", (end("tail", "T1", 13.9), end("tail", "T1", 19.4))),
+            ("cam-s3", ()),
+            ("cam-s4", (end("head", "T1", 36.8),)),
+        ):
+            state, _ = core.apply(state, position(camera, seq, at, *ends))
+        state, _ = core.apply(state, identity("cam-s3", seq, at, "T1", 34.89, "TEM2-3263"))
+        state, _ = core.apply(state, identity("cam-s4", seq, at, "T1", 37.51, "TE33A-1705"))
+    spans = [loco.span for loco in state.locomotives if loco.track_id == "T1"]
+    assert spans, "the lone tail at 13.9 m starts a locomotive"
+    assert not [s for s in spans if s[0] + 1.0 < 19.4 < s[1] - 1.0], spans

@@ -415,6 +415,7 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
         seen_kind = "tail" if far_kind == "head" else "head"
         seen_true = loco.tail_m if seen_kind == "tail" else loco.head_m
         others = [x for x in state.locomotives if x is not loco and x.track_id == track_id]
+        detected = [e for e in state.loose_ends if e.track_id == track_id and not e.from_plate_only]
         ends = [
             e
             for e in _eligible(config, state, track_id, at)
@@ -433,6 +434,8 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             span = (min(seen_true, far_true), max(seen_true, far_true))
             if any(overlap(o.span, span) > t.overlap_m for o in others):
                 continue
+            if not _body_free(config, state, track_id, span, detected, (e.end_id,)):
+                continue  # another end stands inside: that body is two locomotives
             if best is None or misfit < best[0]:
                 best = (misfit, e, far_true)
         if best is not None:
