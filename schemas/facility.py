@@ -248,6 +248,13 @@ class StateEstimatorSettings(StrictModel):
         description="Gate for an end never seen yet (its place comes from an assumed model, "
         "whose length may be off by the spread of the fleet's lengths).",
     )
+    hidden_body_gate_m: float = Field(
+        default=6.0,
+        gt=0,
+        description="Largest gate of an end never seen: inferred_end_gate_m grows by "
+        "gate_growth_mps per second the whole locomotive goes unseen (one driving through a "
+        "blind stretch may be further along than its last speed says), up to this.",
+    )
     swap_cost_m: float = Field(
         default=0.6,
         ge=0,

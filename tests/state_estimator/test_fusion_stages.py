@@ -137,3 +137,30 @@ def test_an_assumed_end_is_not_revised_across_another_detected_end(core: FusionC
     spans = [loco.span for loco in state.locomotives if loco.track_id == "T1"]
     assert spans, "the lone tail at 13.9 m starts a locomotive"
     assert not [s for s in spans if s[0] + 1.0 < 19.4 < s[1] - 1.0], spans
+
+
+def test_the_assumed_end_of_a_body_hidden_for_a_while_is_found_further_along(
+    core: FusionCore,
+) -> None:
+    # gen-d106-s3, T2: a locomotive drives out head first; its tail (never seen, assumed from
+    # a model) is hidden for 10 s and the tracker's speed was too low. When the tail shows up
+    # 5.6 m further along than predicted it must be this locomotive's, not a new one: the
+    # unexplained tail started a phantom running into the depot for the rest of the run.
+    leaving = TrackedLocomotive(
+        locomotive_id="loco-1",
+        track_id="T1",
+        head_m=-5.9,
+        tail_m=6.9,
+        updated_at=T0,
+        first_seen=T0 - timedelta(seconds=30),
+        last_seen=T0,
+        head_seen_at=T0,
+        existence=1.0,
+        assumed_model="ChME3",
+    )
+    state = FusionState(locomotives=[leaving], next_id=2)
+    state, _ = core.apply(state, position("cam-s1", 1, 10.0, end("tail", "T1", 1.3)))
+    assert not state.loose_ends
+    (loco,) = state.locomotives
+    assert loco.tail_seen_at is not None
+    assert loco.tail_m < 4.0

@@ -101,11 +101,15 @@ def correct_speed(
 
 def gate(config: FusionConfig, loco: TrackedLocomotive, kind: EndKind, at: datetime) -> float:
     """How far from its prediction a detection may be this end: the base gate, growing while
-    the end goes unseen (its speed may have changed), up to the gate of an end never seen."""
+    the end goes unseen (its speed may have changed), up to the gate of an end never seen.
+    An end never seen has the length's uncertainty on top, and grows while the whole body goes
+    unseen (up to ``hidden_body_gate_m``)."""
     t = config.tuning
     seen = loco.seen_at(kind)
     if seen is None:
-        return t.inferred_end_gate_m
+        body_unseen_s = max(0.0, seconds(at, loco.last_seen))
+        grown = t.inferred_end_gate_m + t.gate_growth_mps * body_unseen_s
+        return min(t.hidden_body_gate_m, grown)
     unseen_s = max(0.0, seconds(at, seen))
     return min(t.inferred_end_gate_m, t.association_gate_m + t.gate_growth_mps * unseen_s)
 
