@@ -181,15 +181,17 @@ def schemas_export(directory: Path) -> None:
     "--config", "config_path", type=click.Path(path_type=Path), default=Path("facility.yaml")
 )
 def schemas_topics(config_path: Path) -> None:
-    """List every topic the facility's flows need, with model, key and partitions."""
+    """List every topic the facility's flows need, with model, key, partitions and config
+    (retention from DEPOTWATCH_TOPICS__*, as every service creates them)."""
     from schemas.facility import ConfigError, load_facility
     from schemas.topics import topics_for
+    from services.runtime.settings import load_settings
 
     try:
         cfg = load_facility(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    for spec in topics_for(cfg.flows):
+    for spec in topics_for(cfg.flows, load_settings().topics.layout()):
         cfgs = ",".join(f"{k}={v}" for k, v in spec.config.items())
         click.echo(
             f"{spec.name:32} {spec.model.__name__:18} key={spec.key_field:12} "

@@ -36,7 +36,7 @@ def run_aggregator(
     from confluent_kafka import KafkaException
 
     from schemas.frames import FrameRef
-    from schemas.topics import TopicLayout, topics_for
+    from schemas.topics import topics_for
     from services.aggregator.service import AggregatorService
     from services.runtime.kafka import KafkaUnavailableError, MessageProducer, TopicAdmin
     from services.runtime.storage import ObjectStore
@@ -59,10 +59,7 @@ def run_aggregator(
     health.add("kafka", service.health_kafka)
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
     try:
-        layout = TopicLayout(
-            frame_partitions=settings.topics.frame_partitions,
-            frames_retention_ms=int(settings.topics.frames_retention_hours * 3600 * 1000),
-        )
+        layout = settings.topics.layout()
         frames = [s for s in topics_for([], layout) if s.name == FrameRef.topic_name()]
         try:
             TopicAdmin(settings.kafka).ensure(frames, timeout=10)

@@ -11,7 +11,6 @@ from services.infra.embedded import (
     InitReport,
     initialise,
     settings_on_free_ports,
-    topic_layout,
 )
 from services.infra.processes import InfraError
 
@@ -23,5 +22,4 @@ __all__ = [
     "InitReport",
     "initialise",
     "settings_on_free_ports",
-    "topic_layout",
 ]

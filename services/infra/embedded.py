@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from schemas.topics import TopicLayout, topics_for
+from schemas.topics import topics_for
 from services.infra.processes import (
     InfraError,
     ProcessRecord,
@@ -36,7 +36,7 @@ from services.infra.processes import (
     stop_process,
 )
 from services.runtime.kafka import TopicAdmin
-from services.runtime.settings import InfraSettings, Settings, TopicSettings
+from services.runtime.settings import InfraSettings, Settings
 from services.runtime.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,6 @@ PORT_FIELDS: dict[Component, tuple[str, ...]] = {
 def env_var(field_name: str) -> str:
     """The environment variable that sets an InfraSettings field."""
     return f"DEPOTWATCH_INFRA__{field_name.upper()}"
-
-
-def topic_layout(topics: TopicSettings) -> TopicLayout:
-    """Partition counts and retention of :mod:`schemas.topics` from the settings."""
-    hour_ms = 3600 * 1000
-    return TopicLayout(
-        frame_partitions=topics.frame_partitions,
-        estimate_partitions=topics.estimate_partitions,
-        frames_retention_ms=int(topics.frames_retention_hours * hour_ms),
-        estimates_retention_ms=int(topics.estimates_retention_hours * hour_ms),
-    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +119,7 @@ def initialise(
 
     admin = TopicAdmin(settings.kafka)
     admin.wait_until_ready(timeout_s)
-    specs = topics_for(flows, topic_layout(settings.topics))
+    specs = topics_for(flows, settings.topics.layout())
     made = admin.ensure(specs, timeout=timeout_s)
     say(f"topics: {len(made)} created, {len(specs) - len(made)} already present")
     return InitReport(

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from schemas.base import MAX_CLOCK_SKEW_S
+from schemas.topics import TopicLayout
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
@@ -108,6 +109,17 @@ class TopicSettings(_Frozen):
     estimate_partitions: int = Field(default=6, ge=1)
     frames_retention_hours: float = Field(default=24.0, gt=0)
     estimates_retention_hours: float = Field(default=168.0, gt=0)
+
+    def layout(self) -> TopicLayout:
+        """These settings as the catalogue's layout: every creator of a topic uses this, so
+        a topic gets the same partitions and retention whichever service creates it first."""
+        hour_ms = 3600 * 1000
+        return TopicLayout(
+            frame_partitions=self.frame_partitions,
+            estimate_partitions=self.estimate_partitions,
+            frames_retention_ms=int(self.frames_retention_hours * hour_ms),
+            estimates_retention_ms=int(self.estimates_retention_hours * hour_ms),
+        )
 
 
 LogFormat = Literal["json", "console"]

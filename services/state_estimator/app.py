@@ -42,7 +42,7 @@ from schemas.deadletter import DeadLetter
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import FacilityConfig
 from schemas.facility_state import FacilityState
-from schemas.topics import TopicLayout, TopicSpec, topics_for
+from schemas.topics import TopicSpec, topics_for
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.kafka import DEAD_LETTERED
 from services.runtime.settings import KafkaSettings, Settings
@@ -213,12 +213,8 @@ class StateEstimatorApp:
     def topic_specs(self, settings: Settings | None = None) -> list[TopicSpec]:
         """Every topic this app reads or writes, to pre-create with matching partitions."""
         s = settings or self.settings
-        layout = TopicLayout(
-            frame_partitions=s.topics.frame_partitions,
-            estimate_partitions=s.topics.estimate_partitions,
-        )
         flows = {self.flow, self.positions_flow, self.identities_flow}
-        specs = topics_for(flows, layout)
+        specs = topics_for(flows, s.topics.layout())
         specs += [
             TopicSpec(self.internal_topic, Message, 1, {"cleanup.policy": "delete"}),
             TopicSpec(self.changelog_topic, Message, 1, {"cleanup.policy": "compact"}),

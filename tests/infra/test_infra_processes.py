@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from services.infra import EmbeddedInfra, InfraError, settings_on_free_ports, topic_layout
+from services.infra import EmbeddedInfra, InfraError, settings_on_free_ports
 from services.infra.cli import infra
 from services.infra.processes import (
     ProcessRecord,
@@ -95,7 +95,7 @@ def test_settings_on_free_ports_point_clients_at_the_stack(tmp_path: Path) -> No
 
 
 def test_topic_layout_converts_hours() -> None:
-    layout = topic_layout(TopicSettings(frame_partitions=3, frames_retention_hours=1.5))
+    layout = TopicSettings(frame_partitions=3, frames_retention_hours=1.5).layout()
     assert layout.frame_partitions == 3
     assert layout.frames_retention_ms == 5_400_000
     assert layout.estimates_retention_ms == 168 * 3_600_000

@@ -83,3 +83,17 @@ def test_the_app_is_built_with_them() -> None:
     # Batching the forwarded estimates: with Faust's default (0) the fuse agent fell behind
     # by thousands under load (bench soak: state age up to 327 s; with 20 ms: 11 s).
     assert app.conf.producer_linger == 0.02
+
+
+def test_topics_it_creates_first_get_the_configured_retention() -> None:
+    # Issue 12: topics the state estimator created first got the catalogue's default
+    # retention whatever DEPOTWATCH_TOPICS__* said (the layout was rebuilt by hand here).
+    from services.runtime.settings import TopicSettings
+
+    topics = TopicSettings(estimates_retention_hours=2.0, frames_retention_hours=3.0)
+    settings = Settings(topics=topics)
+    specs = StateEstimatorApp(load_facility(FACILITY), "prod", settings).topic_specs()
+    by_name = {spec.name: spec for spec in specs}
+    assert by_name["positions.prod.v1"].config["retention.ms"] == str(2 * 3600 * 1000)
+    assert by_name["identities.prod.v1"].config["retention.ms"] == str(2 * 3600 * 1000)
+    assert by_name["frames.v1"].config["retention.ms"] == str(3 * 3600 * 1000)
