@@ -30,11 +30,6 @@ class PlateOcrConfig:
     mode: Mode
     frames_topic: str = FrameRef.TOPIC
 
-    @property
-    def group_id(self) -> str:
-        """Consumer group: one per flow."""
-        return f"{SERVICE}.{self.flow}"
-
     def stream(self) -> FrameStreamConfig:
         """Frame loop settings."""
         return FrameStreamConfig(

@@ -33,11 +33,6 @@ class PositionEstimatorConfig:
     mode: Mode
     frames_topic: str = FrameRef.TOPIC
 
-    @property
-    def group_id(self) -> str:
-        """Consumer group: one per flow, so flows never share work."""
-        return f"{SERVICE}.{self.flow}"
-
     def stream(self) -> FrameStreamConfig:
         """Frame loop settings."""
         return FrameStreamConfig(
