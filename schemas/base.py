@@ -1,8 +1,19 @@
-"""Shared base for every Kafka message: strict models, UTC timestamps, one (de)serialiser.
+"""Shared base for every Kafka message: wire models, UTC timestamps, one (de)serialiser.
 
 Every message model declares the topic it travels on (``TOPIC``, possibly a template with
 ``{flow}``) and the field whose value is its Kafka key (``KEY_FIELD``). Producers and
 consumers never pick topics or keys by hand; they ask the model.
+
+**Wire compatibility.** The major version is part of the topic name (``frames.v1``): a change
+that removes, renames or retypes a field, or makes one required, is a new topic (``.v2``),
+read side by side with the old one until every producer has moved. ``schema_version`` in
+each message is the minor version within that major: a minor version only adds optional
+fields (with defaults). So during a rolling upgrade a consumer accepts every minor version of
+its major: fields it does not know (from a newer producer) are kept, ignored by its logic and
+counted (:func:`unknown_fields`; the Kafka consumer counts them in
+``depotwatch_messages_unknown_fields_total`` and logs each new set once), and fields a
+message lacks (from an older producer) take their defaults. The facility config stays
+strict (:class:`StrictModel`): a typo there is an error, not an unknown field.
 """
 
 from __future__ import annotations
@@ -54,16 +65,38 @@ def utc_now() -> datetime:
 
 
 class StrictModel(BaseModel):
-    """Base for everything in schemas: unknown fields are an error, models are immutable."""
+    """Base for config models: unknown fields are an error, models are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-class Message(StrictModel):
+class WireModel(BaseModel):
+    """Base for what travels in Kafka messages: immutable; fields this build does not know
+    (a newer producer's minor version) are kept and reported by :func:`unknown_fields`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+
+
+def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of the fields in ``model`` (and the models inside it) that this build's
+    schema does not declare: sent by a producer of a newer minor version."""
+    found = [f"{prefix}{name}" for name in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list | tuple) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                where = f"{prefix}{name}[{i}]." if value is not item else f"{prefix}{name}."
+                found += unknown_fields(item, where)
+    return found
+
+
+class Message(WireModel):
     """A message on a Kafka topic.
 
     Subclasses set ``TOPIC`` (``"frames.v1"`` or a template such as ``"positions.{flow}.v1"``)
-    and ``KEY_FIELD`` (the attribute whose string value is the Kafka key).
+    and ``KEY_FIELD`` (the attribute whose string value is the Kafka key). ``SCHEMA_VERSION``
+    is the minor version this build writes (see the module's compatibility rule).
     """
 
     TOPIC: ClassVar[str]
@@ -72,15 +105,17 @@ class Message(StrictModel):
 
     schema_version: int = Field(
         default=1,
-        description="Version of this message's schema; consumers reject versions they do not know.",
+        description="Minor version of this message's schema within the topic's major version "
+        "(the topic's .vN): newer minor versions only add optional fields, so every consumer "
+        "of the topic reads every minor version.",
     )
 
     @model_validator(mode="after")
     def _known_schema_version(self) -> Message:
-        if self.schema_version != self.SCHEMA_VERSION:
+        if self.schema_version < 1:
             raise ValueError(
-                f"schema_version {self.schema_version} is not supported "
-                f"(this build reads version {self.SCHEMA_VERSION}); upgrade the consumer"
+                f"schema_version {self.schema_version} is not a version (versions start at 1); "
+                "fix the producer"
             )
         return self
 
@@ -218,12 +253,14 @@ __all__ = [
     "MessageDecodeError",
     "StrictModel",
     "UtcDatetime",
+    "WireModel",
     "decode",
     "describe_validation_error",
     "encode",
     "event_time_problem",
     "kafka_time",
     "model_copy_validated",
+    "unknown_fields",
     "utc_now",
     "with_schema_version",
 ]

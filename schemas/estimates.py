@@ -7,14 +7,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.base import FlowName, Identifier, Message, StrictModel, UtcDatetime
+from schemas.base import FlowName, Identifier, Message, UtcDatetime, WireModel
 from schemas.frames import FrameRef
 
 DetectionClass = Literal["head", "tail", "plate"]
 """What the detector finds: the cab (head) end, the coupler (tail) end, the number plate."""
 
 
-class BoundingBox(StrictModel):
+class BoundingBox(WireModel):
     """Axis-aligned box in image pixels, (x1, y1) top-left, (x2, y2) bottom-right."""
 
     x1: float = Field(description="Left edge, pixels.")
@@ -29,7 +29,7 @@ class BoundingBox(StrictModel):
         return self
 
 
-class Detection(StrictModel):
+class Detection(WireModel):
     """One detector output."""
 
     cls: DetectionClass = Field(description="Detected class.")
@@ -37,7 +37,7 @@ class Detection(StrictModel):
     confidence: float = Field(ge=0.0, le=1.0, description="Detector confidence.")
 
 
-class TrackObservation(StrictModel):
+class TrackObservation(WireModel):
     """A locomotive end (or plate) placed on the facility floor and, if close enough, on a track."""
 
     kind: DetectionClass = Field(description="Which part of the locomotive was placed.")

@@ -6,10 +6,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.base import FlowName, Identifier, Message, StrictModel, UtcDatetime
+from schemas.base import FlowName, Identifier, Message, UtcDatetime, WireModel
 
 
-class LocomotiveState(StrictModel):
+class LocomotiveState(WireModel):
     """One locomotive standing on a track."""
 
     locomotive_id: str = Field(description="Stable id the state estimator keeps for it.")
@@ -23,7 +23,7 @@ class LocomotiveState(StrictModel):
     stale: bool = Field(default=False, description="True when the cameras that saw it are silent.")
 
 
-class TrackState(StrictModel):
+class TrackState(WireModel):
     """The locomotives on one track, ordered by position."""
 
     track_id: Identifier = Field(description="Track id from the facility config.")
@@ -33,7 +33,7 @@ class TrackState(StrictModel):
 CameraStatus = Literal["ok", "stale", "disabled"]
 
 
-class CameraHealth(StrictModel):
+class CameraHealth(WireModel):
     """Whether a camera is still contributing."""
 
     camera_id: Identifier = Field(description="Camera id.")

@@ -6,10 +6,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from schemas.base import Identifier, Message, StrictModel, UtcDatetime
+from schemas.base import Identifier, Message, UtcDatetime, WireModel
 
 
-class TrueLocomotive(StrictModel):
+class TrueLocomotive(WireModel):
     """A locomotive as the simulator placed it."""
 
     locomotive_id: str = Field(description="Simulator id of the locomotive.")

@@ -105,7 +105,7 @@ def test_schemas_export_writes_one_file_per_model(exported: Path) -> None:
         assert doc["x-kafka-topic"] == model.TOPIC
         assert doc["x-kafka-key"] == model.KEY_FIELD
         assert doc["x-schema-version"] == 1
-        assert doc["additionalProperties"] is False
+        assert doc["additionalProperties"] is True  # a newer minor version's fields
 
 
 def _frame_ref() -> FrameRef:
@@ -132,7 +132,6 @@ def test_encoded_message_validates_against_exported_schema(exported: Path) -> No
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
-        ({"colour": "red"}, "Additional properties are not allowed ('colour' was unexpected)"),
         ({"seq": -1}, "-1 is less than the minimum of 0"),
         ({"sha256": "xyz"}, "'xyz' does not match '^[0-9a-f]{64}$'"),
         ({"width": "wide"}, "'wide' is not of type 'integer'"),

@@ -29,6 +29,7 @@ from schemas.estimates import PositionEstimate
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
+from services.runtime.kafka import note_unknown_fields
 from services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -167,4 +168,5 @@ class KafkaFeed:
             )
             return None
         FEED_MESSAGES.labels(topic).inc()
+        note_unknown_fields("dashboard", topic, message)
         return message

@@ -29,7 +29,7 @@ from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from prometheus_client import Counter
 
-from schemas.base import Message, MessageDecodeError, decode, encode, kafka_time
+from schemas.base import Message, MessageDecodeError, decode, encode, kafka_time, unknown_fields
 from schemas.deadletter import DeadLetter
 from schemas.topics import TopicSpec
 from services.runtime.settings import KafkaSettings
@@ -46,6 +46,36 @@ DEAD_LETTERED = Counter(
 CONSUMED = Counter(
     "depotwatch_messages_consumed_total", "Valid messages consumed", ["service", "topic"]
 )
+UNKNOWN_FIELDS = Counter(
+    "depotwatch_messages_unknown_fields_total",
+    "Messages read with fields this build does not know (from a newer producer's minor "
+    "schema version; kept and ignored)",
+    ["service", "topic"],
+)
+_UNKNOWN_LOGGED: set[tuple[str, str, tuple[str, ...]]] = set()
+_UNKNOWN_LOGGED_MAX = 256
+
+
+def note_unknown_fields(service: str, topic: str, message: Message) -> None:
+    """Count a message carrying fields this build does not know, and log each new set of
+    such fields once per (service, topic): the sign of a newer producer (see schemas.base)."""
+    fields = unknown_fields(message)
+    if not fields:
+        return
+    UNKNOWN_FIELDS.labels(service, topic).inc()
+    seen = (service, topic, tuple(sorted(fields)))
+    if seen in _UNKNOWN_LOGGED or len(_UNKNOWN_LOGGED) >= _UNKNOWN_LOGGED_MAX:
+        return
+    _UNKNOWN_LOGGED.add(seen)
+    log.info(
+        "message with fields this build does not know (a newer producer?): kept and ignored",
+        extra={
+            "service": service,
+            "topic": topic,
+            "fields": sorted(fields),
+            "schema_version": message.schema_version,
+        },
+    )
 
 
 class KafkaUnavailableError(RuntimeError):
@@ -286,6 +316,7 @@ class MessageConsumer:
             self.dead_letter(msg, exc.reason, mark_done=not self._defer_dead_letter_offsets)
             return None
         CONSUMED.labels(self.service, topic).inc()
+        note_unknown_fields(self.service, topic, message)
         return Received(
             message=message,
             topic=topic,

@@ -44,7 +44,7 @@ from schemas.facility import FacilityConfig
 from schemas.facility_state import FacilityState
 from schemas.topics import TopicSpec, topics_for
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.kafka import DEAD_LETTERED
+from services.runtime.kafka import DEAD_LETTERED, note_unknown_fields
 from services.runtime.settings import KafkaSettings, Settings
 from services.state_estimator.config import StateEstimatorServiceSettings
 from services.state_estimator.fusion import (
@@ -280,6 +280,7 @@ class StateEstimatorApp:
                         model, event.value, produced_at, self.settings.kafka.max_clock_skew_s
                     )
                     self._check_camera(estimate)
+                    note_unknown_fields(self.service_name, msg.topic, estimate)
                 except MessageDecodeError as exc:
                     letter = DeadLetter.of(
                         topic=msg.topic,

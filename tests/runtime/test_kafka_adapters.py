@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaPythonPartition
 from message_samples import every_message, frame_ref
+from prometheus_client import REGISTRY
 
 from schemas import DeadLetter, FrameRef, Message, decode, encode
 from schemas.topics import MESSAGE_MODELS, TopicSpec
@@ -112,12 +113,12 @@ def test_bad_messages_are_dead_lettered_and_consumption_goes_on(
     create_topics(stack_settings, [TopicSpec(topic, FrameRef, 1)])
     good = frame_ref(seq=9)
     wrong_version = json.loads(encode(frame_ref(seq=2)))
-    wrong_version["schema_version"] = 2
+    wrong_version["schema_version"] = 0
     missing_field = json.loads(encode(frame_ref(seq=3)))
     del missing_field["sha256"]
     bad = [
         (b"{not json", "Invalid JSON"),
-        (json.dumps(wrong_version).encode(), "schema_version 2 is not supported"),
+        (json.dumps(wrong_version).encode(), "schema_version 0 is not a version"),
         (json.dumps(missing_field).encode(), "sha256: Field required"),
     ]
     raw = Producer(stack_settings.kafka.client_config())
@@ -152,6 +153,31 @@ def test_bad_messages_are_dead_lettered_and_consumption_goes_on(
         assert reason in letter.reason
         assert letter.service == "test-consumer"
         assert letter.source_key_b64 == DeadLetter.b64(b"cam-s1")
+
+
+def test_a_newer_producers_message_is_read_and_its_new_fields_counted(
+    stack_settings: Settings,
+    make_consumer: Callable[[dict[str, type[Message]]], MessageConsumer],
+    unique_name: Callable[[str], str],
+) -> None:
+    # Rolling upgrade: a producer one minor version ahead adds a field. The old consumer
+    # reads it (it used to dead-letter every such message) and counts the unknown field.
+    topic = unique_name("frames")
+    create_topics(stack_settings, [TopicSpec(topic, FrameRef, 1)])
+    newer = json.loads(encode(frame_ref(seq=5))) | {"schema_version": 2, "exposure_ms": 8.0}
+    raw = Producer(stack_settings.kafka.client_config())
+    raw.produce(topic, value=json.dumps(newer).encode(), key=b"cam-s1")
+    assert raw.flush(10) == 0
+    before = REGISTRY.get_sample_value(
+        "depotwatch_messages_unknown_fields_total", {"service": "test-consumer", "topic": topic}
+    )
+    (received,) = consume(make_consumer({topic: FrameRef}), 1)
+    assert received.message.seq == 5
+    assert received.message.schema_version == 2
+    after = REGISTRY.get_sample_value(
+        "depotwatch_messages_unknown_fields_total", {"service": "test-consumer", "topic": topic}
+    )
+    assert (before or 0.0) + 1.0 == after
 
 
 def test_an_independent_client_reads_what_confluent_produced(
