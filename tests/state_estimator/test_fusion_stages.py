@@ -164,3 +164,46 @@ def test_the_assumed_end_of_a_body_hidden_for_a_while_is_found_further_along(
     (loco,) = state.locomotives
     assert loco.tail_seen_at is not None
     assert loco.tail_m < 4.0
+
+
+def _coasting(last_seen_s: float) -> TrackedLocomotive:
+    # Driving into the depot on T1 at 1.2 m/s, speed measured and last seen at T0.
+    return TrackedLocomotive(
+        locomotive_id="loco-1",
+        track_id="T1",
+        head_m=12.0,
+        tail_m=-5.2,
+        velocity_mps=1.2,
+        velocity_at=T0,
+        updated_at=T0,
+        first_seen=T0 - timedelta(seconds=30),
+        last_seen=T0 + timedelta(seconds=last_seen_s),
+        head_seen_at=T0,
+        tail_seen_at=T0,
+        existence=1.0,
+    )
+
+
+def test_a_locomotive_coasting_unseen_and_shown_absent_braked_in_the_blind_stretch(
+    core: FusionCore,
+) -> None:
+    # gen-d111-s4: a locomotive drove into a stretch no camera shows (here cam-s2 is down) and
+    # braked there. Its last speed carried the track on until its tail stood where cam-s1
+    # shows it empty; each such frame cost existence and the locomotive was dropped, though
+    # it stood in the blind stretch all along. Now it is put back where no camera shows it.
+    state = FusionState(locomotives=[_coasting(0.0)], next_id=2)
+    state, _ = core.apply(state, position("cam-s1", 1, 10.0))
+    (loco,) = state.locomotives
+    assert loco.existence == 1.0
+    assert loco.velocity_mps == 0.0
+    assert loco.tail_m < 0.5  # out of cam-s1's view
+    assert loco.head_m < 21.0  # short of where its speed alone would put it
+
+
+def test_a_locomotive_seen_a_moment_ago_and_not_detected_is_a_plain_miss(
+    core: FusionCore,
+) -> None:
+    state = FusionState(locomotives=[_coasting(9.0)], next_id=2)
+    state, _ = core.apply(state, position("cam-s1", 1, 10.0))
+    (loco,) = state.locomotives
+    assert loco.existence < 1.0
