@@ -248,20 +248,6 @@ class StateEstimatorSettings(StrictModel):
         description="Gate for an end never seen yet (its place comes from an assumed model, "
         "whose length may be off by the spread of the fleet's lengths).",
     )
-    coasting_after_s: float = Field(
-        default=3.0,
-        gt=0,
-        description="A locomotive no camera has seen for this long moves on its last speed "
-        "alone: shown absent where predicted, it is looked for short of or beyond the "
-        "prediction before the miss counts (see stopped_short_window_s).",
-    )
-    stopped_short_window_s: float = Field(
-        default=2.0,
-        gt=0,
-        description="A locomotive coasting unseen and shown absent where predicted is put back "
-        "to the nearest spot of its way that none of the cameras with a frame this recent "
-        "shows (it braked in the blind stretch).",
-    )
     hidden_body_gate_m: float = Field(
         default=6.0,
         gt=0,

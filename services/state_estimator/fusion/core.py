@@ -223,8 +223,7 @@ class FusionCore:
             if not shows(cfg, camera_id, track_id, spot, occluders):
                 continue
             if isinstance(owner, TrackedLocomotive):
-                if not self._stopped_short(state, owner, occluders, at):
-                    tracking.missed(cfg, owner)
+                tracking.missed(cfg, owner)
             else:
                 owner.misses += 1
         for i, det in enumerate(detected):
@@ -240,48 +239,6 @@ class FusionCore:
                 lo, hi = loco.span
                 if lo + t.merge_m < det.position_m < hi - t.merge_m:
                     tracking.missed(cfg, loco)
-
-    def _stopped_short(
-        self,
-        state: FusionState,
-        loco: TrackedLocomotive,
-        occluders: list[tuple[str, float, float]],
-        at: datetime,
-    ) -> bool:
-        """A locomotive coasting unseen on its last speed and shown absent where predicted
-        stands short of or beyond the prediction, in a stretch no camera shows: it is moved
-        to the nearest such spot within the distance it coasted (True), and stopped if that
-        spot is short of the prediction (it braked). False: no such spot, it is a miss."""
-        cfg = self.config
-        t = cfg.tuning
-        if loco.velocity_at is None or (at - loco.last_seen).total_seconds() < t.coasting_after_s:
-            return False  # seen a moment ago: a detection the detector missed, a plain miss
-        coasted = tracking.travel(cfg, loco.velocity_mps, loco.velocity_at, loco.velocity_at, at)
-        if abs(coasted) < t.merge_m:
-            return False
-        looking = [
-            cam
-            for cam, clock in state.cameras.items()
-            if abs((at - clock.captured_at).total_seconds()) <= t.stopped_short_window_s
-        ]
-        step = t.merge_m / 3 if coasted > 0 else -t.merge_m / 3
-        ends = [tracking.raw_end(loco, kind, t.end_label_offset_m) for kind in END_KINDS]
-        for k in range(1, int(abs(coasted) / abs(step)) + 1):
-            for shift in (-k * step, k * step):
-                if any(
-                    on_track(cfg, loco.track_id, end + shift)
-                    and shows(cfg, cam, loco.track_id, end + shift, occluders)
-                    for cam in looking
-                    for end in ends
-                ):
-                    continue
-                loco.head_m += shift
-                loco.tail_m += shift
-                if shift * coasted < 0:
-                    loco.velocity_mps = 0.0
-                    loco.velocity_at = at
-                return True
-        return False
 
     @staticmethod
     def _contacts(
