@@ -1,8 +1,10 @@
-"""A test rig for the ingest path: synthetic camera video, a facility file for N cameras, and
+"""The ingest benchmark's rig: synthetic camera video, a facility file for N cameras, and
 capture / aggregator processes run the way an operator runs them (``python -m ...``).
 
-Used by ``depotwatch bench ingest`` and by the integration tests, so both exercise the real
-entry points, settings and signals.
+Part of the package because ``depotwatch bench ingest`` (a shipped command) uses every piece
+of it. The integration tests reuse it instead of keeping a second copy, so the benchmark and
+the tests exercise the same entry points, settings and signals; nothing here imports from
+``tests/``.
 """
 
 from __future__ import annotations
