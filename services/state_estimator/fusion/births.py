@@ -434,7 +434,10 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             span = (min(seen_true, far_true), max(seen_true, far_true))
             if any(overlap(o.span, span) > t.overlap_m for o in others):
                 continue
-            if not _body_free(config, state, track_id, span, detected, (e.end_id,)):
+            if any(
+                d.end_id != e.end_id and span[0] + t.merge_m < d.position_m < span[1] - t.merge_m
+                for d in detected
+            ):
                 continue  # another end stands inside: that body is two locomotives
             if best is None or misfit < best[0]:
                 best = (misfit, e, far_true)
