@@ -14,6 +14,7 @@ lint: setup
 	$(VENV)/ruff check schemas services tests
 	$(VENV)/ruff format --check schemas services tests
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 # pytest exits 5 when it collects no tests; make treats that as a failure, as it should.
 test: lint

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from schemas.frames import FrameRef
-from services.runtime.frame_transport import FrameHeader
+from services.runtime.frame_wire import FrameHeader
+from services.runtime.stats import percentile
 
 
 def frame_key(prefix: str, camera_id: str, captured_at: datetime, seq: int) -> str:
@@ -141,15 +142,5 @@ class RecentLatencies:
     def percentile(self, q: float) -> float | None:
         """The ``q`` quantile (0..1) of the samples, None when there are none."""
         with self._lock:
-            data = sorted(self._samples)
+            data = list(self._samples)
         return percentile(data, q)
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank quantile of already sorted values (None for an empty list)."""
-    if not sorted_values:
-        return None
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile must be in [0, 1], got {q}")
-    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
-    return sorted_values[index]

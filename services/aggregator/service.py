@@ -32,12 +32,8 @@ from services.aggregator.ingest import CameraActivity, DedupeWindow, frame_key, 
 from services.runtime.backoff import Backoff
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_queue import FrameQueue
-from services.runtime.frame_transport import (
-    EncodedFrame,
-    FrameDecodeError,
-    FrameReceiver,
-    decode_frame,
-)
+from services.runtime.frame_transport import FrameReceiver
+from services.runtime.frame_wire import EncodedFrame, FrameDecodeError, decode_frame
 from services.runtime.kafka import MessageProducer
 from services.runtime.shutdown import ShutdownSignal
 from services.runtime.storage import ObjectStore, StorageError

@@ -25,7 +25,6 @@ from typing import Any
 import click
 import cv2
 
-from services.aggregator.ingest import percentile
 from services.benchmarks.ingest_rig import (
     RefCollector,
     RefSample,
@@ -39,6 +38,7 @@ from services.benchmarks.ingest_rig import (
     wait_until,
 )
 from services.runtime.settings import Settings
+from services.runtime.stats import percentile
 
 CAMERA_PREFIX = "bench-cam-"
 ISOLATED_PREFIX = "bench-iso-"
@@ -224,7 +224,8 @@ def _result(
 
 def _feed(endpoint: str, payloads: list[bytes], cameras: int, fps: float, stop: float) -> None:
     """Send the payloads as ``cameras`` cameras at ``fps`` each until monotonic ``stop``."""
-    from services.runtime.frame_transport import EncodedFrame, FrameHeader, FrameSender
+    from services.runtime.frame_transport import FrameSender
+    from services.runtime.frame_wire import EncodedFrame, FrameHeader
 
     sender = FrameSender(endpoint, send_hwm=1000)
     seqs = [int(time.time() * 1000)] * cameras

@@ -23,7 +23,8 @@ from services.capture.decimation import FrameDecimator, SequenceNumbers
 from services.capture.stream import Image, StreamError, StreamReader, redact
 from services.runtime.backoff import Backoff
 from services.runtime.frame_queue import FrameQueue
-from services.runtime.frame_transport import EncodedFrame, FrameHeader, FrameSender
+from services.runtime.frame_transport import FrameSender
+from services.runtime.frame_wire import EncodedFrame, FrameHeader
 from services.runtime.shutdown import ShutdownSignal
 
 log = logging.getLogger(__name__)

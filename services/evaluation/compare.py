@@ -24,6 +24,7 @@ from prometheus_client import Gauge
 from schemas.base import Message, MessageDecodeError, decode
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
+from services.runtime.stats import percentile
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +181,6 @@ def compare_to_truth(
     tracks = [t.track_id for t in state.tracks]
     truth_placed = placed_from_truth(truth, track_lengths, observable, legible)
     return compare_placed(truth_placed, placed_from_state(state), tracks)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in 0..1); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[k]
 
 
 @dataclass

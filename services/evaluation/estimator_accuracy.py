@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from schemas.estimates import BoundingBox, Detection, IdentityEstimate, TrackObservation
+from services.runtime.stats import percentile
 
 MIN_IOU = 0.3
 """A prediction overlapping a true box less than this is not the same object."""
@@ -173,15 +172,17 @@ class EstimatorScore:
         def ratio(a: int, b: int) -> float | None:
             return round(a / b, 4) if b else None
 
-        errs = np.asarray(self.errors_m)
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
         return {
             "frames": self.frames,
             "ends_true": self.ends_true,
             "end_recall": ratio(self.ends_matched, self.ends_true),
             "end_false_detections": self.ends_false,
             "track_accuracy": ratio(self.track_correct, self.ends_matched),
-            "position_median_m": round(float(np.median(errs)), 3) if len(errs) else None,
-            "position_p95_m": round(float(np.percentile(errs, 95)), 3) if len(errs) else None,
+            "position_median_m": rounded(percentile(self.errors_m, 0.5)),
+            "position_p95_m": rounded(percentile(self.errors_m, 0.95)),
             "plates_true": self.plates_true,
             "plates_whole": self.plates_whole,
             "plate_exact": ratio(self.plates_whole_exact, self.plates_whole),

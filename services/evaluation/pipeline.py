@@ -23,7 +23,8 @@ from typing import Any
 from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
-from services.evaluation.compare import AgreementSummary, Stamped, percentile, summarise
+from services.evaluation.compare import AgreementSummary, Stamped, summarise
+from services.runtime.stats import percentile
 
 GOALS = {
     "count": 0.99,

@@ -11,10 +11,9 @@ from services.aggregator.ingest import (
     DedupeWindow,
     frame_key,
     frame_ref,
-    percentile,
     shard_of,
 )
-from services.runtime.frame_transport import FrameHeader
+from services.runtime.frame_wire import FrameHeader
 
 T0 = datetime(2026, 11, 21, 9, 5, 7, 89000, tzinfo=UTC)
 
@@ -117,11 +116,3 @@ def test_shard_of_is_stable_and_spreads_cameras() -> None:
     shards = [shard_of(c, 4) for c in cams]
     assert shards == [shard_of(c, 4) for c in cams]
     assert set(shards) == {0, 1, 2, 3}
-
-
-@pytest.mark.parametrize(
-    ("values", "q", "expected"),
-    [([], 0.5, None), ([3.0], 0.99, 3.0), ([1, 2, 3, 4], 0.5, 2), ([*range(1, 101)], 0.99, 99)],
-)
-def test_percentile_nearest_rank(values: list[float], q: float, expected: float | None) -> None:
-    assert percentile(sorted(values), q) == expected

@@ -24,7 +24,7 @@ from services.aggregator.config import AggregatorSettings
 from services.aggregator.service import AggregatorService
 from services.benchmarks.ingest_rig import facility_for_cameras
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.frame_transport import EncodedFrame, FrameHeader
+from services.runtime.frame_wire import EncodedFrame, FrameHeader
 from services.runtime.settings import S3Settings
 from services.runtime.shutdown import ShutdownSignal
 from services.runtime.storage import StorageError, StoredObject

@@ -21,7 +21,8 @@ from services.benchmarks.ingest_rig import facility_for_cameras, synthetic_video
 from services.capture.__main__ import capture_command
 from services.capture.config import CaptureSettings
 from services.capture.service import CaptureService
-from services.runtime.frame_transport import EncodedFrame, FrameReceiver, decode_frame
+from services.runtime.frame_transport import FrameReceiver
+from services.runtime.frame_wire import EncodedFrame, decode_frame
 from services.runtime.shutdown import ShutdownSignal
 
 

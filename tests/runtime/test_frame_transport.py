@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.runtime.frame_transport import (
+from services.runtime.frame_transport import FrameReceiver, FrameSender
+from services.runtime.frame_wire import (
     EncodedFrame,
     FrameDecodeError,
     FrameHeader,
-    FrameReceiver,
-    FrameSender,
     decode_frame,
     encode_frame,
 )

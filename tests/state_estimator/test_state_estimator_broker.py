@@ -391,7 +391,8 @@ def test_state_update_latency_at_eight_cameras_two_fps(
     """Capture time -> facility-state record, through the broker and the Faust worker."""
     import random
 
-    from services.evaluation.compare import percentile, read_range_raw
+    from services.evaluation.compare import read_range_raw
+    from services.runtime.stats import percentile
 
     config, prod, _ = flows
     ensure_topics(stack_settings, config, prod)
