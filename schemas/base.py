@@ -110,6 +110,14 @@ class Message(WireModel):
         "of the topic reads every minor version.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _written_version(cls, data: Any) -> Any:
+        # A message built without a version is of this build's version (not a fixed 1).
+        if isinstance(data, dict) and "schema_version" not in data:
+            return {**data, "schema_version": cls.SCHEMA_VERSION}
+        return data
+
     @model_validator(mode="after")
     def _known_schema_version(self) -> Message:
         if self.schema_version < 1:

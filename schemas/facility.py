@@ -240,7 +240,8 @@ class StateEstimatorSettings(StrictModel):
         default=0.5,
         ge=0,
         description="An end's gate grows by this per second it goes unseen (in a blind spot "
-        "a moving locomotive may speed up or brake), up to inferred_end_gate_m.",
+        "a moving locomotive may speed up or brake), up to inferred_end_gate_m; an end never "
+        "seen grows from inferred_end_gate_m up to hidden_body_gate_m.",
     )
     inferred_end_gate_m: float = Field(
         default=3.5,
@@ -255,6 +256,17 @@ class StateEstimatorSettings(StrictModel):
         "gate_growth_mps per second the whole locomotive goes unseen (one driving through a "
         "blind stretch may be further along than its last speed says), up to this.",
     )
+
+    @model_validator(mode="after")
+    def _gates_grow(self) -> StateEstimatorSettings:
+        if self.hidden_body_gate_m < self.inferred_end_gate_m:
+            raise ValueError(
+                f"hidden_body_gate_m ({self.hidden_body_gate_m}) must be at least "
+                f"inferred_end_gate_m ({self.inferred_end_gate_m}): it is how far that gate "
+                "may grow; raise hidden_body_gate_m or lower inferred_end_gate_m"
+            )
+        return self
+
     swap_cost_m: float = Field(
         default=0.6,
         ge=0,

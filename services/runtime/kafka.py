@@ -54,6 +54,8 @@ UNKNOWN_FIELDS = Counter(
 )
 _UNKNOWN_LOGGED: set[tuple[str, str, tuple[str, ...]]] = set()
 _UNKNOWN_LOGGED_MAX = 256
+_UNKNOWN_NAMES_SHOWN = 10
+_UNKNOWN_NAME_CHARS = 64
 
 
 def note_unknown_fields(service: str, topic: str, message: Message) -> None:
@@ -63,7 +65,9 @@ def note_unknown_fields(service: str, topic: str, message: Message) -> None:
     if not fields:
         return
     UNKNOWN_FIELDS.labels(service, topic).inc()
-    seen = (service, topic, tuple(sorted(fields)))
+    # The names come from the producer: bounded in number and length before kept or logged.
+    fields = [name[:_UNKNOWN_NAME_CHARS] for name in sorted(fields)[:_UNKNOWN_NAMES_SHOWN]]
+    seen = (service, topic, tuple(fields))
     if seen in _UNKNOWN_LOGGED or len(_UNKNOWN_LOGGED) >= _UNKNOWN_LOGGED_MAX:
         return
     _UNKNOWN_LOGGED.add(seen)
@@ -72,7 +76,7 @@ def note_unknown_fields(service: str, topic: str, message: Message) -> None:
         extra={
             "service": service,
             "topic": topic,
-            "fields": sorted(fields),
+            "fields": fields,
             "schema_version": message.schema_version,
         },
     )

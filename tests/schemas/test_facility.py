@@ -309,6 +309,15 @@ BAD_CONFIGS = [
         id="identities-from-flow-without-ocr",
     ),
     pytest.param(
+        _set("flows.prod.state_estimator", {"hidden_body_gate_m": 2.0}),
+        [
+            "flows.prod.state_estimator: hidden_body_gate_m (2.0) must be at least "
+            "inferred_end_gate_m (3.5): it is how far that gate may grow; raise "
+            "hidden_body_gate_m or lower inferred_end_gate_m"
+        ],
+        id="gate-that-would-shrink",
+    ),
+    pytest.param(
         _set("locomotive_models.1.plate_pattern", "^ChME3-(\\d{4}$"),
         [
             "locomotive_models[1].plate_pattern: is not a valid regular expression "

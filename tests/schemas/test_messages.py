@@ -555,3 +555,13 @@ def test_a_large_original_is_kept_truncated_so_the_dead_letter_fits() -> None:
     assert small.payload == b"{bad"
     assert not small.payload_truncated
     assert small.reason == "Invalid JSON"
+
+
+def test_a_message_built_without_a_version_carries_its_builds_version() -> None:
+    class NextFrameRef(FrameRef):
+        SCHEMA_VERSION = 3
+
+    data = dict(EXAMPLES[FrameRef][0])
+    data.pop("schema_version", None)
+    assert NextFrameRef.model_validate(data).schema_version == 3
+    assert FrameRef.model_validate(data).schema_version == 1

@@ -164,3 +164,33 @@ def test_the_assumed_end_of_a_body_hidden_for_a_while_is_found_further_along(
     (loco,) = state.locomotives
     assert loco.tail_seen_at is not None
     assert loco.tail_m < 4.0
+
+
+def test_an_assumed_end_is_revised_when_its_real_partner_shows_up(core: FusionCore) -> None:
+    # test-busy seed 1, T2: a tail at 26.4 m starts a locomotive whose head is assumed (the
+    # head at 47.6 m, at the track's end, is seen only later). The head fits a model length
+    # and nothing stands between: the assumption must give way to the pair. (The first
+    # version of the check above counted the locomotive itself as a neighbour and never
+    # revised: a phantom was started from the head instead, 82% count on that run.)
+    assumed = TrackedLocomotive(
+        locomotive_id="loco-1",
+        track_id="T1",
+        head_m=43.3,
+        tail_m=26.1,
+        updated_at=T0,
+        first_seen=T0,
+        last_seen=T0,
+        tail_seen_at=T0,
+        existence=1.0,
+        assumed_model="ChME3",
+    )
+    state = FusionState(locomotives=[assumed], next_id=2)
+    for seq in range(1, 9):
+        at = seq * 0.5
+        state, _ = core.apply(state, position("cam-s3", seq, at, end("tail", "T1", 26.4)))
+        state, _ = core.apply(state, position("cam-s4", seq, at, end("head", "T1", 47.6)))
+    spans = sorted(loco.span for loco in state.locomotives if loco.track_id == "T1")
+    assert len(spans) == 1, spans
+    (lo, hi) = spans[0]
+    assert lo == pytest.approx(26.1, abs=0.3)
+    assert hi == pytest.approx(47.9, abs=0.3)
