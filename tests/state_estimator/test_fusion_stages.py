@@ -13,19 +13,23 @@ from services.state_estimator.fusion.state import TrackedLocomotive
 from services.state_estimator.fusion.tracking import predict, travel
 
 
+def _on_t1(head_m: float, tail_m: float, **fields: object) -> TrackedLocomotive:
+    """loco-1 on T1, known at T0 and sure to exist; ``fields`` add or override the rest."""
+    base: dict[str, object] = {
+        "locomotive_id": "loco-1",
+        "track_id": "T1",
+        "head_m": head_m,
+        "tail_m": tail_m,
+        "updated_at": T0,
+        "first_seen": T0,
+        "last_seen": T0,
+        "existence": 1.0,
+    }
+    return TrackedLocomotive.model_validate(base | fields)
+
+
 def _moving(speed_mps: float) -> TrackedLocomotive:
-    return TrackedLocomotive(
-        locomotive_id="loco-1",
-        track_id="T1",
-        head_m=20.0,
-        tail_m=37.0,
-        velocity_mps=speed_mps,
-        velocity_at=T0,
-        updated_at=T0,
-        first_seen=T0,
-        last_seen=T0,
-        existence=1.0,
-    )
+    return _on_t1(20.0, 37.0, velocity_mps=speed_mps, velocity_at=T0)
 
 
 def test_prediction_does_not_depend_on_the_order_frames_arrive_in(core: FusionCore) -> None:
@@ -146,16 +150,11 @@ def test_the_assumed_end_of_a_body_hidden_for_a_while_is_found_further_along(
     # a model) is hidden for 10 s and the tracker's speed was too low. When the tail shows up
     # 5.6 m further along than predicted it must be this locomotive's, not a new one: the
     # unexplained tail started a phantom running into the depot for the rest of the run.
-    leaving = TrackedLocomotive(
-        locomotive_id="loco-1",
-        track_id="T1",
-        head_m=-5.9,
-        tail_m=6.9,
-        updated_at=T0,
+    leaving = _on_t1(
+        -5.9,
+        6.9,
         first_seen=T0 - timedelta(seconds=30),
-        last_seen=T0,
         head_seen_at=T0,
-        existence=1.0,
         assumed_model="ChME3",
     )
     state = FusionState(locomotives=[leaving], next_id=2)
@@ -172,18 +171,7 @@ def test_an_assumed_end_is_revised_when_its_real_partner_shows_up(core: FusionCo
     # and nothing stands between: the assumption must give way to the pair. (The first
     # version of the check above counted the locomotive itself as a neighbour and never
     # revised: a phantom was started from the head instead, 82% count on that run.)
-    assumed = TrackedLocomotive(
-        locomotive_id="loco-1",
-        track_id="T1",
-        head_m=43.3,
-        tail_m=26.1,
-        updated_at=T0,
-        first_seen=T0,
-        last_seen=T0,
-        tail_seen_at=T0,
-        existence=1.0,
-        assumed_model="ChME3",
-    )
+    assumed = _on_t1(43.3, 26.1, tail_seen_at=T0, assumed_model="ChME3")
     state = FusionState(locomotives=[assumed], next_id=2)
     for seq in range(1, 9):
         at = seq * 0.5
