@@ -63,11 +63,9 @@ def _body_free(
     for loco in state.locomotives:
         if loco.track_id == track_id and overlap(certain_span(config, loco), span) > t.overlap_m:
             return False
-    lo, hi = span
-    if any(
-        e.end_id not in exclude and lo + t.merge_m < e.position_m < hi - t.merge_m for e in ends
-    ):
+    if _end_inside(config, span, ends, exclude):
         return False
+    lo, hi = span
     # A plate read well inside the body is another locomotive's cab (its own hangs by an end).
     inset = t.plate_inset_m + t.merge_m
     return not any(
@@ -77,6 +75,16 @@ def _body_free(
         and lo + inset < e.position_m < hi - inset
         for e in state.loose_ends
     )
+
+
+def _end_inside(
+    config: FusionConfig, span: tuple[float, float], ends: list[LooseEnd], exclude: tuple[int, ...]
+) -> bool:
+    """Whether an end (other than those in ``exclude``) stands well inside ``span``: the body
+    would hold another locomotive's end."""
+    lo, hi = span
+    merge = config.tuning.merge_m
+    return any(e.end_id not in exclude and lo + merge < e.position_m < hi - merge for e in ends)
 
 
 def certain_span(config: FusionConfig, loco: TrackedLocomotive) -> tuple[float, float]:
@@ -434,10 +442,7 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             span = (min(seen_true, far_true), max(seen_true, far_true))
             if any(overlap(o.span, span) > t.overlap_m for o in others):
                 continue
-            if any(
-                d.end_id != e.end_id and span[0] + t.merge_m < d.position_m < span[1] - t.merge_m
-                for d in detected
-            ):
+            if _end_inside(config, span, detected, (e.end_id,)):
                 continue  # another end stands inside: that body is two locomotives
             if best is None or misfit < best[0]:
                 best = (misfit, e, far_true)
