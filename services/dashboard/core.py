@@ -20,13 +20,11 @@ from schemas.facility_state import FacilityState, LocomotiveState
 from schemas.frames import FrameRef
 from schemas.geometry import point_at_position
 from schemas.ground_truth import GroundTruth
+from services.runtime.matching import SAME_LOCOMOTIVE_M, match_locomotives
 
 Point = tuple[float, float]
 Event = dict[str, Any]
 """``{"type": "...", "data": {...}}``: one server-sent event."""
-
-MATCH_TOLERANCE_M = 3.0
-"""Two reports of a locomotive on one track are the same locomotive when the ends are this close."""
 
 
 def facility_layout(cfg: FacilityConfig) -> dict[str, Any]:
@@ -137,19 +135,6 @@ def state_view(cfg: FacilityConfig, state: FacilityState) -> dict[str, Any]:
     }
 
 
-def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return min(max(a), max(b)) - max(min(a), min(b))
-
-
-def _same_locomotive(
-    a_track: str, a: tuple[float, float], b_track: str, b: tuple[float, float], tol: float
-) -> bool:
-    """Same track, and both ends within ``tol`` (head/tail order does not matter)."""
-    if a_track != b_track:
-        return False
-    return abs(min(a) - min(b)) <= tol and abs(max(a) - max(b)) <= tol
-
-
 @dataclass(frozen=True)
 class _Loco:
     id: str
@@ -168,39 +153,27 @@ def _locos(state: FacilityState) -> list[_Loco]:
 
 
 def _pair(
-    left: Sequence[_Loco], right: Sequence[_Loco], tol: float
+    left: Sequence[_Loco], right: Sequence[_Loco], gate_m: float
 ) -> tuple[list[tuple[_Loco, _Loco]], list[_Loco], list[_Loco]]:
-    """Greedy matching by largest overlap: (pairs, only in left, only in right)."""
-    candidates = sorted(
-        (
-            (-_overlap(a.ends, b.ends), i, j)
-            for i, a in enumerate(left)
-            for j, b in enumerate(right)
-            if _same_locomotive(a.track_id, a.ends, b.track_id, b.ends, tol)
-        ),
+    """The project's one locomotive matcher: (pairs, only in left, only in right)."""
+    m = match_locomotives(
+        [(a.track_id, *a.ends) for a in left], [(b.track_id, *b.ends) for b in right], gate_m
     )
-    used_l: set[int] = set()
-    used_r: set[int] = set()
-    pairs = []
-    for _, i, j in candidates:
-        if i in used_l or j in used_r:
-            continue
-        used_l.add(i)
-        used_r.add(j)
-        pairs.append((left[i], right[j]))
-    only_l = [a for i, a in enumerate(left) if i not in used_l]
-    only_r = [b for j, b in enumerate(right) if j not in used_r]
-    return pairs, only_l, only_r
+    return (
+        [(left[i], right[j]) for i, j in m.pairs],
+        [left[i] for i in m.only_left],
+        [right[j] for j in m.only_right],
+    )
 
 
 def compare_flows(
-    a: FacilityState, b: FacilityState, tolerance_m: float = MATCH_TOLERANCE_M
+    a: FacilityState, b: FacilityState, gate_m: float = SAME_LOCOMOTIVE_M
 ) -> dict[str, Any]:
     """How two flows' states differ: locomotives only one sees, and disagreeing identities.
 
     ``differs`` lists, per flow, the locomotive ids to highlight on the page.
     """
-    pairs, only_a, only_b = _pair(_locos(a), _locos(b), tolerance_m)
+    pairs, only_a, only_b = _pair(_locos(a), _locos(b), gate_m)
     identity = [(x, y) for x, y in pairs if (x.plate, x.model) != (y.plate, y.model)]
     total = len(pairs) + len(only_a) + len(only_b)
     return {
@@ -220,20 +193,20 @@ def compare_flows(
 
 
 def accuracy(
-    truth: GroundTruth, state: FacilityState, tolerance_m: float = MATCH_TOLERANCE_M
+    truth: GroundTruth, state: FacilityState, gate_m: float = SAME_LOCOMOTIVE_M
 ) -> dict[str, Any]:
     """One flow's state against the simulator's ground truth.
 
-    ``detected``: share of true locomotives the flow reports (same track, ends within
-    tolerance); ``position_error_m``: mean absolute end error of those; ``plates``/``models``:
-    share of matched locomotives with the right plate/model; ``false``: reported ones with no
-    true counterpart.
+    ``detected``: share of true locomotives the flow reports (paired by the project's one
+    matcher, :func:`services.runtime.matching.match_locomotives`); ``position_error_m``: mean
+    absolute end error of those; ``plates``/``models``: share of matched locomotives with the
+    right plate/model; ``false``: reported ones with no true counterpart.
     """
     true = [
         _Loco(t.locomotive_id, t.track_id, (t.head_m, t.tail_m), t.model, t.plate)
         for t in truth.locomotives
     ]
-    pairs, _missed, false = _pair(true, _locos(state), tolerance_m)
+    pairs, _missed, false = _pair(true, _locos(state), gate_m)
     errors = [
         (abs(min(t.ends) - min(s.ends)) + abs(max(t.ends) - max(s.ends))) / 2 for t, s in pairs
     ]

@@ -24,15 +24,13 @@ from prometheus_client import Gauge
 from schemas.base import Message, MessageDecodeError, decode
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
+from services.runtime.matching import SAME_LOCOMOTIVE_M, match_locomotives
 from services.runtime.stats import percentile
 
 log = logging.getLogger(__name__)
 
 GROUND_TRUTH = "ground-truth"
 """The pseudo-flow name that means "the simulator's ground-truth.v1"."""
-
-MATCH_M = 4.0
-"""Two locomotives on one track are the same one when their centres are this close."""
 
 
 # --------------------------------------------------------------------------- pure scoring
@@ -123,9 +121,12 @@ def placed_from_truth(
 
 
 def compare_placed(
-    a: Sequence[Placed], b: Sequence[Placed], tracks: Sequence[str], match_m: float = MATCH_M
+    a: Sequence[Placed],
+    b: Sequence[Placed],
+    tracks: Sequence[str],
+    match_m: float = SAME_LOCOMOTIVE_M,
 ) -> SnapshotComparison:
-    """Match B's locomotives to A's per track (nearest centres first) and score them."""
+    """Pair B's locomotives with A's (the one matcher, `services.runtime.matching`) and score."""
     counts = {t: (0, 0) for t in tracks}
     errors: list[float] = []
     id_ok = id_total = id_unknown = id_wrong = legible_total = legible_ok = 0
@@ -133,19 +134,12 @@ def compare_placed(
         in_a = [p for p in a if p.track_id == track]
         in_b = [p for p in b if p.track_id == track]
         counts[track] = (len(in_a), len(in_b))
-        pairs = sorted(
-            (abs(pa.centre - pb.centre), i, j)
-            for i, pa in enumerate(in_a)
-            for j, pb in enumerate(in_b)
-            if abs(pa.centre - pb.centre) <= match_m
+        matched = match_locomotives(
+            [(p.track_id, p.head_m, p.tail_m) for p in in_a],
+            [(p.track_id, p.head_m, p.tail_m) for p in in_b],
+            match_m,
         )
-        used_a: set[int] = set()
-        used_b: set[int] = set()
-        for _, i, j in pairs:
-            if i in used_a or j in used_b:
-                continue
-            used_a.add(i)
-            used_b.add(j)
+        for i, j in matched.pairs:
             pa, pb = in_a[i], in_b[j]
             if pa.head_inside:
                 errors.append(abs(pa.head_m - pb.head_m))

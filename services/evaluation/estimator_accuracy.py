@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from schemas.estimates import BoundingBox, Detection, IdentityEstimate, TrackObservation
+from services.runtime.matching import optimal_pairs
 from services.runtime.stats import percentile
 
 MIN_IOU = 0.3
@@ -79,21 +82,18 @@ def match(
     predictions: Sequence[tuple[float, float, float, float]],
     min_iou: float = MIN_IOU,
 ) -> dict[int, int]:
-    """Greedy one-to-one matching by IoU: truth index -> prediction index."""
-    pairs = sorted(
-        ((iou(t, p), ti, pi) for ti, t in enumerate(truths) for pi, p in enumerate(predictions)),
-        reverse=True,
-    )
-    out: dict[int, int] = {}
-    used: set[int] = set()
-    for score, ti, pi in pairs:
-        if score < min_iou:
-            break
-        if ti in out or pi in used:
-            continue
-        out[ti] = pi
-        used.add(pi)
-    return out
+    """One-to-one matching by IoU (at least ``min_iou``): truth index -> prediction index.
+
+    The project's one assignment (:func:`services.runtime.matching.optimal_pairs`): the most
+    pairs, then the largest total IoU.
+    """
+    cost = np.full((len(truths), len(predictions)), np.inf)
+    for ti, t in enumerate(truths):
+        for pi, p in enumerate(predictions):
+            score = iou(t, p)
+            if score >= min_iou:
+                cost[ti, pi] = -score
+    return dict(optimal_pairs(cost))
 
 
 @dataclass

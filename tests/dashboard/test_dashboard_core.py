@@ -14,6 +14,7 @@ from services.dashboard.core import (
     state_view,
     track_path,
 )
+from services.evaluation.compare import compare_states
 
 BENT = Track(id="B", polyline=[(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)])
 
@@ -131,3 +132,18 @@ def test_state_of_another_facility_is_ignored() -> None:
     ds = DashboardState(facility())
     other = state("prod").model_copy(update={"facility_id": "elsewhere"})
     assert ds.apply_state(other) == []
+
+
+def test_dashboard_and_eval_pair_the_same_locomotives() -> None:
+    """The dashboard's panels and `eval pipeline`/`compare` use one matcher (issue 12, #3).
+
+    dev's T1 locomotive has one end 3.5 m off (a guessed end) and its centre 1.75 m off: the
+    dashboard's old rule (both ends within 3 m) called it missing while `compare` matched it.
+    """
+    prod = state("prod", T1=[loco("p1", 20, 3)], T2=[loco("p2", 40, 23)])
+    dev = state("dev", T1=[loco("d1", 23.5, 3)], T2=[loco("d2", 50, 33)])
+    by_eval = len(compare_states(prod, dev).end_errors_m) // 2
+    by_dashboard = compare_flows(prod, dev)["matched"]
+    assert (by_dashboard, by_eval) == (1, 1)
+    gt = truth(true_loco("t1", "T1", 20, 3, "TEM2-0001", "TEM2"))
+    assert accuracy(gt, dev)["detected"] == 1.0
