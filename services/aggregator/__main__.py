@@ -107,7 +107,7 @@ def aggregator_command(config_path: Path | None, no_expect: bool, bind: str | No
     configure_logging("aggregator", settings.log_level, settings.log_format)
     # During an S3 outage urllib3 would log every retry; the service logs the outage once.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    agg = AggregatorSettings()
+    agg = load_settings(AggregatorSettings)
     if bind:
         agg = agg.model_copy(update={"bind": bind})
     facility: FacilityWatch | None

@@ -68,7 +68,7 @@ def capture_command(
     settings = load_settings()
     configure_logging(f"capture-{camera_id}", settings.log_level, settings.log_format)
     camera = resolve_camera(config_path or settings.facility_config, camera_id, source)
-    capture_settings = CaptureSettings()
+    capture_settings = load_settings(CaptureSettings)
     if aggregator:
         capture_settings = capture_settings.model_copy(update={"aggregator_endpoint": aggregator})
     if not camera.enabled:

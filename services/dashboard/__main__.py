@@ -77,7 +77,7 @@ def dashboard_command(config_path: Path | None, host: str | None, port: int | No
     from services.runtime.settings import load_settings
 
     settings = load_settings()
-    dash = DashboardSettings()
+    dash = load_settings(DashboardSettings)
     configure_logging("dashboard", settings.log_level, settings.log_format)
     path = config_path or settings.facility_config
     try:

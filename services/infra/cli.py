@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-from pydantic import ValidationError
 
-from schemas.base import describe_validation_error
 from schemas.facility import ConfigError, load_facility
 from services.infra.embedded import EmbeddedInfra, initialise
 from services.infra.processes import InfraError
 from services.runtime.kafka import KafkaUnavailableError
-from services.runtime.settings import Settings, load_settings
+from services.runtime.settings import load_settings
 from services.runtime.storage import StorageError
 
 T = TypeVar("T")
@@ -28,15 +26,6 @@ config_option = click.option(
     show_default=True,
     help="Facility config; its flows decide which topics are created.",
 )
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ValidationError as exc:
-        raise click.ClickException(
-            f"bad DEPOTWATCH_* setting: {describe_validation_error(exc)}"
-        ) from None
 
 
 def _flows(config_path: Path) -> list[str]:
@@ -72,7 +61,7 @@ def infra() -> None:
 @config_option
 def up_command(config_path: Path) -> None:
     """Start S3 and the broker (reusing running ones), then create the bucket and topics."""
-    settings = _settings()
+    settings = load_settings()
     stack = EmbeddedInfra(settings, _flows(config_path), progress=click.echo)
     _run(stack.up)
     click.echo(
@@ -84,7 +73,7 @@ def up_command(config_path: Path) -> None:
 @infra.command("down")
 def down_command() -> None:
     """Stop the broker, then S3 (SeaweedFS takes a few seconds to stop)."""
-    stack = EmbeddedInfra(_settings(), progress=click.echo)
+    stack = EmbeddedInfra(load_settings(), progress=click.echo)
     for line in _run(stack.down):
         click.echo(line)
 
@@ -92,7 +81,7 @@ def down_command() -> None:
 @infra.command("status")
 def status_command() -> None:
     """Print each component's pid, port and whether it answers; exit 1 unless all answer."""
-    stack = EmbeddedInfra(_settings())
+    stack = EmbeddedInfra(load_settings())
     status = _run(stack.status)
     for c in status.components:
         state = "answering" if c.answering else "NOT answering"
@@ -109,7 +98,7 @@ def init_command(config_path: Path) -> None:
 
     For external infrastructure (Apache Kafka, MinIO): nothing is started.
     """
-    settings = _settings()
+    settings = load_settings()
     flows = _flows(config_path)
     click.echo(
         f"initialising Kafka {settings.kafka.bootstrap_servers} and S3 {settings.s3.endpoint}"

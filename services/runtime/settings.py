@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import click
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -166,7 +167,54 @@ class Settings(BaseSettings):
         )
 
 
-def load_settings() -> Settings:
-    """Settings from the environment and secret files (call once, at the entry point)."""
-    secrets = Path(os.environ.get("DEPOTWATCH_SECRETS_DIR", "/run/secrets"))
-    return Settings(_secrets_dir=secrets if secrets.is_dir() else None)
+S = TypeVar("S", bound=BaseSettings)
+
+
+class SettingsError(click.ClickException):
+    """A ``DEPOTWATCH_*`` variable (or secret file) holds a value its setting does not accept.
+
+    A click error, so every command, and every service run as ``python -m``, prints it as one
+    line and exits 1 instead of a traceback. The value itself is never shown (it may be a
+    secret).
+    """
+
+
+@overload
+def load_settings() -> Settings: ...
+
+
+@overload
+def load_settings(cls: type[S]) -> S: ...
+
+
+def load_settings(cls: type[BaseSettings] = Settings) -> BaseSettings:
+    """Settings from the environment and secret files (call once, at the entry point).
+
+    ``cls`` is :class:`Settings` or a service's own settings (``DEPOTWATCH_AGGREGATOR__*``...).
+    A bad value raises :class:`SettingsError` naming each variable and what it must be.
+    """
+    try:
+        if cls is Settings:
+            secrets = Path(os.environ.get("DEPOTWATCH_SECRETS_DIR", "/run/secrets"))
+            return cls(_secrets_dir=secrets if secrets.is_dir() else None)
+        return cls()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(cls, exc)) from None
+
+
+def describe_settings_error(cls: type[BaseSettings], exc: ValidationError, limit: int = 5) -> str:
+    """``bad DEPOTWATCH_X__Y: <what it must be>; ...`` for each field that failed."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
+    parts = []
+    for err in exc.errors()[:limit]:
+        name = prefix + delimiter.join(str(p) for p in err["loc"]).upper()
+        parts.append(f"{name}: {err['msg']}")
+    more = len(exc.errors()) - limit
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return (
+        "bad setting "
+        + "; ".join(parts)
+        + " (fix the environment variable or secret file of that name, or unset it for the default)"
+    )

@@ -39,7 +39,7 @@ def state_estimator_command(flow: str, config_path: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         estimator = StateEstimatorApp(
-            facility, flow, settings, StateEstimatorServiceSettings(), config_path=path
+            facility, flow, settings, load_settings(StateEstimatorServiceSettings), config_path=path
         )
     except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None

@@ -245,7 +245,7 @@ def up_command(
         return
 
     zmq_port = free_port()
-    dash = DashboardSettings()
+    dash = load_settings(DashboardSettings)
     env = _env_for_children(
         {
             "DEPOTWATCH_FACILITY_CONFIG": str(path),

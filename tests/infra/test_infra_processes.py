@@ -241,8 +241,7 @@ def test_cli_status_exits_1_when_down(tmp_path: Path) -> None:
 def test_cli_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(infra, ["status"], env={"DEPOTWATCH_INFRA__KAFKA_PORT": "x"})
     assert result.exit_code == 1
-    assert "bad DEPOTWATCH_* setting" in result.output
-    assert "kafka_port" in result.output
+    assert "bad setting DEPOTWATCH_INFRA__KAFKA_PORT: " in result.output
 
 
 def test_die_with_parent_ends_the_child_when_its_starter_is_killed(tmp_path: Path) -> None:

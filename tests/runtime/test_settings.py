@@ -8,9 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
-from services.runtime.settings import Settings, load_settings
+from services.aggregator.config import AggregatorSettings
+from services.cli import cli
+from services.runtime.settings import Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -98,22 +101,54 @@ def test_nested_settings_keep_their_other_defaults(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "field"),
+    ("name", "value"),
     [
-        ("DEPOTWATCH_HTTP_PORT", "ninety", "http_port"),
-        ("DEPOTWATCH_HTTP_PORT", "70000", "http_port"),
-        ("DEPOTWATCH_LOG_FORMAT", "xml", "log_format"),
-        ("DEPOTWATCH_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
-        ("DEPOTWATCH_S3__BUCKET", "ab", "s3.bucket"),
+        ("DEPOTWATCH_HTTP_PORT", "ninety"),
+        ("DEPOTWATCH_HTTP_PORT", "70000"),
+        ("DEPOTWATCH_LOG_FORMAT", "xml"),
+        ("DEPOTWATCH_KAFKA__SECURITY_PROTOCOL", "TLS"),
+        ("DEPOTWATCH_S3__BUCKET", "ab"),
     ],
 )
-def test_bad_values_name_the_field(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str, field: str
+def test_bad_values_name_the_variable_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(SettingsError) as caught:
         load_settings()
-    assert [".".join(map(str, e["loc"])) for e in caught.value.errors()] == [field]
+    message = caught.value.format_message()
+    assert message.startswith(f"bad setting {name}: ")
+    assert "unset it for the default" in message
+    assert f"'{value}'" not in message  # pydantic's own text quotes the input; ours never
+
+
+def test_a_bad_secret_file_is_named_without_its_content(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(
+        "DEPOTWATCH_SECRETS_DIR",
+        str(_secrets(tmp_path, {"depotwatch_s3__secure": "yes-please-x9"})),
+    )
+    with pytest.raises(SettingsError, match="DEPOTWATCH_S3__SECURE") as caught:
+        load_settings()
+    assert "yes-please-x9" not in caught.value.format_message()
+
+
+def test_a_service_s_own_settings_are_named_with_their_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEPOTWATCH_AGGREGATOR__BUFFER_FRAMES", "many")
+    with pytest.raises(SettingsError, match=r"^bad setting DEPOTWATCH_AGGREGATOR__BUFFER_FRAMES: "):
+        load_settings(AggregatorSettings)
+
+
+def test_commands_print_one_line_instead_of_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPOTWATCH_KAFKA__REQUEST_TIMEOUT_MS", "abc")
+    result = CliRunner().invoke(cli, ["schemas", "topics"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.output.startswith("Error: bad setting DEPOTWATCH_KAFKA__REQUEST_TIMEOUT_MS: ")
+    assert result.output.count("\n") == 1
 
 
 def test_secret_files_fill_nested_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
