@@ -34,9 +34,9 @@ from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_queue import FrameQueue
 from services.runtime.frame_transport import FrameReceiver
 from services.runtime.frame_wire import EncodedFrame, FrameDecodeError, decode_frame
-from services.runtime.kafka import MessageProducer
+from services.runtime.ports import BlobStore, Publisher
 from services.runtime.shutdown import ShutdownSignal
-from services.runtime.storage import ObjectStore, StorageError
+from services.runtime.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +110,19 @@ class AggregatorService:
     def __init__(
         self,
         settings: AggregatorSettings,
-        store: ObjectStore,
-        producer: MessageProducer,
+        store: BlobStore,
+        producer: Publisher,
         shutdown: ShutdownSignal,
         expected_cameras: Iterable[str] = (),
         facility: FacilityWatch | None = None,
-        new_producer: Callable[[], MessageProducer] | None = None,
+        new_producer: Callable[[], Publisher] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.producer = producer
         self._new_producer = new_producer
         self._replace_producer = threading.Event()
-        self._retired: list[MessageProducer] = []
+        self._retired: list[Publisher] = []
         self.shutdown = shutdown
         self.facility = facility
         if facility is not None:
@@ -381,7 +381,7 @@ class AggregatorService:
             return
         old, self.producer = self.producer, self._new_producer()
         # Purged messages report an error to their callback, which queues them for re-sending.
-        old.raw.purge(in_queue=True, in_flight=True)
+        old.purge()
         self._retired.append(old)
         PRODUCER_REPLACED.inc()
         log.warning("kafka producer replaced after the broker stopped accepting it")

@@ -54,6 +54,7 @@ from services.runtime.observability import (
     ProgressWatch,
     with_grace,
 )
+from services.runtime.ports import BlobStore, Publisher, RefConsumer
 from services.runtime.settings import Settings
 from services.runtime.shutdown import ShutdownSignal
 from services.runtime.storage import ObjectMissingError, ObjectStore, StorageError
@@ -197,9 +198,9 @@ class FrameStream:
     def __init__(
         self,
         config: FrameStreamConfig,
-        consumer: MessageConsumer,
-        producer: MessageProducer,
-        store: ObjectStore,
+        consumer: RefConsumer,
+        producer: Publisher,
+        store: BlobStore,
         handler: FrameHandler,
     ) -> None:
         self.config = config

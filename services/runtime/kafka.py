@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from schemas.base import Message, MessageDecodeError, decode, encode, kafka_time, unknown_fields
 from schemas.deadletter import DeadLetter
 from schemas.topics import TopicSpec
+from services.runtime.ports import DeliveryCallback
 from services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,6 @@ class KafkaUnavailableError(RuntimeError):
 
 class ProduceError(RuntimeError):
     """A message was not acknowledged by the broker."""
-
-
-DeliveryCallback = Callable[[KafkaError | None, KafkaMessage], None]
 
 
 class MessageProducer:
@@ -191,6 +189,11 @@ class MessageProducer:
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for queued messages; returns how many are still undelivered."""
         return int(self._producer.flush(timeout))
+
+    def purge(self) -> None:
+        """Drop every queued and in-flight message; each one's callback reports an error
+        (``_PURGE_QUEUE``/``_PURGE_INFLIGHT``) from the next poll, so callers re-send them."""
+        self._producer.purge(in_queue=True, in_flight=True)
 
     def __len__(self) -> int:
         return len(self._producer)
