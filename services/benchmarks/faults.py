@@ -22,13 +22,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +39,9 @@ import click
 import yaml
 
 from schemas.facility_state import FacilityState
+from services.infra.processes import free_port
+from services.runtime.settings import KafkaSettings
+from services.runtime.topic_reader import tail
 
 REPO = Path(__file__).resolve().parents[2]
 FRESH_S = 10.0
@@ -100,18 +101,8 @@ class StateWatch:
     """Tails facility-state; remembers when fresh data arrived."""
 
     def __init__(self, bootstrap: str, flow: str) -> None:
-        from confluent_kafka import Consumer
-
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-faults-{uuid.uuid4().hex}",
-                "auto.offset.reset": "latest",
-                "enable.auto.commit": False,
-                "session.timeout.ms": 6000,
-            }
-        )
-        self._consumer.subscribe([f"facility-state.{flow}.v1"])
+        self._kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self._topic = FacilityState.topic_name(flow)
         self.data_at: list[tuple[float, datetime, int]] = []
         """(monotonic receive time, newest frame in the state, locomotives)."""
         self.states: deque[tuple[float, FacilityState]] = deque(maxlen=5000)
@@ -123,12 +114,9 @@ class StateWatch:
     def _run(self) -> None:
         from schemas.base import MessageDecodeError, decode
 
-        while not self._stop.is_set():
-            msg = self._consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
+        for record in tail(self._kafka, [self._topic], self._stop.is_set, purpose="bench-faults"):
             try:
-                state = decode(FacilityState, msg.value())
+                state = decode(FacilityState, record.value)
             except MessageDecodeError:
                 continue
             self.states.append((time.monotonic(), state))
@@ -156,7 +144,6 @@ class StateWatch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._consumer.close()
 
 
 def double_counts(state: FacilityState, tolerance_m: float = 1.0) -> list[str]:
@@ -181,12 +168,6 @@ def finish(work: Path, ok: bool, say: Callable[[str], None]) -> None:
         shutil.rmtree(work, ignore_errors=True)
     else:
         say(f"logs and data kept in {work}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.5) -> float | None:
@@ -216,7 +197,7 @@ class Pipeline:
             # Paths in facility.yaml are relative to it; this copy lives elsewhere.
             if isinstance(stage, dict) and "weights" in stage:
                 stage["weights"] = str((REPO / stage["weights"]).resolve())
-        rtsp = _free_port()
+        rtsp = free_port()
         for i, cam in enumerate(config["cameras"]):
             cam["enabled"] = i < cameras
             cam["source"] = cam["source"].replace(":8554/", f":{rtsp}/")

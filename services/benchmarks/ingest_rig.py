@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -318,15 +317,12 @@ class RefCollector:
         return self
 
     def _run(self) -> None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
-        consumer = Consumer(
-            {
-                **self.settings.kafka.client_config(),
-                "group.id": f"ingest-rig-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 20,
-            }
+        from services.runtime.topic_reader import viewer_consumer
+
+        consumer = viewer_consumer(
+            self.settings.kafka, "ingest-rig", overrides={"fetch.wait.max.ms": 20}
         )
         topic = FrameRef.topic_name()
         try:

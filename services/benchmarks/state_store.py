@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,12 +142,13 @@ def restore_seconds(
     timeout_s: float,
 ) -> float:
     """Fill a fresh flow's changelog with ``fill``, start a worker, time its first heartbeat."""
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Producer
 
     from schemas.facility import load_facility
     from schemas.facility_state import FacilityState
     from services.runtime.kafka import KafkaSettings, TopicAdmin
     from services.runtime.settings import load_settings
+    from services.runtime.topic_reader import tail
     from services.state_estimator.app import StateEstimatorApp
 
     settings = load_settings()
@@ -168,16 +168,6 @@ def restore_seconds(
             producer.poll(0)
     if producer.flush(300):
         raise click.ClickException("the broker did not take the changelog within 300 s")
-    reader = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "auto.offset.reset": "latest",
-            "session.timeout.ms": 6000,
-        }
-    )
-    reader.subscribe([FacilityState.topic_name(flow)])
-    reader.poll(1.0)
     started = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -187,12 +177,15 @@ def restore_seconds(
             stderr=subprocess.STDOUT,
         )
     try:
-        while time.monotonic() - started < timeout_s:
-            msg = reader.poll(0.5)
-            if msg is not None and not msg.error():
-                return time.monotonic() - started
-            if proc.poll() is not None:
-                raise click.ClickException(f"the worker exited; see {log_path}")
+
+        def give_up() -> bool:
+            return time.monotonic() - started >= timeout_s or proc.poll() is not None
+
+        topic = FacilityState.topic_name(flow)
+        for _ in tail(kafka, [topic], give_up, purpose="bench-state-store"):
+            return time.monotonic() - started
+        if proc.poll() is not None:
+            raise click.ClickException(f"the worker exited; see {log_path}")
         raise click.ClickException(f"no heartbeat within {timeout_s:.0f}s; see {log_path}")
     finally:
         proc.terminate()
@@ -200,7 +193,6 @@ def restore_seconds(
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        reader.close()
 
 
 @click.command("state-store")

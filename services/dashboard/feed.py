@@ -31,6 +31,7 @@ from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
 from services.runtime.kafka import note_unknown_fields
 from services.runtime.settings import KafkaSettings
+from services.runtime.topic_reader import VIEWER_GROUP, viewer_consumer
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +91,9 @@ class KafkaFeed:
         self._thread.join(timeout)
 
     def _consumer(self) -> Consumer:
-        conf: dict[str, Any] = {
-            **self._kafka.client_config(),
-            # Required by librdkafka even though the dashboard never joins or commits to it.
-            "group.id": "depotwatch-dashboard-viewer",
-            "client.id": "depotwatch-dashboard",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "error_cb": lambda err: log.warning("kafka client error", extra={"error": str(err)}),
-        }
-        return Consumer(conf)
+        # The group id is required by librdkafka even though the dashboard never joins or
+        # commits to it (it assigns partitions itself): one fixed name, not one per start.
+        return viewer_consumer(self._kafka, "dashboard", group_id=VIEWER_GROUP)
 
     def _refresh(self, consumer: Consumer) -> None:
         """Assign partitions that appeared since the last look, starting near their end."""

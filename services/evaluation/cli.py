@@ -47,6 +47,7 @@ def pipeline_command(
     from services.evaluation.compare import parse_time
     from services.evaluation.pipeline import measure
     from services.runtime.settings import load_settings
+    from services.runtime.topic_reader import TopicMissingError
 
     settings = load_settings()
     try:
@@ -58,7 +59,10 @@ def pipeline_command(
     t1 = (parse_time(end) if end else datetime.now(UTC)) if start else None
     if t0 is None:
         click.echo(f"watching facility-state.{flow}.v1 and ground-truth.v1 for {duration:.0f} s")
-    figures = measure(settings.kafka, flow, duration, t0, t1, warmup, lengths)
+    try:
+        figures = measure(settings.kafka, flow, duration, t0, t1, warmup, lengths)
+    except TopicMissingError as exc:
+        raise click.ClickException(f"{exc}; is `depotwatch up --flow {flow}` running?") from None
     for line in figures.lines():
         click.echo(line)
 

@@ -1,9 +1,9 @@
 """Agreement between two flows' facility states, or between a flow and simulator ground truth.
 
 Pure part (no Kafka): :func:`compare_states` / :func:`compare_to_truth` score one snapshot,
-:class:`AgreementSummary` aggregates many. Adapters: :func:`read_range` reads a topic over a
-time window (offsets by timestamp); :func:`run_live` follows two topics and keeps Prometheus
-gauges current; :func:`compare_command` is ``depotwatch compare A B``.
+:class:`AgreementSummary` aggregates many. Adapters, on ``services.runtime.topic_reader``:
+:func:`read_range` decodes a topic over a time window; :func:`run_live` follows two topics and
+keeps Prometheus gauges current; :func:`compare_command` is ``depotwatch compare A B``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from prometheus_client import Gauge
 from schemas.base import Message, MessageDecodeError, decode
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
+from services.runtime import topic_reader
 from services.runtime.matching import SAME_LOCOMOTIVE_M, match_locomotives
+from services.runtime.settings import KafkaSettings
 from services.runtime.stats import percentile
 
 log = logging.getLogger(__name__)
@@ -329,85 +331,8 @@ def summarise(
 M = TypeVar("M", bound=Message)
 
 
-@dataclass(frozen=True)
-class Stamped:
-    """A raw Kafka record: broker timestamp (ms), headers and value."""
-
-    timestamp_ms: int
-    headers: dict[str, bytes]
-    value: bytes
-
-
-def read_range_raw(
-    kafka: Any,
-    topic: str,
-    start: datetime,
-    end: datetime,
-    timeout_s: float = 60.0,
-    idle_s: float = 3.0,
-) -> list[Stamped]:
-    """Records of ``topic`` whose broker timestamp lies in [start, end].
-
-    Seeks each partition with ``offsets_for_times`` and reads until a record past ``end``, or
-    until nothing arrives for ``idle_s``. End offsets are deliberately not used: the embedded
-    Tansu broker answers ListOffsets(latest) with wrong values (seen: 1 for a partition
-    holding 6 records), and its offsets_for_times answers 0, which is merely slower.
-    """
-    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            "group.id": f"depotwatch-compare-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    out: list[Stamped] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            raise click.ClickException(
-                f"topic {topic} does not exist; is the flow running (depotwatch run --flow ...)?"
-            )
-        parts = list(meta.topics[topic].partitions)
-        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-        wanted = consumer.offsets_for_times(
-            [TopicPartition(topic, p, start_ms) for p in parts], timeout=10
-        )
-        assign = [
-            TopicPartition(topic, tp.partition, tp.offset)
-            for tp in wanted
-            if tp.offset != OFFSET_END and tp.offset >= 0
-        ]
-        if not assign:
-            return out
-        consumer.assign(assign)
-        remaining = {tp.partition for tp in assign}
-        deadline = time.monotonic() + timeout_s
-        idle_until = time.monotonic() + idle_s + 5.0  # the first fetch takes longer
-        while remaining and time.monotonic() < min(deadline, idle_until):
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            idle_until = time.monotonic() + idle_s
-            _, ts = msg.timestamp()
-            if ts > end_ms:
-                remaining.discard(int(msg.partition() or 0))
-                continue
-            if ts >= start_ms:
-                headers: dict[str, bytes] = {}
-                for item in msg.headers() or []:
-                    key, value = item[0], item[1]
-                    headers[str(key)] = value if isinstance(value, bytes) else b""
-                out.append(Stamped(int(ts), headers, msg.value() or b""))
-    finally:
-        consumer.close()
-    return out
-
-
 def read_range(
-    kafka: Any,
+    kafka: KafkaSettings,
     topic: str,
     model: type[M],
     start: datetime,
@@ -415,8 +340,14 @@ def read_range(
     timeout_s: float = 30.0,
 ) -> list[M]:
     """Messages of ``topic`` in [start, end] by broker timestamp (undecodable ones skipped)."""
+    try:
+        records = topic_reader.read_range(kafka, topic, start, end, timeout_s)
+    except topic_reader.TopicMissingError as exc:
+        raise click.ClickException(
+            f"{exc}; is the flow running (depotwatch run --flow ...)?"
+        ) from None
     out: list[M] = []
-    for record in read_range_raw(kafka, topic, start, end, timeout_s):
+    for record in records:
         try:
             out.append(decode(model, record.value))
         except MessageDecodeError as exc:
@@ -461,7 +392,7 @@ def export_metrics(a: str, b: str, latest: SnapshotComparison, total: AgreementS
 
 
 def run_live(
-    kafka: Any,
+    kafka: KafkaSettings,
     a: str,
     b: str,
     on_snapshot: Callable[[SnapshotComparison, AgreementSummary], None],
@@ -469,57 +400,34 @@ def run_live(
     max_skew_s: float = 2.0,
 ) -> AgreementSummary:
     """Follow both topics from now on; compare each new B state with A's latest."""
-    from confluent_kafka import Consumer
-
     topic_a = topic_for(a)
     topic_b = topic_for(b)
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            "group.id": f"depotwatch-compare-{a}-{b}-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-            "session.timeout.ms": kafka.session_timeout_ms,
-        }
-    )
-    consumer.subscribe([topic_a, topic_b])
-    live_since_ms = int(time.time() * 1000) - 1000
     summary = AgreementSummary()
     history_a: list[tuple[datetime, Any]] = []
-    try:
-        while not stop():
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            # "latest" is not trusted: Tansu answers ListOffsets(latest) with stale offsets,
-            # so history can come first. Live means written since this command started.
-            if msg.timestamp()[1] < live_since_ms:
-                continue
-            try:
-                if msg.topic() == topic_a:
-                    ref: GroundTruth | FacilityState = (
-                        decode(GroundTruth, msg.value())
-                        if a == GROUND_TRUTH
-                        else decode(FacilityState, msg.value())
-                    )
-                    at = ref.at if isinstance(ref, GroundTruth) else ref.as_of
-                    history_a = [*history_a[-200:], (at, ref)]
-                    continue
-                state = decode(FacilityState, msg.value())
-            except MessageDecodeError as exc:
-                log.warning("skipping undecodable message", extra={"reason": exc.reason})
-                continue
-            for ref, st in pair_in_time(history_a, [state], max_skew_s):
-                one = (
-                    compare_to_truth(ref, st)
-                    if isinstance(ref, GroundTruth)
-                    else compare_states(ref, st)
+    for record in topic_reader.tail(kafka, [topic_a, topic_b], stop, purpose=f"compare-{a}-{b}"):
+        try:
+            if record.topic == topic_a:
+                ref: GroundTruth | FacilityState = (
+                    decode(GroundTruth, record.value)
+                    if a == GROUND_TRUTH
+                    else decode(FacilityState, record.value)
                 )
-                summary.add(one)
-                export_metrics(a, b, one, summary)
-                on_snapshot(one, summary)
-    finally:
-        consumer.close()
+                at = ref.at if isinstance(ref, GroundTruth) else ref.as_of
+                history_a = [*history_a[-200:], (at, ref)]
+                continue
+            state = decode(FacilityState, record.value)
+        except MessageDecodeError as exc:
+            log.warning("skipping undecodable message", extra={"reason": exc.reason})
+            continue
+        for ref, st in pair_in_time(history_a, [state], max_skew_s):
+            one = (
+                compare_to_truth(ref, st)
+                if isinstance(ref, GroundTruth)
+                else compare_states(ref, st)
+            )
+            summary.add(one)
+            export_metrics(a, b, one, summary)
+            on_snapshot(one, summary)
     return summary
 
 

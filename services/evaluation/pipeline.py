@@ -18,13 +18,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
-from services.evaluation.compare import AgreementSummary, Stamped, summarise
+from services.evaluation.compare import AgreementSummary, summarise
+from services.runtime.settings import KafkaSettings
 from services.runtime.stats import percentile
+from services.runtime.topic_reader import Stamped, read_range, tail
 
 GOALS = {
     "count": 0.99,
@@ -116,44 +117,19 @@ def pipeline_figures(
     return PipelineFigures(accuracy, latencies, len(decoded), len(truth))
 
 
-def collect_live(kafka: Any, topics: Sequence[str], duration_s: float) -> dict[str, list[Stamped]]:
+def collect_live(
+    kafka: KafkaSettings, topics: Sequence[str], duration_s: float
+) -> dict[str, list[Stamped]]:
     """Records arriving on ``topics`` during the next ``duration_s`` seconds."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            "group.id": f"depotwatch-eval-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-            "session.timeout.ms": kafka.session_timeout_ms,
-        }
-    )
     out: dict[str, list[Stamped]] = {t: [] for t in topics}
-    consumer.subscribe(list(topics))
-    live_since_ms = int(time.time() * 1000) - 1000
     deadline = time.monotonic() + duration_s
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            # "latest" is not trusted: Tansu answers ListOffsets(latest) with stale offsets,
-            # so history can come first. Live means written since this command started.
-            if msg.timestamp()[1] < live_since_ms:
-                continue
-            headers: dict[str, bytes] = {}
-            for item in msg.headers() or []:
-                headers[str(item[0])] = item[1] if isinstance(item[1], bytes) else b""
-            _, ts = msg.timestamp()
-            out[str(msg.topic())].append(Stamped(int(ts), headers, msg.value() or b""))
-    finally:
-        consumer.close()
+    for record in tail(kafka, topics, lambda: time.monotonic() >= deadline, purpose="eval"):
+        out[record.topic].append(record)
     return out
 
 
 def measure(
-    kafka: Any,
+    kafka: KafkaSettings,
     flow: str,
     duration_s: float | None,
     start: datetime | None,
@@ -162,13 +138,11 @@ def measure(
     track_lengths: Mapping[str, float] | None = None,
 ) -> PipelineFigures:
     """Collect (live or from a range) and compute the figures."""
-    from services.evaluation.compare import read_range_raw
-
     state_topic = FacilityState.topic_name(flow)
     truth_topic = GroundTruth.topic_name()
     if start is not None and end is not None:
-        states = read_range_raw(kafka, state_topic, start, end)
-        truths = read_range_raw(kafka, truth_topic, start, end)
+        states = read_range(kafka, state_topic, start, end)
+        truths = read_range(kafka, truth_topic, start, end)
     else:
         got = collect_live(kafka, [state_topic, truth_topic], duration_s or 300.0)
         states, truths = got[state_topic], got[truth_topic]

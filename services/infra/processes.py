@@ -91,6 +91,11 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (the caller's child binds it moments later)."""
+    return free_ports(1, host)[0]
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports that were free a moment ago (held together, so no duplicates)."""
     socks = []
@@ -194,8 +199,9 @@ def spawn(
         )
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    # The process leads its own session, so its group id is its pid: children go down with it.
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (every process :func:`spawn` starts
+    leads its own session, so whatever it started goes down with it)."""
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
@@ -212,13 +218,13 @@ def stop_process(pid: int, timeout: float) -> tuple[bool, float]:
     start = time.monotonic()
     if not pid_alive(pid):
         return False, 0.0
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     deadline = start + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
             return False, time.monotonic() - start
         time.sleep(0.1)
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     kill_deadline = time.monotonic() + 10.0
     while pid_alive(pid) and time.monotonic() < kill_deadline:
         time.sleep(0.05)

@@ -22,11 +22,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.runtime.settings import KafkaSettings
+from services.runtime.topic_reader import VIEWER_GROUP, viewer_consumer
 
 log = logging.getLogger(__name__)
 
 GROUP_PREFIX = "depotwatch"
-VIEWER_GROUPS = frozenset({"depotwatch-dashboard-viewer"})
+VIEWER_GROUPS = frozenset({VIEWER_GROUP})
 """Groups that only read (assign, never commit); they have no lag to report."""
 
 PartitionKey = tuple[str, int]
@@ -138,15 +139,10 @@ class ConsumerLagMonitor:
         self._thread.join(timeout)
 
     def _clients(self) -> tuple[Any, Any]:
-        from confluent_kafka import Consumer
         from confluent_kafka.admin import AdminClient
 
-        conf: dict[str, Any] = {**self._kafka.client_config(), "client.id": "depotwatch-lag"}
-        admin = AdminClient(conf)
-        consumer = Consumer(
-            {**conf, "group.id": "depotwatch-dashboard-viewer", "enable.auto.commit": False}
-        )
-        return admin, consumer
+        admin = AdminClient({**self._kafka.client_config(), "client.id": "depotwatch-lag"})
+        return admin, viewer_consumer(self._kafka, "lag", group_id=VIEWER_GROUP)
 
     def _run(self) -> None:
         admin, consumer = self._clients()

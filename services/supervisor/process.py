@@ -1,14 +1,14 @@
 """One supervised child process: start, watch, restart with capped backoff, stop its group.
 
-Each child leads its own process group (``start_new_session``), so stopping it also stops
+Started with the one process starter, :func:`services.infra.processes.spawn` (also used for the
+embedded broker and S3): each child leads its own process group, so stopping it also stops
 whatever it started (a GStreamer helper, a Faust worker); nothing is left behind. Output goes
-to one log file per service under the data directory.
+to one log file per service under the data directory. ``depotwatch up`` and ``depotwatch run``
+both supervise their children with this class.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.infra.processes import signal_group, spawn
 from services.runtime.backoff import Backoff
 
 STABLE_AFTER_S = 30.0
@@ -52,21 +53,7 @@ class ManagedProcess:
 
     def start(self) -> None:
         """Start the child now (its group is its own)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(
-                f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(self.argv)}\n".encode()
-            )
-            log.flush()
-            self.proc = subprocess.Popen(
-                list(self.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.cwd,
-                env=dict(self.env),
-                start_new_session=True,
-            )
+        self.proc = spawn(self.argv, self.log_path, self.cwd, self.env)
         self.started_at = time.monotonic()
         self.next_start_at = None
         self.stopping = False
@@ -101,10 +88,8 @@ class ManagedProcess:
 
     def signal_group(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the child's whole process group."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+        if self.proc is not None:
+            signal_group(self.proc.pid, sig)
 
     def terminate(self) -> None:
         """Ask the group to stop (SIGTERM) and stop restarting it; see :meth:`finish_stop`."""

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from schemas.facility import ConfigError, FacilityConfig, load_facility
+from services.infra.processes import free_port
 from services.supervisor.plan import (
     STAGES,
     CameraChanges,
@@ -54,13 +54,6 @@ SERVICE_RESTARTS = Counter(
 )
 
 Say = Callable[[str], None]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (the child binds it moments later)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dashboard_builders import REPO, loco, positions, service_env, state, true_l
 
 from schemas.facility_state import CameraHealth
 from schemas.frames import FrameRef
+from services.infra.processes import free_port
 from services.runtime.kafka import MessageProducer
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
@@ -42,12 +42,6 @@ CAMERA = "cam-dash"
 PROD_GREEN = (47, 158, 68)  # --prod in app.css
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -59,7 +53,7 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def dashboard(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``depotwatch dashboard`` as a subprocess on a free port; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("dashboard")
     log = workdir / "dashboard.log"
     data = yaml.safe_load((REPO / "facility.yaml").read_text())

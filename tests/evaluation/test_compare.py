@@ -85,8 +85,8 @@ def test_parse_time_accepts_iso_relative_and_now() -> None:
 
 def test_pipeline_figures_score_accuracy_and_latency_of_change_updates() -> None:
     from schemas.base import encode
-    from services.evaluation.compare import Stamped
     from services.evaluation.pipeline import pipeline_figures
+    from services.runtime.topic_reader import Stamped
 
     def stamped(msg: FacilityState | GroundTruth, delay_s: float, reason: bytes) -> Stamped:
         at = msg.as_of if isinstance(msg, FacilityState) else msg.at

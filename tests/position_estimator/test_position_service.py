@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from schemas.estimates import PositionEstimate, TrackObservation
 from schemas.facility import load_facility
 from schemas.frames import FrameRef
 from services.infra import EmbeddedInfra
+from services.infra.processes import free_port
 from services.position_estimator.config import position_estimator_config
 from services.position_estimator.service import position_stream
 from services.runtime.facility_watch import FacilityWatch
@@ -333,9 +333,11 @@ def test_killed_service_restarts_without_losing_frames(
 
 def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
     """Offsets ``group`` has committed on each partition of ``topic`` (none: left out)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": group})
+    from services.runtime.topic_reader import viewer_consumer
+
+    consumer = viewer_consumer(settings.kafka, "test-offsets", group_id=group)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         got = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
@@ -362,12 +364,6 @@ def test_unknown_flow_and_missing_stage_are_one_line_errors(tmp_path: Path) -> N
     facility = load_facility(ROOT / "facility.yaml")
     with pytest.raises(EstimatorConfigError, match="no flow 'qa'; use one of dev, prod"):
         position_estimator_config(facility, ROOT / "facility.yaml", "qa", Settings())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from state_builders import OFFSET, end, identity, position
 
 from schemas.base import Message, decode, encode
@@ -31,6 +31,7 @@ from schemas.facility_state import FacilityState
 from services.evaluation.compare import read_range, summarise
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
+from services.runtime.topic_reader import viewer_consumer
 from services.state_estimator.app import StateEstimatorApp
 from services.state_estimator.fusion import FusionConfig, FusionCore, published_changes
 
@@ -125,14 +126,8 @@ class StateReader:
     """Reads facility-state messages of a flow with their 'reason' header."""
 
     def __init__(self, settings: Settings, flow: str) -> None:
-        self.consumer = Consumer(
-            {
-                **settings.kafka.client_config(),
-                "group.id": f"reader-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "session.timeout.ms": 6000,
-            }
+        self.consumer = viewer_consumer(
+            settings.kafka, "test-reader", overrides={"auto.offset.reset": "earliest"}
         )
         self.consumer.subscribe([FacilityState.topic_name(flow)])
         self.seen: list[tuple[str, bytes, int]] = []
@@ -329,7 +324,7 @@ def high_watermarks(settings: Settings, topics: list[str]) -> dict[str, int]:
     """Sum of partition end offsets per topic (how many records were ever written)."""
     from confluent_kafka import TopicPartition
 
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": "watermarks"})
+    consumer = viewer_consumer(settings.kafka, "test-watermarks")
     try:
         out = {}
         for topic in topics:
@@ -391,7 +386,7 @@ def test_state_update_latency_at_eight_cameras_two_fps(
     """Capture time -> facility-state record, through the broker and the Faust worker."""
     import random
 
-    from services.evaluation.compare import read_range_raw
+    from services.runtime import topic_reader
     from services.runtime.stats import percentile
 
     config, prod, _ = flows
@@ -425,7 +420,7 @@ def test_state_update_latency_at_eight_cameras_two_fps(
             time.sleep(max(0.0, 0.5 - (time.monotonic() - tick)))
         assert producer.flush(10) == 0
         time.sleep(2.0)  # let the last updates through before reading the range back
-        records = read_range_raw(
+        records = topic_reader.read_range(
             stack_settings.kafka,
             FacilityState.topic_name(prod),
             started,

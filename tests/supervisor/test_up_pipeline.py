@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from rtsp_server import NEEDS_RTSP_SERVER
 
 from services.infra import settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
+from services.infra.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # DEPOTWATCH_TEST_WEIGHTS runs the full test against a checkpoint (e.g. one still training).
@@ -35,12 +35,6 @@ pytestmark = [
     pytest.mark.slow,
     NEEDS_RTSP_SERVER,
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _descendants(pid: int) -> set[int]:
@@ -125,7 +119,7 @@ def _write_config(path: Path, rtsp_port: int, enabled: set[str]) -> None:
 
 def _start_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
     config = tmp_path / "facility.yaml"
-    _write_config(config, _free_port(), {"cam-s1", "cam-s2"})
+    _write_config(config, free_port(), {"cam-s1", "cam-s2"})
     data = tmp_path / "data"
     infra = settings_on_free_ports(data).infra
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOTWATCH_")}
@@ -133,7 +127,7 @@ def _start_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
         for name in PORT_FIELDS[component]:
             env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(infra, name))
     env["DEPOTWATCH_HTTP_PORT"] = "0"
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

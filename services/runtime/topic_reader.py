@@ -1,0 +1,199 @@
+"""Reading topics without joining the work: one factory for viewer consumers, one range reader,
+one live tail.
+
+Services that do the work consume through :class:`~services.runtime.kafka.MessageConsumer` (a
+consumer group, offsets committed after the output is acknowledged). Everything else only looks:
+``compare``, ``eval pipeline``, the dashboard, the lag exporter, the benchmarks and the tests. They
+build their consumer with :func:`viewer_consumer` (never commits; a fresh group unless one is
+named), read a time range with :func:`read_range`, and follow topics with :func:`tail`.
+
+Both readers work around the embedded Tansu broker in one place. It answers
+ListOffsets(latest) with wrong values (seen: 1 for a partition holding 6 records), so end
+offsets are never trusted; and ListOffsets by timestamp can land past records of the asked
+time (seen: offset 3 for records 1 and 2, produced in one batch right after the timestamp), or
+at 0 when nothing is newer. So both seek by timestamp :data:`SEEK_SLACK_MS` early and keep only
+the records stamped inside the window: a range is read until a record past its end or until the
+topic is idle; a tail keeps the records stamped after it started (nothing written after the call
+is missed, even while the consumer is still joining).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Message as KafkaMessage
+
+from services.runtime.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+TAIL_SLACK_MS = 1000
+"""A tail also keeps records stamped this long before it started (producer/broker clocks)."""
+VIEWER_GROUP = "depotwatch-dashboard-viewer"
+"""The one fixed group of viewers that assign partitions themselves (dashboard, lag exporter):
+never joined or committed, and left out of the lag they report."""
+SEEK_SLACK_MS = 60_000
+"""Seeks by timestamp start this much earlier (see the module docstring); the extra records
+are read and dropped."""
+
+
+class TopicMissingError(LookupError):
+    """The topic to read does not exist (yet)."""
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """A raw Kafka record: topic, broker timestamp (ms), headers and value."""
+
+    timestamp_ms: int
+    headers: dict[str, bytes]
+    value: bytes
+    topic: str = ""
+
+
+def _log_client_error(err: KafkaError) -> None:
+    log.warning("kafka client error", extra={"error": str(err)})
+
+
+def viewer_consumer(
+    kafka: KafkaSettings,
+    purpose: str,
+    group_id: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Consumer:
+    """A consumer that only looks: never commits, logs client errors, a fresh group by default.
+
+    ``purpose`` names it (``client.id`` and the fresh group ``depotwatch-<purpose>-<random>``).
+    Name ``group_id`` only for a viewer that must not create a group per start (the dashboard).
+    """
+    conf: dict[str, Any] = {
+        **kafka.client_config(),
+        "group.id": group_id or f"depotwatch-{purpose}-{uuid.uuid4().hex[:12]}",
+        "client.id": f"depotwatch-{purpose}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "latest",
+        "session.timeout.ms": kafka.session_timeout_ms,
+        # A topic subscribed before it exists is found at the next metadata refresh: every
+        # 5 s, not librdkafka's default 5 min (a watcher started with the pipeline saw nothing
+        # for minutes when it subscribed before the state estimator created its topic).
+        "topic.metadata.refresh.interval.ms": 5000,
+        "error_cb": _log_client_error,
+    }
+    conf.update(overrides or {})
+    return Consumer(conf)
+
+
+def stamped(msg: KafkaMessage) -> Stamped:
+    """The parts of a record every reader keeps."""
+    headers: dict[str, bytes] = {}
+    for item in msg.headers() or []:
+        key, value = item[0], item[1]
+        headers[str(key)] = value if isinstance(value, bytes) else b""
+    _, ts = msg.timestamp()
+    return Stamped(int(ts), headers, msg.value() or b"", str(msg.topic()))
+
+
+def read_range(
+    kafka: KafkaSettings,
+    topic: str,
+    start: datetime,
+    end: datetime,
+    timeout_s: float = 60.0,
+    idle_s: float = 3.0,
+) -> list[Stamped]:
+    """Records of ``topic`` whose broker timestamp lies in [start, end].
+
+    Seeks each partition with ``offsets_for_times`` and reads until a record past ``end``, or
+    until nothing arrives for ``idle_s``, or ``timeout_s``. Raises :class:`TopicMissingError`.
+    """
+    consumer = viewer_consumer(kafka, "range", overrides={"auto.offset.reset": "earliest"})
+    out: list[Stamped] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise TopicMissingError(f"topic {topic} does not exist")
+        parts = list(meta.topics[topic].partitions)
+        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        wanted = consumer.offsets_for_times(
+            [TopicPartition(topic, p, start_ms - SEEK_SLACK_MS) for p in parts], timeout=10
+        )
+        assign = [
+            TopicPartition(topic, tp.partition, tp.offset)
+            for tp in wanted
+            if tp.offset != OFFSET_END and tp.offset >= 0
+        ]
+        if not assign:
+            return out
+        consumer.assign(assign)
+        remaining = {tp.partition for tp in assign}
+        deadline = time.monotonic() + timeout_s
+        idle_until = time.monotonic() + idle_s + 5.0  # the first fetch takes longer
+        while remaining and time.monotonic() < min(deadline, idle_until):
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            idle_until = time.monotonic() + idle_s
+            record = stamped(msg)
+            if record.timestamp_ms > end_ms:
+                remaining.discard(int(msg.partition() or 0))
+                continue
+            if record.timestamp_ms >= start_ms:
+                out.append(record)
+    finally:
+        consumer.close()
+    return out
+
+
+def tail(
+    kafka: KafkaSettings,
+    topics: Sequence[str],
+    stop: Callable[[], bool],
+    purpose: str = "tail",
+    poll_s: float = 0.5,
+) -> Iterator[Stamped]:
+    """Records written to ``topics`` from now on, until ``stop()`` is true.
+
+    Subscribes a fresh viewer group; each partition, once assigned, is read from shortly before
+    the call (by timestamp, see the module docstring) and records stamped before it are dropped.
+    The consumer is closed when the iteration ends, however it ends.
+    """
+    consumer = viewer_consumer(kafka, purpose)
+    since_ms = int(time.time() * 1000) - TAIL_SLACK_MS
+
+    def seek_to_start(c: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            found = c.offsets_for_times(
+                [
+                    TopicPartition(p.topic, p.partition, since_ms - SEEK_SLACK_MS)
+                    for p in partitions
+                ],
+                timeout=10,
+            )
+        except KafkaException as exc:
+            log.warning("tail starts at the end: no offsets by time", extra={"error": str(exc)})
+            return
+        c.assign(
+            [
+                TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                for tp in found
+            ]
+        )
+
+    try:
+        consumer.subscribe(list(topics), on_assign=seek_to_start)
+        while not stop():
+            msg = consumer.poll(poll_s)
+            if msg is None or msg.error():
+                continue
+            record = stamped(msg)
+            if record.timestamp_ms >= since_ms:
+                yield record
+    finally:
+        consumer.close()

@@ -1,0 +1,111 @@
+"""The one reader of topics for viewers (compare, eval pipeline, fault bench, tests), against the
+real embedded broker: a live tail, a time range, a topic that appears after the tail started."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas.frames import FrameRef
+from schemas.topics import TopicSpec
+from services.runtime.kafka import TopicAdmin
+from services.runtime.settings import Settings
+from services.runtime.topic_reader import TAIL_SLACK_MS, TopicMissingError, read_range, tail
+
+DEADLINE_S = 30.0
+TAIL_SLACK_S = TAIL_SLACK_MS / 1000 + 0.2
+"""History written this long before a tail starts is older than the tail's slack."""
+
+
+def _produce(settings: Settings, topic: str, values: list[bytes]) -> None:
+    producer = Producer(settings.kafka.client_config())
+    for v in values:
+        producer.produce(topic, value=v, headers={"n": v})
+    assert producer.flush(DEADLINE_S) == 0
+
+
+def _create(settings: Settings, topic: str) -> None:
+    TopicAdmin(settings.kafka).ensure([TopicSpec(topic, FrameRef, 1)], timeout=DEADLINE_S)
+
+
+def _collect_in_background(
+    settings: Settings, topic: str, want: int
+) -> tuple[list[bytes], threading.Event, threading.Thread]:
+    got: list[bytes] = []
+    stop = threading.Event()
+    deadline = time.monotonic() + DEADLINE_S
+
+    def run() -> None:
+        for record in tail(
+            settings.kafka,
+            [topic],
+            lambda: stop.is_set() or len(got) >= want or time.monotonic() > deadline,
+        ):
+            assert record.topic == topic
+            got.append(record.value)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return got, stop, thread
+
+
+def test_a_tail_sees_only_what_is_written_after_it_started(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("tail")
+    _create(stack_settings, topic)
+    _produce(stack_settings, topic, [b"old-1", b"old-2"])
+    time.sleep(TAIL_SLACK_S)  # history is older than the tail's slack
+    got, _, thread = _collect_in_background(stack_settings, topic, want=2)
+    time.sleep(3.0)  # the tail has joined (history would have arrived by now)
+    _produce(stack_settings, topic, [b"new-1", b"new-2"])
+    thread.join(DEADLINE_S + 5)
+    assert got == [b"new-1", b"new-2"]
+
+
+def test_a_tail_finds_a_topic_created_after_it_subscribed(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    """Field failure: the fault suite's watcher subscribed before the state estimator created
+    facility-state; librdkafka looks for missing topics every 5 minutes by default, so the
+    watcher saw nothing for the whole 300 s start-up wait."""
+    topic = unique_name("late")
+    got, _, thread = _collect_in_background(stack_settings, topic, want=1)
+    time.sleep(2.0)  # subscribed to a topic that does not exist yet
+    _create(stack_settings, topic)
+    started = time.monotonic()
+    while not got and time.monotonic() - started < DEADLINE_S - 5:
+        _produce(stack_settings, topic, [b"hello"])
+        time.sleep(1.0)
+    thread.join(10)
+    assert got[:1] == [b"hello"]
+
+
+def test_a_range_holds_the_records_stamped_inside_it(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("range")
+    _create(stack_settings, topic)
+    _produce(stack_settings, topic, [b"before"])
+    time.sleep(1.1)
+    start = datetime.now(UTC)
+    _produce(stack_settings, topic, [b"in-1", b"in-2"])
+    end = datetime.now(UTC)
+    time.sleep(1.1)
+    _produce(stack_settings, topic, [b"after"])
+    records = read_range(stack_settings.kafka, topic, start, end, timeout_s=DEADLINE_S)
+    assert [r.value for r in records] == [b"in-1", b"in-2"]
+    assert records[0].headers == {"n": b"in-1"}
+
+
+def test_a_range_of_a_missing_topic_says_so(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(TopicMissingError, match="does not exist"):
+        read_range(stack_settings.kafka, unique_name("none"), now - timedelta(minutes=1), now)
