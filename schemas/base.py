@@ -19,6 +19,7 @@ strict (:class:`StrictModel`): a typo there is an error, not an unknown field.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -224,11 +225,19 @@ def kafka_time(timestamp_ms: int | None) -> datetime | None:
     return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
 
 
-def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
-    """One line naming each bad field (up to ``limit``), e.g. ``seq: Input should be >= 0``."""
+def describe_validation_error(
+    exc: ValidationError,
+    limit: int = 5,
+    name: Callable[[tuple[int | str, ...]], str] | None = None,
+) -> str:
+    """One line naming each bad field (up to ``limit``), e.g. ``seq: Input should be >= 0``.
+
+    ``name`` turns a field's location into what the reader knows it by (default ``a.b.c``).
+    Never the input value: it may be a secret.
+    """
     parts = []
     for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"]) or "<message>"
+        loc = name(err["loc"]) if name else ".".join(str(p) for p in err["loc"]) or "<message>"
         parts.append(f"{loc}: {err['msg']}")
     more = len(exc.errors()) - limit
     if more > 0:

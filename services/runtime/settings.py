@@ -21,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from schemas.base import MAX_CLOCK_SKEW_S
+from schemas.base import MAX_CLOCK_SKEW_S, describe_validation_error
 from schemas.topics import TopicLayout
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -202,19 +202,15 @@ def load_settings(cls: type[BaseSettings] = Settings) -> BaseSettings:
         raise SettingsError(describe_settings_error(cls, exc)) from None
 
 
-def describe_settings_error(cls: type[BaseSettings], exc: ValidationError, limit: int = 5) -> str:
-    """``bad DEPOTWATCH_X__Y: <what it must be>; ...`` for each field that failed."""
+def describe_settings_error(cls: type[BaseSettings], exc: ValidationError) -> str:
+    """``bad setting DEPOTWATCH_X__Y: <what it must be>; ...`` for each field that failed."""
     prefix = str(cls.model_config.get("env_prefix", ""))
     delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
-    parts = []
-    for err in exc.errors()[:limit]:
-        name = prefix + delimiter.join(str(p) for p in err["loc"]).upper()
-        parts.append(f"{name}: {err['msg']}")
-    more = len(exc.errors()) - limit
-    if more > 0:
-        parts.append(f"... and {more} more")
+
+    def variable(loc: tuple[int | str, ...]) -> str:
+        return prefix + delimiter.join(str(p) for p in loc).upper()
+
     return (
-        "bad setting "
-        + "; ".join(parts)
-        + " (fix the environment variable or secret file of that name, or unset it for the default)"
+        f"bad setting {describe_validation_error(exc, name=variable)} "
+        "(fix the environment variable or secret file of that name, or unset it for the default)"
     )
