@@ -106,13 +106,13 @@ MUTANTS: list[tuple[str, tuple[str, list[str]], str, str]] = [
     (
         "kafka failure not reported",
         AGGREGATOR,
-        "                self._kafka_failing_since = time.monotonic()\n",
+        "                self._kafka_failing_since = self.clock()\n",
         "                pass\n",
     ),
     (
         "store failure not reported",
         AGGREGATOR,
-        "                    self._store_failing_since = time.monotonic()\n",
+        "                    self._store_failing_since = self.clock()\n",
         "                    pass\n",
     ),
     (

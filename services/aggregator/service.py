@@ -116,7 +116,10 @@ class AggregatorService:
         expected_cameras: Iterable[str] = (),
         facility: FacilityWatch | None = None,
         new_producer: Callable[[], Publisher] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
+        """Time of the watchdogs (camera silence, store and broker failing); tests inject one."""
         self.settings = settings
         self.store = store
         self.producer = producer
@@ -127,7 +130,7 @@ class AggregatorService:
         self.facility = facility
         if facility is not None:
             expected_cameras = [c.id for c in facility.config.enabled_cameras]
-        self.activity = CameraActivity(time.monotonic(), expected_cameras)
+        self.activity = CameraActivity(self.clock(), expected_cameras)
         self._dedupe = DedupeWindow(settings.dedupe_window)
         per_shard = max(1, settings.buffer_frames // settings.store_workers)
         per_shard_bytes = int(settings.buffer_mb * 2**20 / settings.store_workers)
@@ -158,7 +161,7 @@ class AggregatorService:
         """
         if self.facility is not None and self.facility.refresh():
             self.activity.set_expected(c.id for c in self.facility.config.enabled_cameras)
-        silent = self.activity.silent(time.monotonic(), self.settings.watchdog_s)
+        silent = self.activity.silent(self.clock(), self.settings.watchdog_s)
         if silent:
             names = ", ".join(
                 f"{s.camera_id} ({s.silent_s:.0f}s{'' if s.ever_seen else ', never seen'})"
@@ -178,7 +181,7 @@ class AggregatorService:
     def _failing(self, what: str, since: float | None) -> tuple[bool, str]:
         if since is None:
             return True, f"{what} ok"
-        down = time.monotonic() - since
+        down = self.clock() - since
         return down <= self.settings.watchdog_s, f"{what} failing for {down:.0f}s, retrying"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -262,7 +265,7 @@ class AggregatorService:
         """Route one received frame to its worker's buffer (receiver thread only)."""
         cid = frame.header.camera_id
         FRAMES_IN.labels(cid).inc()
-        if self.activity.record(cid, time.monotonic()):
+        if self.activity.record(cid, self.clock()):
             CAMERAS.set(len(self.activity.cameras()))
             log.info("new camera", extra={"camera_id": cid})
         if not self._dedupe.first_time(cid, frame.header.seq):
@@ -311,7 +314,7 @@ class AggregatorService:
             except StorageError as exc:
                 S3_RETRIES.inc()
                 if self._store_failing_since is None:
-                    self._store_failing_since = time.monotonic()
+                    self._store_failing_since = self.clock()
                     log.warning(
                         "object store put failed; buffering and retrying", extra={"error": str(exc)}
                     )
@@ -322,7 +325,7 @@ class AggregatorService:
                 return False
         S3_PUT_SECONDS.observe(time.perf_counter() - started)
         if self._store_failing_since is not None:
-            down = time.monotonic() - self._store_failing_since
+            down = self.clock() - self._store_failing_since
             log.info("object store back", extra={"down_s": round(down, 1)})
             self._store_failing_since = None
         backoff.reset()
@@ -363,7 +366,7 @@ class AggregatorService:
             if fenced and producer is self.producer:  # not again for an already replaced one
                 self._replace_producer.set()
             if self._kafka_failing_since is None:
-                self._kafka_failing_since = time.monotonic()
+                self._kafka_failing_since = self.clock()
                 log.warning("frame ref not acknowledged; will re-send", extra={"error": str(err)})
             self._retry_refs.append(_PendingRef(pending.ref, pending.attempt + 1))
 

@@ -71,6 +71,7 @@ def make_service() -> Iterator[Callable[..., tuple[AggregatorService, FakeStore,
         facility: FacilityWatch | None = None,
         faults: PublishFaults | None = None,
         new_producer: Callable[[], RecordingBroker] | None = None,
+        clock: Callable[[], float] = time.monotonic,
         **overrides: Any,
     ) -> tuple[AggregatorService, FakeStore, RecordingBroker]:
         settings = AggregatorSettings(
@@ -82,7 +83,13 @@ def make_service() -> Iterator[Callable[..., tuple[AggregatorService, FakeStore,
         store = FakeStore()
         broker = RecordingBroker(store, faults)
         service = AggregatorService(
-            settings, store, broker, ShutdownSignal(), facility=facility, new_producer=new_producer
+            settings,
+            store,
+            broker,
+            ShutdownSignal(),
+            facility=facility,
+            new_producer=new_producer,
+            clock=clock,
         )
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
@@ -93,6 +100,19 @@ def make_service() -> Iterator[Callable[..., tuple[AggregatorService, FakeStore,
     for service, thread in started:
         service.shutdown.request()
         thread.join(10)
+
+
+class Clock:
+    """Watchdog time the test moves by hand (no sleeping until a watchdog expires)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -165,13 +185,16 @@ def test_shutdown_stores_what_is_buffered_before_returning(make_service: Any) ->
 
 
 def test_new_cameras_are_accepted_and_watched_by_health(make_service: Any) -> None:
-    service, _, broker = make_service(watchdog_s=0.2)
+    clock = Clock()
+    service, _, broker = make_service(watchdog_s=10, clock=clock)
     assert service.health_cameras()[0]  # nothing expected, nothing seen
     cam = f"new-{uuid.uuid4().hex[:6]}"
     service.accept(frame(cam, 0))
     wait_for(lambda: len(broker.refs) == 1)
     assert service.health_cameras()[0]
-    time.sleep(0.3)
+    clock.advance(9)
+    assert service.health_cameras()[0]
+    clock.advance(2)
     ok, detail = service.health_cameras()
     assert not ok
     assert cam in detail
@@ -182,8 +205,11 @@ def test_health_follows_the_facility_config_as_it_is_edited(
 ) -> None:
     config = tmp_path / "facility.yaml"
     facility_for_cameras(config, {"cam-a": "rtsp://h/a", "cam-b": "rtsp://h/b"}, 2.0)
-    service, _, _ = make_service(watchdog_s=0.1, facility=FacilityWatch(config, check_every_s=0))
-    time.sleep(0.15)
+    clock = Clock()
+    service, _, _ = make_service(
+        watchdog_s=10, clock=clock, facility=FacilityWatch(config, check_every_s=0)
+    )
+    clock.advance(11)
     ok, detail = service.health_cameras()
     assert not ok
     assert "cam-a" in detail
@@ -210,10 +236,15 @@ def test_refs_the_broker_refuses_are_sent_again_until_acknowledged(make_service:
 def test_kafka_health_fails_while_the_broker_refuses_for_the_watchdog_period(
     make_service: Any,
 ) -> None:
-    service, _, broker = make_service(faults=PublishFaults(fail_after=0), watchdog_s=0.1)
+    clock = Clock()
+    service, _, broker = make_service(
+        faults=PublishFaults(fail_after=0), watchdog_s=10, clock=clock
+    )
     service.accept(frame(f"c-{uuid.uuid4().hex[:6]}", 0))
     wait_for(lambda: len(broker.refs) >= 2)  # refused, sent again
-    time.sleep(0.15)
+    clock.advance(9)
+    assert service.health_kafka()[0]  # failing, but not for the watchdog period yet
+    clock.advance(2)
     ok, detail = service.health_kafka()
     assert not ok
     assert "kafka failing" in detail
@@ -260,10 +291,14 @@ def test_refs_awaiting_acks_are_bounded_when_the_broker_stops_answering(
 
 
 def test_store_health_fails_while_puts_fail_for_the_watchdog_period(make_service: Any) -> None:
-    service, store, _ = make_service(watchdog_s=0.1)
+    clock = Clock()
+    service, store, _ = make_service(watchdog_s=10, clock=clock)
     store.down = True
     service.accept(frame(f"c-{uuid.uuid4().hex[:6]}", 0))
-    time.sleep(0.2)
+    wait_for(lambda: store.calls >= 2)  # failed, retried
+    clock.advance(9)
+    assert service.health_store()[0]
+    clock.advance(2)
     ok, detail = service.health_store()
     assert not ok
     assert "object store failing" in detail
