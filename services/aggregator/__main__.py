@@ -6,14 +6,20 @@ import logging
 from pathlib import Path
 
 import click
+from confluent_kafka import KafkaException
 
 from schemas.facility import ConfigError
+from schemas.frames import FrameRef
+from schemas.topics import topics_for
 from services.aggregator.config import AggregatorSettings
+from services.aggregator.service import AggregatorService
 from services.runtime.facility_watch import FacilityWatch
+from services.runtime.kafka import KafkaUnavailableError, MessageProducer, TopicAdmin
 from services.runtime.logs import configure_logging
 from services.runtime.observability import Health, ObservabilityServer
 from services.runtime.settings import Settings, load_settings
 from services.runtime.shutdown import ShutdownSignal
+from services.runtime.storage import ObjectStore
 
 log = logging.getLogger("services.aggregator")
 
@@ -33,13 +39,6 @@ def run_aggregator(
     facility: FacilityWatch | None,
 ) -> None:
     """Build the adapters, serve /metrics and /healthz, and run until shutdown."""
-    from confluent_kafka import KafkaException
-
-    from schemas.frames import FrameRef
-    from schemas.topics import topics_for
-    from services.aggregator.service import AggregatorService
-    from services.runtime.kafka import KafkaUnavailableError, MessageProducer, TopicAdmin
-    from services.runtime.storage import ObjectStore
 
     store = ObjectStore(settings.s3)
 

@@ -38,7 +38,10 @@ from typing import Any
 import click
 import yaml
 
+from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
+from services.infra import EmbeddedInfra, settings_on_free_ports
+from services.infra.embedded import COMPONENTS, PORT_FIELDS
 from services.infra.processes import free_port
 from services.runtime.settings import KafkaSettings
 from services.runtime.topic_reader import tail
@@ -112,7 +115,6 @@ class StateWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        from schemas.base import MessageDecodeError, decode
 
         for record in tail(self._kafka, [self._topic], self._stop.is_set, purpose="bench-faults"):
             try:
@@ -184,8 +186,6 @@ class Pipeline:
     """``depotwatch up`` in a temporary directory, and where its processes are."""
 
     def __init__(self, work: Path, cameras: int, flow: str) -> None:
-        from services.infra import EmbeddedInfra, settings_on_free_ports
-        from services.infra.embedded import COMPONENTS, PORT_FIELDS
 
         self.work, self.flow = work, flow
         self.data = work / "data"

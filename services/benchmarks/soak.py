@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 
 from services.benchmarks.faults import Pipeline, StateWatch, finish, wait_until
+from services.runtime.consumer_lag import ConsumerLagMonitor
 
 RSS_GROWTH_GOAL = 0.10
 STATE_AGE_GOAL_S = 10.0
@@ -139,7 +140,6 @@ def bench_command(
     minutes: float, cameras: int, warmup_min: float, every_s: float, flow: str
 ) -> None:
     """Run the pipeline for N minutes; RSS growth, lag, drops and state age."""
-    from services.runtime.consumer_lag import ConsumerLagMonitor
 
     work = Path(tempfile.mkdtemp(prefix="depotwatch-bench-soak-"))
     click.echo(f"starting `depotwatch up --flow {flow}` with {cameras} cameras in {work} ...")

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from schemas.base import describe_validation_error
 from schemas.facility import Camera, ConfigError, load_facility
 from services.capture.config import CaptureSettings
+from services.capture.service import CaptureService
 from services.runtime.logs import configure_logging
 from services.runtime.observability import Health, ObservabilityServer
 from services.runtime.settings import load_settings
@@ -63,7 +64,6 @@ def capture_command(
     Serves /metrics and /healthz on DEPOTWATCH_HTTP_HOST:DEPOTWATCH_HTTP_PORT. Stops cleanly
     on SIGTERM or Ctrl-C.
     """
-    from services.capture.service import CaptureService
 
     settings = load_settings()
     configure_logging(f"capture-{camera_id}", settings.log_level, settings.log_format)

@@ -8,9 +8,16 @@ import signal
 from pathlib import Path
 
 import click
+from aiohttp import web
 
+from schemas.facility import ConfigError, load_facility
 from services.dashboard.config import DashboardSettings
+from services.dashboard.feed import KafkaFeed
 from services.dashboard.server import DashboardServer
+from services.runtime.consumer_lag import ConsumerLagMonitor
+from services.runtime.logs import configure_logging
+from services.runtime.settings import load_settings
+from services.runtime.storage import ObjectStore
 
 log = logging.getLogger("services.dashboard")
 
@@ -19,7 +26,6 @@ async def serve(
     server: DashboardServer, host: str, port: int, ready: asyncio.Event | None = None
 ) -> None:
     """Serve until SIGTERM/SIGINT (or cancellation); logs the bound URL."""
-    from aiohttp import web
 
     # No access log: request lines would carry ?token= and every browser's SSE reconnects.
     runner = web.AppRunner(
@@ -71,10 +77,6 @@ def dashboard_command(config_path: Path | None, host: str | None, port: int | No
     The access token, if any, comes from DEPOTWATCH_DASHBOARD_TOKEN (never a flag, so it does
     not show in the process list).
     """
-    from schemas.facility import ConfigError, load_facility
-    from services.dashboard.feed import KafkaFeed
-    from services.runtime.logs import configure_logging
-    from services.runtime.settings import load_settings
 
     settings = load_settings()
     dash = load_settings(DashboardSettings)
@@ -90,14 +92,10 @@ def dashboard_command(config_path: Path | None, host: str | None, port: int | No
     def load_frame(bucket: str, key: str) -> bytes:
         return store.get(key, bucket=bucket)
 
-    from services.runtime.storage import ObjectStore
-
     store = ObjectStore(settings.s3, timeout_s=5.0)
     server = DashboardServer(cfg, dash, frame_loader=load_frame, config_path=Path(path))
     lag = None
     if dash.lag_exporter:
-        from services.runtime.consumer_lag import ConsumerLagMonitor
-
         lag = ConsumerLagMonitor(settings.kafka, cfg.flows, group_pattern=dash.lag_groups).start()
         server.registry.register(lag.collector)
     feed = KafkaFeed(settings.kafka, cfg.flows, server.apply_threadsafe).start()

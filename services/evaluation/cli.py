@@ -6,10 +6,15 @@ from datetime import UTC, datetime
 
 import click
 
+from schemas.facility import ConfigError, load_facility
+from services.evaluation.compare import parse_time
 from services.evaluation.detector_eval import detector_command
 from services.evaluation.estimators import estimators_command
 from services.evaluation.fusion_eval import fusion_command
+from services.evaluation.pipeline import measure
 from services.evaluation.suite import suite_command
+from services.runtime.settings import load_settings
+from services.runtime.topic_reader import TopicMissingError
 
 
 @click.group("eval")
@@ -43,11 +48,6 @@ def pipeline_command(
     Prints count-per-track accuracy, head/tail error median and p95, identity accuracy and
     capture -> facility-state latency p50/p95, each against its goal.
     """
-    from schemas.facility import ConfigError, load_facility
-    from services.evaluation.compare import parse_time
-    from services.evaluation.pipeline import measure
-    from services.runtime.settings import load_settings
-    from services.runtime.topic_reader import TopicMissingError
 
     settings = load_settings()
     try:

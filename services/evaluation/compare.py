@@ -22,11 +22,15 @@ import click
 from prometheus_client import Gauge
 
 from schemas.base import Message, MessageDecodeError, decode
+from schemas.facility import ConfigError, load_facility
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
 from services.runtime import topic_reader
+from services.runtime.logs import configure_logging
 from services.runtime.matching import SAME_LOCOMOTIVE_M, match_locomotives
-from services.runtime.settings import KafkaSettings
+from services.runtime.observability import Health, ObservabilityServer
+from services.runtime.settings import KafkaSettings, load_settings
+from services.runtime.shutdown import ShutdownSignal
 from services.runtime.stats import percentile
 
 log = logging.getLogger(__name__)
@@ -486,11 +490,6 @@ def compare_command(
     DEPOTWATCH_HTTP_PORT; with --from/--to it scores a past time range and exits.
     `depotwatch compare ground-truth prod` (or `prod ground-truth`) scores prod's accuracy.
     """
-    from schemas.facility import ConfigError, load_facility
-    from services.runtime.logs import configure_logging
-    from services.runtime.observability import Health, ObservabilityServer
-    from services.runtime.settings import load_settings
-    from services.runtime.shutdown import ShutdownSignal
 
     settings = load_settings()
     configure_logging("compare", settings.log_level, settings.log_format)

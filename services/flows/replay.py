@@ -23,8 +23,31 @@ import click
 
 from schemas.base import Message
 from schemas.estimates import IdentityEstimate, PositionEstimate
+from schemas.facility import ConfigError, load_facility
 from schemas.frames import FrameRef
-from services.runtime.frames import DecodedFrame, FrameDecodeError, FrameOutcome, Rejected
+from schemas.ground_truth import GroundTruth
+from services.evaluation.compare import parse_time, read_range, summarise
+from services.plate_ocr.config import ESTIMATOR_VERSION as OCR_VERSION
+from services.plate_ocr.config import plate_ocr_config
+from services.plate_ocr.identity import IdentityEstimator
+from services.plate_ocr.ocr_engine import RapidTextRecogniser
+from services.position_estimator.config import ESTIMATOR_VERSION as POS_VERSION
+from services.position_estimator.config import position_estimator_config
+from services.position_estimator.detector import YoloDetector
+from services.position_estimator.estimator import PositionEstimator
+from services.runtime.facility_watch import FacilityWatch
+from services.runtime.frames import (
+    DecodedFrame,
+    FrameDecodeError,
+    FrameOutcome,
+    Rejected,
+    decode_frame,
+)
+from services.runtime.kafka import MessageProducer
+from services.runtime.logs import configure_logging
+from services.runtime.settings import Settings, load_settings
+from services.runtime.storage import ObjectStore
+from services.state_estimator.fusion import FusionConfig, FusionCore, published_changes
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +119,6 @@ def replay_frames(
 
 def build_handlers(config_path: Path, flow: str, settings: object) -> list[Handler]:
     """The flow's estimator cores with their real detector and OCR (imports torch)."""
-    from services.plate_ocr.config import ESTIMATOR_VERSION as OCR_VERSION
-    from services.plate_ocr.config import plate_ocr_config
-    from services.plate_ocr.identity import IdentityEstimator
-    from services.plate_ocr.ocr_engine import RapidTextRecogniser
-    from services.position_estimator.config import ESTIMATOR_VERSION as POS_VERSION
-    from services.position_estimator.config import position_estimator_config
-    from services.position_estimator.detector import YoloDetector
-    from services.position_estimator.estimator import PositionEstimator
-    from services.runtime.facility_watch import FacilityWatch
-    from services.runtime.settings import Settings
 
     assert isinstance(settings, Settings)
     watch = FacilityWatch(config_path)
@@ -164,15 +177,6 @@ def replay_command(
     score: bool,
 ) -> None:
     """Re-run FLOW's estimators over stored frames into FLOW's topics."""
-    from schemas.facility import ConfigError, load_facility
-    from schemas.ground_truth import GroundTruth
-    from services.evaluation.compare import parse_time, read_range, summarise
-    from services.runtime.frames import decode_frame
-    from services.runtime.kafka import MessageProducer
-    from services.runtime.logs import configure_logging
-    from services.runtime.settings import load_settings
-    from services.runtime.storage import ObjectStore
-    from services.state_estimator.fusion import FusionConfig, FusionCore, published_changes
 
     settings = load_settings()
     configure_logging(f"replay.{flow}", settings.log_level, settings.log_format)

@@ -10,9 +10,12 @@ import click
 
 from schemas.facility import ConfigError
 from services.plate_ocr.config import SERVICE, plate_ocr_config
+from services.plate_ocr.ocr_engine import OcrUnavailableError, RapidTextRecogniser
+from services.plate_ocr.service import plate_stream
 from services.position_estimator.config import EstimatorConfigError
+from services.position_estimator.detector import WeightsError, YoloDetector
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.frame_stream import Mode
+from services.runtime.frame_stream import Mode, serve_frame_stream
 from services.runtime.logs import configure_logging
 from services.runtime.settings import load_settings
 from services.runtime.shutdown import ShutdownSignal
@@ -53,10 +56,6 @@ def plate_ocr_command(
     max_batch: int | None,
 ) -> None:
     """Read plates in frames.v1, decide locomotive models, publish identities.<flow>.v1."""
-    from services.plate_ocr.ocr_engine import OcrUnavailableError, RapidTextRecogniser
-    from services.plate_ocr.service import plate_stream
-    from services.position_estimator.detector import WeightsError, YoloDetector
-    from services.runtime.frame_stream import serve_frame_stream
 
     settings = load_settings()
     configure_logging(f"{SERVICE}.{flow}", settings.log_level, settings.log_format)

@@ -14,8 +14,10 @@ from services.position_estimator.config import (
     EstimatorConfigError,
     position_estimator_config,
 )
+from services.position_estimator.detector import WeightsError, YoloDetector
+from services.position_estimator.service import position_stream
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.frame_stream import Mode
+from services.runtime.frame_stream import Mode, serve_frame_stream
 from services.runtime.logs import configure_logging
 from services.runtime.settings import load_settings
 from services.runtime.shutdown import ShutdownSignal
@@ -56,9 +58,6 @@ def position_estimator_command(
     max_batch: int | None,
 ) -> None:
     """Detect locomotive heads/tails in frames.v1 and publish positions.<flow>.v1."""
-    from services.position_estimator.detector import WeightsError, YoloDetector
-    from services.position_estimator.service import position_stream
-    from services.runtime.frame_stream import serve_frame_stream
 
     settings = load_settings()
     configure_logging(f"{SERVICE}.{flow}", settings.log_level, settings.log_format)

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -139,7 +141,6 @@ class ConsumerLagMonitor:
         self._thread.join(timeout)
 
     def _clients(self) -> tuple[Any, Any]:
-        from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({**self._kafka.client_config(), "client.id": "depotwatch-lag"})
         return admin, viewer_consumer(self._kafka, "lag", group_id=VIEWER_GROUP)
@@ -183,7 +184,6 @@ class ConsumerLagMonitor:
 
     def refresh(self, admin: Any, consumer: Any, timeout: float = 5.0) -> list[GroupLag]:
         """Lag rows for every matching consumer group (blocking; talks to the broker)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
         listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout)
         groups = sorted(

@@ -11,10 +11,27 @@ from collections import deque
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import click
 
+from schemas.facility import ConfigError, load_facility
+from services.dashboard.config import DashboardSettings
+from services.infra import EmbeddedInfra, InfraError, initialise
+from services.infra.keeper import InfraKeeper
+from services.runtime.kafka import KafkaUnavailableError
+from services.runtime.logs import configure_logging
+from services.runtime.observability import Health, ObservabilityServer, with_grace
+from services.runtime.settings import load_settings
+from services.runtime.storage import StorageError
+from services.simulator.world import ScenarioError, load_scenario
 from services.supervisor.plan import PlanOptions
+from services.supervisor.supervisor import (
+    AlreadyRunningError,
+    Supervisor,
+    free_port,
+    reap_leftovers,
+)
 
 if TYPE_CHECKING:
     from schemas.facility import FacilityConfig
@@ -139,17 +156,6 @@ def up_command(
     Editing the facility config while it runs starts, stops or restarts only the affected
     captures; a config with errors is reported and the running one kept.
     """
-    from schemas.facility import ConfigError, load_facility
-    from services.dashboard.config import DashboardSettings
-    from services.runtime.logs import configure_logging
-    from services.runtime.observability import Health, ObservabilityServer, with_grace
-    from services.runtime.settings import load_settings
-    from services.supervisor.supervisor import (
-        AlreadyRunningError,
-        Supervisor,
-        free_port,
-        reap_leftovers,
-    )
 
     settings = load_settings()
     if data_dir is not None:
@@ -179,8 +185,6 @@ def up_command(
             else "cameras: real (sources are not the local simulator; --sim forces it)"
         )
     if sim:
-        from services.simulator.world import ScenarioError, load_scenario
-
         try:
             load_scenario(scenario)
         except ScenarioError as exc:
@@ -218,21 +222,15 @@ def up_command(
     infra: EmbeddedInfra | None = None
     started_infra = False
     if external:
-        from services.infra import initialise
-
         console.say(
             f"using external Kafka {settings.kafka.bootstrap_servers} and S3 {settings.s3.endpoint}"
         )
-        from services.runtime.kafka import KafkaUnavailableError
-        from services.runtime.storage import StorageError
 
         try:
             initialise(settings, run_flows, console.say)
         except (KafkaUnavailableError, StorageError) as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        from services.infra import EmbeddedInfra, InfraError
-
         infra = EmbeddedInfra(settings, run_flows, progress=console.say)
         started_infra = not infra.status().healthy
         try:
@@ -274,8 +272,6 @@ def up_command(
     health = Health()
     health.add("services", supervisor.health)
     if infra is not None:
-        from services.infra.keeper import InfraKeeper
-
         embedded = infra
         # A killed broker or S3 is started again (it used to stay dead until `infra up`).
         supervisor.watchers.append(InfraKeeper(embedded, console.say).tick)
@@ -306,7 +302,6 @@ def up_command(
 def simulated_cameras(cfg: FacilityConfig) -> bool:
     """Whether the config's cameras are the simulator's: every enabled one has a pose (so it
     can be rendered) and an RTSP source on this machine."""
-    from urllib.parse import urlparse
 
     cams = cfg.enabled_cameras
     return bool(cams) and all(
