@@ -9,16 +9,22 @@ and measures:
 - ``fresh``: seconds from the end of the fault until a facility-state message carries a frame
   captured after it (the state consumers see has recovered);
 - ``locos``: locomotives in the last state before the fault and in that first fresh state
-  after it (a double count after a crash would show as more after than before).
+  after it (a double count after a crash would show as more after than before);
+- ``lost``, ``dup``, ``no obj``: over the frames captured from the fault until the state was
+  fresh again, read back from ``frames.v1``: frames a capture numbered that never got a
+  FrameRef (gaps in a camera's sequence; a capture killed numbers nothing while it is down, so
+  frames it never saw are not counted), FrameRefs of a frame already referenced (at-least-once
+  re-sends), and FrameRefs whose object is not in S3 (must be 0: claim-check).
 
 The table is printed at the end. Live-mode estimators skip to each camera's newest frame by
-design, so "frames lost" is not a meaningful figure in this run; at-least-once processing of
-every stored frame is covered by the replay-mode service tests.
+design, so frames an estimator skipped are not losses here; at-least-once processing of every
+stored frame is covered by the replay-mode service tests.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -40,13 +46,19 @@ import yaml
 
 from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
+from schemas.frames import FrameRef
 from services.infra import EmbeddedInfra, settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
 from services.infra.processes import free_port
 from services.runtime.settings import KafkaSettings
-from services.runtime.topic_reader import tail
+from services.runtime.storage import ObjectStore, StorageError
+from services.runtime.topic_reader import TopicMissingError, read_range, tail
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
+LEDGER_SETTLE_S = 5.0
+"""After recovery, refs still buffered (an S3 outage) get this long to arrive before counting."""
 FRESH_S = 10.0
 """A state whose newest frame is younger than this counts as fresh."""
 
@@ -84,6 +96,7 @@ class Outcome:
     fresh_s: float | None
     locos_before: int | None
     locos_after: int | None
+    ledger: RefLedger | None = None
 
     def row(self) -> str:
         def num(x: float | None) -> str:
@@ -91,13 +104,71 @@ class Outcome:
 
         recovered = "yes" if self.fresh_s is not None and self.back_s is not None else "NO"
         counts = f"{self.locos_before} -> {self.locos_after}"
+        led = self.ledger
+        ledger = (
+            f"{led.refs:>6} {led.lost:>6} {led.duplicates:>5} {led.missing_objects:>6}"
+            if led is not None
+            else f"{'-':>6} {'-':>6} {'-':>5} {'-':>6}"
+        )
         return (
             f"{self.fault.name:<46} {recovered:>9} {num(self.back_s):>8} "
-            f"{num(self.fresh_s):>9} {counts:>12}"
+            f"{num(self.fresh_s):>9} {counts:>12} {ledger}"
         )
 
 
-HEADER = f"{'fault':<46} {'recovered':>9} {'back s':>8} {'fresh s':>9} {'locos':>12}"
+HEADER = (
+    f"{'fault':<46} {'recovered':>9} {'back s':>8} {'fresh s':>9} {'locos':>12} "
+    f"{'refs':>6} {'lost':>6} {'dup':>5} {'no obj':>6}"
+)
+
+RUN_JUMP = 10_000
+"""A jump this large in a camera's sequence is a capture restart (numbering restarts at the
+wall clock in ms, see ``SequenceNumbers``), not lost frames."""
+
+
+@dataclass(frozen=True)
+class RefLedger:
+    """What ``frames.v1`` holds for the frames captured in a window."""
+
+    refs: int
+    lost: int
+    """Sequence numbers missing inside a capture run (numbered, never referenced)."""
+    duplicates: int
+    """FrameRefs of a (camera, seq) referenced before."""
+    missing_objects: int = 0
+    """FrameRefs whose object is not in the store."""
+
+
+def ref_ledger(frames: Iterable[tuple[str, int]], missing_objects: int = 0) -> RefLedger:
+    """Lost and duplicated frames from the (camera, seq) of every FrameRef in a window."""
+    by_camera: dict[str, list[int]] = {}
+    n = 0
+    for camera_id, seq in frames:
+        by_camera.setdefault(camera_id, []).append(seq)
+        n += 1
+    lost = duplicates = 0
+    for seqs in by_camera.values():
+        unique = sorted(set(seqs))
+        duplicates += len(seqs) - len(unique)
+        lost += sum(b - a - 1 for a, b in pairwise(unique) if 1 < b - a < RUN_JUMP)
+    return RefLedger(n, lost, duplicates, missing_objects)
+
+
+def frames_ledger(pipe: Pipeline, since: datetime, until: datetime) -> RefLedger:
+    """The ledger of frames captured in [since, until], read back from ``frames.v1`` now."""
+    settings = pipe.infra.client_settings
+    records = read_range(settings.kafka, FrameRef.topic_name(), since, datetime.now(UTC))
+    refs = []
+    for record in records:
+        try:
+            ref = decode(FrameRef, record.value)
+        except MessageDecodeError:
+            continue
+        if since <= ref.captured_at <= until:
+            refs.append(ref)
+    store = ObjectStore(settings.s3)
+    missing = sum(1 for key in {r.key for r in refs} if not store.exists(key))
+    return ref_ledger(((r.camera_id, r.seq) for r in refs), missing)
 
 
 class StateWatch:
@@ -270,6 +341,7 @@ def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -
     before = watch.data_at[-1][2] if watch.data_at else None
     if pid is None:
         return Outcome(fault, None, None, before, None)
+    started_at = datetime.now(UTC)
     started = time.monotonic()
     fault_end = started
     if fault.how == "kill":
@@ -292,7 +364,14 @@ def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -
     if waited is not None and got is not None:
         fresh = got[0] - fault_end
         locos = got[1]
-    return Outcome(fault, back, fresh, before, locos)
+    fresh_at = datetime.now(UTC)
+    time.sleep(LEDGER_SETTLE_S)
+    try:
+        ledger: RefLedger | None = frames_ledger(pipe, started_at, fresh_at)
+    except (TopicMissingError, StorageError) as exc:
+        log.warning("frames ledger not measured", extra={"error": str(exc)})
+        ledger = None
+    return Outcome(fault, back, fresh, before, locos, ledger)
 
 
 @click.command("faults")

@@ -1,7 +1,7 @@
 """The fault suite inside the test command (bounded): the whole pipeline under ``depotwatch
 up``, a few processes killed with SIGKILL one at a time; each time the facility state must be
-fresh again within the deadline, and no state may show a locomotive twice (two bodies
-overlapping on a track).
+fresh again within the deadline, no state may show a locomotive twice (two bodies
+overlapping on a track), and no FrameRef of the fault's window may point at a missing object.
 
 ``depotwatch bench faults`` runs the full list (S3 outages, a stopped consumer...) and prints
 the recovery table; this test runs the faults whose failure in the field stopped the product.
@@ -79,3 +79,7 @@ def test_the_state_is_fresh_again_after_each_fault(pipeline: tuple[Pipeline, Sta
         )
         twice = [d for s in watch.states_since(started) for d in double_counts(s)]
         assert not twice, f"{fault.name}: {twice[:3]}"
+        # Claim-check: no FrameRef of the fault's window points at a missing object.
+        assert outcome.ledger is not None, f"{fault.name}: frames.v1 could not be read back"
+        assert outcome.ledger.refs > 0, f"{fault.name}: no frames referenced in the window"
+        assert outcome.ledger.missing_objects == 0, f"{fault.name}: {outcome.ledger}"
