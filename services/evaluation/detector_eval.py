@@ -79,11 +79,9 @@ def detector_command(
     Goal: mAP50 >= 0.90 for head, tail and plate. Exits 1 when it is missed.
     """
     from schemas.facility import ConfigError, load_facility
-    from services.position_estimator.config import (
-        EstimatorConfigError,
-        position_estimator_config,
-    )
+    from services.position_estimator.config import position_estimator_config
     from services.position_estimator.detector import WeightsError, YoloDetector
+    from services.runtime.estimator_service import EstimatorConfigError
     from services.runtime.settings import load_settings
     from services.simulator.dataset import default_plan, write_dataset
     from services.simulator.training import evaluate

@@ -238,10 +238,8 @@ def estimators_command(
     from services.evaluation.estimator_accuracy import verdicts
     from services.plate_ocr.config import plate_ocr_config
     from services.plate_ocr.ocr_engine import RapidTextRecogniser
-    from services.position_estimator.config import (
-        EstimatorConfigError,
-        position_estimator_config,
-    )
+    from services.position_estimator.config import position_estimator_config
+    from services.runtime.estimator_service import EstimatorConfigError
     from services.runtime.settings import load_settings
 
     settings = load_settings()

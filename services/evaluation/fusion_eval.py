@@ -552,11 +552,9 @@ def _real_estimators(
 ) -> tuple[BatchDetector, TextRecogniser]:
     """The flow's YOLO detector and the offline OCR engine, or one clear error."""
     from services.plate_ocr.ocr_engine import RapidTextRecogniser
-    from services.position_estimator.config import (
-        EstimatorConfigError,
-        position_estimator_config,
-    )
+    from services.position_estimator.config import position_estimator_config
     from services.position_estimator.detector import WeightsError, YoloDetector
+    from services.runtime.estimator_service import EstimatorConfigError
     from services.runtime.settings import load_settings
 
     try:

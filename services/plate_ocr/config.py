@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
-from services.position_estimator.config import EstimatorConfigError, resolve_weights
+from services.runtime.estimator_service import EstimatorConfigError, resolve_weights
 from services.runtime.frame_stream import FrameStreamConfig, Mode
 from services.runtime.settings import Settings
 

@@ -10,12 +10,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from services.runtime.estimator_service import EstimatorStartError
 from services.runtime.frames import Image
 
 log = logging.getLogger(__name__)
 
 
-class OcrUnavailableError(RuntimeError):
+class OcrUnavailableError(EstimatorStartError):
     """The OCR engine cannot be loaded."""
 
 

@@ -8,47 +8,19 @@ from typing import cast
 
 import click
 
-from schemas.facility import ConfigError
-from services.position_estimator.config import (
-    SERVICE,
-    EstimatorConfigError,
-    position_estimator_config,
-)
-from services.position_estimator.detector import WeightsError, YoloDetector
+from services.position_estimator.config import SERVICE, position_estimator_config
+from services.position_estimator.detector import YoloDetector
 from services.position_estimator.service import position_stream
+from services.runtime.estimator_service import estimator_options, run_estimator
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.frame_stream import Mode, serve_frame_stream
-from services.runtime.logs import configure_logging
-from services.runtime.settings import load_settings
-from services.runtime.shutdown import ShutdownSignal
+from services.runtime.frame_stream import FrameStream, Mode
+from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 @click.command("position-estimator")
-@click.option("--flow", required=True, envvar="DEPOTWATCH_FLOW", help="Flow to run (prod, dev...).")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Facility YAML (default: DEPOTWATCH_FACILITY_CONFIG or facility.yaml).",
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["live", "replay"]),
-    default="live",
-    show_default=True,
-    help="live: skip to the newest frame per camera when behind; replay: process every frame.",
-)
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Override weights.")
-@click.option(
-    "--frames-topic",
-    default="frames.v1",
-    show_default=True,
-    help="Topic of the frame refs (e.g. a copy to replay).",
-)
-@click.option("--max-batch", type=click.IntRange(1, 256), default=None, help="Override max_batch.")
+@estimator_options
 def position_estimator_command(
     flow: str,
     config_path: Path | None,
@@ -59,31 +31,23 @@ def position_estimator_command(
 ) -> None:
     """Detect locomotive heads/tails in frames.v1 and publish positions.<flow>.v1."""
 
-    settings = load_settings()
-    configure_logging(f"{SERVICE}.{flow}", settings.log_level, settings.log_format)
-    path = config_path or settings.facility_config
-    try:
-        watch = FacilityWatch(path)
+    def build(settings: Settings, watch: FacilityWatch, path: Path) -> FrameStream:
         config = position_estimator_config(
             watch.config, path, flow, settings, cast(Mode, mode), max_batch, weights, frames_topic
         )
         detector = YoloDetector(
             config.weights, config.imgsz, config.confidence, config.device, config.max_batch
         )
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (EstimatorConfigError, WeightsError) as exc:
-        raise click.ClickException(str(exc)) from None
-    log.info(
-        "starting",
-        extra={"flow": flow, "mode": mode, "weights": str(config.weights), "device": config.device},
-    )
-    if detector.trained_imgsz and detector.trained_imgsz != detector.imgsz:
-        log.warning(
-            "inference size differs from the training size; accuracy and speed will differ "
-            "from the model card (set the flow's imgsz)",
-            extra={"imgsz": detector.imgsz, "trained_imgsz": detector.trained_imgsz},
+        log.info(
+            "starting",
+            extra={
+                "flow": flow,
+                "mode": mode,
+                "weights": str(config.weights),
+                "device": config.device,
+            },
         )
-    detector.warm_up()
-    shutdown = ShutdownSignal().install()
-    serve_frame_stream(position_stream(settings, config, watch, detector), settings, shutdown)
+        detector.prepare()
+        return position_stream(settings, config, watch, detector)
+
+    run_estimator(SERVICE, flow, config_path, build)

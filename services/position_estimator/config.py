@@ -7,15 +7,12 @@ from pathlib import Path
 
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
+from services.runtime.estimator_service import EstimatorConfigError, resolve_weights
 from services.runtime.frame_stream import FrameStreamConfig, Mode
 from services.runtime.settings import Settings
 
 SERVICE = "position-estimator"
 ESTIMATOR_VERSION = f"{SERVICE}/0.1"
-
-
-class EstimatorConfigError(ValueError):
-    """The flow cannot run this estimator; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +41,6 @@ class PositionEstimatorConfig:
             frames_topic=self.frames_topic,
             detector_input_px=self.imgsz,
         )
-
-
-def resolve_weights(weights: str, config_path: Path) -> Path:
-    """Weights paths in the facility config are relative to the config file's directory."""
-    p = Path(weights)
-    return p if p.is_absolute() else (config_path.parent / p).resolve()
 
 
 def position_estimator_config(

@@ -15,6 +15,7 @@ from typing import Any, Protocol, get_args
 import numpy as np
 
 from schemas.estimates import BoundingBox, Detection, DetectionClass
+from services.runtime.estimator_service import EstimatorStartError
 from services.runtime.frames import Image
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ REQUIRED_CLASSES = ("head", "tail")
 WEIGHT_SUFFIXES = (".pt", ".onnx")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(EstimatorStartError):
     """The detector weights are missing or not a usable head/tail/plate YOLO model."""
 
 
@@ -131,6 +132,16 @@ class YoloDetector:
         t0 = time.perf_counter()
         self.detect([np.zeros((height, width, 3), dtype=np.uint8)])
         return time.perf_counter() - t0
+
+    def prepare(self) -> None:
+        """Before serving: warn when the inference size is not the training size, warm up."""
+        if self.trained_imgsz and self.trained_imgsz != self.imgsz:
+            log.warning(
+                "inference size differs from the training size; accuracy and speed will differ "
+                "from the model card (set the flow's imgsz)",
+                extra={"imgsz": self.imgsz, "trained_imgsz": self.trained_imgsz},
+            )
+        self.warm_up()
 
 
 def _load_model(weights: Path, device: str) -> Any:

@@ -23,7 +23,7 @@ from schemas.facility import load_facility
 from services.plate_ocr.config import plate_ocr_config
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
 from services.plate_ocr.service import plate_stream
-from services.position_estimator.config import EstimatorConfigError
+from services.runtime.estimator_service import EstimatorConfigError
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.kafka import MessageProducer
 from services.runtime.settings import Settings

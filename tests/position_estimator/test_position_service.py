@@ -359,7 +359,7 @@ def frame_offsets(
 
 
 def test_unknown_flow_and_missing_stage_are_one_line_errors(tmp_path: Path) -> None:
-    from services.position_estimator.config import EstimatorConfigError
+    from services.runtime.estimator_service import EstimatorConfigError
 
     facility = load_facility(ROOT / "facility.yaml")
     with pytest.raises(EstimatorConfigError, match="no flow 'qa'; use one of dev, prod"):
