@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
-from services.runtime.estimator_service import EstimatorConfigError, resolve_weights
+from services.runtime.estimator_service import EstimatorConfigError, flow_spec, resolve_weights
 from services.runtime.frame_stream import FrameStreamConfig, Mode
 from services.runtime.settings import Settings
 
@@ -57,11 +57,7 @@ def plate_ocr_config(
     Plates are found by the flow's detector (its ``position_estimator`` weights, plate class),
     so a flow that reads plates needs detector weights too.
     """
-    if flow not in facility.flows:
-        raise EstimatorConfigError(
-            f"{config_path}: no flow {flow!r}; use one of {', '.join(sorted(facility.flows))}"
-        )
-    spec = facility.flows[flow]
+    spec = flow_spec(facility, config_path, flow)
     if spec.plate_ocr is None:
         raise EstimatorConfigError(
             f"{config_path}: flows.{flow}.plate_ocr is not set; add it "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
-from services.runtime.estimator_service import EstimatorConfigError, resolve_weights
+from services.runtime.estimator_service import EstimatorConfigError, flow_spec, resolve_weights
 from services.runtime.frame_stream import FrameStreamConfig, Mode
 from services.runtime.settings import Settings
 
@@ -54,11 +54,7 @@ def position_estimator_config(
     frames_topic: str = FrameRef.TOPIC,
 ) -> PositionEstimatorConfig:
     """The config of ``flow``'s position estimator; one-line errors for a flow that has none."""
-    if flow not in facility.flows:
-        raise EstimatorConfigError(
-            f"{config_path}: no flow {flow!r}; use one of {', '.join(sorted(facility.flows))}"
-        )
-    stage = facility.flows[flow].position_estimator
+    stage = flow_spec(facility, config_path, flow).position_estimator
     if stage is None:
         raise EstimatorConfigError(
             f"{config_path}: flows.{flow}.position_estimator is not set; add it (weights, "

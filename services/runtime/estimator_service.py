@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import click
 
-from schemas.facility import ConfigError
+from schemas.facility import ConfigError, FacilityConfig, Flow
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_stream import FrameStream, serve_frame_stream
 from services.runtime.logs import configure_logging
@@ -32,6 +32,15 @@ class EstimatorStartError(RuntimeError):
 
 class EstimatorConfigError(EstimatorStartError, ValueError):
     """The flow cannot run this estimator; the message names the field and the fix."""
+
+
+def flow_spec(facility: FacilityConfig, config_path: Path, flow: str) -> Flow:
+    """The facility's settings of ``flow``; a one-line error naming the known flows if none."""
+    if flow not in facility.flows:
+        raise EstimatorConfigError(
+            f"{config_path}: no flow {flow!r}; use one of {', '.join(sorted(facility.flows))}"
+        )
+    return facility.flows[flow]
 
 
 def resolve_weights(weights: str, config_path: Path) -> Path:
