@@ -237,7 +237,10 @@ def describe_validation_error(
     """
     parts = []
     for err in exc.errors()[:limit]:
-        loc = name(err["loc"]) if name else ".".join(str(p) for p in err["loc"]) or "<message>"
+        if not err["loc"]:
+            loc = "<message>"
+        else:
+            loc = name(err["loc"]) if name else ".".join(str(p) for p in err["loc"])
         parts.append(f"{loc}: {err['msg']}")
     more = len(exc.errors()) - limit
     if more > 0:

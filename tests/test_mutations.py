@@ -121,7 +121,7 @@ MUTANTS: list[tuple[str, tuple[str, list[str]], str, str]] = [
         "                stored = self.store.put(key, frame.jpeg, "
         'content_type="image/jpeg")\n                break',
         "                self._publish(_PendingRef(frame_ref(h, self.store.settings.bucket, key, "
-        "len(frame.jpeg), ''), 0))\n"
+        "len(frame.jpeg), '0' * 64), 0))\n"
         '                stored = self.store.put(key, frame.jpeg, content_type="image/jpeg")\n'
         "                break",
     ),

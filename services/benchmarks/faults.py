@@ -43,6 +43,7 @@ from typing import Any
 
 import click
 import yaml
+from confluent_kafka import KafkaException
 
 from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
@@ -167,7 +168,7 @@ def frames_ledger(pipe: Pipeline, since: datetime, until: datetime) -> RefLedger
         if since <= ref.captured_at <= until:
             refs.append(ref)
     store = ObjectStore(settings.s3)
-    missing = sum(1 for key in {r.key for r in refs} if not store.exists(key))
+    missing = sum(1 for b, k in {(r.bucket, r.key) for r in refs} if not store.exists(k, bucket=b))
     return ref_ledger(((r.camera_id, r.seq) for r in refs), missing)
 
 
@@ -368,7 +369,7 @@ def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -
     time.sleep(LEDGER_SETTLE_S)
     try:
         ledger: RefLedger | None = frames_ledger(pipe, started_at, fresh_at)
-    except (TopicMissingError, StorageError) as exc:
+    except (TopicMissingError, StorageError, KafkaException) as exc:
         log.warning("frames ledger not measured", extra={"error": str(exc)})
         ledger = None
     return Outcome(fault, back, fresh, before, locos, ledger)

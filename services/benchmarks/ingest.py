@@ -32,11 +32,11 @@ from services.benchmarks.ingest_rig import (
     aggregator_process,
     capture_process,
     facility_for_cameras,
-    free_tcp_port,
     metric_sum,
     synthetic_video,
     wait_until,
 )
+from services.infra.processes import free_port
 from services.runtime.settings import Settings
 from services.runtime.stats import percentile
 
@@ -282,7 +282,7 @@ def run_pipeline(
     config = facility_for_cameras(
         workdir / "facility.yaml", {c: f"file://{video}" for c in ids}, fps, quality
     )
-    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     aggregator = aggregator_process(
         endpoint,
         settings,

@@ -28,6 +28,7 @@ import yaml
 
 from schemas.base import decode
 from schemas.frames import FrameRef
+from services.infra.processes import free_port
 from services.runtime.settings import Settings
 
 
@@ -117,15 +118,6 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def free_tcp_port() -> int:
-    """A loopback port free right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class ServiceProcess:
     """A capture or aggregator process with its /metrics port and log file."""
@@ -134,7 +126,7 @@ class ServiceProcess:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
-    http_port: int = field(default_factory=free_tcp_port)
+    http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:

@@ -17,6 +17,7 @@ Apache Kafka compacts the changelog to one record per key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -182,8 +183,10 @@ def restore_seconds(
             return time.monotonic() - started >= timeout_s or proc.poll() is not None
 
         topic = FacilityState.topic_name(flow)
-        for _ in tail(kafka, [topic], give_up, purpose="bench-state-store"):
-            return time.monotonic() - started
+        heartbeats = tail(kafka, [topic], give_up, purpose="bench-state-store")
+        with contextlib.closing(heartbeats):
+            for _ in heartbeats:
+                return time.monotonic() - started
         if proc.poll() is not None:
             raise click.ClickException(f"the worker exited; see {log_path}")
         raise click.ClickException(f"no heartbeat within {timeout_s:.0f}s; see {log_path}")

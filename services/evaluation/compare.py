@@ -8,6 +8,7 @@ keeps Prometheus gauges current; :func:`compare_command` is ``depotwatch compare
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -408,30 +409,32 @@ def run_live(
     topic_b = topic_for(b)
     summary = AgreementSummary()
     history_a: list[tuple[datetime, Any]] = []
-    for record in topic_reader.tail(kafka, [topic_a, topic_b], stop, purpose=f"compare-{a}-{b}"):
-        try:
-            if record.topic == topic_a:
-                ref: GroundTruth | FacilityState = (
-                    decode(GroundTruth, record.value)
-                    if a == GROUND_TRUTH
-                    else decode(FacilityState, record.value)
-                )
-                at = ref.at if isinstance(ref, GroundTruth) else ref.as_of
-                history_a = [*history_a[-200:], (at, ref)]
+    records = topic_reader.tail(kafka, [topic_a, topic_b], stop, purpose=f"compare-{a}-{b}")
+    with contextlib.closing(records):
+        for record in records:
+            try:
+                if record.topic == topic_a:
+                    ref: GroundTruth | FacilityState = (
+                        decode(GroundTruth, record.value)
+                        if a == GROUND_TRUTH
+                        else decode(FacilityState, record.value)
+                    )
+                    at = ref.at if isinstance(ref, GroundTruth) else ref.as_of
+                    history_a = [*history_a[-200:], (at, ref)]
+                    continue
+                state = decode(FacilityState, record.value)
+            except MessageDecodeError as exc:
+                log.warning("skipping undecodable message", extra={"reason": exc.reason})
                 continue
-            state = decode(FacilityState, record.value)
-        except MessageDecodeError as exc:
-            log.warning("skipping undecodable message", extra={"reason": exc.reason})
-            continue
-        for ref, st in pair_in_time(history_a, [state], max_skew_s):
-            one = (
-                compare_to_truth(ref, st)
-                if isinstance(ref, GroundTruth)
-                else compare_states(ref, st)
-            )
-            summary.add(one)
-            export_metrics(a, b, one, summary)
-            on_snapshot(one, summary)
+            for ref, st in pair_in_time(history_a, [state], max_skew_s):
+                one = (
+                    compare_to_truth(ref, st)
+                    if isinstance(ref, GroundTruth)
+                    else compare_states(ref, st)
+                )
+                summary.add(one)
+                export_metrics(a, b, one, summary)
+                on_snapshot(one, summary)
     return summary
 
 

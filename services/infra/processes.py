@@ -207,7 +207,9 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
     except ProcessLookupError:
         return
     except PermissionError:
-        os.kill(pid, sig)
+        # Not allowed to signal the whole group: at least the process itself.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def stop_process(pid: int, timeout: float) -> tuple[bool, float]:

@@ -68,7 +68,10 @@ _OPTIONS: tuple[Callable[[F], F], ...] = (
         help="live: skip to the newest frame per camera when behind; replay: every frame.",
     ),
     click.option(
-        "--weights", type=click.Path(path_type=Path), default=None, help="Override weights."
+        "--weights",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Detector weights (default: the flow's position_estimator.weights).",
     ),
     click.option(
         "--frames-topic",
@@ -77,7 +80,10 @@ _OPTIONS: tuple[Callable[[F], F], ...] = (
         help="Topic of the frame refs (e.g. a copy to replay).",
     ),
     click.option(
-        "--max-batch", type=click.IntRange(1, 256), default=None, help="Override max_batch."
+        "--max-batch",
+        type=click.IntRange(1, 256),
+        default=None,
+        help="Frames per batch (default: the flow's max_batch).",
     ),
 )
 

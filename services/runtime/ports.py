@@ -3,7 +3,7 @@
 :class:`~services.runtime.frame_stream.FrameStream` and the aggregator are written against these,
 so their failure branches (a broker that rejects or never acknowledges, a store that is down, an
 object that is missing) are tested with in-memory fakes that inject those faults
-(``tests/runtime/fakes.py``), and the real clients (:class:`~services.runtime.kafka.
+(``tests/fakes.py``), and the real clients (:class:`~services.runtime.kafka.
 MessageProducer`, :class:`~services.runtime.kafka.MessageConsumer`,
 :class:`~services.runtime.storage.ObjectStore`) are tested against the real servers.
 """

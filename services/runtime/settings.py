@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, overload
 
 import click
+import pydantic_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -200,6 +201,12 @@ def load_settings(cls: type[BaseSettings] = Settings) -> BaseSettings:
         return cls()
     except ValidationError as exc:
         raise SettingsError(describe_settings_error(cls, exc)) from None
+    except pydantic_settings.SettingsError as exc:
+        # A nested setting given as one variable that is not JSON (DEPOTWATCH_KAFKA=...).
+        raise SettingsError(
+            f"bad setting: {exc} (set nested settings one by one, e.g. "
+            f"{cls.model_config.get('env_prefix', '')}KAFKA__BOOTSTRAP_SERVERS, or give JSON)"
+        ) from None
 
 
 def describe_settings_error(cls: type[BaseSettings], exc: ValidationError) -> str:

@@ -154,10 +154,10 @@ class ObjectStore:
                 resp.close()
                 resp.release_conn()
 
-    def exists(self, key: str) -> bool:
-        """Whether an object exists."""
+    def exists(self, key: str, bucket: str | None = None) -> bool:
+        """Whether an object exists (in ``bucket``, default the frames bucket)."""
         try:
-            self._client.stat_object(self.bucket, key)
+            self._client.stat_object(bucket or self.bucket, key)
             return True
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):

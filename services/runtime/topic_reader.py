@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -157,41 +157,62 @@ def tail(
     stop: Callable[[], bool],
     purpose: str = "tail",
     poll_s: float = 0.5,
-) -> Iterator[Stamped]:
-    """Records written to ``topics`` from now on, until ``stop()`` is true.
+) -> Generator[Stamped, None, None]:
+    """Records written to ``topics`` from this call on, until ``stop()`` is true.
 
-    Subscribes a fresh viewer group; each partition, once assigned, is read from shortly before
-    the call (by timestamp, see the module docstring) and records stamped before it are dropped.
-    The consumer is closed when the iteration ends, however it ends.
+    Subscribes a fresh viewer group; each partition, when first assigned, is read from shortly
+    before the call (by timestamp, see the module docstring) and records stamped before the
+    call are dropped; a partition assigned again after a rebalance goes on where it left off,
+    so no record is yielded twice. The consumer is closed when the iteration ends, however it
+    ends (close the iterator, e.g. with ``contextlib.closing``, to end it early).
     """
-    consumer = viewer_consumer(kafka, purpose)
     since_ms = int(time.time() * 1000) - TAIL_SLACK_MS
+    return _tail(kafka, list(topics), stop, purpose, poll_s, since_ms)
 
-    def seek_to_start(c: Consumer, partitions: list[TopicPartition]) -> None:
+
+def _tail(
+    kafka: KafkaSettings,
+    topics: list[str],
+    stop: Callable[[], bool],
+    purpose: str,
+    poll_s: float,
+    since_ms: int,
+) -> Generator[Stamped, None, None]:
+    consumer = viewer_consumer(kafka, purpose)
+    resume: dict[tuple[str, int], int] = {}  # next offset of every partition read so far
+
+    def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+        known = [
+            TopicPartition(p.topic, p.partition, resume[(p.topic, p.partition)])
+            for p in partitions
+            if (p.topic, p.partition) in resume
+        ]
+        new = [p for p in partitions if (p.topic, p.partition) not in resume]
         try:
-            found = c.offsets_for_times(
-                [
-                    TopicPartition(p.topic, p.partition, since_ms - SEEK_SLACK_MS)
-                    for p in partitions
-                ],
-                timeout=10,
+            found = (
+                c.offsets_for_times(
+                    [TopicPartition(p.topic, p.partition, since_ms - SEEK_SLACK_MS) for p in new],
+                    timeout=10,
+                )
+                if new
+                else []
             )
-        except KafkaException as exc:
-            log.warning("tail starts at the end: no offsets by time", extra={"error": str(exc)})
-            return
-        c.assign(
-            [
+            starts = [
                 TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
                 for tp in found
             ]
-        )
+        except KafkaException as exc:
+            log.warning("tail starts at the end: no offsets by time", extra={"error": str(exc)})
+            starts = new
+        c.assign(known + starts)
 
     try:
-        consumer.subscribe(list(topics), on_assign=seek_to_start)
+        consumer.subscribe(topics, on_assign=on_assign)
         while not stop():
             msg = consumer.poll(poll_s)
             if msg is None or msg.error():
                 continue
+            resume[(str(msg.topic()), int(msg.partition() or 0))] = int(msg.offset() or 0) + 1
             record = stamped(msg)
             if record.timestamp_ms >= since_ms:
                 yield record

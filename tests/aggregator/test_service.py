@@ -283,9 +283,10 @@ def test_refs_awaiting_acks_are_bounded_when_the_broker_stops_answering(
     for seq in range(10):
         service.accept(frame(cam, seq))
     wait_for(lambda: len(broker.refs) == 3)
-    time.sleep(0.1)
-    assert len(broker.refs) == 3  # the worker waits instead of piling up refs
-    assert len(store.puts) == 4  # ...holding the one frame it stored meanwhile
+    wait_for(lambda: len(store.puts) == 4)  # the worker stores one more frame, then waits
+    time.sleep(0.2)
+    assert len(broker.refs) == 3  # ...instead of piling up refs
+    assert len(store.puts) == 4
     broker.faults.acknowledge = True
     wait_for(lambda: len(broker.acknowledged) == 10)
 

@@ -26,11 +26,11 @@ from services.benchmarks.ingest_rig import (
     aggregator_process,
     capture_process,
     facility_for_cameras,
-    free_tcp_port,
     metric_sum,
     wait_until,
 )
 from services.infra import EmbeddedInfra
+from services.infra.processes import free_port
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
 
@@ -113,7 +113,7 @@ class Rig:
         self.prefix = prefix
         tag = uuid.uuid4().hex[:6]
         self.camera_ids = [f"it-{tag}-a", f"it-{tag}-b"]
-        self.endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.processes: list[ServiceProcess] = []
         self.cameras: SimulatedCameras | None = None
         self.collector = RefCollector(settings, camera_prefix=f"it-{tag}-").start()

@@ -21,6 +21,15 @@ from services.runtime.estimator_service import (
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture
+def quiet_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The services configure logging at start; in the test process that would replace
+    pytest's handlers for every later test."""
+    monkeypatch.setattr(
+        "services.runtime.estimator_service.configure_logging", lambda *a, **k: None
+    )
+
+
 def _command(error: Exception) -> click.Command:
     @click.command()
     @estimator_options
@@ -48,7 +57,9 @@ def _command(error: Exception) -> click.Command:
         OcrUnavailableError("rapidocr is not installed; pip install 'depotwatch[ocr]'"),
     ],
 )
-def test_a_service_that_cannot_start_says_why_in_one_line(error: EstimatorStartError) -> None:
+def test_a_service_that_cannot_start_says_why_in_one_line(
+    error: EstimatorStartError, quiet_logs: None
+) -> None:
     result = CliRunner().invoke(
         _command(error), ["--flow", "prod", "--config", str(REPO / "facility.yaml")]
     )
@@ -56,7 +67,7 @@ def test_a_service_that_cannot_start_says_why_in_one_line(error: EstimatorStartE
     assert result.output == f"Error: {error}\n"
 
 
-def test_a_bad_facility_file_is_one_line_too(tmp_path: Path) -> None:
+def test_a_bad_facility_file_is_one_line_too(tmp_path: Path, quiet_logs: None) -> None:
     bad = tmp_path / "facility.yaml"
     bad.write_text("tracks: [\n")
     result = CliRunner().invoke(

@@ -245,3 +245,11 @@ def test_settings_are_frozen() -> None:
 def test_explicit_values_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEPOTWATCH_HTTP_PORT", "9100")
     assert Settings(http_port=9200).http_port == 9200
+
+
+def test_a_nested_setting_given_whole_and_not_json_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEPOTWATCH_KAFKA", "notjson")
+    with pytest.raises(SettingsError, match=r'field "kafka".*DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS'):
+        load_settings()

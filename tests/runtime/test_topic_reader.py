@@ -86,6 +86,38 @@ def test_a_tail_finds_a_topic_created_after_it_subscribed(
     assert got[:1] == [b"hello"]
 
 
+def test_a_rebalance_does_not_yield_a_record_twice(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    """A second topic appearing reassigns every partition; the first topic's must go on where
+    they were, not be read again from the tail's start."""
+    first, second = unique_name("first"), unique_name("second")
+    _create(stack_settings, first)
+    got: list[bytes] = []
+    done = threading.Event()
+    deadline = time.monotonic() + DEADLINE_S
+
+    def run() -> None:
+        stop = lambda: done.is_set() or time.monotonic() > deadline  # noqa: E731
+        for record in tail(stack_settings.kafka, [first, second], stop):
+            got.append(record.value)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _produce(stack_settings, first, [b"a1"])  # once: written after the tail started
+    while b"a1" not in got and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _create(stack_settings, second)  # the rebalance
+    while b"b1" not in got and time.monotonic() < deadline:
+        _produce(stack_settings, second, [b"b1"])
+        time.sleep(1.0)
+    time.sleep(2.0)
+    done.set()
+    thread.join(10)
+    assert b"b1" in got
+    assert got.count(b"a1") == 1, got
+
+
 def test_a_range_holds_the_records_stamped_inside_it(
     stack_settings: Settings, unique_name: Callable[[str], str]
 ) -> None:

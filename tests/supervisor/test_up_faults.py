@@ -18,6 +18,7 @@ from rtsp_server import NEEDS_RTSP_SERVER
 
 from services.benchmarks.faults import (
     FAULTS,
+    LEDGER_SETTLE_S,
     Pipeline,
     StateWatch,
     double_counts,
@@ -30,6 +31,8 @@ DEADLINE_S = 120.0
 """Per fault: the state must be fresh again within this."""
 START_S = (90.0, 180.0)
 """Deadlines for the infra to be healthy and for the first fresh state."""
+PER_FAULT_S = 3 * DEADLINE_S + LEDGER_SETTLE_S + 90.0
+"""Fresh before, back, fresh after (each up to the deadline), then frames.v1 read back."""
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,7 +40,7 @@ pytestmark = [
     NEEDS_RTSP_SERVER,
     # Above every deadline together, so a miss fails on its own assert, with the pipeline's
     # log, instead of being cut off by the suite-wide 300 s timeout with nothing to read.
-    pytest.mark.timeout(int(sum(START_S) + len(IN_SUITE) * 2 * DEADLINE_S + 60)),
+    pytest.mark.timeout(int(sum(START_S) + len(IN_SUITE) * PER_FAULT_S + 60)),
 ]
 
 
