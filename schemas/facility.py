@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
@@ -23,9 +23,11 @@ from schemas.base import FLOW_NAME_PATTERN, IDENTIFIER_PATTERN, Identifier, Stri
 from schemas.geometry import (
     DegenerateHomographyError,
     FloatArray,
+    Point,
     apply_homography,
     fit_homography,
     least_consistent_point,
+    locate_on_polyline,
     pinhole_floor_homography,
     polyline_length,
 )
@@ -76,6 +78,27 @@ class Track(StrictModel):
     def length_m(self) -> float:
         """Length of the track, metres."""
         return polyline_length(self.polyline)
+
+
+def place_on_tracks(
+    floor_point: Point, tracks: Sequence[Track]
+) -> tuple[Track | None, float | None, float | None]:
+    """Nearest track within its tolerance: (track, position_m, distance_m), or Nones off track.
+
+    The distance to the nearest track is reported even when it is beyond tolerance, so an
+    operator can see how far off a detection was.
+    """
+    best: tuple[Track, float, float] | None = None
+    for track in tracks:
+        where = locate_on_polyline(track.polyline, floor_point)
+        if best is None or where.distance_m < best[2]:
+            best = (track, where.position_m, where.distance_m)
+    if best is None:
+        return None, None, None
+    track, position, distance = best
+    if distance > track.tolerance_m:
+        return None, None, distance
+    return track, position, distance
 
 
 class CalibrationPoint(StrictModel):

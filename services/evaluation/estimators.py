@@ -26,9 +26,9 @@ from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from services.evaluation.estimator_accuracy import EstimatorScore, TrueObject, report_lines
 from services.plate_ocr.identity import IdentityEstimator, TextRecogniser
-from services.position_estimator.estimator import BatchDetector
 from services.position_estimator.track_position import observe
 from services.runtime.frames import DecodedFrame, Image, Rejected
+from services.runtime.ports import BatchDetector
 
 SEED_BASE = 9500
 """Seeds of the evaluation (the detector's own test split uses 9000-9499)."""

@@ -40,7 +40,7 @@ from services.evaluation.observability import (
     sightlines_blocked,
 )
 from services.plate_ocr.identity import TextRecogniser
-from services.position_estimator.estimator import BatchDetector, to_frame_pixels
+from services.position_estimator.estimator import to_frame_pixels
 from services.runtime.frames import (
     REDUCED_DECODE,
     DecodedFrame,
@@ -48,6 +48,7 @@ from services.runtime.frames import (
     Rejected,
     decode_reduction,
 )
+from services.runtime.ports import BatchDetector
 from services.state_estimator.coverage import in_view
 from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState
 

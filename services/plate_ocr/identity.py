@@ -24,8 +24,8 @@ from schemas.frames import FrameRef
 from services.plate_ocr.livery import LiveryMatch, livery_model
 from services.plate_ocr.plate_position import plate_observation
 from services.plate_ocr.plate_text import PlateNormaliser, PlateReading
-from services.position_estimator.estimator import BatchDetector
 from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected
+from services.runtime.ports import BatchDetector
 
 MIN_PLATE_HEIGHT_PX = 12
 """Plates fewer pixels high than this are not sent to OCR: the glyphs are not resolved."""

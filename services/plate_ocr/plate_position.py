@@ -14,9 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from schemas.estimates import Detection, TrackObservation
-from schemas.facility import Camera, Track
+from schemas.facility import Camera, Track, place_on_tracks
 from schemas.geometry import FloatArray, apply_homography
-from services.position_estimator.track_position import place_on_tracks
 
 PLATE_BOTTOM_HEIGHT_M = 2.2
 """Height of a plate's lower edge above rail level (cab-side plates of the fleet)."""

@@ -7,10 +7,9 @@ from typing import Any
 
 from services.plate_ocr.config import ESTIMATOR_VERSION, PlateOcrConfig
 from services.plate_ocr.identity import IdentityEstimator, TextRecogniser
-from services.position_estimator.estimator import BatchDetector
-from services.position_estimator.service import current_facility
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_stream import FrameStream, connect_frame_stream
+from services.runtime.ports import BatchDetector
 from services.runtime.settings import Settings
 
 
@@ -24,7 +23,7 @@ def plate_stream(
 ) -> FrameStream:
     """The frame loop of a flow's plate reader, wired to the broker and object store."""
     handler = IdentityEstimator(
-        facility=lambda: current_facility(watch),
+        facility=watch.current,
         detector=detector,
         recogniser=recogniser,
         flow=config.flow,

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, get_args
+from typing import Any, get_args
 
 import numpy as np
 
@@ -27,14 +27,6 @@ WEIGHT_SUFFIXES = (".pt", ".onnx")
 
 class WeightsError(EstimatorStartError):
     """The detector weights are missing or not a usable head/tail/plate YOLO model."""
-
-
-class Detector(Protocol):
-    """Anything that turns a batch of BGR images into detections (one list per image)."""
-
-    def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
-        """Detections of each image, in input order."""
-        ...
 
 
 def from_ultralytics(result: Any, class_names: dict[int, str]) -> list[Detection]:

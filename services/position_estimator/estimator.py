@@ -1,6 +1,6 @@
 """The position estimator as a pure batch handler: decoded frames -> PositionEstimates.
 
-The detector is passed in (any :class:`~services.position_estimator.detector.Detector`), so
+The detector is passed in (any :class:`~services.runtime.ports.BatchDetector`), so
 tests drive this with hand-made detections and the service with YOLO.
 """
 
@@ -8,21 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
 
 from schemas.base import utc_now
 from schemas.estimates import BoundingBox, Detection
 from schemas.facility import FacilityConfig
 from services.position_estimator.track_position import position_estimate
-from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected
-
-
-class BatchDetector(Protocol):
-    """Turns a batch of BGR images into detections, one list per image."""
-
-    def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
-        """Detections of each image, in input order."""
-        ...
+from services.runtime.frames import DecodedFrame, FrameOutcome, Rejected
+from services.runtime.ports import BatchDetector
 
 
 def to_frame_pixels(detections: list[Detection], scale: tuple[float, float]) -> list[Detection]:

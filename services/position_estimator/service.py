@@ -5,18 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.facility import FacilityConfig
 from services.position_estimator.config import ESTIMATOR_VERSION, PositionEstimatorConfig
-from services.position_estimator.estimator import BatchDetector, PositionEstimator
+from services.position_estimator.estimator import PositionEstimator
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_stream import FrameStream, connect_frame_stream
+from services.runtime.ports import BatchDetector
 from services.runtime.settings import Settings
-
-
-def current_facility(watch: FacilityWatch) -> FacilityConfig:
-    """The facility config, re-read if the file changed (new cameras join without a restart)."""
-    watch.refresh()
-    return watch.config
 
 
 def position_stream(
@@ -28,7 +22,7 @@ def position_stream(
 ) -> FrameStream:
     """The frame loop of a flow's position estimator, wired to the broker and object store."""
     handler = PositionEstimator(
-        facility=lambda: current_facility(watch),
+        facility=watch.current,
         detector=detector,
         flow=config.flow,
         estimator=ESTIMATOR_VERSION,

@@ -17,9 +17,9 @@ from datetime import datetime
 import numpy as np
 
 from schemas.estimates import BoundingBox, Detection, PositionEstimate, TrackObservation
-from schemas.facility import Camera, Track
+from schemas.facility import Camera, Track, place_on_tracks
 from schemas.frames import FrameRef
-from schemas.geometry import Point, apply_homography, locate_on_polyline
+from schemas.geometry import Point, apply_homography
 
 PLACED_CLASSES = ("head", "tail")
 """Detection classes whose floor contact point is a locomotive end (plates hang above it)."""
@@ -28,27 +28,6 @@ PLACED_CLASSES = ("head", "tail")
 def floor_contact_pixel(box: BoundingBox) -> Point:
     """The pixel where an end box touches the floor: its bottom-centre."""
     return ((box.x1 + box.x2) / 2.0, box.y2)
-
-
-def place_on_tracks(
-    floor_point: Point, tracks: Sequence[Track]
-) -> tuple[Track | None, float | None, float | None]:
-    """Nearest track within its tolerance: (track, position_m, distance_m), or Nones off track.
-
-    The distance to the nearest track is reported even when it is beyond tolerance, so an
-    operator can see how far off a detection was.
-    """
-    best: tuple[Track, float, float] | None = None
-    for track in tracks:
-        where = locate_on_polyline(track.polyline, floor_point)
-        if best is None or where.distance_m < best[2]:
-            best = (track, where.position_m, where.distance_m)
-    if best is None:
-        return None, None, None
-    track, position, distance = best
-    if distance > track.tolerance_m:
-        return None, None, distance
-    return track, position, distance
 
 
 def observe(

@@ -49,3 +49,9 @@ class FacilityWatch:
             return False
         log.info("facility config reloaded", extra={"path": str(self.path)})
         return True
+
+    def current(self) -> FacilityConfig:
+        """The facility config, re-read if the file changed (new cameras join without a
+        restart); what a frame handler asks for on every batch."""
+        self.refresh()
+        return self.config

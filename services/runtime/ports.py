@@ -1,4 +1,4 @@
-"""What the frame loops need of the broker and the object store, as Protocols.
+"""What the frame loops need of the broker, the object store and a detector, as Protocols.
 
 :class:`~services.runtime.frame_stream.FrameStream` and the aggregator are written against these,
 so their failure branches (a broker that rejects or never acknowledges, a store that is down, an
@@ -10,7 +10,7 @@ MessageProducer`, :class:`~services.runtime.kafka.MessageConsumer`,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -18,12 +18,22 @@ if TYPE_CHECKING:
     from confluent_kafka import Message as KafkaMessage
 
     from schemas.base import Message
+    from schemas.estimates import Detection
+    from services.runtime.frames import Image
     from services.runtime.kafka import Received
     from services.runtime.settings import S3Settings
     from services.runtime.storage import StoredObject
 
 DeliveryCallback = Callable[["KafkaError | None", "KafkaMessage"], None]
 """``on_delivery(err, msg)``: err is None once the broker acknowledged the message."""
+
+
+class BatchDetector(Protocol):
+    """Turns a batch of BGR images into detections, one list per image (the YOLO detector, or
+    a stand-in that reads the simulator's truth)."""
+
+    def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
+        """Detections of each image, in input order."""
 
 
 class Publisher(Protocol):

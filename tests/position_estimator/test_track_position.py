@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from schemas.estimates import BoundingBox, Detection, PositionEstimate
-from schemas.facility import FacilityConfig, load_facility
+from schemas.facility import FacilityConfig, load_facility, place_on_tracks
 from schemas.frames import FrameRef
 from schemas.geometry import apply_homography
 from services.position_estimator.estimator import PositionEstimator
 from services.position_estimator.track_position import (
     floor_contact_pixel,
     observe,
-    place_on_tracks,
 )
 from services.runtime.frames import DecodedFrame, Image, Rejected
 
