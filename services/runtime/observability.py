@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -123,6 +124,28 @@ class ProgressWatch:
                 f"(limit {self.stall_after_s:.0f}s); {finished} done"
             )
         return True, f"{backlog} waiting; {finished} done, last {idle:.0f}s ago"
+
+
+def behind_check(
+    newest: datetime | None, backlog: int | None, now: datetime, behind_after_s: float
+) -> tuple[bool, str]:
+    """Health that fails when a service keeps up in name only: it makes progress, but the
+    newest frame it has handled is older than ``behind_after_s`` while work waits.
+
+    Field failure (60-minute soak): the state estimator fused estimates 10 minutes old, 4,000
+    waiting, and /healthz said ok because it was never idle and its heartbeats kept its output
+    topic busy. With nothing waiting, old data is the cameras' silence, not this service's fault.
+    """
+    if newest is None:
+        return True, "nothing handled yet"
+    age = (now - newest).total_seconds()
+    waiting = backlog or 0
+    if waiting > 0 and age > behind_after_s:
+        return False, (
+            f"behind: the newest frame handled is {age:.0f}s old while {waiting} wait "
+            f"(limit {behind_after_s:.0f}s)"
+        )
+    return True, f"newest frame handled {age:.0f}s ago; {waiting} waiting"
 
 
 class ObservabilityServer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -11,7 +12,12 @@ from schemas.facility import ConfigError, load_facility
 from services.runtime.consumer_lag import ConsumerLagMonitor
 from services.runtime.kafka import KafkaUnavailableError, TopicAdmin
 from services.runtime.logs import configure_logging
-from services.runtime.observability import Health, ObservabilityServer, ProgressWatch
+from services.runtime.observability import (
+    Health,
+    ObservabilityServer,
+    ProgressWatch,
+    behind_check,
+)
 from services.runtime.settings import load_settings
 from services.state_estimator.app import StateEstimatorApp
 from services.state_estimator.config import StateEstimatorServiceSettings
@@ -64,6 +70,15 @@ def state_estimator_command(flow: str, config_path: Path | None) -> None:
             stall_after_s=estimator.service.stall_after_s,
             unreachable_after_s=estimator.service.stall_after_s,
         ).check,
+    )
+    health.add(
+        "behind",
+        lambda: behind_check(
+            estimator.newest_captured,
+            lag.backlog(),
+            datetime.now(UTC),
+            estimator.service.behind_after_s,
+        ),
     )
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
     log.info("metrics", extra={"flow": flow, "url": server.url})

@@ -30,7 +30,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -203,6 +203,8 @@ class StateEstimatorApp:
         self.ready = False
         self.estimates_done = 0
         """Estimates the fuse agent has finished (accepted or ignored): progress for health."""
+        self.newest_captured: datetime | None = None
+        """Capture time of the newest frame whose estimate was fused: how far behind it is."""
         self.last_published = time.monotonic()
         self.owns_fusion = True
         """False on a worker that was not assigned the fusion partition (it publishes nothing)."""
@@ -321,6 +323,8 @@ class StateEstimatorApp:
                     state, accepted = self.core.apply_identity(state, ident)
                     kind, captured_at = "identity", ident.frame.captured_at
                 self.estimates_done += 1
+                if self.newest_captured is None or captured_at > self.newest_captured:
+                    self.newest_captured = captured_at
                 if not accepted:
                     # Late, or a redelivery after a crash: idempotence at work.
                     ESTIMATES.labels(self.flow, kind, "ignored").inc()

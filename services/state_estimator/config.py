@@ -76,4 +76,10 @@ class StateEstimatorServiceSettings(BaseSettings):
         description="/healthz fails when estimates wait and none was fused for this long, or "
         "the broker cannot be asked for the backlog for this long.",
     )
+    behind_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="/healthz fails when the newest estimate fused is this old while "
+        "estimates wait (it keeps making progress but no longer keeps up).",
+    )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")

@@ -137,6 +137,15 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
     help="Simulator scenario (`depotwatch sim scenarios`, or a YAML path); with --sim only.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Simulator scenario seed.")
+@click.option(
+    "--restart-unhealthy-after",
+    "unhealthy_restart_s",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Restart a running service whose /healthz has failed this many seconds "
+    "(alive but stuck, as a Kubernetes liveness probe would); 0: never.",
+)
 def up_command(
     config_path: Path | None,
     sim: bool | None,
@@ -149,6 +158,7 @@ def up_command(
     live: bool | None,
     scenario: str,
     seed: int,
+    unhealthy_restart_s: float,
 ) -> None:
     """Run the whole pipeline: infrastructure, cameras, captures, aggregator, estimators,
     state estimators and dashboard, restarted when they crash, stopped together on Ctrl-C.
@@ -266,7 +276,15 @@ def up_command(
         scenario=scenario,
         seed=seed,
     )
-    supervisor = Supervisor(cfg, options, env, data_dir_path, console.say, cwd=Path.cwd())
+    supervisor = Supervisor(
+        cfg,
+        options,
+        env,
+        data_dir_path,
+        console.say,
+        cwd=Path.cwd(),
+        unhealthy_restart_s=unhealthy_restart_s or None,
+    )
     if stop["requested"]:
         supervisor.stop_event.set()
     health = Health()

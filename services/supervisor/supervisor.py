@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from schemas.facility import ConfigError, FacilityConfig, load_facility
-from services.infra.processes import free_port
+from services.infra.processes import free_port, signal_group
 from services.supervisor.plan import (
     STAGES,
     CameraChanges,
@@ -46,10 +47,17 @@ from services.supervisor.status import (
 
 log = logging.getLogger(__name__)
 
+UNHEALTHY_KILL_AFTER_S = 20.0
+"""An unhealthy child asked to stop (SIGTERM) is killed if still running after this long."""
 SERVICE_UP = Gauge("depotwatch_service_up", "1 while a supervised service runs", ["service"])
 SERVICE_RESTARTS = Counter(
     "depotwatch_service_restarts_total",
     "Restarts of a supervised service after it died",
+    ["service"],
+)
+UNHEALTHY_RESTARTS = Counter(
+    "depotwatch_service_unhealthy_restarts_total",
+    "Services restarted because their /healthz failed for longer than the limit",
     ["service"],
 )
 
@@ -69,6 +77,27 @@ def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape
     return Scrape(time.monotonic(), counter_totals(text))
 
 
+def _healthz(port: int, timeout: float = 2.0, token: str | None = None) -> tuple[bool, str] | None:
+    """(healthy, the failing checks) from a child's /healthz; None when it does not answer."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True, ""
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            return None
+        try:
+            checks = json.loads(exc.read().decode()).get("checks", {})
+        except (ValueError, OSError, AttributeError):
+            checks = {}
+        failing = [f"{k}: {v.get('detail', '')}" for k, v in checks.items() if not v.get("ok")]
+        return False, "; ".join(failing) or "unhealthy"
+    except OSError:
+        return None
+
+
 @dataclass
 class Child:
     """A planned service, its process and its metrics port."""
@@ -77,6 +106,11 @@ class Child:
     process: ManagedProcess
     metrics_port: int | None
     scrapes: list[Scrape] = field(default_factory=list)
+    unhealthy_since: float | None = None
+    """Monotonic time since when its /healthz has failed without a break (None: healthy)."""
+    kill_at: tuple[float, int] | None = None
+    """Restarting an unhealthy child: (deadline, pid): SIGKILL that process's group if it is
+    still the one running at the deadline."""
 
 
 class Supervisor:
@@ -94,6 +128,7 @@ class Supervisor:
         argv_for: Callable[[ServiceSpec], list[str]] | None = None,
         config_check_s: float = 1.0,
         status_every_s: float = 2.0,
+        unhealthy_restart_s: float | None = 300.0,
     ) -> None:
         self.config = config
         self.options = options
@@ -114,6 +149,9 @@ class Supervisor:
         self.stop_event = threading.Event()
         self._config_check_s = config_check_s
         self._status_every_s = status_every_s
+        self.unhealthy_restart_s = unhealthy_restart_s
+        """Restart a running child whose /healthz has failed this long (None: never), as a
+        Kubernetes liveness probe would; a process can be alive and stuck."""
         self._config_stamp = _stamp(options.config_path)
         self.rows: list[ServiceRow] = []
 
@@ -266,10 +304,43 @@ class Supervisor:
                         drops = scrape.totals.get(counters[1])
                 else:
                     state = "starting"
+            if proc.running and child.metrics_port is not None:
+                self._check_liveness(child, time.monotonic())
             rows.append(ServiceRow(name, state, proc.restarts, r, drops, proc.pid))
         self.rows = rows
         self._write_status(rows)
         return rows
+
+    def _check_liveness(self, child: Child, now: float) -> None:
+        """Restart ``child`` when its /healthz has failed for ``unhealthy_restart_s``."""
+        proc = child.process
+        if child.kill_at is not None:
+            deadline, pid = child.kill_at
+            if proc.pid != pid:
+                child.kill_at = None  # it stopped and a new one runs: check that one
+            elif now >= deadline:
+                signal_group(pid, signal.SIGKILL)  # it did not stop on SIGTERM
+                child.kill_at = None
+            return
+        if self.unhealthy_restart_s is None or child.metrics_port is None:
+            return
+        health = _healthz(child.metrics_port, token=self._token(child))
+        if health is None or health[0]:
+            child.unhealthy_since = None  # healthy, or not answering (starting, or dying)
+            return
+        if child.unhealthy_since is None:
+            child.unhealthy_since = now
+        if now - child.unhealthy_since < self.unhealthy_restart_s:
+            return
+        self.say(
+            f"{child.spec.name} unhealthy for {now - child.unhealthy_since:.0f}s "
+            f"({health[1]}); restarting it"
+        )
+        UNHEALTHY_RESTARTS.labels(child.spec.name).inc()
+        child.unhealthy_since = None
+        if proc.pid is not None:
+            child.kill_at = (now + UNHEALTHY_KILL_AFTER_S, proc.pid)
+        proc.signal_group(signal.SIGTERM)  # poll() sees it exit and restarts it
 
     def _write_status(self, rows: list[ServiceRow]) -> None:
         doc = {

@@ -117,3 +117,20 @@ def test_stop_releases_the_port(registry: CollectorRegistry) -> None:
     server.stop()
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_behind_fails_when_work_waits_and_the_newest_frame_handled_is_old() -> None:
+    """Field failure (60-minute soak): 10 minutes behind, 4,000 waiting, and /healthz said ok."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.runtime.observability import behind_check
+
+    now = datetime(2026, 12, 2, 5, 0, tzinfo=UTC)
+    old = now - timedelta(minutes=10)
+    ok, detail = behind_check(old, 3964, now, behind_after_s=60)
+    assert not ok
+    assert detail.startswith("behind: the newest frame handled is 600s old while 3964 wait")
+    assert behind_check(old, 0, now, 60)[0]  # nothing waits: the cameras are quiet, not us
+    assert behind_check(now - timedelta(seconds=59), 3964, now, 60)[0]  # keeping up
+    assert behind_check(None, 10, now, 60) == (True, "nothing handled yet")
+    assert behind_check(old, None, now, 60)[0]  # backlog unknown: the progress check says so

@@ -75,6 +75,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Supervisor, Path, list[str]]]:
         argv_for=argv_for,
         config_check_s=0.2,
         status_every_s=0.5,
+        unhealthy_restart_s=1.0,
     )
     thread = threading.Thread(target=lambda: (sup.start_all(), sup.run()), daemon=True)
     thread.start()
@@ -205,3 +206,24 @@ def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait(10)
+
+
+def test_a_service_alive_but_unhealthy_is_restarted(
+    running: tuple[Supervisor, Path, list[str]],
+) -> None:
+    """Field failure (60-minute soak): the state estimator stopped fusing, its /healthz said so
+    (503, "stalled") for 20 minutes, and `up` left it running because it had not crashed."""
+    sup, _, lines = running
+    _wait(lambda: "aggregator" in sup.children and sup.children["aggregator"].process.pid, 20,
+          "aggregator started")  # fmt: skip
+    child = sup.children["aggregator"]
+    first = child.process.pid
+    pid_dir = Path(sup.base_env["FAKE_PID_DIR"])
+    time.sleep(2.0)  # healthy for a while: nothing happens
+    assert child.process.pid == first
+    (pid_dir / "aggregator.unhealthy").touch()
+    _wait(lambda: any("aggregator unhealthy for" in ln for ln in lines), 20, "restart decided")
+    (pid_dir / "aggregator.unhealthy").unlink()
+    _wait(lambda: child.process.pid not in (None, first), 30, "aggregator restarted")
+    assert any("(stuck: nothing done for 99s); restarting it" in ln for ln in lines)
+    assert not _alive(first)
