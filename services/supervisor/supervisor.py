@@ -64,11 +64,16 @@ UNHEALTHY_RESTARTS = Counter(
 Say = Callable[[str], None]
 
 
-def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape | None:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+def _child_request(port: int, path: str, token: str | None) -> urllib.request.Request:
+    """A GET of a child's ``path``; the dashboard guards its pages with its access token."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if token:
-        # The dashboard guards its /metrics with its access token like every other page.
         request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
+def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape | None:
+    request = _child_request(port, "/metrics", token)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             text = resp.read().decode()
@@ -79,9 +84,7 @@ def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape
 
 def _healthz(port: int, timeout: float = 2.0, token: str | None = None) -> tuple[bool, str] | None:
     """(healthy, the failing checks) from a child's /healthz; None when it does not answer."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    request = _child_request(port, "/healthz", token)
     try:
         with urllib.request.urlopen(request, timeout=timeout):
             return True, ""
