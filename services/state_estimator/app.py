@@ -247,6 +247,11 @@ class StateEstimatorApp:
             broker_session_timeout=kafka.session_timeout_ms / 1000,
             broker_heartbeat_interval=max(0.5, kafka.session_timeout_ms / 4000),
             stream_recovery_delay=0.0,
+            # The fuse agent's estimates are acknowledged by the checkpoint timer, and Faust
+            # stops timers before it waits for acknowledgements: waiting would hang every
+            # stop (and a rebalance for up to a checkpoint). Redelivery is idempotent (camera
+            # clocks), so what was fused since the last checkpoint is simply fused again.
+            stream_wait_empty=False,
             web_enabled=False,
             autodiscover=False,
             # Payloads are our own JSON (schemas.encode/decode); Faust only moves bytes.

@@ -81,7 +81,7 @@ def start_worker(
     """Starts state-estimator workers as subprocesses; all are killed at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(config: Path, flow: str) -> subprocess.Popen[bytes]:
+    def start(config: Path, flow: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{flow}-{len(started)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.state_estimator", "--flow", flow, "--config", config],
@@ -89,6 +89,7 @@ def start_worker(
             env={
                 **settings_env(stack_settings),
                 "DEPOTWATCH_STATE_ESTIMATOR__DATA_DIR": str(tmp_path / f"faust-{flow}"),
+                **env,
             },
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -254,6 +255,41 @@ def test_state_survives_killing_the_worker(
         latest = reader.until(lambda r, s: r == "heartbeat" and s.as_of > after.as_of)
         assert ids(latest) == ids(before)
         assert all(len(x.cameras) <= 3 for t in latest.tracks for x in t.locomotives)
+    finally:
+        reader.close()
+
+
+def test_a_stopped_worker_exits_promptly_and_loses_nothing(
+    stack_settings: Settings,
+    flows: tuple[Path, str, str],
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """Field failure: on SIGTERM (``up`` stopping, a Kubernetes pod replaced) the worker
+    waited for its estimates to be acknowledged, which only the checkpoint timer does, and
+    Faust stops timers first: it hung until killed (15 s in ``up``, every time). It now exits
+    at once; what the last checkpoint did not cover is redelivered to the next worker."""
+    config, prod, _ = flows
+    ensure_topics(stack_settings, config, prod)
+    reader = StateReader(stack_settings, prod)
+    try:
+        # No checkpoint for a minute: every estimate is unacknowledged when the stop comes.
+        worker = start_worker(config, prod, DEPOTWATCH_STATE_ESTIMATOR__CHECKPOINT_INTERVAL_S="60")
+        inputs: list[Message] = []
+        for seq in range(4):
+            inputs += scene(prod, seq, seq * 0.5)
+        produce(stack_settings, prod, inputs)
+        before = reader.until(lambda r, s: r == "change" and s.locomotive_count == 2)
+        stopping = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        rc = worker.wait(DEADLINE_S)
+        took = time.monotonic() - stopping
+        assert rc == 0, rc
+        assert took < 10, f"the worker took {took:.1f} s to stop"
+        last_offset = reader.seen[-1][2]
+
+        start_worker(config, prod)
+        after = reader.until(lambda r, s: r == "heartbeat" and reader.seen[-1][2] > last_offset)
+        assert ids(after) == ids(before)
     finally:
         reader.close()
 
