@@ -9,6 +9,7 @@ from state_builders import T0, end, identity, position
 
 from services.state_estimator.fusion import FusionCore, FusionState
 from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
+from services.state_estimator.fusion.identity import owner_at
 from services.state_estimator.fusion.state import TrackedLocomotive
 from services.state_estimator.fusion.tracking import predict, travel
 
@@ -182,3 +183,18 @@ def test_an_assumed_end_is_revised_when_its_real_partner_shows_up(core: FusionCo
     (lo, hi) = spans[0]
     assert lo == pytest.approx(26.1, abs=0.3)
     assert hi == pytest.approx(47.9, abs=0.3)
+
+
+def test_a_reading_far_from_a_known_cab_is_a_neighbours_plate(core: FusionCore) -> None:
+    # Cab seen at 10 m, body to 27 m; its plate hangs ~1 m inside the cab.
+    seen = _on_t1(10.0, 27.0, head_seen_at=T0, tail_seen_at=T0)
+    assert owner_at(core.config, [seen], "T1", 11.2) is seen
+    # At the far end of its body: the cab of a locomotive coupled behind it.
+    assert owner_at(core.config, [seen], "T1", 26.0) is None
+    # Placed from its plate alone (no end seen): the cab is where its plate was read.
+    placed = _on_t1(10.0, 27.0)
+    assert owner_at(core.config, [placed], "T1", 26.0) is None
+    # Only its tail seen: which way the body runs, hence where the cab is, is an assumption.
+    assumed = _on_t1(10.0, 27.0, tail_seen_at=T0)
+    assert owner_at(core.config, [assumed], "T1", 26.0) is assumed
+    assert owner_at(core.config, [seen], "T2", 11.2) is None

@@ -403,12 +403,8 @@ class FusionCore:
 
     def _on_a_body(self, state: FusionState, end: LooseEnd) -> bool:
         """Whether a plate-only end now lies on a locomotive (its readings are votes)."""
-        margin = self.config.tuning.plate_margin_m
-        return any(
-            loco.track_id == end.track_id
-            and loco.span[0] - margin <= end.position_m <= loco.span[1] + margin
-            for loco in state.locomotives
-        )
+        owner = identity.owner_at(self.config, state.locomotives, end.track_id, end.position_m)
+        return owner is not None
 
     def _attach_votes(self, state: FusionState) -> None:
         """Move waiting plate readings onto the locomotive now standing where they were read."""

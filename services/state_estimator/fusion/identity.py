@@ -111,18 +111,31 @@ def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
 def reading_owner(
     config: FusionConfig, locomotives: list[TrackedLocomotive], vote: PlateVote
 ) -> TrackedLocomotive | None:
-    """The locomotive a reading belongs to: on its track, the one whose cab stands about
-    ``plate_inset_m`` from the reading, among those whose body (with margin) holds it."""
+    """The locomotive a reading belongs to (see :func:`owner_at`)."""
+    return owner_at(config, locomotives, vote.track_id, vote.position_m)
+
+
+def owner_at(
+    config: FusionConfig, locomotives: list[TrackedLocomotive], track_id: str, position_m: float
+) -> TrackedLocomotive | None:
+    """The locomotive whose plate a reading at ``position_m`` is: on its track, the one whose
+    cab stands about ``plate_inset_m`` from the reading, among those whose body (with margin)
+    holds it. A plate hangs at the cab: where a locomotive's cab is known (its head seen, or
+    it was placed from its plate), a reading more than ``plate_margin_m`` from that cab is not
+    its plate but a neighbour's, coupled to it or standing where its assumed body reaches."""
     t = config.tuning
     best: tuple[float, TrackedLocomotive] | None = None
     for loco in locomotives:
-        if loco.track_id != vote.track_id:
+        if loco.track_id != track_id:
             continue
         lo, hi = loco.span
-        if not lo - t.plate_margin_m <= vote.position_m <= hi + t.plate_margin_m:
+        if not lo - t.plate_margin_m <= position_m <= hi + t.plate_margin_m:
             continue
         cab = loco.head_m + loco.direction * t.plate_inset_m
-        score = abs(cab - vote.position_m)
+        score = abs(cab - position_m)
+        cab_known = loco.head_seen_at is not None or loco.tail_seen_at is None
+        if cab_known and score > t.plate_margin_m:
+            continue
         if best is None or score < best[0]:
             best = (score, loco)
     return best[1] if best is not None else None
