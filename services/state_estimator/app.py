@@ -20,6 +20,7 @@ that changed are written to the table, and only then are the estimates they cove
 acknowledged. Faust flushes the producer (changelog writes included) before it commits an
 offset, so after a crash the worker restores the last checkpoint and is handed again every
 estimate after it (at-least-once); the camera clocks in the records make those idempotent.
+(On the embedded Tansu broker the restore can be partial: README, "Kafka clients".)
 ``pf``/``if`` are the flow's ``positions_from`` / ``identities_from`` (mixed flows) or the
 flow itself.
 """
