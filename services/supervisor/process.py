@@ -40,6 +40,8 @@ class ManagedProcess:
     next_start_at: float | None = None
     last_exit: int | None = None
     stopping: bool = False
+    kill_at: float | None = None
+    """Set by :meth:`recycle`: SIGKILL the group if this process still runs at this time."""
 
     @property
     def pid(self) -> int | None:
@@ -57,6 +59,7 @@ class ManagedProcess:
         self.started_at = time.monotonic()
         self.next_start_at = None
         self.stopping = False
+        self.kill_at = None
 
     def poll(self, now: float) -> tuple[str, str] | None:
         """Check the child; restart it when due.
@@ -66,6 +69,9 @@ class ManagedProcess:
         if self.stopping:
             return None
         if self.proc is not None and self.proc.poll() is None:
+            if self.kill_at is not None and now >= self.kill_at:
+                self.signal_group(signal.SIGKILL)  # it did not stop on SIGTERM
+                self.kill_at = None
             return None
         if self.next_start_at is None:
             # It just died: schedule a restart with backoff.
@@ -90,6 +96,14 @@ class ManagedProcess:
         """Send ``sig`` to the child's whole process group."""
         if self.proc is not None:
             signal_group(self.proc.pid, sig)
+
+    def recycle(self, now: float, kill_after_s: float) -> None:
+        """Ask the group to stop (SIGTERM) so that :meth:`poll` restarts it; SIGKILL it from
+        :meth:`poll` if it still runs ``kill_after_s`` later."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.kill_at = now + kill_after_s
+        self.signal_group(signal.SIGTERM)
 
     def terminate(self) -> None:
         """Ask the group to stop (SIGTERM) and stop restarting it; see :meth:`finish_stop`."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from schemas.facility import ConfigError, FacilityConfig, load_facility
-from services.infra.processes import free_port, signal_group
+from services.infra.processes import free_port
 from services.supervisor.plan import (
     STAGES,
     CameraChanges,
@@ -111,9 +111,6 @@ class Child:
     scrapes: list[Scrape] = field(default_factory=list)
     unhealthy_since: float | None = None
     """Monotonic time since when its /healthz has failed without a break (None: healthy)."""
-    kill_at: tuple[float, int] | None = None
-    """Restarting an unhealthy child: (deadline, pid): SIGKILL that process's group if it is
-    still the one running at the deadline."""
 
 
 class Supervisor:
@@ -307,7 +304,7 @@ class Supervisor:
                         drops = scrape.totals.get(counters[1])
                 else:
                     state = "starting"
-            if proc.running and child.metrics_port is not None:
+            if proc.running:
                 self._check_liveness(child, time.monotonic())
             rows.append(ServiceRow(name, state, proc.restarts, r, drops, proc.pid))
         self.rows = rows
@@ -317,16 +314,10 @@ class Supervisor:
     def _check_liveness(self, child: Child, now: float) -> None:
         """Restart ``child`` when its /healthz has failed for ``unhealthy_restart_s``."""
         proc = child.process
-        if child.kill_at is not None:
-            deadline, pid = child.kill_at
-            if proc.pid != pid:
-                child.kill_at = None  # it stopped and a new one runs: check that one
-            elif now >= deadline:
-                signal_group(pid, signal.SIGKILL)  # it did not stop on SIGTERM
-                child.kill_at = None
-            return
         if self.unhealthy_restart_s is None or child.metrics_port is None:
             return
+        if proc.kill_at is not None:
+            return  # being restarted already
         health = _healthz(child.metrics_port, token=self._token(child))
         if health is None or health[0]:
             child.unhealthy_since = None  # healthy, or not answering (starting, or dying)
@@ -341,9 +332,7 @@ class Supervisor:
         )
         UNHEALTHY_RESTARTS.labels(child.spec.name).inc()
         child.unhealthy_since = None
-        if proc.pid is not None:
-            child.kill_at = (now + UNHEALTHY_KILL_AFTER_S, proc.pid)
-        proc.signal_group(signal.SIGTERM)  # poll() sees it exit and restarts it
+        proc.recycle(now, UNHEALTHY_KILL_AFTER_S)  # poll() sees it exit and restarts it
 
     def _write_status(self, rows: list[ServiceRow]) -> None:
         doc = {
