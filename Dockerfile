@@ -6,8 +6,8 @@
 #   docker build -t depotwatch:0.1.0 .                                   # capture, aggregator,
 #                                                                        # infra init
 #   docker build -t depotwatch-detect:0.1.0 --build-arg EXTRAS=detect .  # position-estimator
-#   docker build -t depotwatch-ocr:0.1.0 --build-arg EXTRAS=detect,ocr . # plate-ocr (finds
-#                                                                        # plates with the detector)
+#   docker build -t depotwatch-ocr:0.1.0 --build-arg EXTRAS=ocr .        # plate-ocr (reads the
+#                                                                        # detector's plate boxes)
 #   docker build -t depotwatch-state:0.1.0  --build-arg EXTRAS=state .   # state-estimator
 #   docker build -t depotwatch-dashboard:0.1.0 --build-arg EXTRAS=dashboards .  # dashboard
 #
@@ -20,7 +20,7 @@
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
-# Comma-separated extras from pyproject.toml: "", "detect", "detect,ocr", "state", "dashboards".
+# Comma-separated extras from pyproject.toml: "", "detect", "ocr", "state", "dashboards".
 ARG EXTRAS=""
 ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 \

@@ -45,7 +45,7 @@ EXTRAS_FOR_COMMAND = {
     "aggregator": set(),
     "infra": set(),
     "position-estimator": {"detect"},
-    "plate-ocr": {"detect", "ocr"},  # plates are found by the detector, then read
+    "plate-ocr": {"ocr"},  # reads the plate boxes the position estimator found
     "state-estimator": {"state"},
     "dashboard": {"dashboards"},
 }

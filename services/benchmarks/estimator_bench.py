@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 from prometheus_client import REGISTRY
 
+from schemas.base import Message
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from schemas.topics import TopicSpec, topics_for
@@ -156,19 +157,25 @@ def bench_facility(facility_path: Path, workdir: Path) -> Path:
     return path
 
 
-def bench_topic(settings: Settings, partitions: int = 6) -> str:
-    """A new frames topic for one benchmark, and the bench flow's output topics."""
+def bench_topic(settings: Settings, partitions: int = 6, schema: type[Message] = FrameRef) -> str:
+    """A new input topic (of frame refs, or of ``schema``) for one benchmark, and the bench
+    flow's output topics."""
     topic = f"bench-frames-{uuid.uuid4().hex[:8]}"
     specs = [s for s in topics_for([BENCH_FLOW]) if BENCH_FLOW in s.name]
-    specs.append(TopicSpec(topic, FrameRef, partitions, {"cleanup.policy": "delete"}))
+    specs.append(TopicSpec(topic, schema, partitions, {"cleanup.policy": "delete"}))
     TopicAdmin(settings.kafka).ensure(specs)
     return topic
 
 
 def publish_frames(
-    settings: Settings, frames: list[BenchFrame], topic: str, first_seq: int = 0
+    settings: Settings,
+    frames: list[BenchFrame],
+    topic: str,
+    first_seq: int = 0,
+    about: Callable[[int, FrameRef], Message] | None = None,
 ) -> None:
-    """Store the JPEGs and publish their refs on ``topic`` (acknowledged)."""
+    """Store the JPEGs and publish their refs on ``topic`` (acknowledged); with ``about``, the
+    message ``about(i, ref)`` about the i-th frame instead of its ref."""
     store = ObjectStore(settings.s3)
     store.ensure_bucket()
     producer = MessageProducer(settings.kafka, client_id="bench-frames")
@@ -188,14 +195,14 @@ def publish_frames(
                 size=stored.size,
                 sha256=stored.sha256,
             )
-            producer.publish(ref, topic=topic)
+            producer.publish(ref if about is None else about(seq - first_seq, ref), topic=topic)
         if producer.flush(30):
             raise RuntimeError("the broker did not acknowledge the benchmark's frame refs")
     finally:
         producer.close()
 
 
-def drive(stream: FrameStream, until_processed: int, timeout_s: float = 600.0) -> LoopTiming:
+def drive(stream: FrameStream[Any], until_processed: int, timeout_s: float = 600.0) -> LoopTiming:
     """Run the service loop until ``until_processed`` frames (in total) are acknowledged.
 
     The clock starts after the first batch: joining the consumer group, waking up from the

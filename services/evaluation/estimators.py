@@ -25,7 +25,8 @@ from schemas.estimates import BoundingBox, Detection
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from services.evaluation.estimator_accuracy import EstimatorScore, TrueObject, report_lines
-from services.plate_ocr.identity import IdentityEstimator, TextRecogniser
+from services.plate_ocr.identity import IdentityEstimator, TextRecogniser, plate_work
+from services.position_estimator.estimator import PositionEstimator
 from services.position_estimator.track_position import observe
 from services.runtime.frames import DecodedFrame, Image, Rejected
 from services.runtime.ports import BatchDetector
@@ -161,14 +162,16 @@ def score_estimators(
         for frame in pending:
             decoded.append(DecodedFrame(_ref(frame.camera_id, seq, frame.image), frame.image))
             seq += 1
+        positions = PositionEstimator(
+            lambda: facility, FixedDetections(dets), "eval", "evaluation", "evaluation"
+        )(decoded)
         identities = IdentityEstimator(
             facility=lambda: facility,
-            detector=FixedDetections(dets),
             recogniser=recogniser,
             flow="eval",
             estimator="evaluation",
             min_plate_confidence=min_plate_confidence,
-        )(decoded)
+        )(plate_work(positions, decoded))
         for frame, frame_dets, outcome in zip(pending, dets, identities, strict=True):
             camera = facility.camera(frame.camera_id)
             ends = [
@@ -246,7 +249,7 @@ def estimators_command(
     try:
         facility = load_facility(config_path)
         pos = position_estimator_config(facility, config_path, flow, settings, weights=weights)
-        plates = plate_ocr_config(facility, config_path, flow, settings, weights=weights)
+        plates = plate_ocr_config(facility, config_path, flow)
     except (ConfigError, EstimatorConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     names = list(scenarios) or held_out_scenarios()

@@ -40,13 +40,13 @@ from services.evaluation.observability import (
     sightlines_blocked,
 )
 from services.plate_ocr.identity import TextRecogniser
-from services.position_estimator.estimator import to_frame_pixels
 from services.runtime.frames import (
     REDUCED_DECODE,
     DecodedFrame,
     FrameOutcome,
     Rejected,
     decode_reduction,
+    to_frame_pixels,
 )
 from services.runtime.ports import BatchDetector
 from services.state_estimator.coverage import in_view
@@ -306,7 +306,7 @@ def rendered_estimates(
     position core and the plate reader core: the pipeline without Kafka, S3 and RTSP. Each
     estimate arrives ``latency_s`` after its capture.
     """
-    from services.plate_ocr.identity import IdentityEstimator
+    from services.plate_ocr.identity import IdentityEstimator, plate_work
     from services.position_estimator.estimator import PositionEstimator
     from services.simulator.render import Renderer
     from services.simulator.world import Simulation, load_scenario
@@ -348,15 +348,10 @@ def rendered_estimates(
         )
         outcomes: list[FrameOutcome] = list(positions(full))
         if plate_settings is not None:
-            reader = IdentityEstimator(
-                lambda: facility,
-                FixedDetections(detections),
-                recogniser,
-                flow,
-                "evaluation",
-                plate_settings.min_plate_confidence,
-            )
-            outcomes += reader(full)
+            # The plate reader reads the plate boxes of the position estimates, as live.
+            min_conf = plate_settings.min_plate_confidence
+            reader = IdentityEstimator(lambda: facility, recogniser, flow, "evaluation", min_conf)
+            outcomes += reader(plate_work(outcomes, full))
         arrive = world.at + timedelta(seconds=latency_s)
         for outcome in outcomes:
             if isinstance(outcome, Rejected):

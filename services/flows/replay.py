@@ -29,7 +29,7 @@ from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import parse_time, read_range, summarise
 from services.plate_ocr.config import ESTIMATOR_VERSION as OCR_VERSION
 from services.plate_ocr.config import plate_ocr_config
-from services.plate_ocr.identity import IdentityEstimator
+from services.plate_ocr.identity import IdentityEstimator, plate_work
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
 from services.position_estimator.config import ESTIMATOR_VERSION as POS_VERSION
 from services.position_estimator.config import position_estimator_config
@@ -117,6 +117,25 @@ def replay_frames(
     return report
 
 
+def with_plates(positions: Handler, plates: IdentityEstimator) -> Handler:
+    """The position core, then the plate reader on the plate boxes it found (as live: the plate
+    reader reads the position estimates): each frame's outcome holds both its estimates."""
+
+    def handle(frames: Sequence[DecodedFrame]) -> list[FrameOutcome]:
+        outcomes = positions(frames)
+        read = iter(plates(plate_work(outcomes, frames)))
+        merged: list[FrameOutcome] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Rejected):
+                merged.append(outcome)
+                continue
+            identities = next(read)
+            merged.append([*outcome, *([] if isinstance(identities, Rejected) else identities)])
+        return merged
+
+    return handle
+
+
 def build_handlers(config_path: Path, flow: str, settings: object) -> list[Handler]:
     """The flow's estimator cores with their real detector and OCR (imports torch)."""
 
@@ -124,29 +143,18 @@ def build_handlers(config_path: Path, flow: str, settings: object) -> list[Handl
     watch = FacilityWatch(config_path)
     facility = watch.config
     stages = facility.flow(flow)
-    handlers: list[Handler] = []
-    if stages.position_estimator is not None:
-        pc = position_estimator_config(facility, config_path, flow, settings, "replay")
-        detector = YoloDetector(pc.weights, pc.imgsz, pc.confidence, pc.device, pc.max_batch)
-        handlers.append(
-            PositionEstimator(lambda: facility, detector, flow, POS_VERSION, pc.model_version)
-        )
-    if stages.plate_ocr is not None:
-        oc = plate_ocr_config(facility, config_path, flow, settings, "replay")
-        plate_detector = YoloDetector(
-            oc.weights, oc.imgsz, oc.detector_confidence, oc.device, oc.max_batch
-        )
-        handlers.append(
-            IdentityEstimator(
-                lambda: facility,
-                plate_detector,
-                RapidTextRecogniser(),
-                flow,
-                OCR_VERSION,
-                oc.min_plate_confidence,
-            )
-        )
-    return handlers
+    if stages.position_estimator is None:
+        return []
+    pc = position_estimator_config(facility, config_path, flow, settings, "replay")
+    detector = YoloDetector(pc.weights, pc.imgsz, pc.confidence, pc.device, pc.max_batch)
+    positions = PositionEstimator(lambda: facility, detector, flow, POS_VERSION, pc.model_version)
+    if stages.plate_ocr is None:
+        return [positions]
+    oc = plate_ocr_config(facility, config_path, flow, "replay")
+    plates = IdentityEstimator(
+        lambda: facility, RapidTextRecogniser(), flow, OCR_VERSION, oc.min_plate_confidence
+    )
+    return [with_plates(positions, plates)]
 
 
 @click.command("replay")
@@ -191,10 +199,10 @@ def replay_command(
     t0, t1 = parse_time(start), parse_time(end)
     if t1 <= t0:
         raise click.BadParameter("--to must be after --from")
-    if stages.position_estimator is None and stages.plate_ocr is None:
+    if stages.position_estimator is None:
         raise click.ClickException(
-            f"flow {flow!r} runs no estimator; set position_estimator or plate_ocr under "
-            f"flows.{flow}"
+            f"flow {flow!r} runs no position estimator, so there is nothing to replay; set "
+            f"flows.{flow}.position_estimator (the plate reader reads its plate boxes)"
         )
     refs = read_range(settings.kafka, FrameRef.topic_name(), FrameRef, t0, t1)
     click.echo(f"{len(refs)} frame references between {t0.isoformat()} and {t1.isoformat()}")

@@ -1,4 +1,5 @@
-"""``depotwatch plate-ocr --flow NAME``: number plates and locomotive models from frames."""
+"""``depotwatch plate-ocr --flow NAME``: number plates and locomotive models from the plate boxes
+the flow's position estimator found."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import cast
 
 import click
 
+from schemas.estimates import PositionEstimate
 from services.plate_ocr.config import SERVICE, plate_ocr_config
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
 from services.plate_ocr.service import plate_stream
-from services.position_estimator.detector import YoloDetector
 from services.runtime.estimator_service import estimator_options, run_estimator
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.frame_stream import FrameStream, Mode
@@ -22,30 +23,36 @@ log = logging.getLogger(__name__)
 
 @click.command("plate-ocr")
 @estimator_options
+@click.option(
+    "--positions-topic",
+    default=None,
+    help="Topic of the position estimates whose plate boxes to read (default: "
+    "positions.<flow>.v1; e.g. a copy to replay).",
+)
 def plate_ocr_command(
     flow: str,
     config_path: Path | None,
     mode: str,
-    weights: Path | None,
-    frames_topic: str,
     max_batch: int | None,
+    positions_topic: str | None,
 ) -> None:
-    """Read plates in frames.v1, decide locomotive models, publish identities.<flow>.v1."""
+    """Read the plates the flow's position estimator found (positions.<flow>.v1), decide
+    locomotive models, publish identities.<flow>.v1.
 
-    def build(settings: Settings, watch: FacilityWatch, path: Path) -> FrameStream:
+    No detector runs here: a frame is fetched from the object store only when its position
+    estimate has a plate box, and only that box is cropped (full resolution) and read.
+    """
+
+    def build(
+        settings: Settings, watch: FacilityWatch, path: Path
+    ) -> FrameStream[PositionEstimate]:
         config = plate_ocr_config(
-            watch.config, path, flow, settings, cast(Mode, mode), max_batch, weights, frames_topic
-        )
-        detector = YoloDetector(
-            config.weights,
-            config.imgsz,
-            config.detector_confidence,
-            config.device,
-            config.max_batch,
+            watch.config, path, flow, cast(Mode, mode), max_batch, positions_topic
         )
         recogniser = RapidTextRecogniser()
-        log.info("starting", extra={"flow": flow, "mode": mode, "weights": str(config.weights)})
-        detector.prepare()
-        return plate_stream(settings, config, watch, detector, recogniser)
+        log.info(
+            "starting", extra={"flow": flow, "mode": mode, "positions": config.positions_topic}
+        )
+        return plate_stream(settings, config, watch, recogniser)
 
     run_estimator(SERVICE, flow, config_path, build)

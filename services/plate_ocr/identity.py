@@ -1,6 +1,9 @@
-"""Pure core of the plate reader: detections + plate crops -> IdentityEstimates.
+"""Pure core of the plate reader: position estimates + plate crops -> IdentityEstimates.
 
-For each plate the detector found: crop it from the full-resolution frame, recognise the text
+The plate reader runs no detector of its own: the flow's position estimator already found the
+plate boxes and publishes them with its estimate of each frame (``PositionEstimate.detections``,
+in the frame's full-size pixels). For each plate box: crop it from the full-resolution frame
+(fetched only for frames with a plate box, :func:`needs_frame`), recognise the text
 (the engine is passed in), normalise it against the fleet's plate patterns, and decide the
 locomotive model from the plate series. When the plate cannot be read, the model still comes
 from the visual check (livery colour around the plate), and the estimate says why the plate is
@@ -18,14 +21,13 @@ from typing import Protocol
 import numpy as np
 
 from schemas.base import utc_now
-from schemas.estimates import Detection, IdentityEstimate, TrackObservation
+from schemas.estimates import Detection, IdentityEstimate, PositionEstimate, TrackObservation
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from services.plate_ocr.livery import LiveryMatch, livery_model
 from services.plate_ocr.plate_position import plate_observation
 from services.plate_ocr.plate_text import PlateNormaliser, PlateReading
-from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected
-from services.runtime.ports import BatchDetector
+from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected, to_image_pixels
 
 MIN_PLATE_HEIGHT_PX = 12
 """Plates fewer pixels high than this are not sent to OCR: the glyphs are not resolved."""
@@ -35,6 +37,31 @@ CORRECTION_PENALTY = 0.9
 """Plate confidence is multiplied by this per look-alike correction the text needed."""
 LIVERY_DISAGREES = 0.6
 """Model confidence is multiplied by this when the livery says another model than the plate."""
+
+
+PlateWork = tuple[PositionEstimate, DecodedFrame | None]
+"""A frame's position estimate and the frame (None where it has no plate box to read)."""
+
+
+def needs_frame(estimate: PositionEstimate) -> bool:
+    """Whether the frame's pixels are needed: a plate box is in it (to read the plate, or, when
+    it is too small, to judge the livery around it). Other frames are not fetched."""
+    return any(d.cls == "plate" for d in estimate.detections)
+
+
+def plate_work(
+    positions: Sequence[FrameOutcome], frames: Sequence[DecodedFrame]
+) -> list[PlateWork]:
+    """The plate reader's input where the position estimator's outcomes of the same frames are
+    at hand (evaluation, replay): each frame's position estimate with the frame."""
+    work: list[PlateWork] = []
+    for outcome, frame in zip(positions, frames, strict=True):
+        if isinstance(outcome, Rejected):
+            continue
+        for estimate in outcome:
+            if isinstance(estimate, PositionEstimate):
+                work.append((estimate, frame))
+    return work
 
 
 class TextRecogniser(Protocol):
@@ -64,6 +91,15 @@ def plate_crop(image: Image, det: Detection) -> Image:
     x0, y0 = max(0, int(box.x1 - pad)), max(0, int(box.y1 - pad))
     x1, y1 = min(w, int(np.ceil(box.x2 + pad))), min(h, int(np.ceil(box.y2 + pad)))
     return np.ascontiguousarray(image[y0:y1, x0:x1])
+
+
+def readable_size(det: Detection, image: Image) -> bool:
+    """Whether the box is tall enough to read and lies (at least in part) in the image; a box
+    outside it (a bad estimate) would give the recogniser an empty crop."""
+    h, w = image.shape[:2]
+    b = det.bbox
+    inside = b.x2 > 0 and b.y2 > 0 and b.x1 < w - 1 and b.y1 < h - 1
+    return inside and b.y2 - b.y1 >= MIN_PLATE_HEIGHT_PX
 
 
 def cut_off(det: Detection, width: int, height: int, margin: float = 1.0) -> bool:
@@ -113,12 +149,11 @@ def decide(
 
 
 class IdentityEstimator:
-    """Reads plates and decides locomotive models for a batch of frames."""
+    """Reads the plates a batch of position estimates found and decides locomotive models."""
 
     def __init__(
         self,
         facility: Callable[[], FacilityConfig],
-        detector: BatchDetector,
         recogniser: TextRecogniser,
         flow: str,
         estimator: str,
@@ -126,7 +161,6 @@ class IdentityEstimator:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._facility = facility
-        self.detector = detector
         self.recogniser = recogniser
         self.flow = flow
         self.estimator = estimator
@@ -141,48 +175,54 @@ class IdentityEstimator:
             self._normaliser = (key, PlateNormaliser(facility.locomotive_models))
         return self._normaliser[1]
 
-    def __call__(self, frames: Sequence[DecodedFrame]) -> list[FrameOutcome]:
-        """One outcome per frame: an IdentityEstimate per plate (or one saying none is seen)."""
+    def __call__(self, work: Sequence[PlateWork]) -> list[FrameOutcome]:
+        """One outcome per estimate: an IdentityEstimate per plate box (or one saying none is
+        seen), or Rejected for an unknown camera or a plate box without its frame."""
         facility = self._facility()
         cameras = {c.id: c for c in facility.cameras}
-        known = [f for f in frames if f.ref.camera_id in cameras]
-        detected = self.detector.detect([f.image for f in known]) if known else []
-        by_frame = dict(zip((id(f) for f in known), detected, strict=True))
+        # Each plate box in the pixels of the frame (published) and of its decoded image (read).
+        plates: list[list[tuple[Detection, Detection]]] = []
+        for estimate, frame in work:
+            boxes = [d for d in estimate.detections if d.cls == "plate"]
+            on_image = to_image_pixels(boxes, frame.scale) if frame is not None else []
+            plates.append(list(zip(boxes, on_image, strict=False)))
         # All plates of the batch go to the recogniser at once (it batches internally).
-        jobs: list[tuple[DecodedFrame, Detection]] = []
-        for frame in known:
-            for det in by_frame[id(frame)]:
-                if det.cls == "plate" and det.bbox.y2 - det.bbox.y1 >= MIN_PLATE_HEIGHT_PX:
-                    jobs.append((frame, det))
-        texts = self.recogniser.recognise([plate_crop(f.image, d) for f, d in jobs]) if jobs else []
-        read = {(id(f), id(d)): t for (f, d), t in zip(jobs, texts, strict=True)}
+        jobs: list[tuple[Image, Detection]] = []
+        for (estimate, frame), found in zip(work, plates, strict=True):
+            if frame is None or estimate.camera_id not in cameras:
+                continue
+            for _, det in found:
+                if readable_size(det, frame.image):
+                    jobs.append((frame.image, det))
+        texts = self.recogniser.recognise([plate_crop(i, d) for i, d in jobs]) if jobs else []
+        read = {id(d): t for (_, d), t in zip(jobs, texts, strict=True)}
         normaliser = self.normaliser(facility)
         outcomes: list[FrameOutcome] = []
-        for frame in frames:
-            camera = cameras.get(frame.ref.camera_id)
+        for (estimate, frame), found in zip(work, plates, strict=True):
+            ref = estimate.frame
+            camera = cameras.get(ref.camera_id)
             if camera is None:
                 outcomes.append(
                     Rejected(
-                        f"camera {frame.ref.camera_id!r} is not in the facility config; add it "
+                        f"camera {ref.camera_id!r} is not in the facility config; add it "
                         "so its frames can be read"
                     )
                 )
                 continue
-            dets = by_frame[id(frame)]
-            plates = [d for d in dets if d.cls == "plate"]
-            if not plates:
-                outcomes.append([self._estimate(frame.ref, _NO_PLATE, None, None)])
+            if not found and needs_frame(estimate):
+                outcomes.append(Rejected("the frame of a plate box was not fetched"))
                 continue
+            if not found:
+                outcomes.append([self._estimate(ref, _NO_PLATE, None, None)])
+                continue
+            assert frame is not None  # found is empty without it
             estimates = []
-            # Plates are read at full resolution; the scale only matters for odd frame sizes.
-            sx, sy = frame.scale
-            scale = (sx * camera.width / frame.ref.width, sy * camera.height / frame.ref.height)
-            for det in plates:
-                decision = self._decide(
-                    frame, det, read.get((id(frame), id(det))), normaliser, facility
-                )
-                obs = plate_observation(det, camera, facility.tracks, scale)
-                estimates.append(self._estimate(frame.ref, decision, det, obs))
+            # Boxes are in the frame's pixels; the camera's calibration may be at another size.
+            scale = (camera.width / ref.width, camera.height / ref.height)
+            for box, det in found:
+                decision = self._decide(frame, det, read.get(id(det)), normaliser, facility)
+                obs = plate_observation(box, camera, facility.tracks, scale)
+                estimates.append(self._estimate(ref, decision, box, obs))
             outcomes.append(estimates)
         return outcomes
 
@@ -198,7 +238,11 @@ class IdentityEstimator:
         h, w = frame.image.shape[:2]
         if ocr is None:
             px = det.bbox.y2 - det.bbox.y1
-            reason = f"plate too small to read ({px:.0f} px high, need {MIN_PLATE_HEIGHT_PX})"
+            reason = (
+                f"plate too small to read ({px:.0f} px high, need {MIN_PLATE_HEIGHT_PX})"
+                if px < MIN_PLATE_HEIGHT_PX
+                else "plate box lies outside the frame (a bad position estimate)"
+            )
             return decide(None, 0.0, reason, livery, self.min_plate_confidence)
         text, confidence = ocr
         result = normaliser.normalise(text)

@@ -8,6 +8,7 @@ from typing import cast
 
 import click
 
+from schemas.frames import FrameRef
 from services.position_estimator.config import SERVICE, position_estimator_config
 from services.position_estimator.detector import YoloDetector
 from services.position_estimator.service import position_stream
@@ -21,17 +22,30 @@ log = logging.getLogger(__name__)
 
 @click.command("position-estimator")
 @estimator_options
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Detector weights (default: the flow's position_estimator.weights).",
+)
+@click.option(
+    "--frames-topic",
+    default="frames.v1",
+    show_default=True,
+    help="Topic of the frame refs (e.g. a copy to replay).",
+)
 def position_estimator_command(
     flow: str,
     config_path: Path | None,
     mode: str,
+    max_batch: int | None,
     weights: Path | None,
     frames_topic: str,
-    max_batch: int | None,
 ) -> None:
-    """Detect locomotive heads/tails in frames.v1 and publish positions.<flow>.v1."""
+    """Detect locomotive heads, tails and plates in frames.v1 and publish positions.<flow>.v1
+    (the plate reader reads the plate boxes from there)."""
 
-    def build(settings: Settings, watch: FacilityWatch, path: Path) -> FrameStream:
+    def build(settings: Settings, watch: FacilityWatch, path: Path) -> FrameStream[FrameRef]:
         config = position_estimator_config(
             watch.config, path, flow, settings, cast(Mode, mode), max_batch, weights, frames_topic
         )

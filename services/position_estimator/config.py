@@ -8,7 +8,7 @@ from pathlib import Path
 from schemas.facility import FacilityConfig
 from schemas.frames import FrameRef
 from services.runtime.estimator_service import EstimatorConfigError, flow_spec, resolve_weights
-from services.runtime.frame_stream import FrameStreamConfig, Mode
+from services.runtime.frame_stream import FrameSource, FrameStreamConfig, Mode, frame_refs
 from services.runtime.settings import Settings
 
 SERVICE = "position-estimator"
@@ -30,6 +30,10 @@ class PositionEstimatorConfig:
     mode: Mode
     frames_topic: str = FrameRef.TOPIC
 
+    def source(self) -> FrameSource[FrameRef]:
+        """The frame refs this estimator consumes."""
+        return frame_refs(self.frames_topic)
+
     def stream(self) -> FrameStreamConfig:
         """Frame loop settings."""
         return FrameStreamConfig(
@@ -38,7 +42,6 @@ class PositionEstimatorConfig:
             mode=self.mode,
             max_batch=self.max_batch,
             max_wait_ms=self.max_wait_ms,
-            frames_topic=self.frames_topic,
             detector_input_px=self.imgsz,
         )
 

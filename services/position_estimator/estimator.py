@@ -10,28 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from schemas.base import utc_now
-from schemas.estimates import BoundingBox, Detection
 from schemas.facility import FacilityConfig
 from services.position_estimator.track_position import position_estimate
-from services.runtime.frames import DecodedFrame, FrameOutcome, Rejected
+from services.runtime.frames import DecodedFrame, FrameOutcome, Rejected, to_frame_pixels
 from services.runtime.ports import BatchDetector
-
-
-def to_frame_pixels(detections: list[Detection], scale: tuple[float, float]) -> list[Detection]:
-    """Detections on an image decoded at reduced size, in the frame's full-size pixels."""
-    sx, sy = scale
-    if sx == 1 and sy == 1:
-        return detections
-    return [
-        d.model_copy(
-            update={
-                "bbox": BoundingBox(
-                    x1=d.bbox.x1 * sx, y1=d.bbox.y1 * sy, x2=d.bbox.x2 * sx, y2=d.bbox.y2 * sy
-                )
-            }
-        )
-        for d in detections
-    ]
 
 
 class PositionEstimator:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.frames import FrameRef
 from services.position_estimator.config import ESTIMATOR_VERSION, PositionEstimatorConfig
 from services.position_estimator.estimator import PositionEstimator
 from services.runtime.facility_watch import FacilityWatch
-from services.runtime.frame_stream import FrameStream, connect_frame_stream
+from services.runtime.frame_stream import FrameStream, connect_frame_stream, on_images
 from services.runtime.ports import BatchDetector
 from services.runtime.settings import Settings
 
@@ -19,7 +20,7 @@ def position_stream(
     watch: FacilityWatch,
     detector: BatchDetector,
     consumer_overrides: Mapping[str, Any] | None = None,
-) -> FrameStream:
+) -> FrameStream[FrameRef]:
     """The frame loop of a flow's position estimator, wired to the broker and object store."""
     handler = PositionEstimator(
         facility=watch.current,
@@ -28,4 +29,6 @@ def position_stream(
         estimator=ESTIMATOR_VERSION,
         model_version=config.model_version,
     )
-    return connect_frame_stream(settings, config.stream(), handler, consumer_overrides)
+    return connect_frame_stream(
+        settings, config.stream(), config.source(), on_images(handler), consumer_overrides
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -68,18 +68,6 @@ _OPTIONS: tuple[Callable[[F], F], ...] = (
         help="live: skip to the newest frame per camera when behind; replay: every frame.",
     ),
     click.option(
-        "--weights",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Detector weights (default: the flow's position_estimator.weights).",
-    ),
-    click.option(
-        "--frames-topic",
-        default="frames.v1",
-        show_default=True,
-        help="Topic of the frame refs (e.g. a copy to replay).",
-    ),
-    click.option(
         "--max-batch",
         type=click.IntRange(1, 256),
         default=None,
@@ -89,8 +77,9 @@ _OPTIONS: tuple[Callable[[F], F], ...] = (
 
 
 def estimator_options(command: F) -> F:
-    """The options every estimator command takes: --flow, --config, --mode, --weights,
-    --frames-topic, --max-batch."""
+    """The options every estimator command takes: --flow, --config, --mode, --max-batch (each
+    adds what it reads: the detector its --weights and --frames-topic, the plate reader its
+    --positions-topic)."""
     for option in reversed(_OPTIONS):
         command = option(command)
     return command
@@ -100,7 +89,7 @@ def run_estimator(
     service: str,
     flow: str,
     config_path: Path | None,
-    build: Callable[[Settings, FacilityWatch, Path], FrameStream],
+    build: Callable[[Settings, FacilityWatch, Path], FrameStream[Any]],
 ) -> None:
     """Start ``service`` for ``flow``: settings, logs, the facility (watched for edits), the
     stream ``build`` makes; then serve /metrics and /healthz and run it until SIGTERM."""

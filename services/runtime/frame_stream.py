@@ -1,8 +1,12 @@
-"""The loop every per-frame estimator shares: FrameRefs in, estimates out, at least once.
+"""The loop every per-frame estimator shares: messages about frames in, estimates out, at least
+once.
 
-``frames.v1`` refs are consumed in batches (up to ``max_batch`` refs or ``max_wait_ms``), their
-JPEGs fetched from the object store in parallel and decoded, handed to the service's pure
-handler, and its output published. Offsets are marked done only after every output of the batch
+A :class:`FrameSource` says what is consumed: ``frames.v1`` refs (the position estimator), or
+the flow's position estimates (the plate reader, which reads the plate boxes the detector
+already found and needs the frame only when one is there). Messages are consumed in batches (up
+to ``max_batch`` or ``max_wait_ms``), the JPEGs their handler needs fetched from the object
+store in parallel and decoded, handed to the service's pure handler with their messages, and its
+output published. Offsets are marked done only after every output of the batch
 is acknowledged by the broker (in batch order, without stopping the loop to wait for acks), so
 a crash re-processes at most the batches in flight. While one batch is inferred, the refs
 already waiting are read ahead and their frames fetched.
@@ -24,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from confluent_kafka import KafkaError
 from confluent_kafka import Message as KafkaMessage
@@ -110,13 +114,61 @@ LAST_BATCH = Gauge(
 )
 
 
-FrameHandler = Callable[[Sequence[DecodedFrame]], Sequence[FrameOutcome]]
-"""Pure per-batch handler: one outcome per input frame, in the same order."""
+In = TypeVar("In", bound=Message)
+"""The message type a frame loop consumes (each one is about one stored frame)."""
 
 
-Fetched = tuple[Received[FrameRef], DecodedFrame]
-FetchResult = DecodedFrame | StorageError | str
-"""A decoded frame, an object store outage (retry), or why the frame is unusable."""
+def _always(_message: Message) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class FrameSource(Generic[In]):
+    """What a frame loop consumes: a topic of messages each about one stored frame."""
+
+    topic: str
+    schema: type[In]
+    ref: Callable[[In], FrameRef]
+    """The frame a message is about."""
+    needs_image: Callable[[In], bool] = _always
+    """Whether the handler needs the frame's pixels; when not, the frame is not fetched."""
+
+
+def frame_refs(topic: str = FrameRef.TOPIC) -> FrameSource[FrameRef]:
+    """``frames.v1`` (or a copy of it): every frame is fetched."""
+    return FrameSource(topic, FrameRef, _itself)
+
+
+def _itself(ref: FrameRef) -> FrameRef:
+    return ref
+
+
+Work = tuple[In, DecodedFrame | None]
+"""A consumed message and its frame (None where the source said the pixels are not needed)."""
+
+FrameHandler = Callable[[Sequence[Work[In]]], Sequence[FrameOutcome]]
+"""Pure per-batch handler: one outcome per message, in the same order."""
+
+ImageHandler = Callable[[Sequence[DecodedFrame]], Sequence[FrameOutcome]]
+"""Pure per-batch handler of decoded frames (every frame of the batch is fetched)."""
+
+
+def on_images(handler: ImageHandler) -> FrameHandler[FrameRef]:
+    """An :data:`ImageHandler` as the handler of a :func:`frame_refs` loop."""
+
+    def handle(work: Sequence[Work[FrameRef]]) -> Sequence[FrameOutcome]:
+        frames = [frame for _, frame in work if frame is not None]
+        if len(frames) != len(work):
+            raise RuntimeError("a frame of the batch was not fetched; its source must fetch all")
+        return handler(frames)
+
+    return handle
+
+
+Fetched = tuple[Received[In], DecodedFrame | None]
+FetchResult = DecodedFrame | None | StorageError | str
+"""A decoded frame, None (not needed), an object store outage (retry), or why the frame is
+unusable."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +178,6 @@ class FrameStreamConfig:
     service: str
     flow: str
     mode: Mode = "live"
-    frames_topic: str = FrameRef.TOPIC
-    """Topic of the frame refs (tests and replays of a copied topic use another one)."""
     max_batch: int = 8
     max_wait_ms: int = 50
     live_window: int = 256
@@ -147,22 +197,25 @@ class FrameStreamConfig:
 
 
 @dataclass(frozen=True)
-class Selection:
-    """Refs of one poll split into the ones to process and the ones skipped as stale."""
+class Selection(Generic[In]):
+    """Messages of one poll split into the ones to process and the ones skipped as stale."""
 
-    keep: list[Received[FrameRef]]
-    skipped: list[Received[FrameRef]]
+    keep: list[Received[In]]
+    skipped: list[Received[In]]
 
 
-def select_frames(received: Sequence[Received[FrameRef]], mode: Mode) -> Selection:
+def select_frames(
+    received: Sequence[Received[In]], mode: Mode, ref: Callable[[In], FrameRef]
+) -> Selection[In]:
     """Replay keeps everything in order; live keeps only the newest frame of each camera."""
     if mode == "replay":
         return Selection(keep=list(received), skipped=[])
-    newest: dict[str, Received[FrameRef]] = {}
+    newest: dict[str, Received[In]] = {}
     for r in received:
-        cur = newest.get(r.message.camera_id)
-        if cur is None or (r.message.seq, r.offset) > (cur.message.seq, cur.offset):
-            newest[r.message.camera_id] = r
+        frame = ref(r.message)
+        cur = newest.get(frame.camera_id)
+        if cur is None or (frame.seq, r.offset) > (ref(cur.message).seq, cur.offset):
+            newest[frame.camera_id] = r
     kept = {id(r) for r in newest.values()}
     return Selection(
         keep=[r for r in received if id(r) in kept],
@@ -171,11 +224,11 @@ def select_frames(received: Sequence[Received[FrameRef]], mode: Mode) -> Selecti
 
 
 @dataclass
-class _InFlight:
+class _InFlight(Generic[In]):
     """A handled batch whose outputs are published and not yet all acknowledged."""
 
-    received: list[Received[FrameRef]]
-    rejected: list[tuple[Received[FrameRef], str]]
+    received: list[Received[In]]
+    rejected: list[tuple[Received[In], str]]
     handled: int
     waiting: int
     errors: list[str] = field(default_factory=list)
@@ -183,27 +236,29 @@ class _InFlight:
 
 
 @dataclass
-class _Polled:
-    """One poll's refs: all of them, the ones to process (being fetched) and the skipped."""
+class _Polled(Generic[In]):
+    """One poll's messages: all of them, the ones to process (being fetched) and the skipped."""
 
-    received: list[Received[FrameRef]]
-    keep: list[Received[FrameRef]]
-    skipped: list[Received[FrameRef]]
+    received: list[Received[In]]
+    keep: list[Received[In]]
+    skipped: list[Received[In]]
     futures: list[Future[FetchResult]]
 
 
-class FrameStream:
-    """Runs a :data:`FrameHandler` over ``frames.v1`` with at-least-once delivery."""
+class FrameStream(Generic[In]):
+    """Runs a :data:`FrameHandler` over a :class:`FrameSource` with at-least-once delivery."""
 
     def __init__(
         self,
         config: FrameStreamConfig,
+        source: FrameSource[In],
         consumer: RefConsumer,
         producer: Publisher,
         store: BlobStore,
-        handler: FrameHandler,
+        handler: FrameHandler[In],
     ) -> None:
         self.config = config
+        self.source = source
         self.consumer = consumer
         self.producer = producer
         self.store = store
@@ -214,18 +269,18 @@ class FrameStream:
         self.processed = 0
         self.skipped = 0
         self.rejected = 0
-        self._ahead: _Polled | None = None
-        self._in_flight: deque[_InFlight] = deque()
+        self._ahead: _Polled[In] | None = None
+        self._in_flight: deque[_InFlight[In]] = deque()
 
     # -- one iteration ---------------------------------------------------------------------
-    def _poll(self, timeout: float) -> _Polled | None:
-        """Poll refs, pick the ones to process and start fetching them in the background."""
+    def _poll(self, timeout: float) -> _Polled[In] | None:
+        """Poll messages, pick the ones to process and start fetching their frames."""
         cfg = self.config
         want = cfg.live_window if cfg.mode == "live" else cfg.max_batch
         received = self.consumer.poll_batch(want, timeout)
         if not received:
             return None
-        selection = select_frames(received, cfg.mode)
+        selection = select_frames(received, cfg.mode, self.source.ref)
         futures = [self._pool.submit(self._fetch_one, r) for r in selection.keep]
         return _Polled(received, selection.keep, selection.skipped, futures)
 
@@ -244,13 +299,13 @@ class FrameStream:
             return 0
         self._ahead = self._poll(0.0)
         if self.config.mode == "live" and self._ahead is not None:
-            self._skip_superseded(current, self._ahead)
+            self._skip_superseded(current, self._ahead, self.source.ref)
         for r in current.skipped:
-            FRAMES_SKIPPED.labels(*self._labels, r.message.camera_id).inc()
+            FRAMES_SKIPPED.labels(*self._labels, self.source.ref(r.message).camera_id).inc()
         self.skipped += len(current.skipped)
         handled = 0
-        pending: list[tuple[Received[FrameRef], Message]] = []
-        rejected: list[tuple[Received[FrameRef], str]] = []
+        pending: list[tuple[Received[In], Message]] = []
+        rejected: list[tuple[Received[In], str]] = []
         batch = self.config.max_batch
         for start in range(0, len(current.keep), batch):
             chunk = current.keep[start : start + batch]
@@ -262,7 +317,7 @@ class FrameStream:
             if not frames:
                 continue
             t0 = time.perf_counter()
-            outcomes = self.handler([f for _, f in frames])
+            outcomes = self.handler([(r.message, f) for r, f in frames])
             STAGE_SECONDS.labels(*self._labels, "handle").observe(time.perf_counter() - t0)
             BATCH_SIZE.labels(*self._labels).observe(len(frames))
             if len(outcomes) != len(frames):
@@ -280,12 +335,15 @@ class FrameStream:
         return handled
 
     @staticmethod
-    def _skip_superseded(current: _Polled, ahead: _Polled) -> None:
+    def _skip_superseded(
+        current: _Polled[In], ahead: _Polled[In], ref: Callable[[In], FrameRef]
+    ) -> None:
         """Live mode: a camera with a newer frame already read ahead is not processed now."""
-        newest = {r.message.camera_id: r.message.seq for r in ahead.keep}
+        newest = {ref(r.message).camera_id: ref(r.message).seq for r in ahead.keep}
         keep, futures = [], []
         for r, fut in zip(current.keep, current.futures, strict=True):
-            if r.message.seq < newest.get(r.message.camera_id, -1):
+            frame = ref(r.message)
+            if frame.seq < newest.get(frame.camera_id, -1):
                 current.skipped.append(r)
                 fut.cancel()
             else:
@@ -295,10 +353,10 @@ class FrameStream:
 
     def _collect(
         self,
-        chunk: Sequence[Received[FrameRef]],
+        chunk: Sequence[Received[In]],
         futures: Sequence[Future[FetchResult]],
         shutdown: ShutdownSignal | None,
-    ) -> tuple[list[Fetched] | None, list[tuple[Received[FrameRef], str]]]:
+    ) -> tuple[list[Fetched[In]] | None, list[tuple[Received[In], str]]]:
         """Wait for a chunk's fetches; re-fetch while the store is down (None: shutdown)."""
         t0 = time.perf_counter()
         results = [f.result() for f in futures]
@@ -315,17 +373,19 @@ class FrameStream:
             results = list(self._pool.map(self._fetch_one, chunk))
         # Only the wait shows here: read-ahead fetches that finished during inference are free.
         STAGE_SECONDS.labels(*self._labels, "fetch").observe(time.perf_counter() - t0)
-        frames: list[Fetched] = []
-        rejected: list[tuple[Received[FrameRef], str]] = []
+        frames: list[Fetched[In]] = []
+        rejected: list[tuple[Received[In], str]] = []
         for r, res in zip(chunk, results, strict=True):
-            if isinstance(res, DecodedFrame):
+            if res is None or isinstance(res, DecodedFrame):
                 frames.append((r, res))
             else:
                 rejected.append((r, str(res)))
         return frames, rejected
 
-    def _fetch_one(self, r: Received[FrameRef]) -> FetchResult:
-        ref = r.message
+    def _fetch_one(self, r: Received[In]) -> FetchResult:
+        if not self.source.needs_image(r.message):
+            return None
+        ref = self.source.ref(r.message)
         try:
             data = self.store.get(ref.key, bucket=ref.bucket)
         except ObjectMissingError as exc:
@@ -340,9 +400,9 @@ class FrameStream:
 
     def _publish(
         self,
-        received: list[Received[FrameRef]],
-        pending: Sequence[tuple[Received[FrameRef], Message]],
-        rejected: list[tuple[Received[FrameRef], str]],
+        received: list[Received[In]],
+        pending: Sequence[tuple[Received[In], Message]],
+        rejected: list[tuple[Received[In], str]],
         handled: int,
     ) -> None:
         """Publish a batch's outputs without waiting; acks are counted as they arrive.
@@ -362,7 +422,7 @@ class FrameStream:
         for _, message in pending:
             self.producer.publish(message, self.config.flow, on_delivery=delivered)
         STAGE_SECONDS.labels(*self._labels, "publish").observe(time.perf_counter() - t0)
-        batch.captured = [r.message.captured_at for r, _ in pending]
+        batch.captured = [self.source.ref(r.message).captured_at for r, _ in pending]
         self._in_flight.append(batch)
         # Bounded: a broker that stops acknowledging stops the loop instead of piling up work.
         if len(self._in_flight) > self.config.max_in_flight:
@@ -446,7 +506,7 @@ class FrameStream:
         )
 
 
-def stream_summary(stream: FrameStream) -> dict[str, Any]:
+def stream_summary(stream: FrameStream[Any]) -> dict[str, Any]:
     """Counters of a stream, for logs at shutdown."""
     return {"processed": stream.processed, "skipped": stream.skipped, "rejected": stream.rejected}
 
@@ -454,26 +514,27 @@ def stream_summary(stream: FrameStream) -> dict[str, Any]:
 def connect_frame_stream(
     settings: Settings,
     config: FrameStreamConfig,
-    handler: FrameHandler,
+    source: FrameSource[In],
+    handler: FrameHandler[In],
     consumer_overrides: Mapping[str, Any] | None = None,
-) -> FrameStream:
-    """A frame loop on ``frames.v1`` in group ``<service>.<flow>``, publishing its outputs."""
+) -> FrameStream[In]:
+    """A frame loop on ``source`` in group ``<service>.<flow>``, publishing its outputs."""
     client = f"{config.service}.{config.flow}"
     producer = MessageProducer(settings.kafka, client_id=client)
     consumer = MessageConsumer(
         settings.kafka,
         group_id=client,
-        topics={config.frames_topic: FrameRef},
+        topics={source.topic: source.schema},
         service=client,
         dead_letters=producer,
         overrides=consumer_overrides,
         defer_dead_letter_offsets=True,  # batches and read-ahead are in flight
     )
-    return FrameStream(config, consumer, producer, ObjectStore(settings.s3), handler)
+    return FrameStream(config, source, consumer, producer, ObjectStore(settings.s3), handler)
 
 
 def frame_stream_health(
-    stream: FrameStream, settings: Settings
+    stream: FrameStream[Any], settings: Settings
 ) -> tuple[Health, ConsumerLagMonitor]:
     """The /healthz checks of a frame service, and the (started) lag monitor they read.
 
@@ -499,7 +560,9 @@ def frame_stream_health(
     return health, lag
 
 
-def serve_frame_stream(stream: FrameStream, settings: Settings, shutdown: ShutdownSignal) -> None:
+def serve_frame_stream(
+    stream: FrameStream[Any], settings: Settings, shutdown: ShutdownSignal
+) -> None:
     """Serve /metrics and /healthz, run the loop until shutdown, then stop serving."""
     health, lag = frame_stream_health(stream, settings)
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()

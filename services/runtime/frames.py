@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from schemas.base import Message
+from schemas.estimates import BoundingBox, Detection
 from schemas.frames import FrameRef
 
 Image = NDArray[np.uint8]
@@ -48,6 +49,29 @@ class DecodedFrame:
         """Factors from image pixels to the frame's full-resolution pixels (x, y)."""
         h, w = self.image.shape[:2]
         return self.ref.width / w, self.ref.height / h
+
+
+def to_frame_pixels(detections: list[Detection], scale: tuple[float, float]) -> list[Detection]:
+    """Detections on an image decoded at reduced size (``DecodedFrame.scale``), in the frame's
+    full-size pixels: the pixels estimates are published in."""
+    sx, sy = scale
+    if sx == 1 and sy == 1:
+        return detections
+    return [
+        d.model_copy(
+            update={
+                "bbox": BoundingBox(
+                    x1=d.bbox.x1 * sx, y1=d.bbox.y1 * sy, x2=d.bbox.x2 * sx, y2=d.bbox.y2 * sy
+                )
+            }
+        )
+        for d in detections
+    ]
+
+
+def to_image_pixels(detections: list[Detection], scale: tuple[float, float]) -> list[Detection]:
+    """Detections in the frame's full-size pixels, on an image decoded at ``scale``."""
+    return to_frame_pixels(detections, (1 / scale[0], 1 / scale[1]))
 
 
 REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}

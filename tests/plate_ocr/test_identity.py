@@ -1,6 +1,7 @@
 """The plate reader core on rendered frames, with the real OCR engine.
 
-Detections are the simulator's true boxes (the trained detector is evaluated separately by
+The plate boxes come in position estimates, as the position estimator publishes them; here they
+are the simulator's true boxes (the trained detector is evaluated separately by
 ``depotwatch eval estimators``), so these tests pin down cropping, OCR, normalisation, the
 livery check and the unreadable reasons.
 """
@@ -16,15 +17,15 @@ import numpy as np
 import pytest
 from estimator_rig import LabelDetector, RenderedCase, render_cases
 
-from schemas.estimates import BoundingBox, Detection, IdentityEstimate
+from schemas.estimates import BoundingBox, Detection, IdentityEstimate, PositionEstimate
 from schemas.facility import FacilityConfig, load_facility
 from schemas.frames import FrameRef
-from services.plate_ocr.identity import IdentityEstimator, decide
+from services.plate_ocr.identity import IdentityEstimator, PlateWork, decide, needs_frame
 from services.plate_ocr.livery import livery_model, nearest_livery
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
 from services.plate_ocr.plate_position import centre_from_homography
 from services.plate_ocr.plate_text import PlateReading
-from services.runtime.frames import DecodedFrame, Image, Rejected
+from services.runtime.frames import REDUCED_DECODE, DecodedFrame, Image, Rejected
 from services.simulator.render import PLATE_CENTRE_A_M
 from services.simulator.world import Simulation, load_scenario
 
@@ -49,28 +50,52 @@ def cases(facility: FacilityConfig) -> list[RenderedCase]:
     return render_cases(facility, [0, 100, 300, 1190], cams)
 
 
-def decoded(case: RenderedCase, seq: int) -> DecodedFrame:
-    image = cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), cv2.IMREAD_COLOR)
+def decoded(case: RenderedCase, seq: int, reduction: int = 1) -> DecodedFrame:
+    image = cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), REDUCED_DECODE[reduction])
     ref = FrameRef(
         camera_id=case.camera_id,
         seq=seq,
         captured_at=NOW,
         bucket="frames",
         key=f"{case.camera_id}/{seq}.jpg",
-        width=image.shape[1],
-        height=image.shape[0],
+        width=image.shape[1] * reduction,
+        height=image.shape[0] * reduction,
         size=len(case.jpeg),
         sha256="0" * 64,
     )
     return DecodedFrame(ref=ref, image=image)
 
 
+def position(ref: FrameRef, detections: list[Detection]) -> PositionEstimate:
+    """A position estimate of the frame, as the position estimator publishes it."""
+    return PositionEstimate(
+        flow="prod",
+        camera_id=ref.camera_id,
+        frame=ref,
+        estimator="position-estimator/test",
+        model_version="test",
+        estimated_at=NOW,
+        detections=detections,
+    )
+
+
+def positions_of(cases: Sequence[RenderedCase], reduction: int = 1) -> list[PlateWork]:
+    """Each case's position estimate (its true boxes, in the frame's full-size pixels) with the
+    frame decoded at 1/``reduction`` size; seq is the case's index."""
+    boxes = LabelDetector(cases)
+    out: list[PlateWork] = []
+    for seq, case in enumerate(cases):
+        (detections,) = boxes.detect([decoded(case, seq).image])
+        frame = decoded(case, seq, reduction)
+        out.append((position(frame.ref, detections), frame))
+    return out
+
+
 def reader(
-    facility: FacilityConfig, detector: object, recogniser: object, min_conf: float = 0.6
+    facility: FacilityConfig, recogniser: object, min_conf: float = 0.6
 ) -> IdentityEstimator:
     return IdentityEstimator(
         facility=lambda: facility,
-        detector=detector,  # type: ignore[arg-type]
         recogniser=recogniser,  # type: ignore[arg-type]
         flow="prod",
         estimator="plate-ocr/test",
@@ -90,13 +115,12 @@ def estimates_of(outcomes: Sequence[object]) -> list[IdentityEstimate]:
 def test_fully_visible_plates_are_read_exactly(
     facility: FacilityConfig, cases: list[RenderedCase], recogniser: RapidTextRecogniser
 ) -> None:
-    handle = reader(facility, LabelDetector(cases), recogniser)
-    frames = [decoded(c, i) for i, c in enumerate(cases)]
+    handle = reader(facility, recogniser)
     truth = {
         (c.camera_id, i): [lb for lb in c.labels if lb.cls == "plate"] for i, c in enumerate(cases)
     }
     checked = 0
-    for est in estimates_of(handle(frames)):
+    for est in estimates_of(handle(positions_of(cases))):
         labels = truth[(est.camera_id, est.frame.seq)]
         if est.plate_box is None:
             assert not labels
@@ -126,8 +150,8 @@ def test_unreadable_plate_gets_a_reason_and_the_livery_model(
 
     case = next(c for c in cases if any(lb.cls == "plate" for lb in c.labels))
     plate = next(lb for lb in case.labels if lb.cls == "plate")
-    handle = reader(facility, LabelDetector([case]), Smudged())
-    est = next(e for e in estimates_of(handle([decoded(case, 1)])) if e.plate_box is not None)
+    handle = reader(facility, Smudged())
+    est = next(e for e in estimates_of(handle(positions_of([case]))) if e.plate_box is not None)
     assert est.plate_text is None
     assert est.unreadable_reason is not None
     assert "matches no plate pattern" in est.unreadable_reason
@@ -155,11 +179,6 @@ def test_tiny_plate_is_not_sent_to_ocr(facility: FacilityConfig) -> None:
         def recognise(self, crops: Sequence[Image]) -> list[tuple[str, float]]:
             raise AssertionError("tiny plates must not reach the OCR engine")
 
-    class OneTinyPlate:
-        def detect(self, images: Sequence[Image]) -> list[list[Detection]]:
-            box = BoundingBox(x1=600, y1=300, x2=640, y2=308)
-            return [[Detection(cls="plate", bbox=box, confidence=0.8)] for _ in images]
-
     frame = DecodedFrame(
         ref=FrameRef(
             camera_id="cam-s1",
@@ -174,10 +193,17 @@ def test_tiny_plate_is_not_sent_to_ocr(facility: FacilityConfig) -> None:
         ),
         image=np.full((720, 1280, 3), 120, np.uint8),
     )
-    (est,) = estimates_of(reader(facility, OneTinyPlate(), NeverCalled())([frame]))
+    tiny = Detection(cls="plate", bbox=BoundingBox(x1=600, y1=300, x2=640, y2=308), confidence=0.8)
+    (est,) = estimates_of(reader(facility, NeverCalled())([(position(frame.ref, [tiny]), frame)]))
     assert est.plate_text is None
     assert est.unreadable_reason == "plate too small to read (8 px high, need 12)"
     assert est.locomotive_model is None  # grey surroundings: no livery to judge
+    # A box outside the frame (a bad estimate) is not cropped to nothing and read: it says so.
+    outside = tiny.model_copy(update={"bbox": BoundingBox(x1=5000, y1=300, x2=5100, y2=330)})
+    (est,) = estimates_of(
+        reader(facility, NeverCalled())([(position(frame.ref, [outside]), frame)])
+    )
+    assert est.unreadable_reason == "plate box lies outside the frame (a bad position estimate)"
 
 
 def test_plate_is_placed_on_its_locomotive_along_the_track(
@@ -188,8 +214,7 @@ def test_plate_is_placed_on_its_locomotive_along_the_track(
     for tick in (0, 100, 300):
         where = {p.locomotive_id: p for p in sim.state(tick).placements}
         cases = render_cases(facility, [tick], [c.id for c in facility.cameras])
-        handle = reader(facility, LabelDetector(cases), recogniser)
-        outcomes = handle([decoded(c, i) for i, c in enumerate(cases)])
+        outcomes = reader(facility, recogniser)(positions_of(cases))
         for case, outcome in zip(cases, outcomes, strict=True):
             for est in estimates_of([outcome]):
                 if est.plate_box is None:
@@ -234,3 +259,40 @@ def test_livery_check_on_rendered_plates(
             assert match.model == lb.model
             n += 1
     assert n >= 10
+
+
+def test_a_frame_without_a_plate_box_is_answered_without_its_pixels(
+    facility: FacilityConfig, cases: list[RenderedCase]
+) -> None:
+    class NeverCalled:
+        def recognise(self, crops: Sequence[Image]) -> list[tuple[str, float]]:
+            raise AssertionError("no plate box: nothing to read")
+
+    empty = next(c for c in cases if all(lb.cls != "plate" for lb in c.labels))
+    ((estimate, frame),) = positions_of([empty])
+    assert not needs_frame(estimate)
+    (outcome,) = reader(facility, NeverCalled())([(estimate, None)])
+    (est,) = estimates_of([outcome])
+    assert est.unreadable_reason == "no plate in view"
+    assert est.frame == frame.ref
+    # A plate box whose frame did not come is not answered as if no plate were there.
+    with_plate = next(c for c in cases if any(lb.cls == "plate" for lb in c.labels))
+    ((estimate, _),) = positions_of([with_plate])
+    assert needs_frame(estimate)
+    (rejected,) = reader(facility, NeverCalled())([(estimate, None)])
+    assert isinstance(rejected, Rejected)
+
+
+def test_plate_boxes_are_read_on_a_frame_decoded_at_any_size(
+    facility: FacilityConfig, cases: list[RenderedCase], recogniser: RapidTextRecogniser
+) -> None:
+    """Boxes come in the frame's full-size pixels; a frame decoded at half size is cropped at
+    the matching place, and what is published (box, place on the track) does not change."""
+    with_plates = [c for c in cases if any(lb.cls == "plate" for lb in c.labels)][:6]
+    full = estimates_of(reader(facility, recogniser)(positions_of(with_plates)))
+    half = estimates_of(reader(facility, recogniser)(positions_of(with_plates, reduction=2)))
+    assert len(full) == len(half) >= 6
+    for a, b in zip(full, half, strict=True):
+        assert a.plate_box == b.plate_box
+        assert a.observation == b.observation
+        assert b.locomotive_model == a.locomotive_model  # the livery is judged at the box

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from estimator_rig import (
     ROOT,
@@ -18,7 +20,7 @@ from estimator_rig import (
     store_frames,
 )
 
-from schemas.estimates import IdentityEstimate
+from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import load_facility
 from services.plate_ocr.config import plate_ocr_config
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
@@ -36,12 +38,14 @@ def producer(stack_settings: Settings) -> Iterator[MessageProducer]:
     prod.close(timeout=10)
 
 
-def test_rendered_plate_is_read_and_published(
+def test_plates_of_the_position_estimates_are_read_and_published(
     stack_settings: Settings,
     producer: MessageProducer,
     tmp_path: Path,
     unique_name: Callable[[str], str],
 ) -> None:
+    """The reader consumes the flow's position estimates, fetches a frame only where one has a
+    plate box, reads it and publishes identities, one per plate box (one "no plate" otherwise)."""
     flow = "t" + unique_name("f").rsplit("-", 1)[-1]
     facility = load_facility(ROOT / "facility.yaml")
     # cam-s1 at tick 100 shows TEM2 L2's plate on T2; some camera at tick 0 shows no plate.
@@ -53,14 +57,26 @@ def test_rendered_plate_is_read_and_published(
     frames_topic = unique_name("frames")
     path = flow_facility(tmp_path, flow)
     create_topics(stack_settings, flow, frames_topic)
-    refs = store_frames(stack_settings, producer, frames_topic, cases, prefix=flow)
+    refs = store_frames(stack_settings, producer, frames_topic, cases[:1], prefix=flow)
+    # The frame without a plate box is not in the store: fetching it would dead-letter it.
+    refs.append(refs[0].model_copy(update={"seq": 1, "key": f"{flow}/never-stored.jpg"}))
+    boxes = LabelDetector(cases)
+    for ref, case in zip(refs, cases, strict=True):
+        (detections,) = boxes.detect([cv2.imdecode(np.frombuffer(case.jpeg, np.uint8), 1)])
+        estimate = PositionEstimate(
+            flow=flow,
+            camera_id=case.camera_id,
+            frame=ref.model_copy(update={"camera_id": case.camera_id}),
+            estimator="position-estimator/test",
+            model_version="test",
+            estimated_at=ref.captured_at,
+            detections=detections,
+        )
+        producer.publish_and_wait(estimate, flow)
     watch = FacilityWatch(path)
-    config = plate_ocr_config(
-        watch.config, path, flow, stack_settings, "replay", frames_topic=frames_topic
-    )
-    stream = plate_stream(
-        stack_settings, config, watch, LabelDetector(cases), RapidTextRecogniser()
-    )
+    config = plate_ocr_config(watch.config, path, flow, "replay")
+    assert config.positions_topic == PositionEstimate.topic_name(flow)
+    stream = plate_stream(stack_settings, config, watch, RapidTextRecogniser())
     expected = sum(1 for lb in cases[0].labels if lb.cls == "plate") + 1
     reader = output_consumer(
         stack_settings,
@@ -74,6 +90,7 @@ def test_rendered_plate_is_read_and_published(
             got = collect(reader, lambda out: len(out) >= expected)
     finally:
         reader.close()
+    assert stream.rejected == 0
     by_seq: dict[int, list[IdentityEstimate]] = {}
     for r in got:
         assert r.key == r.message.camera_id.encode()
@@ -97,4 +114,28 @@ def test_flow_without_plate_reader_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "facility.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(EstimatorConfigError, match=r"flows.dev.plate_ocr is not set; add it"):
-        plate_ocr_config(load_facility(path), path, "dev", Settings())
+        plate_ocr_config(load_facility(path), path, "dev")
+
+
+def test_flow_without_position_estimator_is_a_one_line_error(tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "facility.yaml").read_text())
+    data["flows"]["dev"].pop("position_estimator")
+    path = tmp_path / "facility.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(EstimatorConfigError, match=r"flows.dev.position_estimator is not set"):
+        plate_ocr_config(load_facility(path), path, "dev")
+
+
+def test_a_flow_reading_another_flows_positions_reads_their_plate_boxes(tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "facility.yaml").read_text())
+    data["flows"]["dev"].pop("position_estimator")
+    data["flows"]["dev"]["positions_from"] = "prod"
+    path = tmp_path / "facility.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = plate_ocr_config(load_facility(path), path, "dev")
+    assert config.positions_topic == "positions.prod.v1"
+    assert config.source().topic == "positions.prod.v1"

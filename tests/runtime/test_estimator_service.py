@@ -37,8 +37,6 @@ def _command(error: Exception) -> click.Command:
         flow: str,
         config_path: Path | None,
         mode: str,
-        weights: Path | None,
-        frames_topic: str,
         max_batch: int | None,
     ) -> None:
         def build(*_: object) -> object:
@@ -78,15 +76,16 @@ def test_a_bad_facility_file_is_one_line_too(tmp_path: Path, quiet_logs: None) -
     assert "Traceback" not in result.output
 
 
-def test_every_estimator_takes_the_same_options() -> None:
+def test_every_estimator_takes_the_same_options_then_its_input() -> None:
     from services.plate_ocr.__main__ import plate_ocr_command
     from services.position_estimator.__main__ import position_estimator_command
 
     def names(cmd: click.Command) -> list[str]:
         return [p.name or "" for p in cmd.params]
 
-    expected = ["flow", "config_path", "mode", "weights", "frames_topic", "max_batch"]
-    assert names(plate_ocr_command) == names(position_estimator_command) == expected
+    shared = ["flow", "config_path", "mode", "max_batch"]
+    assert names(position_estimator_command) == [*shared, "weights", "frames_topic"]
+    assert names(plate_ocr_command) == [*shared, "positions_topic"]
 
 
 def test_relative_weights_are_relative_to_the_facility_file(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from schemas.frames import FrameRef
-from services.runtime.frame_stream import select_frames
+from services.runtime.frame_stream import frame_refs, select_frames
 from services.runtime.frames import FrameDecodeError, decode_frame
 from services.runtime.kafka import Received
 
@@ -45,7 +45,7 @@ def received(camera_id: str, seq: int, offset: int) -> Received[FrameRef]:
 
 def test_replay_keeps_every_frame_in_order() -> None:
     batch = [received("a", 1, 10), received("a", 2, 11), received("b", 1, 12)]
-    selection = select_frames(batch, "replay")
+    selection = select_frames(batch, "replay", frame_refs().ref)
     assert selection.keep == batch
     assert selection.skipped == []
 
@@ -58,7 +58,7 @@ def test_live_keeps_the_newest_frame_of_each_camera() -> None:
         received("a", 2, 13),  # older frame arriving later (another capture restart): skipped
         received("c", 1, 14),
     ]
-    selection = select_frames(batch, "live")
+    selection = select_frames(batch, "live", frame_refs().ref)
     assert [(r.message.camera_id, r.message.seq) for r in selection.keep] == [
         ("b", 7),
         ("a", 3),
@@ -94,7 +94,7 @@ def test_live_read_ahead_supersedes_older_frames_of_the_same_camera() -> None:
     current = _Polled(current_refs, list(current_refs), [], list(futures))
     ahead_refs = [received("a", 2, 12)]
     ahead = _Polled(ahead_refs, list(ahead_refs), [], [Future()])
-    FrameStream._skip_superseded(current, ahead)
+    FrameStream._skip_superseded(current, ahead, frame_refs().ref)
     assert [r.message.camera_id for r in current.keep] == ["b"]
     assert [r.offset for r in current.skipped] == [10]
     assert futures[0].cancelled()

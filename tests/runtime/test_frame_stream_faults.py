@@ -20,7 +20,7 @@ import pytest
 from fakes import FakeConsumer, FakePublisher, FakeStore, PublishFaults
 
 from schemas.frames import FrameRef
-from services.runtime.frame_stream import FrameStream, FrameStreamConfig
+from services.runtime.frame_stream import FrameStream, FrameStreamConfig, frame_refs, on_images
 from services.runtime.frames import DecodedFrame, FrameOutcome, Rejected
 from services.runtime.kafka import ProduceError
 from services.runtime.shutdown import ShutdownSignal
@@ -49,7 +49,7 @@ def echo(frames: Sequence[DecodedFrame]) -> list[FrameOutcome]:
     return [[f.ref] for f in frames]
 
 
-Rig = tuple[FrameStream, FakeConsumer, FakePublisher, FakeStore]
+Rig = tuple[FrameStream[FrameRef], FakeConsumer, FakePublisher, FakeStore]
 
 
 @pytest.fixture
@@ -71,7 +71,8 @@ def rig() -> Callable[..., Rig]:
             flow="prod",
             **{"mode": "replay", "ack_timeout_s": 0.2, "storage_retry_s": 0.01, **config},
         )
-        return FrameStream(cfg, consumer, producer, store, handler), consumer, producer, store
+        stream = FrameStream(cfg, frame_refs(), consumer, producer, store, on_images(handler))
+        return stream, consumer, producer, store
 
     return make
 

@@ -273,3 +273,18 @@ def test_up_dashboard_shows_simulated_locomotives(up_full: Up) -> None:
     )
     locos = snap["states"]["prod"]["locomotives"]
     assert all(lo["track_id"] in {"T1", "T2", "T3"} for lo in locos)
+    # Plates too: the plate reader reads the plate boxes of positions.prod.v1 (no detector of
+    # its own), and the state names the locomotives it read.
+    snap = _wait(
+        lambda: (
+            (s := _json(f"{up.dashboard}/api/snapshot"))
+            and any(lo["plate"] for lo in s["states"].get("prod", {}).get("locomotives", []))
+            and s
+        ),
+        180,
+        "a number plate on the dashboard",
+        up.proc,
+        up.log,
+    )
+    plated = [lo for lo in snap["states"]["prod"]["locomotives"] if lo["plate"]]
+    assert all(lo["plate"].startswith(f"{lo['model']}-") for lo in plated), plated
