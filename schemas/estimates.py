@@ -14,13 +14,18 @@ DetectionClass = Literal["head", "tail", "plate"]
 """What the detector finds: the cab (head) end, the coupler (tail) end, the number plate."""
 
 
+MAX_PIXEL = 65536.0
+"""Box corners beyond this many pixels from the origin are corrupt (frames are at most 16384
+pixels a side; a detector's box may reach a little outside its image)."""
+
+
 class BoundingBox(WireModel):
     """Axis-aligned box in image pixels, (x1, y1) top-left, (x2, y2) bottom-right."""
 
-    x1: float = Field(description="Left edge, pixels.")
-    y1: float = Field(description="Top edge, pixels.")
-    x2: float = Field(description="Right edge, pixels.")
-    y2: float = Field(description="Bottom edge, pixels.")
+    x1: float = Field(ge=-MAX_PIXEL, le=MAX_PIXEL, allow_inf_nan=False, description="Left edge.")
+    y1: float = Field(ge=-MAX_PIXEL, le=MAX_PIXEL, allow_inf_nan=False, description="Top edge.")
+    x2: float = Field(ge=-MAX_PIXEL, le=MAX_PIXEL, allow_inf_nan=False, description="Right edge.")
+    y2: float = Field(ge=-MAX_PIXEL, le=MAX_PIXEL, allow_inf_nan=False, description="Bottom edge.")
 
     @model_validator(mode="after")
     def _ordered(self) -> BoundingBox:

@@ -448,7 +448,8 @@ class Flow(StrictModel):
     """A named set of estimator versions and settings (prod, dev, ...).
 
     A stage that is not set is not run for this flow; ``positions_from`` / ``identities_from``
-    let a flow's state estimator read another flow's estimates (mixed flows).
+    let a flow's state estimator read another flow's estimates (mixed flows), and
+    ``positions_from`` also gives its plate reader that flow's plate boxes to read.
     """
 
     description: str = Field(default="", description="What this flow is for.")
@@ -462,7 +463,9 @@ class Flow(StrictModel):
         default=None, description="State estimator settings, or null to not run one."
     )
     positions_from: str | None = Field(
-        default=None, description="Read positions from this flow instead of our own."
+        default=None,
+        description="Read positions (and, for the plate reader, their plate boxes) from this "
+        "flow instead of our own.",
     )
     identities_from: str | None = Field(
         default=None, description="Read identities from this flow instead of our own."

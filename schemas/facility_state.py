@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from itertools import pairwise
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -41,17 +43,60 @@ class CameraHealth(WireModel):
     last_frame_at: UtcDatetime | None = Field(default=None, description="Latest frame event time.")
 
 
+class UpdateTimes(WireModel):
+    """When the estimate behind one "change" update passed each stage: that update's latency,
+    broken down. The record's Kafka timestamp is when the update was published."""
+
+    kind: Literal["position", "identity"] = Field(description="Which estimate caused it.")
+    camera_id: Identifier = Field(description="Camera of the frame.")
+    captured_at: UtcDatetime = Field(description="Capture of the frame.")
+    stored_at: UtcDatetime | None = Field(
+        default=None, description="The aggregator had the frame stored (null if not known)."
+    )
+    estimated_at: UtcDatetime = Field(description="The estimator made its estimate.")
+    routed_at: UtcDatetime | None = Field(
+        default=None, description="The state estimator took it in (forwarded to fusion)."
+    )
+    fused_at: UtcDatetime = Field(description="Fusion applied it and rendered this state.")
+
+    def stages(self, published_at: datetime | None = None) -> dict[str, float]:
+        """Seconds spent in each stage, in pipeline order (a stage whose ends are not both
+        known is left out): ``ingest`` capture -> stored (capture, ZeroMQ, aggregator, S3 put),
+        ``estimate`` stored -> estimated (frames.v1, estimator queue, fetch, inference),
+        ``deliver`` estimated -> taken in by the state estimator, ``fuse`` -> fused (its internal
+        topic and fusion), ``publish`` fused -> published."""
+        points = [
+            ("captured", self.captured_at),
+            ("ingest", self.stored_at),
+            ("estimate", self.estimated_at),
+            ("deliver", self.routed_at),
+            ("fuse", self.fused_at),
+            ("publish", published_at),
+        ]
+        out: dict[str, float] = {}
+        for (_, start), (name, end) in pairwise(points):
+            if start is not None and end is not None:
+                out[name] = max(0.0, (end - start).total_seconds())
+        return out
+
+
 class FacilityState(Message):
     """Which locomotives are where, per track, as one flow sees it."""
 
     TOPIC: ClassVar[str] = "facility-state.{flow}.v1"
     KEY_FIELD: ClassVar[str] = "facility_id"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    """2: ``latency`` (when a change's estimate passed each stage) added."""
 
     facility_id: Identifier = Field(description="Facility id (the Kafka key; topic is compacted).")
     flow: FlowName = Field(description="Flow that produced this state.")
     as_of: UtcDatetime = Field(description="Event time this state describes.")
     tracks: list[TrackState] = Field(default_factory=list, description="Every configured track.")
     cameras: list[CameraHealth] = Field(default_factory=list, description="Camera health.")
+    latency: UpdateTimes | None = Field(
+        default=None,
+        description="On a change: when its estimate passed each stage (null on heartbeats).",
+    )
 
     @model_validator(mode="after")
     def _unique_tracks(self) -> FacilityState:

@@ -19,6 +19,8 @@ class FrameRef(Message):
 
     TOPIC: ClassVar[str] = "frames.v1"
     KEY_FIELD: ClassVar[str] = "camera_id"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    """2: ``stored_at`` added."""
 
     camera_id: Identifier = Field(description="Camera that captured the frame (the Kafka key).")
     seq: int = Field(
@@ -34,6 +36,11 @@ class FrameRef(Message):
     size: int = Field(gt=0, description="Object size in bytes.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the object bytes.")
     content_type: str = Field(default="image/jpeg", description="MIME type of the object.")
+    stored_at: UtcDatetime | None = Field(
+        default=None,
+        description="When the aggregator had the image stored (UTC): captured_at -> stored_at is "
+        "the ingest latency. Null from producers that do not say.",
+    )
 
     def event_time(self) -> datetime:
         """The capture time."""

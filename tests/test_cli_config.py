@@ -104,7 +104,7 @@ def test_schemas_export_writes_one_file_per_model(exported: Path) -> None:
         jsonschema.Draft202012Validator.check_schema(doc)
         assert doc["x-kafka-topic"] == model.TOPIC
         assert doc["x-kafka-key"] == model.KEY_FIELD
-        assert doc["x-schema-version"] == 1
+        assert doc["x-schema-version"] == model.SCHEMA_VERSION
         assert doc["additionalProperties"] is True  # a newer minor version's fields
 
 

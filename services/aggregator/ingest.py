@@ -27,8 +27,16 @@ def frame_key(prefix: str, camera_id: str, captured_at: datetime, seq: int) -> s
     return f"{prefix}/{camera_id}/{t:%Y%m%d}/{t:%H%M%S}.{t.microsecond // 1000:03d}-{seq}.jpg"
 
 
-def frame_ref(header: FrameHeader, bucket: str, key: str, size: int, sha256: str) -> FrameRef:
-    """The ``frames.v1`` message for a frame that IS stored under ``bucket/key``."""
+def frame_ref(
+    header: FrameHeader,
+    bucket: str,
+    key: str,
+    size: int,
+    sha256: str,
+    stored_at: datetime | None = None,
+) -> FrameRef:
+    """The ``frames.v1`` message for a frame that IS stored under ``bucket/key`` (since
+    ``stored_at``)."""
     return FrameRef(
         camera_id=header.camera_id,
         seq=header.seq,
@@ -39,6 +47,7 @@ def frame_ref(header: FrameHeader, bucket: str, key: str, size: int, sha256: str
         height=header.height,
         size=size,
         sha256=sha256,
+        stored_at=stored_at,
     )
 
 

@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError
 from confluent_kafka import Message as KafkaMessage
 from prometheus_client import Counter, Gauge, Histogram
 
+from schemas.base import utc_now
 from schemas.frames import FrameRef
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.ingest import CameraActivity, DedupeWindow, frame_key, frame_ref, shard_of
@@ -78,6 +79,11 @@ S3_PUT_SECONDS = Histogram(
     "depotwatch_aggregator_s3_put_seconds",
     "Latency of one successful S3 put",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+CAPTURE_TO_STORED = Histogram(
+    "depotwatch_aggregator_capture_to_stored_seconds",
+    "Frame capture time to its image stored (capture, ZeroMQ, aggregator queue, S3 put)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
 )
 PRODUCE_SECONDS = Histogram(
     "depotwatch_aggregator_produce_seconds",
@@ -330,7 +336,9 @@ class AggregatorService:
             self._store_failing_since = None
         backoff.reset()
         FRAMES_STORED.labels(h.camera_id).inc()
-        ref = frame_ref(h, stored.bucket, stored.key, stored.size, stored.sha256)
+        stored_at = utc_now()
+        CAPTURE_TO_STORED.observe(max(0.0, (stored_at - h.captured_at).total_seconds()))
+        ref = frame_ref(h, stored.bucket, stored.key, stored.size, stored.sha256, stored_at)
         self._publish(_PendingRef(ref, 0))
         return True
 

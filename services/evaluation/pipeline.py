@@ -9,15 +9,17 @@ duration, or over a past time range) and prints, against the project's goals:
 * latency frame capture -> facility-state update, p50 and p95 (goal p95 <= 1 s).
 
 Latency is measured on "change" updates: broker timestamp of the facility-state record minus
-its ``as_of`` (the capture time of the newest frame folded in).
+its ``as_of`` (the capture time of the newest frame folded in). Where the time goes comes from
+the stage times each change carries (``FacilityState.latency``): p50 / p95 of each stage
+(ingest, estimate, deliver, fuse, publish; see ``UpdateTimes.stages``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
@@ -44,6 +46,8 @@ class PipelineFigures:
     latencies_s: list[float]
     states: int
     truths: int
+    stages_s: Mapping[str, list[float]] = field(default_factory=dict)
+    """Seconds per stage of each change that carried its stage times."""
 
     @property
     def latency_p50_s(self) -> float | None:
@@ -83,7 +87,19 @@ class PipelineFigures:
             f"[{verdict(None if lp95 is None else lp95 <= GOALS['latency_p95_s'])}] "
             f"capture -> state latency p50 {fmt(lp50, ' s')}, p95 {fmt(lp95, ' s')} "
             f"(goal p95 <= 1 s, {len(self.latencies_s)} updates)",
+            *self.stage_lines(),
         ]
+
+    def stage_lines(self) -> list[str]:
+        """Where the time goes: p50 / p95 seconds of each stage, in pipeline order."""
+        if not self.stages_s:
+            return ["where the time goes: n/a (no change carried its stage times)"]
+        parts = [
+            f"{name} {percentile(v, 0.5) or 0:.2f} / {percentile(v, 0.95) or 0:.2f}"
+            for name, v in self.stages_s.items()
+        ]
+        n = max(len(v) for v in self.stages_s.values())
+        return [f"where the time goes, p50 / p95 s ({n} changes): " + ", ".join(parts)]
 
 
 def pipeline_figures(
@@ -108,13 +124,21 @@ def pipeline_figures(
             continue
     accuracy = summarise(truth, [s for _, s in decoded], max_skew_s, warmup_s, track_lengths)
     start = min((t.at for t in truth), default=None)
-    latencies = [
-        record.timestamp_ms / 1000 - state.as_of.timestamp()
+    changes = [
+        (record, state)
         for record, state in decoded
         if record.headers.get("reason") == b"change"
         and (start is None or (state.as_of - start).total_seconds() >= warmup_s)
     ]
-    return PipelineFigures(accuracy, latencies, len(decoded), len(truth))
+    latencies = [record.timestamp_ms / 1000 - state.as_of.timestamp() for record, state in changes]
+    stages: dict[str, list[float]] = {}
+    for record, state in changes:
+        if state.latency is None:
+            continue
+        published = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+        for name, seconds in state.latency.stages(published).items():
+            stages.setdefault(name, []).append(seconds)
+    return PipelineFigures(accuracy, latencies, len(decoded), len(truth), stages)
 
 
 def collect_live(

@@ -1,9 +1,11 @@
 """``depotwatch run --flow dev``: start one flow's estimators beside whatever already runs.
 
 A flow's processes (position-estimator, plate-ocr, state-estimator, as configured for the flow)
-read the shared ``frames.v1`` in consumer groups of their own and write only topics named for
-the flow, so starting ``dev`` cannot touch ``prod``'s topics. Each child is restarted with
-backoff if it dies; SIGTERM / Ctrl-C stops them all (their whole process groups).
+read the shared ``frames.v1`` (the position estimator) or the flow's own estimates (plate-ocr
+reads the position estimates' plate boxes; with ``positions_from``, another flow's) in consumer
+groups of their own and write only topics named for the flow, so starting ``dev`` cannot touch
+``prod``'s topics. Each child is restarted with backoff if it dies; SIGTERM / Ctrl-C stops them
+all (their whole process groups).
 """
 
 from __future__ import annotations

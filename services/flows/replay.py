@@ -7,8 +7,14 @@ The estimates go to the flow's own topics, so a new model is scored on history w
 prod. ``--score`` also fuses them with the flow's state-estimator core and prints the accuracy
 against ``ground-truth.v1`` of the same range.
 
+The plate reader reads the plate boxes of the flow's own position core here (as the live one
+reads them from ``positions.<flow>.v1``; a flow whose ``positions_from`` names another flow is
+replayed with its own detector, if it has one).
+
 Run replay for a flow whose live estimators are stopped (or a flow made for replays): a live
-state estimator would treat replayed, older frames as late and ignore them.
+state estimator would treat replayed, older frames as late and ignore them, and the flow's
+plate-ocr, once started, would read the replayed position estimates again and publish their
+identities a second time (fusion ignores the repeats, but the work is done twice).
 """
 
 from __future__ import annotations
@@ -118,7 +124,7 @@ def replay_frames(
 
 
 def with_plates(positions: Handler, plates: IdentityEstimator) -> Handler:
-    """The position core, then the plate reader on the plate boxes it found (as live: the plate
+    """The position core, then the plate reader on the plate boxes it found (as the live plate
     reader reads the position estimates): each frame's outcome holds both its estimates."""
 
     def handle(frames: Sequence[DecodedFrame]) -> list[FrameOutcome]:

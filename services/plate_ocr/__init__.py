@@ -1,1 +1,2 @@
-"""Plate reader: number plates and locomotive models from camera frames."""
+"""Plate reader: number plates and locomotive models where the position estimator found plate
+boxes (read from the full-resolution frame)."""

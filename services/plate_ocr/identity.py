@@ -189,7 +189,7 @@ class IdentityEstimator:
         # All plates of the batch go to the recogniser at once (it batches internally).
         jobs: list[tuple[Image, Detection]] = []
         for (estimate, frame), found in zip(work, plates, strict=True):
-            if frame is None or estimate.camera_id not in cameras:
+            if frame is None or estimate.frame.camera_id not in cameras:
                 continue
             for _, det in found:
                 if readable_size(det, frame.image):

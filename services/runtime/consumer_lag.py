@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,12 +168,13 @@ class ConsumerLagMonitor:
         finally:
             consumer.close()
 
-    def backlog(self) -> int | None:
-        """Total lag of the matching groups, or None when the last good refresh is too old."""
+    def backlog(self, topics: Collection[str] | None = None) -> int | None:
+        """Total lag of the matching groups (on ``topics`` only, if given: a group keeps the
+        offsets of a topic it no longer reads), or None when the last good refresh is too old."""
         fresh = time.time() - self.collector.updated_at < 3 * self._interval + 5
         if not (self.collector.ok and fresh):
             return None
-        return sum(row.lag for row in self.collector.rows)
+        return sum(row.lag for row in self.collector.rows if topics is None or row.topic in topics)
 
     @classmethod
     def of_group(

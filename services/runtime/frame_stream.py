@@ -8,15 +8,17 @@ to ``max_batch`` or ``max_wait_ms``), the JPEGs their handler needs fetched from
 store in parallel and decoded, handed to the service's pure handler with their messages, and its
 output published. Offsets are marked done only after every output of the batch
 is acknowledged by the broker (in batch order, without stopping the loop to wait for acks), so
-a crash re-processes at most the batches in flight. While one batch is inferred, the refs
+a crash re-processes at most the batches in flight. While one batch is inferred, the messages
 already waiting are read ahead and their frames fetched.
 
 * live mode: when the service falls behind, only the newest frame per camera is processed; the
   older ones are skipped and counted (``depotwatch_frames_skipped_total``).
 * replay mode: every frame is processed, in order.
 
-A ref whose object is missing, truncated or not an image is dead-lettered and the loop goes on;
-an object store outage is not the frame's fault, so the batch is retried until the store answers.
+A message whose frame object is missing, truncated or not an image is dead-lettered and the loop
+goes on, and so is one the handler fails on (it is retried alone first, so the rest of its batch
+is handled); an object store outage is not the frame's fault, so the batch is retried until the
+store answers.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ FRAMES_SKIPPED = Counter(
 )
 FRAMES_REJECTED = Counter(
     "depotwatch_frames_rejected_total",
-    "Frame refs dead-lettered (object missing, corrupt, unknown camera)",
+    "Input messages dead-lettered (frame object missing or corrupt, unknown camera, the "
+    "estimator failed on it)",
     ["service", "flow"],
 )
 OUTPUTS_PUBLISHED = Counter(
@@ -317,7 +320,7 @@ class FrameStream(Generic[In]):
             if not frames:
                 continue
             t0 = time.perf_counter()
-            outcomes = self.handler([(r.message, f) for r, f in frames])
+            outcomes = self._handle([(r.message, f) for r, f in frames])
             STAGE_SECONDS.labels(*self._labels, "handle").observe(time.perf_counter() - t0)
             BATCH_SIZE.labels(*self._labels).observe(len(frames))
             if len(outcomes) != len(frames):
@@ -333,6 +336,21 @@ class FrameStream(Generic[In]):
         self._publish(current.received, pending, rejected, handled)
         self._settle()
         return handled
+
+    def _handle(self, work: Sequence[Work[In]]) -> Sequence[FrameOutcome]:
+        """The handler's outcomes; a message it fails on is rejected alone (dead-lettered with
+        the error), so one bad message cannot crash the service again on every restart."""
+        try:
+            return self.handler(work)
+        except Exception as exc:
+            if len(work) > 1:
+                return [outcome for item in work for outcome in self._handle([item])]
+            frame = self.source.ref(work[0][0])
+            log.exception(
+                "the estimator failed on a message; dead-lettering it",
+                extra={"flow": self.config.flow, "camera_id": frame.camera_id, "seq": frame.seq},
+            )
+            return [Rejected(f"the estimator failed on this message: {exc!r}")]
 
     @staticmethod
     def _skip_superseded(
@@ -551,7 +569,7 @@ def frame_stream_health(
         "progress",
         ProgressWatch(
             lambda: stream.processed + stream.skipped + stream.rejected,
-            lag.backlog,
+            lambda: lag.backlog({stream.source.topic}),
             stall_after_s=stream.config.stall_after_s,
             unreachable_after_s=stream.config.dependency_grace_s,
         ).check,

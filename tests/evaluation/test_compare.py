@@ -108,6 +108,50 @@ def test_pipeline_figures_score_accuracy_and_latency_of_change_updates() -> None
     assert "[PASS] capture -> state latency" in report
 
 
+def test_pipeline_figures_say_where_the_time_goes() -> None:
+    from schemas.base import encode
+    from schemas.facility_state import UpdateTimes
+    from services.evaluation.pipeline import pipeline_figures
+    from services.runtime.topic_reader import Stamped
+
+    def change(t: float) -> Stamped:
+        s = state(t, "prod", T1=[(2.2, 19.07, "TEM2-0001")])
+        at = s.as_of
+        times = UpdateTimes(
+            kind="position",
+            camera_id="cam-s1",
+            captured_at=at,
+            stored_at=at + timedelta(seconds=0.1),
+            estimated_at=at + timedelta(seconds=1.1),
+            routed_at=at + timedelta(seconds=1.3),
+            fused_at=at + timedelta(seconds=1.6),
+        )
+        s = s.model_copy(update={"latency": times})
+        return Stamped(int((at.timestamp() + 1.65) * 1000), {"reason": b"change"}, encode(s))
+
+    figures = pipeline_figures([change(t) for t in range(20, 60, 5)], [], warmup_s=0)
+    assert {k: pytest.approx(v[0], abs=0.002) for k, v in figures.stages_s.items()} == {
+        "ingest": 0.1,
+        "estimate": 1.0,
+        "deliver": 0.2,
+        "fuse": 0.3,
+        "publish": 0.05,
+    }
+    (line,) = figures.stage_lines()
+    assert line.startswith("where the time goes, p50 / p95 s (8 changes): ingest 0.10 / 0.10")
+    assert "estimate 1.00 / 1.00" in line
+    # A stage whose two ends are not both known is left out, not merged into the next one.
+    partial = UpdateTimes(
+        kind="identity",
+        camera_id="cam-s1",
+        captured_at=T0,
+        estimated_at=T0 + timedelta(seconds=1),
+        routed_at=T0 + timedelta(seconds=1.5),
+        fused_at=T0 + timedelta(seconds=2),
+    )
+    assert partial.stages() == {"deliver": 0.5, "fuse": 0.5}
+
+
 @pytest.mark.slow
 def test_fusion_on_a_held_out_scenario_meets_the_accuracy_goals() -> None:
     from pathlib import Path

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -184,6 +185,9 @@ def assert_refs_match_objects(rig: Rig, refs: list[FrameRef]) -> None:
         assert hashlib.sha256(data).hexdigest() == ref.sha256, ref.key
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (ref.height, ref.width, 3)
+        # When it was stored, for the latency breakdown: after capture, not in the future.
+        assert ref.stored_at is not None, ref.key
+        assert ref.captured_at <= ref.stored_at <= datetime.now(UTC), ref.key
 
 
 def test_frames_from_two_cameras_become_objects_and_refs(rig: Rig) -> None:

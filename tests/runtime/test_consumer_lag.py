@@ -48,3 +48,21 @@ def test_collector_exports_lag_and_health() -> None:
     labels = 'flow="prod",group="a.prod",service="a",topic="frames.v1"'
     assert f"depotwatch_consumer_lag_messages{{{labels}}} 3.0" in text
     assert "depotwatch_consumer_lag_up 1.0" in text
+
+
+def test_a_services_backlog_counts_only_the_topic_it_reads() -> None:
+    """plate-ocr.<flow> read frames.v1 before it read positions: the old topic's offsets stay
+    in the group and grow stale; they are not work it has to do."""
+    import time
+
+    from services.runtime.consumer_lag import ConsumerLagMonitor
+    from services.runtime.settings import KafkaSettings
+
+    monitor = ConsumerLagMonitor.of_group(KafkaSettings(), "plate-ocr.prod")
+    monitor.collector.rows = [
+        GroupLag("plate-ocr.prod", "plate-ocr", "prod", "frames.v1", 900, 3),
+        GroupLag("plate-ocr.prod", "plate-ocr", "prod", "positions.prod.v1", 2, 3),
+    ]
+    monitor.collector.ok, monitor.collector.updated_at = True, time.time()
+    assert monitor.backlog() == 902
+    assert monitor.backlog({"positions.prod.v1"}) == 2

@@ -98,7 +98,7 @@ def test_every_message_model_round_trips(
         assert received.message == message
         assert received.key == message.kafka_key()
         headers = dict(received.raw.headers() or [])
-        assert headers["schema"] == f"{type(message).__name__}/1".encode()
+        assert headers["schema"] == f"{type(message).__name__}/{message.SCHEMA_VERSION}".encode()
         consumer.done(received)
     consumer.commit()
 

@@ -332,7 +332,12 @@ def test_dev_flow_beside_prod_leaves_prod_output_byte_identical(
         start_worker(config, prod)
 
         def changes() -> list[bytes]:
-            return [value for reason, value, _ in prod_reader.seen if reason == "change"]
+            # Each change also says when its estimate passed each stage (the core cannot).
+            return [
+                encode(decode(FacilityState, value).model_copy(update={"latency": None}))
+                for reason, value, _ in prod_reader.seen
+                if reason == "change"
+            ]
 
         produce(stack_settings, prod, positions)
         prod_reader.until(lambda r, s: len(changes()) >= len(expected_positions))
@@ -467,12 +472,22 @@ def test_state_updates_flow_live_at_eight_cameras_two_fps(
             started,
             datetime.now(UTC) + timedelta(seconds=1),
         )
-        latencies = [
-            r.timestamp_ms / 1000 - decode(FacilityState, r.value).as_of.timestamp()
+        changes = [
+            (r, decode(FacilityState, r.value))
             for r in records
             if r.headers.get("reason") == b"change"
         ]
+        latencies = [r.timestamp_ms / 1000 - s.as_of.timestamp() for r, s in changes]
         assert len(latencies) >= 20
+        # Each change carries its estimate's stage times, in order, for `eval pipeline`.
+        for r, s in changes:
+            times = s.latency
+            assert times is not None
+            assert times.kind == "position"
+            assert times.routed_at is not None
+            published = datetime.fromtimestamp(r.timestamp_ms / 1000, UTC)
+            assert times.routed_at <= times.fused_at <= published + timedelta(seconds=0.01)
+            assert set(times.stages(published)) >= {"deliver", "fuse", "publish"}
         p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
         print(
             f"state-estimator stage latency: p50 {p50:.3f} s, p95 {p95:.3f} s, n={len(latencies)}"

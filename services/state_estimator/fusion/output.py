@@ -99,6 +99,7 @@ def content_signature(state: FacilityState) -> str:
     return state.model_dump_json(
         exclude={
             "as_of": True,
+            "latency": True,
             "tracks": {"__all__": {"locomotives": {"__all__": {"last_seen"}}}},
             "cameras": {"__all__": {"last_frame_at"}},
         }
