@@ -110,3 +110,30 @@ def test_run_names_unknown_flow() -> None:
     cfg = load_facility(REPO / "facility.yaml")
     with pytest.raises(Exception, match="unknown flow 'qa'"):
         flow_services(cfg, REPO / "facility.yaml", "qa")
+
+
+def test_replay_reads_the_plates_of_the_position_estimates_it_makes() -> None:
+    """A flow with a plate reader is replayed as it runs live: positions first, then the
+    plate reader on their boxes; each frame's outcome holds both, a rejected frame neither."""
+    from schemas.estimates import IdentityEstimate
+    from services.flows.replay import with_plates
+    from services.plate_ocr.identity import IdentityEstimator
+
+    class NoText:
+        def recognise(self, crops: Sequence[object]) -> list[tuple[str, float]]:
+            raise AssertionError("no plate box: nothing to read")
+
+    facility = load_facility(REPO / "facility.yaml")
+    plates = IdentityEstimator(lambda: facility, NoText(), "dev", "plate-ocr/test", 0.6)
+    frames = [
+        decode_frame(ref, data)
+        for ref, data in (stored_frame("cam-s1", 1, 0.0), stored_frame("bad", 1, 0.1))
+    ]
+    good, bad = with_plates(empty_positions, plates)(frames)
+    assert isinstance(bad, Rejected)
+    assert not isinstance(good, Rejected)
+    position, identity = good
+    assert isinstance(position, PositionEstimate)
+    assert isinstance(identity, IdentityEstimate)
+    assert identity.frame == position.frame
+    assert identity.unreadable_reason == "no plate in view"

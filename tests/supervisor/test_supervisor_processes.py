@@ -227,3 +227,43 @@ def test_a_service_alive_but_unhealthy_is_restarted(
     _wait(lambda: child.process.pid not in (None, first), 30, "aggregator restarted")
     assert any("(stuck: nothing done for 99s); restarting it" in ln for ln in lines)
     assert not _alive(first)
+
+
+def test_a_recycled_process_that_ignores_sigterm_is_killed_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """The unhealthy-restart path: SIGTERM now; a process that ignores it (a hung service) is
+    SIGKILLed by the first poll at or after the deadline, never before, and then restarted."""
+    from services.supervisor.process import ManagedProcess
+
+    ready = tmp_path / "ready"
+    code = (
+        "import signal, sys, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).write_text('up'); time.sleep(120)"
+    )
+    proc = ManagedProcess(
+        name="stubborn",
+        argv=[sys.executable, "-c", code],
+        env=dict(os.environ),
+        log_path=tmp_path / "stubborn.log",
+        cwd=tmp_path,
+    )
+    proc.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the child did not start within 30 s"
+            time.sleep(0.05)
+        now = 1000.0
+        proc.recycle(now, kill_after_s=5.0)
+        assert proc.poll(now + 4.9) is None
+        assert proc.proc is not None
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.proc.wait(0.5)  # SIGTERM was ignored: it still runs
+        assert proc.poll(now + 5.0) is None  # the deadline: SIGKILL
+        assert proc.proc.wait(10) == -signal.SIGKILL
+        event = proc.poll(now + 5.1)
+        assert event is not None
+        assert event[0] == "exited"
+    finally:
+        proc.signal_group(signal.SIGKILL)
