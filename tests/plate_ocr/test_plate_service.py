@@ -21,7 +21,7 @@ from estimator_rig import (
 )
 
 from schemas.estimates import IdentityEstimate, PositionEstimate
-from schemas.facility import load_facility
+from schemas.facility import FacilityConfig, load_facility
 from services.plate_ocr.config import plate_ocr_config
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
 from services.plate_ocr.service import plate_stream
@@ -106,36 +106,32 @@ def test_plates_of_the_position_estimates_are_read_and_published(
     assert empty.unreadable_reason == "no plate in view"
 
 
-def test_flow_without_plate_reader_is_a_one_line_error(tmp_path: Path) -> None:
+def dev_flow(tmp_path: Path, drop: str, **set_: str) -> tuple[FacilityConfig, Path]:
+    """The shipped facility with flows.dev's ``drop`` stage removed and ``set_`` fields set."""
     import yaml
 
     data = yaml.safe_load((ROOT / "facility.yaml").read_text())
-    data["flows"]["dev"].pop("plate_ocr")
+    data["flows"]["dev"].pop(drop)
+    data["flows"]["dev"].update(set_)
     path = tmp_path / "facility.yaml"
     path.write_text(yaml.safe_dump(data))
+    return load_facility(path), path
+
+
+def test_flow_without_plate_reader_is_a_one_line_error(tmp_path: Path) -> None:
+    facility, path = dev_flow(tmp_path, "plate_ocr")
     with pytest.raises(EstimatorConfigError, match=r"flows.dev.plate_ocr is not set; add it"):
-        plate_ocr_config(load_facility(path), path, "dev")
+        plate_ocr_config(facility, path, "dev")
 
 
 def test_flow_without_position_estimator_is_a_one_line_error(tmp_path: Path) -> None:
-    import yaml
-
-    data = yaml.safe_load((ROOT / "facility.yaml").read_text())
-    data["flows"]["dev"].pop("position_estimator")
-    path = tmp_path / "facility.yaml"
-    path.write_text(yaml.safe_dump(data))
+    facility, path = dev_flow(tmp_path, "position_estimator")
     with pytest.raises(EstimatorConfigError, match=r"flows.dev.position_estimator is not set"):
-        plate_ocr_config(load_facility(path), path, "dev")
+        plate_ocr_config(facility, path, "dev")
 
 
 def test_a_flow_reading_another_flows_positions_reads_their_plate_boxes(tmp_path: Path) -> None:
-    import yaml
-
-    data = yaml.safe_load((ROOT / "facility.yaml").read_text())
-    data["flows"]["dev"].pop("position_estimator")
-    data["flows"]["dev"]["positions_from"] = "prod"
-    path = tmp_path / "facility.yaml"
-    path.write_text(yaml.safe_dump(data))
-    config = plate_ocr_config(load_facility(path), path, "dev")
+    facility, path = dev_flow(tmp_path, "position_estimator", positions_from="prod")
+    config = plate_ocr_config(facility, path, "dev")
     assert config.positions_topic == "positions.prod.v1"
     assert config.source().topic == "positions.prod.v1"
