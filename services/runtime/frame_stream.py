@@ -195,6 +195,9 @@ class FrameStreamConfig:
     storage_retry_s: float = 1.0
     stall_after_s: float = 60.0
     """/healthz fails when frames wait and none was finished for this long."""
+    max_failures_in_a_row: int = 3
+    """Messages the handler may fail on in a row (each dead-lettered) before the service gives
+    up and exits: more than a few is a broken estimator, not bad input."""
     dependency_grace_s: float = 60.0
     """/healthz fails when the broker or the object store is unreachable for this long."""
 
@@ -273,6 +276,7 @@ class FrameStream(Generic[In]):
         self.skipped = 0
         self.rejected = 0
         self._ahead: _Polled[In] | None = None
+        self._failures_in_a_row = 0
         self._in_flight: deque[_InFlight[In]] = deque()
 
     # -- one iteration ---------------------------------------------------------------------
@@ -339,18 +343,27 @@ class FrameStream(Generic[In]):
 
     def _handle(self, work: Sequence[Work[In]]) -> Sequence[FrameOutcome]:
         """The handler's outcomes; a message it fails on is rejected alone (dead-lettered with
-        the error), so one bad message cannot crash the service again on every restart."""
+        the error), so one bad message cannot crash the service again on every restart.
+
+        A handler that fails on ``max_failures_in_a_row`` messages in a row is broken, not fed
+        bad messages: the error is raised (the service exits and is restarted) instead of
+        dead-lettering the whole stream."""
         try:
-            return self.handler(work)
+            outcomes = self.handler(work)
         except Exception as exc:
             if len(work) > 1:
                 return [outcome for item in work for outcome in self._handle([item])]
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= self.config.max_failures_in_a_row:
+                raise
             frame = self.source.ref(work[0][0])
             log.exception(
                 "the estimator failed on a message; dead-lettering it",
                 extra={"flow": self.config.flow, "camera_id": frame.camera_id, "seq": frame.seq},
             )
             return [Rejected(f"the estimator failed on this message: {exc!r}")]
+        self._failures_in_a_row = 0
+        return outcomes
 
     @staticmethod
     def _skip_superseded(

@@ -125,3 +125,17 @@ def test_an_absurd_plate_box_is_refused_at_decode(corner: str) -> None:
     raw = estimate(0, PLATE).model_dump_json().replace('"x2":200.0', f'"x2":{corner}')
     with pytest.raises(MessageDecodeError, match="x2"):
         decode(PositionEstimate, raw.encode())
+
+
+def test_a_reader_that_fails_on_everything_stops_the_service_instead_of_dead_lettering_all() -> (
+    None
+):
+    """Bad input is rare; a broken estimator (an OCR engine that cannot run) fails on every
+    message: after a few in a row the service exits, to be restarted, and loses nothing more."""
+    wide = {"x1": 100.0, "y1": 100.0, "x2": 900.0, "y2": 130.0}
+    messages = [estimate(seq, wide) for seq in range(6)]
+    stream, consumer, *_ = rig(messages, messages, Reads(fail_on_wide=True))
+    with pytest.raises(RuntimeError, match="cannot take this crop"):
+        stream.run_once()
+    assert len(consumer.dead) == 0  # nothing of the failed batch is marked done or dead
+    assert consumer.done_offsets == []
