@@ -61,10 +61,13 @@ class UpdateTimes(WireModel):
 
     def stages(self, published_at: datetime | None = None) -> dict[str, float]:
         """Seconds spent in each stage, in pipeline order (a stage whose ends are not both
-        known is left out): ``ingest`` capture -> stored (capture, ZeroMQ, aggregator, S3 put),
-        ``estimate`` stored -> estimated (frames.v1, estimator queue, fetch, inference),
-        ``deliver`` estimated -> taken in by the state estimator, ``fuse`` -> fused (its internal
-        topic and fusion), ``publish`` fused -> published."""
+        known is left out; clocks of different hosts may disagree, so a stage is at least 0):
+        ``ingest`` capture -> stored (capture, ZeroMQ, aggregator, S3 put), ``estimate`` stored
+        -> estimated (frames.v1, estimator queue, fetch, inference; for an identity also the
+        position estimator and its topic), ``deliver`` estimated -> taken in by the state
+        estimator (the estimator's publish, the broker, the consumer), ``fuse`` -> fused (mostly
+        the state estimator's internal topic; fusion itself is about a millisecond),
+        ``publish`` fused -> appended to the output topic by this process's producer."""
         points = [
             ("captured", self.captured_at),
             ("ingest", self.stored_at),

@@ -168,6 +168,11 @@ class IdentityEstimator:
         self._clock = clock
         self._normaliser: tuple[int, PlateNormaliser] | None = None
 
+    def self_test(self) -> None:
+        """Read a known-good crop (a blank plate): raises when the OCR engine is broken, so a
+        failure on one message can be told from a broken reader."""
+        self.recogniser.recognise([np.full((32, 128, 3), 230, np.uint8)])
+
     def normaliser(self, facility: FacilityConfig) -> PlateNormaliser:
         """The plate normaliser for the current fleet (rebuilt when the config changes)."""
         key = id(facility)

@@ -30,5 +30,5 @@ def plate_stream(
         min_plate_confidence=config.min_plate_confidence,
     )
     return connect_frame_stream(
-        settings, config.stream(), config.source(), handler, consumer_overrides
+        settings, config.stream(), config.source(), handler, consumer_overrides, handler.self_test
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+import numpy as np
+
 from schemas.base import utc_now
 from schemas.facility import FacilityConfig
 from services.position_estimator.track_position import position_estimate
@@ -34,6 +36,11 @@ class PositionEstimator:
         self.estimator = estimator
         self.model_version = model_version
         self._clock = clock
+
+    def self_test(self) -> None:
+        """Detect on a known-good (blank) image: raises when the detector is broken, so a
+        failure on one frame can be told from a broken estimator."""
+        self.detector.detect([np.zeros((64, 64, 3), np.uint8)])
 
     def __call__(self, frames: Sequence[DecodedFrame]) -> list[FrameOutcome]:
         """One outcome per frame: a PositionEstimate, or Rejected for an unknown camera."""

@@ -30,5 +30,10 @@ def position_stream(
         model_version=config.model_version,
     )
     return connect_frame_stream(
-        settings, config.stream(), config.source(), on_images(handler), consumer_overrides
+        settings,
+        config.stream(),
+        config.source(),
+        on_images(handler),
+        consumer_overrides,
+        handler.self_test,
     )

@@ -195,9 +195,9 @@ class FrameStreamConfig:
     storage_retry_s: float = 1.0
     stall_after_s: float = 60.0
     """/healthz fails when frames wait and none was finished for this long."""
-    max_failures_in_a_row: int = 3
-    """Messages the handler may fail on in a row (each dead-lettered) before the service gives
-    up and exits: more than a few is a broken estimator, not bad input."""
+    max_failures_per_minute: int = 20
+    """Messages the handler may fail on in a minute (each dead-lettered) before the service
+    exits: more is a broken estimator, not bad input (the backstop behind its self-test)."""
     dependency_grace_s: float = 60.0
     """/healthz fails when the broker or the object store is unreachable for this long."""
 
@@ -262,9 +262,11 @@ class FrameStream(Generic[In]):
         producer: Publisher,
         store: BlobStore,
         handler: FrameHandler[In],
+        self_test: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
+        self.self_test = self_test  # known-good input through the handler's parts
         self.consumer = consumer
         self.producer = producer
         self.store = store
@@ -276,7 +278,7 @@ class FrameStream(Generic[In]):
         self.skipped = 0
         self.rejected = 0
         self._ahead: _Polled[In] | None = None
-        self._failures_in_a_row = 0
+        self._failures: deque[float] = deque()
         self._in_flight: deque[_InFlight[In]] = deque()
 
     # -- one iteration ---------------------------------------------------------------------
@@ -345,16 +347,18 @@ class FrameStream(Generic[In]):
         """The handler's outcomes; a message it fails on is rejected alone (dead-lettered with
         the error), so one bad message cannot crash the service again on every restart.
 
-        A handler that fails on ``max_failures_in_a_row`` messages in a row is broken, not fed
-        bad messages: the error is raised (the service exits and is restarted) instead of
-        dead-lettering the whole stream."""
+        Whether the message or the estimator is at fault is asked of the estimator itself: when
+        its self-test (known-good input through the same parts) fails too, it is broken, and the
+        error is raised (the service exits, is restarted, and nothing of the batch is marked
+        done) instead of dead-lettering every message. Without a self-test, more than
+        ``max_failures_per_minute`` failures say the same.
+        """
         try:
-            outcomes = self.handler(work)
+            return self.handler(work)
         except Exception as exc:
             if len(work) > 1:
                 return [outcome for item in work for outcome in self._handle([item])]
-            self._failures_in_a_row += 1
-            if self._failures_in_a_row >= self.config.max_failures_in_a_row:
+            if self._broken():
                 raise
             frame = self.source.ref(work[0][0])
             log.exception(
@@ -362,8 +366,24 @@ class FrameStream(Generic[In]):
                 extra={"flow": self.config.flow, "camera_id": frame.camera_id, "seq": frame.seq},
             )
             return [Rejected(f"the estimator failed on this message: {exc!r}")]
-        self._failures_in_a_row = 0
-        return outcomes
+
+    def _broken(self) -> bool:
+        """After a failure on one message: is the estimator broken rather than the message?"""
+        now = time.monotonic()
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > 60.0:
+            self._failures.popleft()
+        if len(self._failures) > self.config.max_failures_per_minute:
+            log.error("the estimator failed on too many messages in a minute; exiting")
+            return True
+        if self.self_test is None:
+            return False
+        try:
+            self.self_test()
+        except Exception:
+            log.exception("the estimator fails its self-test too: it is broken; exiting")
+            return True
+        return False
 
     @staticmethod
     def _skip_superseded(
@@ -548,6 +568,7 @@ def connect_frame_stream(
     source: FrameSource[In],
     handler: FrameHandler[In],
     consumer_overrides: Mapping[str, Any] | None = None,
+    self_test: Callable[[], None] | None = None,
 ) -> FrameStream[In]:
     """A frame loop on ``source`` in group ``<service>.<flow>``, publishing its outputs."""
     client = f"{config.service}.{config.flow}"
@@ -561,7 +582,9 @@ def connect_frame_stream(
         overrides=consumer_overrides,
         defer_dead_letter_offsets=True,  # batches and read-ahead are in flight
     )
-    return FrameStream(config, source, consumer, producer, ObjectStore(settings.s3), handler)
+    return FrameStream(
+        config, source, consumer, producer, ObjectStore(settings.s3), handler, self_test
+    )
 
 
 def frame_stream_health(

@@ -296,3 +296,16 @@ def test_plate_boxes_are_read_on_a_frame_decoded_at_any_size(
         assert a.plate_box == b.plate_box
         assert a.observation == b.observation
         assert b.locomotive_model == a.locomotive_model  # the livery is judged at the box
+
+
+def test_the_self_test_passes_on_the_real_engine_and_fails_on_a_broken_one(
+    facility: FacilityConfig, recogniser: RapidTextRecogniser
+) -> None:
+    reader(facility, recogniser).self_test()
+
+    class Broken:
+        def recognise(self, crops: Sequence[Image]) -> list[tuple[str, float]]:
+            raise RuntimeError("session gone")
+
+    with pytest.raises(RuntimeError, match="session gone"):
+        reader(facility, Broken()).self_test()

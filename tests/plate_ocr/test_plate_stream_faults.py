@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,17 @@ PLATE = {"x1": 100.0, "y1": 100.0, "x2": 200.0, "y2": 130.0}
 
 
 class Reads:
-    """Reads every crop as one plate; ``fail_on_wide`` raises on crops wider than 500 px."""
+    """Reads every crop as one plate; ``fail_on_wide`` raises on crops wider than 500 px,
+    ``broken`` on every crop (the self-test's too)."""
 
-    def __init__(self, fail_on_wide: bool = False) -> None:
+    def __init__(self, fail_on_wide: bool = False, broken: bool = False) -> None:
         self.fail_on_wide = fail_on_wide
+        self.broken = broken
         self.crops = 0
 
     def recognise(self, crops: Sequence[Image]) -> list[tuple[str, float]]:
+        if self.broken:
+            raise RuntimeError("the OCR engine's session is gone")
         if self.fail_on_wide and any(c.shape[1] > 500 for c in crops):
             raise RuntimeError("the OCR engine cannot take this crop")
         self.crops += len(crops)
@@ -66,7 +71,11 @@ def estimate(seq: int, *boxes: dict[str, float], camera: str = "cam-s1") -> Posi
 
 
 def rig(
-    messages: list[PositionEstimate], stored: list[PositionEstimate], reader: Reads
+    messages: list[PositionEstimate],
+    stored: list[PositionEstimate],
+    reader: Reads,
+    self_test: bool = True,
+    **stream: Any,
 ) -> tuple[FrameStream[PositionEstimate], FakeConsumer, FakePublisher, FakeStore]:
     config = PlateOcrConfig(
         flow="prod",
@@ -83,8 +92,10 @@ def rig(
     consumer = FakeConsumer(messages, topic=config.positions_topic)
     publisher = FakePublisher()
     handler = IdentityEstimator(lambda: facility, reader, "prod", "plate-ocr/test", 0.6)
-    stream = FrameStream(config.stream(), config.source(), consumer, publisher, store, handler)
-    return stream, consumer, publisher, store
+    loop = replace(config.stream(), **stream)
+    test = handler.self_test if self_test else None
+    stream_ = FrameStream(loop, config.source(), consumer, publisher, store, handler, test)
+    return stream_, consumer, publisher, store
 
 
 def published(publisher: FakePublisher) -> list[Any]:
@@ -127,15 +138,22 @@ def test_an_absurd_plate_box_is_refused_at_decode(corner: str) -> None:
         decode(PositionEstimate, raw.encode())
 
 
-def test_a_reader_that_fails_on_everything_stops_the_service_instead_of_dead_lettering_all() -> (
-    None
-):
+def test_a_broken_reader_stops_the_service_instead_of_dead_lettering_every_plate() -> None:
     """Bad input is rare; a broken estimator (an OCR engine that cannot run) fails on every
-    message: after a few in a row the service exits, to be restarted, and loses nothing more."""
+    plate, while frames without one still pass. Its self-test fails too: the service exits, to
+    be restarted, and nothing of the batch is dead-lettered or marked done."""
+    messages = [estimate(0, PLATE), estimate(1), estimate(2), estimate(3, PLATE), estimate(4)]
+    stream, consumer, *_ = rig(messages, messages, Reads(broken=True))
+    with pytest.raises(RuntimeError, match="session is gone"):
+        stream.run_once()
+    assert consumer.dead == []
+    assert consumer.done_offsets == []
+
+
+def test_without_a_self_test_too_many_failures_a_minute_stop_the_service() -> None:
     wide = {"x1": 100.0, "y1": 100.0, "x2": 900.0, "y2": 130.0}
-    messages = [estimate(seq, wide) for seq in range(6)]
-    stream, consumer, *_ = rig(messages, messages, Reads(fail_on_wide=True))
+    messages = [estimate(seq, wide) for seq in range(3)]
+    reader = Reads(fail_on_wide=True)
+    stream, *_ = rig(messages, messages, reader, self_test=False, max_failures_per_minute=2)
     with pytest.raises(RuntimeError, match="cannot take this crop"):
         stream.run_once()
-    assert len(consumer.dead) == 0  # nothing of the failed batch is marked done or dead
-    assert consumer.done_offsets == []

@@ -164,7 +164,10 @@ def test_a_newer_producers_message_is_read_and_its_new_fields_counted(
     # reads it (it used to dead-letter every such message) and counts the unknown field.
     topic = unique_name("frames")
     create_topics(stack_settings, [TopicSpec(topic, FrameRef, 1)])
-    newer = json.loads(encode(frame_ref(seq=5))) | {"schema_version": 2, "exposure_ms": 8.0}
+    newer = json.loads(encode(frame_ref(seq=5))) | {
+        "schema_version": FrameRef.SCHEMA_VERSION + 1,
+        "exposure_ms": 8.0,
+    }
     raw = Producer(stack_settings.kafka.client_config())
     raw.produce(topic, value=json.dumps(newer).encode(), key=b"cam-s1")
     assert raw.flush(10) == 0

@@ -114,7 +114,8 @@ def published_changes(
     """The facility states the estimator publishes "on change" for ``estimates`` in order.
 
     The Faust app applies exactly this rule, so for a single-partition input the app's
-    change messages equal these byte for byte (heartbeats aside).
+    change messages equal these byte for byte (heartbeats aside, and but for the stage times
+    the app adds as ``latency``).
     """
     current = state or FusionState()
     signature: str | None = None
