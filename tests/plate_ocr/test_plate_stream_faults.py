@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,16 @@ import cv2
 import numpy as np
 import pytest
 from fakes import FakeConsumer, FakePublisher, FakeStore
+from message_samples import AT, frame_ref
 
 from schemas.estimates import BoundingBox, Detection, IdentityEstimate, PositionEstimate
 from schemas.facility import load_facility
-from schemas.frames import FrameRef
 from services.plate_ocr.config import PlateOcrConfig
 from services.plate_ocr.identity import IdentityEstimator
 from services.runtime.frame_stream import FrameStream
 from services.runtime.frames import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-AT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 JPEG = bytes(cv2.imencode(".jpg", np.full((720, 1280, 3), 90, np.uint8))[1])
 PLATE = {"x1": 100.0, "y1": 100.0, "x2": 200.0, "y2": 130.0}
 
@@ -48,16 +46,8 @@ class Reads:
 
 
 def estimate(seq: int, *boxes: dict[str, float], camera: str = "cam-s1") -> PositionEstimate:
-    ref = FrameRef(
-        camera_id=camera,
-        seq=seq,
-        captured_at=AT + timedelta(seconds=seq),
-        bucket="frames",
-        key=f"{camera}/{seq}.jpg",
-        width=1280,
-        height=720,
-        size=len(JPEG),
-        sha256=hashlib.sha256(JPEG).hexdigest(),
+    ref = frame_ref(seq, camera).model_copy(
+        update={"size": len(JPEG), "sha256": hashlib.sha256(JPEG).hexdigest()}
     )
     return PositionEstimate(
         flow="prod",
