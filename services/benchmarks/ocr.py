@@ -71,7 +71,7 @@ def bench_command(
         workdir,
     )
     from services.plate_ocr.config import SERVICE, plate_ocr_config
-    from services.plate_ocr.identity import MIN_PLATE_HEIGHT_PX, plate_crop
+    from services.plate_ocr.identity import plate_crop, readable_size
     from services.plate_ocr.ocr_engine import RapidTextRecogniser
     from services.plate_ocr.service import plate_stream
     from services.position_estimator.config import position_estimator_config
@@ -131,9 +131,7 @@ def bench_command(
                         buf = np.frombuffer(frame.jpeg, np.uint8)
                         image = np.asarray(cv2.imdecode(buf, cv2.IMREAD_COLOR), np.uint8)
                         batch_crops += [
-                            plate_crop(image, d)
-                            for d in plates
-                            if d.bbox.y2 - d.bbox.y1 >= MIN_PLATE_HEIGHT_PX
+                            plate_crop(image, d) for d in plates if readable_size(d, image)
                         ]
                     if batch_crops:
                         engine.text_rec(batch_crops)

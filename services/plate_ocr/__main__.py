@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
     "--positions-topic",
     default=None,
     help="Topic of the position estimates whose plate boxes to read (default: "
-    "positions.<flow>.v1; e.g. a copy to replay).",
+    "positions.<flow>.v1, or that of the flow its positions_from names; e.g. a copy to replay).",
 )
 def plate_ocr_command(
     flow: str,
