@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import faust
 from prometheus_client import Counter, Gauge, Histogram
@@ -100,14 +100,13 @@ TABLE_NAME = "fusion"
 
 
 def update_times(
-    kind: Literal["position", "identity"],
     estimate: PositionEstimate | IdentityEstimate,
     routed_at: datetime | None,
     fused_at: datetime | None = None,
 ) -> UpdateTimes:
     """When ``estimate`` passed each stage, for the change it caused (fused now by default)."""
     return UpdateTimes(
-        kind=kind,
+        kind="position" if isinstance(estimate, PositionEstimate) else "identity",
         camera_id=estimate.camera_id,
         captured_at=estimate.frame.captured_at,
         stored_at=estimate.frame.stored_at,
@@ -355,7 +354,7 @@ class StateEstimatorApp:
                 if payload[:1] == POSITION:
                     estimate = decode(PositionEstimate, payload[1:])
                     state, accepted = self.core.apply_position(state, estimate)
-                    kind: Literal["position", "identity"] = "position"
+                    kind = "position"
                 else:
                     estimate = decode(IdentityEstimate, payload[1:])
                     state, accepted = self.core.apply_identity(state, estimate)
@@ -379,7 +378,7 @@ class StateEstimatorApp:
                     self._signature = signature
                     routed = event.message.timestamp
                     times = update_times(
-                        kind, estimate, kafka_time(int(routed * 1000)) if routed else None
+                        estimate, kafka_time(int(routed * 1000)) if routed else None
                     )
                     await self._publish(
                         output, rendered.model_copy(update={"latency": times}), "change"
