@@ -442,6 +442,13 @@ class StateEstimatorSettings(StrictModel):
         ge=0,
         description="A measured length names a model only when one model alone is this close.",
     )
+    duplicate_plate_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A plate is unique: of two locomotives showing the same plate, one not "
+        "seen for this long after the other was is a stale copy (the locomotive moved on "
+        "unseen) and is dropped. Two seen about the same time are both kept.",
+    )
 
 
 class Flow(StrictModel):

@@ -146,12 +146,26 @@ def hidden_behind(
     in the image columns it covers. Farther means higher up in the image (smaller row) in
     that column. ``margin_m`` widens each occluder (negative: narrows it).
     """
+    return bool(hiders(sightlines, track_id, position_m, occluders, margin_m))
+
+
+def hiders(
+    sightlines: dict[str, TrackInImage],
+    track_id: str,
+    position_m: float,
+    occluders: list[tuple[str, float, float]],
+    margin_m: float = 0.3,
+) -> list[tuple[str, float, float]]:
+    """The ``occluders`` that hide a locomotive end at ``position_m`` on ``track_id`` in this
+    camera's image (see :func:`hidden_behind`); empty when it is in plain sight."""
     line = sightlines.get(track_id)
     at = line.pixel(position_m) if line is not None else None
     if at is None:
-        return False
+        return []
     u, v = at
-    for other_track, lo, hi in occluders:
+    out: list[tuple[str, float, float]] = []
+    for occluder in occluders:
+        other_track, lo, hi = occluder
         if other_track == track_id:
             continue
         other = sightlines.get(other_track)
@@ -160,5 +174,5 @@ def hidden_behind(
             continue
         position, row = crossing
         if row > v and lo - margin_m <= position <= hi + margin_m:
-            return True
-    return False
+            out.append(occluder)
+    return out

@@ -357,3 +357,55 @@ def test_a_new_end_that_fits_an_assumed_end_waits_to_be_that_end(core: FusionCor
     )  # fmt: skip
     state = FusionState(locomotives=[placed], loose_ends=[cab])
     assert hypotheses(core.config, state, cab, T0) == []
+
+
+def _on(track: str, loco_id: str, head: float, tail: float, last_seen_s: float = 0.0) -> Any:
+    """A locomotive seen whole on ``track``, last seen ``last_seen_s`` after T0."""
+    from datetime import timedelta
+
+    from state_builders import T0
+
+    from services.state_estimator.fusion import TrackedLocomotive
+
+    seen = T0 + timedelta(seconds=last_seen_s)
+    return TrackedLocomotive(
+        locomotive_id=loco_id, track_id=track, head_m=head, tail_m=tail, updated_at=seen,
+        first_seen=T0, last_seen=seen, head_seen_at=seen, tail_seen_at=seen, existence=1.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seen_through_first", [True, False])
+def test_an_end_once_detected_past_a_nearer_locomotive_is_missed_there(
+    core: FusionCore, seen_through_first: bool
+) -> None:
+    # cam-s1 looks at T2 (0-12 m) past T1, where a locomotive stands in front (its ends out
+    # of cam-s1's view). The sightline model says T1's body hides T2's ends there.
+    front = _on("T1", "front", -5.0, 36.0)
+    behind = _on("T2", "behind", 5.0, 21.97)
+    state = FusionState(locomotives=[front, behind])
+    if seen_through_first:
+        # cam-s1 detects the T2 cab anyway: for cam-s1, T1's body does not hide that spot.
+        state = feed(core, frames(1, {"cam-s1": [("head", "T2", 5.0 + OFFSET)]}), state)
+        (kept,) = [x for x in state.locomotives if x.locomotive_id == "behind"]
+        assert [(r.camera_id, r.kind) for r in kept.seen_through] == [("cam-s1", "head")]
+    # Then cam-s1 keeps showing that spot empty: the locomotive has gone.
+    later = feed(core, frames(4, {"cam-s1": []}, start_s=1.0), state)
+    ids = [x.locomotive_id for x in later.locomotives]
+    # Without the detection the model's "hidden" stands: not detecting it there is no evidence.
+    assert ("behind" in ids) is not seen_through_first
+    assert "front" in ids
+
+
+@pytest.mark.parametrize(("gap_s", "kept"), [(20.0, ["new"]), (5.0, ["old", "new"])])
+def test_a_plate_shown_on_two_locomotives_drops_the_stale_copy(
+    core: FusionCore, gap_s: float, kept: list[str]
+) -> None:
+    # The same TEM2 shown at two places of T2 (a plate names one locomotive): the copy not
+    # seen for `gap_s` after the other was is where it stood before it moved on unseen.
+    old = _on("T2", "old", 12.5, 29.47, last_seen_s=0.0)
+    new = _on("T2", "new", 30.0, 46.97, last_seen_s=gap_s)
+    for loco in (old, new):
+        loco.plates = {"TEM2-0001": 5.0}
+    state = FusionState(locomotives=[old, new])
+    after = feed(core, [position("cam-s1", 1, gap_s + 0.5)], state)
+    assert [x.locomotive_id for x in after.locomotives] == kept

@@ -41,9 +41,11 @@ from services.state_estimator.fusion.state import (
 )
 from services.state_estimator.fusion.visibility import (
     covers_track,
+    note_seen_through,
     occluders_of,
     on_track,
     shows,
+    shows_end,
 )
 
 LOOSE_END_BIAS_M = 0.1
@@ -89,7 +91,7 @@ class FusionCore:
         clock = state.cameras.get(cam)
         if clock is not None and (frame.captured_at, frame.seq) <= (clock.captured_at, clock.seq):
             return state, False
-        new = state.model_copy(deep=True)
+        new = state.copy_for_update()
         new.cameras[cam] = CameraClock(seq=frame.seq, captured_at=frame.captured_at)
         new.watermark = _later(new.watermark, frame.captured_at)
         detections: dict[str, list[Detection]] = defaultdict(list)
@@ -129,13 +131,13 @@ class FusionCore:
         ):
             if seen is not None and frame.captured_at <= seen:
                 return state, False
-            new = state.model_copy(deep=True)
+            new = state.copy_for_update()
             new.identity_seen_at[cam] = frame.captured_at
             return new, True
         key = f"{frame.seq}:{obs.position_m:.1f}"
         if key in state.identity_keys.get(cam, []):
             return state, False
-        new = state.model_copy(deep=True)
+        new = state.copy_for_update()
         new.identity_keys[cam] = [*new.identity_keys.get(cam, []), key][-IDENTITY_KEYS_KEPT:]
         if seen is None or frame.captured_at > seen:
             new.identity_seen_at[cam] = frame.captured_at
@@ -201,30 +203,26 @@ class FusionCore:
         )
         per_loco: dict[str, dict[EndKind, Detection]] = defaultdict(dict)
         matched: set[int] = set(matches.values())
+        occluders = occluders_of(loco for loco in state.locomotives if loco.track_id != track_id)
         for i, j in matches.items():
             owner, kind = owners[j]
+            det = detected[i]
             if isinstance(owner, TrackedLocomotive):
-                per_loco[owner.locomotive_id][kind] = detected[i]
+                per_loco[owner.locomotive_id][kind] = det
+                note_seen_through(cfg, owner, camera_id, kind, det.position_m, occluders, at)
             else:
-                det = detected[i]
                 self._support(owner, det.position_m, det.kind, det.confidence, at, camera_id)
         for loco in locos:
             if loco.locomotive_id in per_loco:
                 tracking.update(cfg, loco, per_loco[loco.locomotive_id], at, camera_id)
-        occluders = occluders_of(loco for loco in state.locomotives if loco.track_id != track_id)
         for j, (owner, kind) in enumerate(owners):
             if j in matched:
                 continue
-            spot = (
-                tracking.raw_end(owner, kind, t.end_label_offset_m)
-                if isinstance(owner, TrackedLocomotive)
-                else owner.position_m
-            )
-            if not shows(cfg, camera_id, track_id, spot, occluders):
-                continue
             if isinstance(owner, TrackedLocomotive):
-                tracking.missed(cfg, owner)
-            else:
+                spot = tracking.raw_end(owner, kind, t.end_label_offset_m)
+                if shows_end(cfg, owner, camera_id, kind, spot, occluders):
+                    tracking.missed(cfg, owner)
+            elif shows(cfg, camera_id, track_id, owner.position_m, occluders):
                 owner.misses += 1
         for i, det in enumerate(detected):
             if i not in matches:
@@ -349,6 +347,7 @@ class FusionCore:
             both = int(loco.head_seen_at is not None and loco.tail_seen_at is not None)
             return (both, loco.existence, -loco.first_seen.timestamp())
 
+        kept = self._without_stale_copies(kept)
         kept.sort(key=support, reverse=True)
         survivors: list[TrackedLocomotive] = []
         for loco in kept:
@@ -366,6 +365,27 @@ class FusionCore:
             if e.misses < t.loose_end_misses
             and not (e.from_plate_only and self._on_a_body(state, e))
             and (at - e.last_seen).total_seconds() <= t.pairing_window_s
+        ]
+
+    def _without_stale_copies(self, locos: list[TrackedLocomotive]) -> list[TrackedLocomotive]:
+        """A plate names one locomotive: where two show the same plate and one has not been
+        seen for ``duplicate_plate_s`` after the other was, it is where that locomotive
+        stood before it moved on unseen (a body hidden from every camera keeps no evidence
+        against it), and is dropped."""
+        window = self.config.tuning.duplicate_plate_s
+        shown = [(loco, identity.identity_of(self.config, loco).plate) for loco in locos]
+        newest: dict[str, TrackedLocomotive] = {}
+        for loco, plate in shown:
+            if plate is not None and (
+                plate not in newest or loco.last_seen > newest[plate].last_seen
+            ):
+                newest[plate] = loco
+        return [
+            loco
+            for loco, plate in shown
+            if plate is None
+            or newest[plate] is loco
+            or (newest[plate].last_seen - loco.last_seen).total_seconds() <= window
         ]
 
     def _merged(self, ends: list[LooseEnd]) -> list[LooseEnd]:

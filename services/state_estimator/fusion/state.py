@@ -7,6 +7,7 @@ state can also be stored record by record.
 
 from __future__ import annotations
 
+import pickle
 from datetime import datetime
 from typing import Literal
 
@@ -45,6 +46,20 @@ class PlateVote(Record):
     model_confidence: float = 0.0
 
 
+class SeenThrough(Record):
+    """A camera detected a locomotive's end although the sightline model says locomotives on
+    nearer tracks hide it (the model errs towards "hidden"): while the same ``occluders``
+    stand there, that camera shows that spot, and not detecting the end there is evidence."""
+
+    camera_id: str
+    kind: EndKind
+    position_m: float
+    """Where the end was detected (the detector's position, label offset not removed)."""
+    occluders: list[tuple[str, float, float]]
+    """(track_id, low_m, high_m) of the locomotives the model said hid it."""
+    at: UtcDatetime
+
+
 class TrackedLocomotive(Record):
     """One locomotive followed as a rigid body along its track.
 
@@ -75,6 +90,8 @@ class TrackedLocomotive(Record):
     """Plate text -> summed reading confidence (every reading counts, not a window)."""
     models: dict[str, float] = Field(default_factory=dict)
     """Model name -> summed model-recognition confidence."""
+    seen_through: list[SeenThrough] = Field(default_factory=list)
+    """Ends cameras detected past locomotives said to hide them, most recent last (bounded)."""
 
     @property
     def direction(self) -> float:
@@ -160,3 +177,12 @@ class FusionState(Record):
     next_id: int = 1
     next_end_id: int = 1
     watermark: UtcDatetime | None = None
+
+    def copy_for_update(self) -> FusionState:
+        """A deep copy to update, leaving this state as it was (every estimate makes one).
+
+        Pickling round trip: about half the CPU of ``model_copy(deep=True)`` (measured on a
+        20-camera depot's state), which was half of the fusion's cost per estimate.
+        """
+        copied: FusionState = pickle.loads(pickle.dumps(self, pickle.HIGHEST_PROTOCOL))
+        return copied

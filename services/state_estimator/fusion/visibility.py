@@ -10,10 +10,11 @@ occlusion test errs towards "hidden": a hidden end that is not detected is no ev
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
-from services.state_estimator.coverage import hidden_behind, in_view
+from services.state_estimator.coverage import hidden_behind, hiders, in_view
 from services.state_estimator.fusion.config import FusionConfig
-from services.state_estimator.fusion.state import TrackedLocomotive
+from services.state_estimator.fusion.state import EndKind, SeenThrough, TrackedLocomotive
 
 Occluder = tuple[str, float, float]
 """(track_id, low_m, high_m) of a locomotive that may hide what stands behind it."""
@@ -58,6 +59,81 @@ def shows(
         position_m,
         list(occluders),
         config.tuning.occluder_margin_m,
+    )
+
+
+SEEN_THROUGH_KEPT = 4
+"""Seen-through records kept per locomotive (the newest win)."""
+
+
+def hiding(
+    config: FusionConfig,
+    camera_id: str,
+    track_id: str,
+    position_m: float,
+    occluders: Sequence[Occluder],
+) -> list[Occluder]:
+    """The locomotives on nearer tracks that hide ``position_m`` from the camera (empty: in
+    plain sight, or not in its image at all)."""
+    if not occluders:
+        return []
+    return hiders(
+        config.sightlines.get(camera_id, {}),
+        track_id,
+        position_m,
+        list(occluders),
+        config.tuning.occluder_margin_m,
+    )
+
+
+def _same_occluder(a: Occluder, b: Occluder, tolerance_m: float) -> bool:
+    return a[0] == b[0] and abs(a[1] - b[1]) <= tolerance_m and abs(a[2] - b[2]) <= tolerance_m
+
+
+def note_seen_through(
+    config: FusionConfig,
+    loco: TrackedLocomotive,
+    camera_id: str,
+    kind: EndKind,
+    position_m: float,
+    occluders: Sequence[Occluder],
+    at: datetime,
+) -> None:
+    """Remember that the camera detected ``loco``'s end at ``position_m`` past locomotives
+    the sightline model says hide it (no-op when the model says it is in plain sight)."""
+    hidden_by = hiding(config, camera_id, loco.track_id, position_m, occluders)
+    if not hidden_by:
+        return
+    kept = [r for r in loco.seen_through if (r.camera_id, r.kind) != (camera_id, kind)]
+    record = SeenThrough(
+        camera_id=camera_id, kind=kind, position_m=position_m, occluders=hidden_by, at=at
+    )
+    loco.seen_through = [*kept, record][-SEEN_THROUGH_KEPT:]
+
+
+def shows_end(
+    config: FusionConfig,
+    loco: TrackedLocomotive,
+    camera_id: str,
+    kind: EndKind,
+    position_m: float,
+    occluders: Sequence[Occluder],
+) -> bool:
+    """Whether the camera would detect ``loco``'s end at ``position_m``: :func:`shows`, except
+    that an end this camera has detected there before, past the same locomotives, is shown
+    (the sightline model hides too much; the detection proved it)."""
+    if not in_image(config, camera_id, loco.track_id, position_m):
+        return False
+    hidden_by = hiding(config, camera_id, loco.track_id, position_m, occluders)
+    if not hidden_by:
+        return True
+    tolerance = config.tuning.merge_m
+    return any(
+        r.camera_id == camera_id
+        and r.kind == kind
+        and abs(r.position_m - position_m) <= tolerance
+        and all(any(_same_occluder(h, o, tolerance) for o in r.occluders) for h in hidden_by)
+        for r in loco.seen_through
     )
 
 
