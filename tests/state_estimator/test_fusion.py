@@ -409,3 +409,58 @@ def test_a_plate_shown_on_two_locomotives_drops_the_stale_copy(
     state = FusionState(locomotives=[old, new])
     after = feed(core, [position("cam-s1", 1, gap_s + 0.5)], state)
     assert [x.locomotive_id for x in after.locomotives] == kept
+
+
+@pytest.mark.parametrize("plate_read", [True, False])
+def test_a_cab_whose_plate_is_being_read_is_not_missed_where_it_is_not_detected(
+    core: FusionCore, plate_read: bool
+) -> None:
+    # A TEM2 seen whole on T1; then cam-s1 shows its cab's spot and detects no end there (a
+    # nearer body the sightline model does not know hides the cab's lower part) ...
+    state = FusionState(locomotives=[_on("T1", "tem2", HEAD, TAIL)])
+    messages = frames(9, {"cam-s1": []}, start_s=0.5)
+    if plate_read:
+        # ... while its plate, hanging higher up at the cab, is read every 3 s (six frames
+        # not detecting the cab would drop it; the readings alone do not outweigh them).
+        messages += [
+            identity("cam-s1", 100 + i, 0.7 + i * 3.0, "T1", HEAD + 1.0, "TEM2-0001")
+            for i in range(3)
+        ]
+    messages.sort(key=lambda m: m.frame.captured_at)  # type: ignore[attr-defined]
+    after = feed(core, messages, state)
+    assert (["tem2"] if plate_read else []) == [x.locomotive_id for x in after.locomotives]
+
+
+def test_a_standing_lone_end_by_a_gate_is_placed_inward_when_both_ways_are_open(
+    core: FusionCore,
+) -> None:
+    # A tail at 5 m of T1, 5 m inside the gate; no camera reports the stretch beyond 12 m,
+    # so its body may run out of the gate or into the depot. It does not move: a locomotive
+    # standing in a gateway is the rarer case, so the body is placed inward.
+    state = feed(core, frames(8, {"cam-s1": [("tail", "T1", 5.0 + OFFSET)]}))
+    (loco,) = locos(core.render(state), "T1")
+    assert loco.tail_m == pytest.approx(5.0, abs=0.1)
+    assert loco.head_m > 20
+
+
+def test_only_a_reading_at_the_hypothesised_cab_names_a_lone_ends_model(core: FusionCore) -> None:
+    from state_builders import T0
+
+    from services.state_estimator.fusion.births import Hypothesis, _read_models
+    from services.state_estimator.fusion.state import LooseEnd, PlateVote
+
+    tail = LooseEnd(
+        end_id=1, track_id="T1", position_m=5.3, tail_votes=3.0, hits=6, confidence=0.9,
+        first_seen=T0, last_seen=T0, cameras=["cam-s1"], from_plate_only=False,
+    )  # fmt: skip
+    # A TEM2 (16.97 m) running from the tail at 5 m towards larger positions: cab at 21.97.
+    hyp = Hypothesis(1.0, "TEM2", 16.97, 5.0, 21.97, far_outside=False)
+
+    def vote(at_m: float) -> PlateVote:
+        return PlateVote(key=f"cam-s2:1:{at_m}", captured_at=T0, track_id="T1", position_m=at_m,
+                         plate="TEM2-0001", plate_confidence=0.9)  # fmt: skip
+
+    at_cab = FusionState(pending_votes=[vote(21.97 - 1.0)])
+    mid_body = FusionState(pending_votes=[vote(12.0)])
+    assert _read_models(core.config, at_cab, tail, hyp) == pytest.approx(0.9)
+    assert _read_models(core.config, mid_body, tail, hyp) == 0.0

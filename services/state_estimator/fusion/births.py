@@ -323,16 +323,26 @@ def _may_be_assumed_end(config: FusionConfig, state: FusionState, end: LooseEnd)
 
 
 def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: Hypothesis) -> float:
-    """Summed confidence of waiting plate readings on this hypothesis' body naming its model."""
-    margin = config.tuning.plate_margin_m
-    lo, hi = sorted((hyp.true_end_m, hyp.far_end_m))
+    """Summed confidence of waiting plate readings at this hypothesis' cab naming its model.
+
+    A plate hangs ``plate_inset_m`` inside the cab end: a reading elsewhere on the body is a
+    neighbour's plate (coupled locomotives stand within one body length of each other)."""
+    t = config.tuning
+    if end.kind == "head":
+        plate_m = hyp.true_end_m + hyp.direction * t.plate_inset_m
+    else:
+        plate_m = hyp.far_end_m - hyp.direction * t.plate_inset_m
     return sum(
         max(v.plate_confidence, v.model_confidence)
         for v in state.pending_votes
         if v.track_id == end.track_id
-        and lo - margin <= v.position_m <= hi + margin
+        and abs(v.position_m - plate_m) <= t.plate_margin_m
         and vote_model(config, v) == hyp.model
     )
+
+
+PASSING_MPS = 0.1
+"""A lone end moving at least this fast may belong to a locomotive passing through a gate."""
 
 
 def choose(
@@ -353,7 +363,7 @@ def choose(
         if seconds(at, end.first_seen) < config.tuning.lone_end_wait_s:
             return None
         outside = {h.direction for h in options if h.far_outside}
-        if len(outside) == 1:
+        if len(outside) == 1 and abs(end.velocity_mps) >= PASSING_MPS:
             direction = outside.pop()
         else:
             counts = {d: sum(h.direction == d for h in options) for d in directions}

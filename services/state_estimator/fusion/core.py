@@ -155,6 +155,10 @@ class FusionCore:
         owner = identity.reading_owner(self.config, new.locomotives, vote)
         if owner is not None:
             identity.add_vote(owner, vote)
+            if tracking.plate_at_cab(self.config, owner, vote.position_m) and (
+                owner.plate_read_at is None or frame.captured_at > owner.plate_read_at
+            ):
+                owner.plate_read_at = frame.captured_at
             tracking.follow_plate(self.config, owner, vote.position_m, frame.captured_at)
             # A plate read on it is seen evidence that it stands there, ends hidden or not.
             owner.existence = min(1.0, owner.existence + self.config.tuning.existence_hit)
@@ -220,6 +224,8 @@ class FusionCore:
                 continue
             if isinstance(owner, TrackedLocomotive):
                 spot = tracking.raw_end(owner, kind, t.end_label_offset_m)
+                if kind == "head" and tracking.plate_read_lately(cfg, owner, at):
+                    continue  # its plate, read at the cab just now: the cab is there, hidden
                 if shows_end(cfg, owner, camera_id, kind, spot, occluders):
                     tracking.missed(cfg, owner)
             elif shows(cfg, camera_id, track_id, owner.position_m, occluders):

@@ -90,6 +90,8 @@ class TrackedLocomotive(Record):
     """Plate text -> summed reading confidence (every reading counts, not a window)."""
     models: dict[str, float] = Field(default_factory=dict)
     """Model name -> summed model-recognition confidence."""
+    plate_read_at: UtcDatetime | None = None
+    """Event time of the latest plate reading on it (None: none yet)."""
     seen_through: list[SeenThrough] = Field(default_factory=list)
     """Ends cameras detected past locomotives said to hide them, most recent last (bounded)."""
 

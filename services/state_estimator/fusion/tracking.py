@@ -249,6 +249,22 @@ def follow_plate(
     correct_speed(config, loco, residual, at)
 
 
+def plate_at_cab(config: FusionConfig, loco: TrackedLocomotive, plate_m: float) -> bool:
+    """Whether a plate read at ``plate_m`` hangs where ``loco``'s cab is placed (within
+    ``plate_margin_m``), not merely somewhere on its body."""
+    t = config.tuning
+    cab = loco.head_m + loco.direction * t.plate_inset_m
+    return abs(cab - plate_m) <= t.plate_margin_m
+
+
+def plate_read_lately(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> bool:
+    """Whether a plate was read at ``loco``'s cab within ``rigid_after_s`` of ``at``: then its
+    cab is surely there, and a camera not detecting the cab end (hidden lower down, where the
+    sightline model may not know what hides it) is no evidence that it has gone."""
+    read = loco.plate_read_at
+    return read is not None and abs(seconds(at, read)) <= config.tuning.rigid_after_s
+
+
 def missed(config: FusionConfig, loco: TrackedLocomotive) -> None:
     """A camera showed one of ``loco``'s ends and did not detect it."""
     loco.existence *= config.tuning.existence_miss
