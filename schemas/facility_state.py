@@ -59,9 +59,10 @@ class UpdateTimes(WireModel):
     )
     fused_at: UtcDatetime = Field(description="Fusion applied it and rendered this state.")
 
-    def stages(self, published_at: datetime | None = None) -> dict[str, float]:
+    def stages(self, published_at: datetime | None = None, clamp: bool = True) -> dict[str, float]:
         """Seconds spent in each stage, in pipeline order (a stage whose ends are not both
-        known is left out; clocks of different hosts may disagree, so a stage is at least 0):
+        known is left out; clocks of different hosts may disagree, so a stage is at least 0
+        unless ``clamp`` is false: then a negative stage shows by how much they disagree):
         ``ingest`` capture -> stored (capture, ZeroMQ, aggregator, S3 put), ``estimate`` stored
         -> estimated (frames.v1, estimator queue, fetch, inference; for an identity also the
         position estimator and its topic), ``deliver`` estimated -> taken in by the state
@@ -79,7 +80,8 @@ class UpdateTimes(WireModel):
         out: dict[str, float] = {}
         for (_, start), (name, end) in pairwise(points):
             if start is not None and end is not None:
-                out[name] = max(0.0, (end - start).total_seconds())
+                seconds = (end - start).total_seconds()
+                out[name] = max(0.0, seconds) if clamp else seconds
         return out
 
 

@@ -79,8 +79,14 @@ STAGE_SECONDS = Histogram(
     "depotwatch_state_update_stage_seconds",
     "Where one facility-state change's latency went, by stage (ingest: capture -> stored; "
     "estimate: stored -> estimated; deliver: -> taken in by the state estimator; fuse: -> fused)",
-    ["flow", "stage"],
+    ["flow", "kind", "stage"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+STAGE_CLOCK_SKEW = Counter(
+    "depotwatch_state_stage_clock_skew_total",
+    "Stages of a facility-state change that came out negative: the two hosts' clocks disagree "
+    "by at least that much (the stage is recorded as 0 s; sync the clocks, e.g. chrony)",
+    ["flow", "stage"],
 )
 CHECKPOINT_RECORDS = Counter(
     "depotwatch_state_checkpoint_records_total",
@@ -117,10 +123,14 @@ def update_times(
 
 
 def observe_stages(flow: str, times: UpdateTimes) -> None:
-    """Record one change's latency: in total and by stage."""
+    """Record one change's latency: in total and by stage (by the kind of estimate that
+    caused it: an identity passed through both estimators); count stages that came out
+    negative (clock skew between hosts) instead of hiding them."""
     LATENCY.labels(flow).observe(max(0.0, (times.fused_at - times.captured_at).total_seconds()))
-    for stage, seconds in times.stages().items():
-        STAGE_SECONDS.labels(flow, stage).observe(seconds)
+    for stage, seconds in times.stages(clamp=False).items():
+        if seconds < 0:
+            STAGE_CLOCK_SKEW.labels(flow, stage).inc()
+        STAGE_SECONDS.labels(flow, times.kind, stage).observe(max(0.0, seconds))
 
 
 def limit_fetch_wait(max_wait_ms: int) -> None:

@@ -8,7 +8,7 @@ import click
 import pytest
 from compare_builders import T0, state, truth
 
-from schemas.facility_state import FacilityState
+from schemas.facility_state import FacilityState, UpdateTimes
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import (
     compare_states,
@@ -110,7 +110,6 @@ def test_pipeline_figures_score_accuracy_and_latency_of_change_updates() -> None
 
 def test_pipeline_figures_say_where_the_time_goes() -> None:
     from schemas.base import encode
-    from schemas.facility_state import UpdateTimes
     from services.evaluation.pipeline import pipeline_figures
     from services.runtime.topic_reader import Stamped
 
@@ -169,3 +168,39 @@ def test_fusion_on_a_held_out_scenario_meets_the_accuracy_goals() -> None:
     assert (summary.median_error_m or 99.0) <= 0.5
     assert (summary.p95_error_m or 99.0) <= 2.0
     assert (summary.identity_rate or 0.0) >= 0.97
+
+
+def test_a_negative_stage_is_counted_as_clock_skew_and_recorded_as_zero() -> None:
+    from prometheus_client import REGISTRY
+
+    from services.state_estimator.app import observe_stages
+
+    # The estimator's host runs 0.3 s ahead of the state estimator's: "deliver" comes out
+    # negative. It is recorded as 0 s by kind, and counted, not hidden.
+    skewed = UpdateTimes(
+        kind="position",
+        camera_id="cam-s1",
+        captured_at=T0,
+        stored_at=T0 + timedelta(seconds=0.1),
+        estimated_at=T0 + timedelta(seconds=1.0),
+        routed_at=T0 + timedelta(seconds=0.7),
+        fused_at=T0 + timedelta(seconds=0.8),
+    )
+    assert skewed.stages(clamp=False)["deliver"] == pytest.approx(-0.3)
+    assert skewed.stages()["deliver"] == 0.0
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    skew = ("depotwatch_state_stage_clock_skew_total", {"flow": "skewtest", "stage": "deliver"})
+    zero = (
+        "depotwatch_state_update_stage_seconds_bucket",
+        {"flow": "skewtest", "kind": "position", "stage": "deliver", "le": "0.01"},
+    )
+    before = sample(*skew), sample(*zero)
+    observe_stages("skewtest", skewed)
+    assert (sample(*skew), sample(*zero)) == (before[0] + 1, before[1] + 1)
+    assert (
+        sample("depotwatch_state_stage_clock_skew_total", {"flow": "skewtest", "stage": "fuse"})
+        == 0
+    )
