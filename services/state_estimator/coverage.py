@@ -6,6 +6,7 @@ locomotive end left) from "this camera cannot see here" (no evidence at all).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -146,7 +147,7 @@ def hidden_behind(
     in the image columns it covers. Farther means higher up in the image (smaller row) in
     that column. ``margin_m`` widens each occluder (negative: narrows it).
     """
-    return bool(hiders(sightlines, track_id, position_m, occluders, margin_m))
+    return any(_hiding(sightlines, track_id, position_m, occluders, margin_m))
 
 
 def hiders(
@@ -158,12 +159,21 @@ def hiders(
 ) -> list[tuple[str, float, float]]:
     """The ``occluders`` that hide a locomotive end at ``position_m`` on ``track_id`` in this
     camera's image (see :func:`hidden_behind`); empty when it is in plain sight."""
+    return list(_hiding(sightlines, track_id, position_m, occluders, margin_m))
+
+
+def _hiding(
+    sightlines: dict[str, TrackInImage],
+    track_id: str,
+    position_m: float,
+    occluders: list[tuple[str, float, float]],
+    margin_m: float,
+) -> Iterator[tuple[str, float, float]]:
     line = sightlines.get(track_id)
     at = line.pixel(position_m) if line is not None else None
     if at is None:
-        return []
+        return
     u, v = at
-    out: list[tuple[str, float, float]] = []
     for occluder in occluders:
         other_track, lo, hi = occluder
         if other_track == track_id:
@@ -174,5 +184,4 @@ def hiders(
             continue
         position, row = crossing
         if row > v and lo - margin_m <= position <= hi + margin_m:
-            out.append(occluder)
-    return out
+            yield occluder

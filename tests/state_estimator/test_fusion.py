@@ -464,3 +464,83 @@ def test_only_a_reading_at_the_hypothesised_cab_names_a_lone_ends_model(core: Fu
     mid_body = FusionState(pending_votes=[vote(12.0)])
     assert _read_models(core.config, at_cab, tail, hyp) == pytest.approx(0.9)
     assert _read_models(core.config, mid_body, tail, hyp) == 0.0
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_a_plate_is_at_the_cab_only_on_the_cabs_side(core: FusionCore, direction: float) -> None:
+    from state_builders import T0
+
+    from services.state_estimator.fusion.tracking import plate_at_cab
+
+    # Cab at 20 m, body running `direction` from it: the plate hangs 1 m inside the cab.
+    loco = _on("T1", "a", 20.0, 20.0 + direction * 16.97)
+    plate = 20.0 + direction * 1.0
+    assert plate_at_cab(core.config, loco, plate, T0)
+    assert plate_at_cab(core.config, loco, plate + direction * 1.5, T0)  # further inside
+    assert not plate_at_cab(core.config, loco, plate - direction * 2.5, T0)  # beyond the cab
+    # A cab only assumed (its tail seen, its head never) is no place to read a plate at.
+    loco.head_seen_at = None
+    assert not plate_at_cab(core.config, loco, plate, T0)
+
+
+@pytest.mark.parametrize(("kind", "direction"), [("head", 1.0), ("head", -1.0), ("tail", -1.0)])
+def test_a_lone_ends_model_is_named_only_at_its_hypothesised_cab(
+    core: FusionCore, kind: str, direction: float
+) -> None:
+    from state_builders import T0
+
+    from services.state_estimator.fusion.births import Hypothesis, _read_models
+    from services.state_estimator.fusion.state import LooseEnd, PlateVote
+
+    votes = {"head_votes": 3.0} if kind == "head" else {"tail_votes": 3.0}
+    end_ = LooseEnd(
+        end_id=1, track_id="T1", position_m=20.0, hits=6, confidence=0.9, first_seen=T0,
+        last_seen=T0, cameras=["cam-s2"], from_plate_only=False, **votes,
+    )  # fmt: skip
+    far = 20.0 + direction * 16.97
+    hyp = Hypothesis(direction, "TEM2", 16.97, 20.0, far, far_outside=False)
+    cab, inward = (20.0, direction) if kind == "head" else (far, -direction)
+    plate = cab + inward * 1.0
+
+    def read_at(at_m: float) -> float:
+        vote = PlateVote(key=f"c:1:{at_m}", captured_at=T0, track_id="T1", position_m=at_m,
+                         plate="TEM2-0001", plate_confidence=0.9)  # fmt: skip
+        return _read_models(core.config, FusionState(pending_votes=[vote]), end_, hyp)
+
+    assert read_at(plate + inward * 1.5) == pytest.approx(0.9)
+    assert read_at(plate - inward * 2.5) == 0.0
+
+
+def test_a_camera_shows_a_hidden_spot_only_after_two_detections_past_the_same_occluders(
+    core: FusionCore,
+) -> None:
+    from state_builders import T0
+
+    from services.state_estimator.fusion.visibility import note_seen_through, shows_end
+
+    cfg = core.config
+    front = [("T1", -5.0, 36.0)]
+    loco = _on("T2", "behind", 5.0, 21.97)
+    spot = 5.0 + OFFSET
+    assert not shows_end(cfg, loco, "cam-s1", "head", spot, front)  # the model: hidden
+    note_seen_through(cfg, loco, "cam-s1", "head", spot, front, T0)
+    assert not shows_end(cfg, loco, "cam-s1", "head", spot, front)  # once may be a stray
+    note_seen_through(cfg, loco, "cam-s1", "head", spot, front, T0)
+    assert shows_end(cfg, loco, "cam-s1", "head", spot, front)
+    # Not for another camera, another end, a spot 1 m away, or an occluder that moved.
+    assert not shows_end(cfg, loco, "cam-s2", "head", spot, front)
+    assert not shows_end(cfg, loco, "cam-s1", "tail", spot, front)
+    assert not shows_end(cfg, loco, "cam-s1", "head", spot + 1.0, front)
+    assert not shows_end(cfg, loco, "cam-s1", "head", spot, [("T1", -5.0, 40.0)])
+
+
+def test_two_locomotives_seen_together_with_one_plate_are_both_kept(core: FusionCore) -> None:
+    # A misread gives a second locomotive the plate of one seen beside it all along: a misread,
+    # not a stale copy, however long ago the first was last seen.
+    # Both seen from T0; the parked one last 10 s after T0, the other 20 s later still.
+    parked = _on("T2", "parked", 12.5, 29.47, last_seen_s=10.0)
+    other = _on("T2", "other", 30.0, 46.97, last_seen_s=30.0)
+    for loco in (parked, other):
+        loco.plates = {"TEM2-0001": 5.0}
+    after = feed(core, [position("cam-s1", 1, 30.5)], FusionState(locomotives=[parked, other]))
+    assert [x.locomotive_id for x in after.locomotives] == ["parked", "other"]

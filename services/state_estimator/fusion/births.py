@@ -7,11 +7,12 @@
   stand only where no camera shows it: beyond a gate (outside the depot), in a blind spot, or
   behind a locomotive on a nearer track. Every (direction, model) is a hypothesis; one whose
   far end a camera has shown since the end appeared is ruled out, and so is a body on the side
-  of a cab away from its plate. A plate reading on the body picks the model. When both
-  directions stay open, the end waits ``lone_end_wait_s`` for evidence, then the likelier one
-  is taken (the far end outside the depot, else the way more models fit); without a reading
-  the middle-length model is placed (the smallest worst-case error). Later detections of the
-  far end correct it.
+  of a cab away from its plate. A plate reading at the hypothesised cab picks the model. When
+  both directions stay open, the end waits ``lone_end_wait_s`` for evidence, then the likelier
+  one is taken (the far end outside the depot if the end moves: a locomotive passing through
+  a gate; else the way more models fit, else towards the middle of the track); without a
+  reading the middle-length model is placed (the smallest worst-case error). Later
+  detections of the far end correct it.
 * **Plates.** A plate read where no locomotive stands is evidence of a cab there: it supports
   a lone-end start whose model the plate names (its ends may be hidden from every camera).
 """
@@ -29,7 +30,7 @@ from services.state_estimator.fusion.state import (
     LooseEnd,
     TrackedLocomotive,
 )
-from services.state_estimator.fusion.tracking import MAX_CAMERAS, other, seconds
+from services.state_estimator.fusion.tracking import MAX_CAMERAS, other, seconds, speed_at
 from services.state_estimator.fusion.visibility import occluders_of, on_track, shows
 
 
@@ -341,8 +342,9 @@ def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: H
     )
 
 
-PASSING_MPS = 0.1
-"""A lone end moving at least this fast may belong to a locomotive passing through a gate."""
+PASSING_MPS = 0.3
+"""A lone end moving at least this fast (its faded speed) may belong to a locomotive passing
+through a gate; slower is standing (detection jitter of 0.2 m alone reads as 0.1 m/s)."""
 
 
 def choose(
@@ -353,7 +355,7 @@ def choose(
         return None
     read = {h: _read_models(config, state, end, h) for h in options}
     if any(read.values()):
-        # A reading on the body names the model; the direction it fits in is the answer.
+        # A reading at a hypothesised cab names the model; the direction it fits is the answer.
         best = max(read.values())
         options = [h for h in options if read[h] == best]
     elif end.from_plate_only:
@@ -363,7 +365,8 @@ def choose(
         if seconds(at, end.first_seen) < config.tuning.lone_end_wait_s:
             return None
         outside = {h.direction for h in options if h.far_outside}
-        if len(outside) == 1 and abs(end.velocity_mps) >= PASSING_MPS:
+        moving = abs(speed_at(config, end.velocity_mps, end.velocity_at, at)) >= PASSING_MPS
+        if len(outside) == 1 and moving:
             direction = outside.pop()
         else:
             counts = {d: sum(h.direction == d for h in options) for d in directions}
@@ -481,5 +484,6 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
                 continue
             if far_kind == "head":
                 loco.head_m = turned
+                loco.plate_read_at = None  # the cab it was read at is not where it stands
             else:
                 loco.tail_m = turned

@@ -155,7 +155,7 @@ class FusionCore:
         owner = identity.reading_owner(self.config, new.locomotives, vote)
         if owner is not None:
             identity.add_vote(owner, vote)
-            if tracking.plate_at_cab(self.config, owner, vote.position_m) and (
+            if tracking.plate_at_cab(self.config, owner, vote.position_m, frame.captured_at) and (
                 owner.plate_read_at is None or frame.captured_at > owner.plate_read_at
             ):
                 owner.plate_read_at = frame.captured_at
@@ -374,11 +374,12 @@ class FusionCore:
         ]
 
     def _without_stale_copies(self, locos: list[TrackedLocomotive]) -> list[TrackedLocomotive]:
-        """A plate names one locomotive: where two show the same plate and one has not been
-        seen for ``duplicate_plate_s`` after the other was, it is where that locomotive
+        """A plate names one locomotive: where two show the same plate, the one last seen
+        before the other was first seen (give or take ``rigid_after_s``: never both at once)
+        and not seen for ``duplicate_plate_s`` after the other was is where that locomotive
         stood before it moved on unseen (a body hidden from every camera keeps no evidence
-        against it), and is dropped."""
-        window = self.config.tuning.duplicate_plate_s
+        against it), and is dropped. Two seen at the same time are both kept (a misread)."""
+        t = self.config.tuning
         shown = [(loco, identity.identity_of(self.config, loco).plate) for loco in locos]
         newest: dict[str, TrackedLocomotive] = {}
         for loco, plate in shown:
@@ -386,13 +387,17 @@ class FusionCore:
                 plate not in newest or loco.last_seen > newest[plate].last_seen
             ):
                 newest[plate] = loco
-        return [
-            loco
-            for loco, plate in shown
-            if plate is None
-            or newest[plate] is loco
-            or (newest[plate].last_seen - loco.last_seen).total_seconds() <= window
-        ]
+
+        def stale(loco: TrackedLocomotive, plate: str | None) -> bool:
+            winner = newest.get(plate) if plate is not None else None
+            if winner is None or winner is loco:
+                return False
+            apart = (winner.first_seen - loco.last_seen).total_seconds() > -t.rigid_after_s
+            return (
+                apart and (winner.last_seen - loco.last_seen).total_seconds() > t.duplicate_plate_s
+            )
+
+        return [loco for loco, plate in shown if not stale(loco, plate)]
 
     def _merged(self, ends: list[LooseEnd]) -> list[LooseEnd]:
         """One end, not a trail: a detected end last seen before another of its kind closer

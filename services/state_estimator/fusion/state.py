@@ -58,6 +58,9 @@ class SeenThrough(Record):
     occluders: list[tuple[str, float, float]]
     """(track_id, low_m, high_m) of the locomotives the model said hid it."""
     at: UtcDatetime
+    hits: int = 1
+    """Detections there past those occluders; one alone may be a neighbour's end projected
+    onto this track, so a record counts from two on."""
 
 
 class TrackedLocomotive(Record):
@@ -91,7 +94,7 @@ class TrackedLocomotive(Record):
     models: dict[str, float] = Field(default_factory=dict)
     """Model name -> summed model-recognition confidence."""
     plate_read_at: UtcDatetime | None = None
-    """Event time of the latest plate reading on it (None: none yet)."""
+    """Event time of the latest plate reading at its known cab (None: none yet)."""
     seen_through: list[SeenThrough] = Field(default_factory=list)
     """Ends cameras detected past locomotives said to hide them, most recent last (bounded)."""
 

@@ -217,6 +217,7 @@ def _maybe_turn(loco: TrackedLocomotive) -> None:
         loco.head_m, loco.tail_m = loco.tail_m, loco.head_m
         loco.head_seen_at, loco.tail_seen_at = loco.tail_seen_at, loco.head_seen_at
         loco.label_agree, loco.label_swapped = loco.label_swapped, loco.label_agree
+        loco.plate_read_at = None  # read at what is now its tail
 
 
 TURN_MIN_VOTES = 6
@@ -249,20 +250,35 @@ def follow_plate(
     correct_speed(config, loco, residual, at)
 
 
-def plate_at_cab(config: FusionConfig, loco: TrackedLocomotive, plate_m: float) -> bool:
-    """Whether a plate read at ``plate_m`` hangs where ``loco``'s cab is placed (within
-    ``plate_margin_m``), not merely somewhere on its body."""
+def cab_known(loco: TrackedLocomotive) -> bool:
+    """Whether the cab's place is evidence, not an assumption: its head was detected, or it
+    was placed from its plate (neither end seen)."""
+    return loco.head_seen_at is not None or loco.tail_seen_at is None
+
+
+def plate_at_cab(
+    config: FusionConfig, loco: TrackedLocomotive, plate_m: float, at: datetime
+) -> bool:
+    """Whether a plate read at ``plate_m`` at event time ``at`` hangs at ``loco``'s known cab
+    (within ``plate_margin_m`` of where the cab stands then), not merely on its body."""
+    if not cab_known(loco):
+        return False
     t = config.tuning
-    cab = loco.head_m + loco.direction * t.plate_inset_m
-    return abs(cab - plate_m) <= t.plate_margin_m
+    head = loco.head_m + travel(config, loco.velocity_mps, loco.velocity_at, loco.updated_at, at)
+    cab_plate = head + loco.direction * t.plate_inset_m
+    return abs(cab_plate - plate_m) <= t.plate_margin_m
 
 
 def plate_read_lately(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> bool:
-    """Whether a plate was read at ``loco``'s cab within ``rigid_after_s`` of ``at``: then its
-    cab is surely there, and a camera not detecting the cab end (hidden lower down, where the
-    sightline model may not know what hides it) is no evidence that it has gone."""
+    """Whether a plate was read at ``loco``'s known cab within ``rigid_after_s`` of ``at``:
+    then its cab is surely there, and a camera not detecting the cab end (hidden lower down,
+    where the sightline model may not know what hides it) is no evidence that it has gone."""
     read = loco.plate_read_at
-    return read is not None and abs(seconds(at, read)) <= config.tuning.rigid_after_s
+    return (
+        read is not None
+        and cab_known(loco)
+        and abs(seconds(at, read)) <= config.tuning.rigid_after_s
+    )
 
 
 def missed(config: FusionConfig, loco: TrackedLocomotive) -> None:

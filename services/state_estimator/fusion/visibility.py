@@ -104,11 +104,30 @@ def note_seen_through(
     hidden_by = hiding(config, camera_id, loco.track_id, position_m, occluders)
     if not hidden_by:
         return
+    same = [r for r in loco.seen_through if (r.camera_id, r.kind) == (camera_id, kind)]
     kept = [r for r in loco.seen_through if (r.camera_id, r.kind) != (camera_id, kind)]
+    hits = 1
+    if same and _matches(config, same[0], position_m, hidden_by):
+        hits = same[0].hits + 1
     record = SeenThrough(
-        camera_id=camera_id, kind=kind, position_m=position_m, occluders=hidden_by, at=at
+        camera_id=camera_id, kind=kind, position_m=position_m, occluders=hidden_by, at=at, hits=hits
     )
     loco.seen_through = [*kept, record][-SEEN_THROUGH_KEPT:]
+
+
+SEEN_THROUGH_MIN_HITS = 2
+"""Detections past the same occluders before a camera counts as showing that spot."""
+
+
+def _matches(
+    config: FusionConfig, record: SeenThrough, position_m: float, hidden_by: Sequence[Occluder]
+) -> bool:
+    """Whether ``record`` was made at this spot past these same occluders (within
+    ``occluder_margin_m``, the slack the sightline model itself allows)."""
+    tolerance = config.tuning.occluder_margin_m
+    return abs(record.position_m - position_m) <= tolerance and all(
+        any(_same_occluder(h, o, tolerance) for o in record.occluders) for h in hidden_by
+    )
 
 
 def shows_end(
@@ -120,19 +139,19 @@ def shows_end(
     occluders: Sequence[Occluder],
 ) -> bool:
     """Whether the camera would detect ``loco``'s end at ``position_m``: :func:`shows`, except
-    that an end this camera has detected there before, past the same locomotives, is shown
-    (the sightline model hides too much; the detection proved it)."""
+    that an end this camera has detected there before (``SEEN_THROUGH_MIN_HITS`` times), past
+    the same locomotives, is shown (the sightline model hides too much; detections proved
+    it)."""
     if not in_image(config, camera_id, loco.track_id, position_m):
         return False
     hidden_by = hiding(config, camera_id, loco.track_id, position_m, occluders)
     if not hidden_by:
         return True
-    tolerance = config.tuning.merge_m
     return any(
         r.camera_id == camera_id
         and r.kind == kind
-        and abs(r.position_m - position_m) <= tolerance
-        and all(any(_same_occluder(h, o, tolerance) for o in r.occluders) for h in hidden_by)
+        and r.hits >= SEEN_THROUGH_MIN_HITS
+        and _matches(config, r, position_m, hidden_by)
         for r in loco.seen_through
     )
 
