@@ -147,7 +147,7 @@ def hidden_behind(
     in the image columns it covers. Farther means higher up in the image (smaller row) in
     that column. ``margin_m`` widens each occluder (negative: narrows it).
     """
-    return any(_hiding(sightlines, track_id, position_m, occluders, margin_m))
+    return any(hiders(sightlines, track_id, position_m, occluders, margin_m))
 
 
 def hiders(
@@ -156,19 +156,9 @@ def hiders(
     position_m: float,
     occluders: list[tuple[str, float, float]],
     margin_m: float = 0.3,
-) -> list[tuple[str, float, float]]:
-    """The ``occluders`` that hide a locomotive end at ``position_m`` on ``track_id`` in this
-    camera's image (see :func:`hidden_behind`); empty when it is in plain sight."""
-    return list(_hiding(sightlines, track_id, position_m, occluders, margin_m))
-
-
-def _hiding(
-    sightlines: dict[str, TrackInImage],
-    track_id: str,
-    position_m: float,
-    occluders: list[tuple[str, float, float]],
-    margin_m: float,
 ) -> Iterator[tuple[str, float, float]]:
+    """The ``occluders`` that hide a locomotive end at ``position_m`` on ``track_id`` in this
+    camera's image, one by one (see :func:`hidden_behind`); none when it is in plain sight."""
     line = sightlines.get(track_id)
     at = line.pixel(position_m) if line is not None else None
     if at is None:

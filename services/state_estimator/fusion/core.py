@@ -380,7 +380,11 @@ class FusionCore:
         stood before it moved on unseen (a body hidden from every camera keeps no evidence
         against it), and is dropped. Two seen at the same time are both kept (a misread)."""
         t = self.config.tuning
-        shown = [(loco, identity.identity_of(self.config, loco).plate) for loco in locos]
+        # Without plate evidence nothing is shown: identity_of (every estimate) is skipped.
+        shown = [
+            (loco, identity.identity_of(self.config, loco).plate if loco.plates else None)
+            for loco in locos
+        ]
         newest: dict[str, TrackedLocomotive] = {}
         for loco, plate in shown:
             if plate is not None and (

@@ -108,6 +108,21 @@ def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
     return Identity(model=model, plate=plate)
 
 
+def cab_known(loco: TrackedLocomotive) -> bool:
+    """Whether the cab's place is evidence, not an assumption: its head was detected, or it
+    was placed from its plate (neither end seen)."""
+    return loco.head_seen_at is not None or loco.tail_seen_at is None
+
+
+def cab_plate_m(
+    config: FusionConfig, loco: TrackedLocomotive, head_m: float | None = None
+) -> float:
+    """Where ``loco``'s plate hangs: ``plate_inset_m`` inside its cab (at ``head_m``, by
+    default where its head is)."""
+    head = loco.head_m if head_m is None else head_m
+    return head + loco.direction * config.tuning.plate_inset_m
+
+
 def reading_owner(
     config: FusionConfig, locomotives: list[TrackedLocomotive], vote: PlateVote
 ) -> TrackedLocomotive | None:
@@ -131,10 +146,8 @@ def owner_at(
         lo, hi = loco.span
         if not lo - t.plate_margin_m <= position_m <= hi + t.plate_margin_m:
             continue
-        cab = loco.head_m + loco.direction * t.plate_inset_m
-        score = abs(cab - position_m)
-        cab_known = loco.head_seen_at is not None or loco.tail_seen_at is None
-        if cab_known and score > t.plate_margin_m:
+        score = abs(cab_plate_m(config, loco) - position_m)
+        if cab_known(loco) and score > t.plate_margin_m:
             continue
         if best is None or score < best[0]:
             best = (score, loco)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from services.state_estimator.fusion.association import Detection
 from services.state_estimator.fusion.config import FusionConfig
-from services.state_estimator.fusion.identity import read_model
+from services.state_estimator.fusion.identity import cab_known, cab_plate_m, read_model
 from services.state_estimator.fusion.state import END_KINDS, EndKind, LooseEnd, TrackedLocomotive
 
 MAX_CAMERAS = 8
@@ -250,12 +250,6 @@ def follow_plate(
     correct_speed(config, loco, residual, at)
 
 
-def cab_known(loco: TrackedLocomotive) -> bool:
-    """Whether the cab's place is evidence, not an assumption: its head was detected, or it
-    was placed from its plate (neither end seen)."""
-    return loco.head_seen_at is not None or loco.tail_seen_at is None
-
-
 def plate_at_cab(
     config: FusionConfig, loco: TrackedLocomotive, plate_m: float, at: datetime
 ) -> bool:
@@ -263,10 +257,8 @@ def plate_at_cab(
     (within ``plate_margin_m`` of where the cab stands then), not merely on its body."""
     if not cab_known(loco):
         return False
-    t = config.tuning
     head = loco.head_m + travel(config, loco.velocity_mps, loco.velocity_at, loco.updated_at, at)
-    cab_plate = head + loco.direction * t.plate_inset_m
-    return abs(cab_plate - plate_m) <= t.plate_margin_m
+    return abs(cab_plate_m(config, loco, head) - plate_m) <= config.tuning.plate_margin_m
 
 
 def plate_read_lately(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> bool:

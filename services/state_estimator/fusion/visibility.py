@@ -77,12 +77,14 @@ def hiding(
     plain sight, or not in its image at all)."""
     if not occluders:
         return []
-    return hiders(
-        config.sightlines.get(camera_id, {}),
-        track_id,
-        position_m,
-        list(occluders),
-        config.tuning.occluder_margin_m,
+    return list(
+        hiders(
+            config.sightlines.get(camera_id, {}),
+            track_id,
+            position_m,
+            list(occluders),
+            config.tuning.occluder_margin_m,
+        )
     )
 
 
