@@ -245,21 +245,34 @@ def test_no_locomotive_is_placed_beyond_a_buffer_stop() -> None:
     assert locos(stopped.render(feed(stopped, frames(4, views))), "T1") == []
 
 
-def _record(loco_id: str, head: float, tail: float, head_seen: bool, tail_seen: bool) -> Any:
+def _record(
+    loco_id: str,
+    head: float,
+    tail: float,
+    head_seen: bool,
+    tail_seen: bool,
+    track: str = "T1",
+    last_seen_s: float = 0.0,
+) -> Any:
+    """A locomotive on ``track``, first seen at T0 and last ``last_seen_s`` after it (the ends
+    marked seen then); an unseen tail is placed from an assumed TE33A."""
+    from datetime import timedelta
+
     from state_builders import T0
 
     from services.state_estimator.fusion import TrackedLocomotive
 
+    seen = T0 + timedelta(seconds=last_seen_s)
     return TrackedLocomotive(
         locomotive_id=loco_id,
-        track_id="T1",
+        track_id=track,
         head_m=head,
         tail_m=tail,
-        updated_at=T0,
+        updated_at=seen,
         first_seen=T0,
-        last_seen=T0,
-        head_seen_at=T0 if head_seen else None,
-        tail_seen_at=T0 if tail_seen else None,
+        last_seen=seen,
+        head_seen_at=seen if head_seen else None,
+        tail_seen_at=seen if tail_seen else None,
         existence=1.0,
         assumed_model="TE33A" if not tail_seen else None,
     )
@@ -359,29 +372,14 @@ def test_a_new_end_that_fits_an_assumed_end_waits_to_be_that_end(core: FusionCor
     assert hypotheses(core.config, state, cab, T0) == []
 
 
-def _on(track: str, loco_id: str, head: float, tail: float, last_seen_s: float = 0.0) -> Any:
-    """A locomotive seen whole on ``track``, last seen ``last_seen_s`` after T0."""
-    from datetime import timedelta
-
-    from state_builders import T0
-
-    from services.state_estimator.fusion import TrackedLocomotive
-
-    seen = T0 + timedelta(seconds=last_seen_s)
-    return TrackedLocomotive(
-        locomotive_id=loco_id, track_id=track, head_m=head, tail_m=tail, updated_at=seen,
-        first_seen=T0, last_seen=seen, head_seen_at=seen, tail_seen_at=seen, existence=1.0,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("seen_through_first", [True, False])
 def test_an_end_once_detected_past_a_nearer_locomotive_is_missed_there(
     core: FusionCore, seen_through_first: bool
 ) -> None:
     # cam-s1 looks at T2 (0-12 m) past T1, where a locomotive stands in front (its ends out
     # of cam-s1's view). The sightline model says T1's body hides T2's ends there.
-    front = _on("T1", "front", -5.0, 36.0)
-    behind = _on("T2", "behind", 5.0, 21.97)
+    front = _record("front", -5.0, 36.0, True, True, track="T1")
+    behind = _record("behind", 5.0, 21.97, True, True, track="T2")
     state = FusionState(locomotives=[front, behind])
     if seen_through_first:
         # cam-s1 detects the T2 cab anyway: for cam-s1, T1's body does not hide that spot.
@@ -402,8 +400,8 @@ def test_a_plate_shown_on_two_locomotives_drops_the_stale_copy(
 ) -> None:
     # The same TEM2 shown at two places of T2 (a plate names one locomotive): the copy not
     # seen for `gap_s` after the other was is where it stood before it moved on unseen.
-    old = _on("T2", "old", 12.5, 29.47, last_seen_s=0.0)
-    new = _on("T2", "new", 30.0, 46.97, last_seen_s=gap_s)
+    old = _record("old", 12.5, 29.47, True, True, track="T2", last_seen_s=0.0)
+    new = _record("new", 30.0, 46.97, True, True, track="T2", last_seen_s=gap_s)
     for loco in (old, new):
         loco.plates = {"TEM2-0001": 5.0}
     state = FusionState(locomotives=[old, new])
@@ -417,7 +415,7 @@ def test_a_cab_whose_plate_is_being_read_is_not_missed_where_it_is_not_detected(
 ) -> None:
     # A TEM2 seen whole on T1; then cam-s1 shows its cab's spot and detects no end there (a
     # nearer body the sightline model does not know hides the cab's lower part) ...
-    state = FusionState(locomotives=[_on("T1", "tem2", HEAD, TAIL)])
+    state = FusionState(locomotives=[_record("tem2", HEAD, TAIL, True, True, track="T1")])
     messages = frames(9, {"cam-s1": []}, start_s=0.5)
     if plate_read:
         # ... while its plate, hanging higher up at the cab, is read every 3 s (six frames
@@ -473,7 +471,7 @@ def test_a_plate_is_at_the_cab_only_on_the_cabs_side(core: FusionCore, direction
     from services.state_estimator.fusion.tracking import plate_at_cab
 
     # Cab at 20 m, body running `direction` from it: the plate hangs 1 m inside the cab.
-    loco = _on("T1", "a", 20.0, 20.0 + direction * 16.97)
+    loco = _record("a", 20.0, 20.0 + direction * 16.97, True, True, track="T1")
     plate = 20.0 + direction * 1.0
     assert plate_at_cab(core.config, loco, plate, T0)
     assert plate_at_cab(core.config, loco, plate + direction * 1.5, T0)  # further inside
@@ -520,7 +518,7 @@ def test_a_camera_shows_a_hidden_spot_only_after_two_detections_past_the_same_oc
 
     cfg = core.config
     front = [("T1", -5.0, 36.0)]
-    loco = _on("T2", "behind", 5.0, 21.97)
+    loco = _record("behind", 5.0, 21.97, True, True, track="T2")
     spot = 5.0 + OFFSET
     assert not shows_end(cfg, loco, "cam-s1", "head", spot, front)  # the model: hidden
     note_seen_through(cfg, loco, "cam-s1", "head", spot, front, T0)
@@ -538,8 +536,8 @@ def test_two_locomotives_seen_together_with_one_plate_are_both_kept(core: Fusion
     # A misread gives a second locomotive the plate of one seen beside it all along: a misread,
     # not a stale copy, however long ago the first was last seen.
     # Both seen from T0; the parked one last 10 s after T0, the other 20 s later still.
-    parked = _on("T2", "parked", 12.5, 29.47, last_seen_s=10.0)
-    other = _on("T2", "other", 30.0, 46.97, last_seen_s=30.0)
+    parked = _record("parked", 12.5, 29.47, True, True, track="T2", last_seen_s=10.0)
+    other = _record("other", 30.0, 46.97, True, True, track="T2", last_seen_s=30.0)
     for loco in (parked, other):
         loco.plates = {"TEM2-0001": 5.0}
     after = feed(core, [position("cam-s1", 1, 30.5)], FusionState(locomotives=[parked, other]))
