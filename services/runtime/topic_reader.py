@@ -110,8 +110,10 @@ def read_range(
 ) -> list[Stamped]:
     """Records of ``topic`` whose broker timestamp lies in [start, end].
 
-    Seeks each partition with ``offsets_for_times`` and reads until a record past ``end``, or
-    until nothing arrives for ``idle_s``, or ``timeout_s``. Raises :class:`TopicMissingError`.
+    Seeks each partition with ``offsets_for_times`` and reads each until a record past ``end``
+    or until nothing arrives from it for ``idle_s``; all of them within ``timeout_s``. (Idle is
+    per partition: one that receives nothing after the range must not wait on others that go
+    on receiving, which kept a range open until the timeout.) Raises :class:`TopicMissingError`.
     """
     consumer = viewer_consumer(kafka, "range", overrides={"auto.offset.reset": "earliest"})
     out: list[Stamped] = []
@@ -132,20 +134,25 @@ def read_range(
         if not assign:
             return out
         consumer.assign(assign)
-        remaining = {tp.partition for tp in assign}
-        deadline = time.monotonic() + timeout_s
-        idle_until = time.monotonic() + idle_s + 5.0  # the first fetch takes longer
-        while remaining and time.monotonic() < min(deadline, idle_until):
+        now = time.monotonic()
+        deadline = now + timeout_s
+        # Each partition is read until this; a record from it moves it on (the first fetch
+        # takes longer).
+        quiet_until = {tp.partition: now + idle_s + 5.0 for tp in assign}
+        while quiet_until and now < deadline:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            idle_until = time.monotonic() + idle_s
-            record = stamped(msg)
-            if record.timestamp_ms > end_ms:
-                remaining.discard(int(msg.partition() or 0))
-                continue
-            if record.timestamp_ms >= start_ms:
-                out.append(record)
+            now = time.monotonic()
+            if msg is not None and not msg.error():
+                partition = int(msg.partition() or 0)
+                record = stamped(msg)
+                if record.timestamp_ms > end_ms:
+                    quiet_until.pop(partition, None)
+                    continue
+                if partition in quiet_until:
+                    quiet_until[partition] = now + idle_s
+                if record.timestamp_ms >= start_ms:
+                    out.append(record)
+            quiet_until = {p: t for p, t in quiet_until.items() if t > now}
     finally:
         consumer.close()
     return out

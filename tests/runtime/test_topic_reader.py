@@ -29,8 +29,8 @@ def _produce(settings: Settings, topic: str, values: list[bytes]) -> None:
     assert producer.flush(DEADLINE_S) == 0
 
 
-def _create(settings: Settings, topic: str) -> None:
-    TopicAdmin(settings.kafka).ensure([TopicSpec(topic, FrameRef, 1)], timeout=DEADLINE_S)
+def _create(settings: Settings, topic: str, partitions: int = 1) -> None:
+    TopicAdmin(settings.kafka).ensure([TopicSpec(topic, FrameRef, partitions)], timeout=DEADLINE_S)
 
 
 def _collect_in_background(
@@ -133,6 +133,44 @@ def test_a_range_holds_the_records_stamped_inside_it(
     records = read_range(stack_settings.kafka, topic, start, end, timeout_s=DEADLINE_S)
     assert [r.value for r in records] == [b"in-1", b"in-2"]
     assert records[0].headers == {"n": b"in-1"}
+
+
+def test_a_range_ends_while_another_partition_keeps_receiving(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    """Field failure: the fault suite read each fault's window of frames.v1 for the full 60 s
+    timeout. A partition with nothing after the window never showed a record past its end,
+    while the cameras' partitions kept the reader from going idle."""
+    topic = unique_name("range-busy")
+    _create(stack_settings, topic, partitions=3)
+    producer = Producer(stack_settings.kafka.client_config())
+    start = datetime.now(UTC)
+    producer.produce(topic, value=b"quiet", partition=1)
+    producer.produce(topic, value=b"busy-0", partition=0)
+    assert producer.flush(DEADLINE_S) == 0
+    end = datetime.now(UTC)
+    stop = threading.Event()
+
+    def keep_producing() -> None:
+        n = 1
+        while not stop.wait(0.2):  # partition 0 never goes idle; 1 and 2 get nothing more
+            producer.produce(topic, value=f"busy-{n}".encode(), partition=0)
+            producer.poll(0)
+            n += 1
+
+    busy = threading.Thread(target=keep_producing, daemon=True)
+    busy.start()
+    try:
+        began = time.monotonic()
+        records = read_range(stack_settings.kafka, topic, start, end, timeout_s=4 * DEADLINE_S)
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        busy.join(5)
+        producer.flush(DEADLINE_S)
+    assert sorted(r.value for r in records) == [b"busy-0", b"quiet"]
+    # Ended by reading the range (each partition past its end or idle), not by the timeout.
+    assert took < DEADLINE_S, f"read for {took:.0f} s"
 
 
 def test_a_range_of_a_missing_topic_says_so(
