@@ -542,3 +542,39 @@ def test_two_locomotives_seen_together_with_one_plate_are_both_kept(core: Fusion
         loco.plates = {"TEM2-0001": 5.0}
     after = feed(core, [position("cam-s1", 1, 30.5)], FusionState(locomotives=[parked, other]))
     assert [x.locomotive_id for x in after.locomotives] == ["parked", "other"]
+
+
+@pytest.mark.parametrize("livery_readings", [0, 20])
+def test_a_plate_whose_model_most_readings_contradict_is_not_shown(
+    core: FusionCore, livery_readings: int
+) -> None:
+    # Field failure (test-busy 9505, real detector): a TE33A stood cab to cab with a TEM2; three
+    # readings of the TEM2's plate went to the TE33A, whose own plate was never legible, and
+    # the state showed TEM2-1902 on both although 224 livery readings named the TE33A.
+    loco = _record("te33a", HEAD, HEAD + 21.7, True, True, track="T1")
+    loco.plates = {"TEM2-1902": 3.0}
+    loco.models = {"TEM2": 3.0, "TE33A": float(livery_readings)}
+    (shown,) = locos(core.render(FusionState(locomotives=[loco])), "T1")
+    if livery_readings:
+        assert (shown.plate, shown.model) == (None, "TE33A")
+    else:  # nothing contradicts the plate
+        assert (shown.plate, shown.model) == ("TEM2-1902", "TEM2")
+
+
+@pytest.mark.parametrize(("evidence", "holder"), [((9.0, 3.0), "a"), ((3.0, 3.0), None)])
+def test_a_plate_is_shown_on_one_locomotive_at_most(
+    core: FusionCore, evidence: tuple[float, float], holder: str | None
+) -> None:
+    # A plate names one locomotive: where two tracked bodies both carry it (a misread, or
+    # readings of a cab-to-cab neighbour), the one with more evidence shows it; a tie shows
+    # neither (unsure is "unknown", never a wrong plate).
+    a = _record("a", 12.5, 29.47, True, True, track="T2")
+    b = _record("b", 30.0, 46.97, True, True, track="T2")
+    for loco, weight in zip((a, b), evidence, strict=True):
+        loco.plates = {"TEM2-0001": weight}
+        loco.models = {"TEM2": weight}
+    shown = {
+        lo.locomotive_id: lo for lo in locos(core.render(FusionState(locomotives=[a, b])), "T2")
+    }
+    assert [i for i, lo in shown.items() if lo.plate == "TEM2-0001"] == ([holder] if holder else [])
+    assert {lo.model for lo in shown.values()} == {"TEM2"}  # the model stays on both

@@ -9,8 +9,9 @@ from state_builders import T0, end, identity, position
 
 from services.state_estimator.fusion import FusionCore, FusionState
 from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
+from services.state_estimator.fusion.births import hypotheses, revise_assumed, start_pairs
 from services.state_estimator.fusion.identity import owner_at
-from services.state_estimator.fusion.state import TrackedLocomotive
+from services.state_estimator.fusion.state import LooseEnd, PlateVote, TrackedLocomotive
 from services.state_estimator.fusion.tracking import predict, travel
 
 
@@ -198,3 +199,98 @@ def test_a_reading_far_from_a_known_cab_is_a_neighbours_plate(core: FusionCore) 
     assumed = _on_t1(10.0, 27.0, tail_seen_at=T0)
     assert owner_at(core.config, [assumed], "T1", 26.0) is assumed
     assert owner_at(core.config, [seen], "T2", 11.2) is None
+
+
+def _unexplained(end_id: int, kind: str, position_m: float) -> LooseEnd:
+    """An end on T1 detected from T0 for 3 s, six times, that no locomotive explains."""
+    return LooseEnd(
+        end_id=end_id,
+        track_id="T1",
+        position_m=position_m,
+        head_votes=6.0 if kind == "head" else 0.0,
+        tail_votes=6.0 if kind == "tail" else 0.0,
+        hits=6,
+        confidence=0.9,
+        first_seen=T0,
+        last_seen=T0 + timedelta(seconds=3),
+        cameras=["cam-s1"],
+        from_plate_only=False,
+    )
+
+
+def _cab_reading(plate: str | None) -> list[PlateVote]:
+    """A reading of ``plate`` 1 m inside a cab at 2.0 m of T1, waiting for its locomotive."""
+    if plate is None:
+        return []
+    at = T0 + timedelta(seconds=1)
+    return [PlateVote(key="r", captured_at=at, track_id="T1", position_m=3.0, plate=plate)]
+
+
+# A ChME3 (17.22 m) with its cab at 2.0 m of T1 and its far end hidden; 21.7 m from the cab
+# stands the tail of a neighbour running the other way: the distance fits a TE33A. Field
+# failure (test-busy 9505, real detector): the two made one TE33A-long body, and the ChME3's
+# own cab became a phantom running out of the gate.
+@pytest.mark.parametrize(
+    ("plate", "paired"), [(None, True), ("TE33A-0001", True), ("ChME3-0001", False)]
+)
+def test_a_pair_whose_cab_reading_names_another_length_is_not_one_locomotive(
+    core: FusionCore, plate: str | None, paired: bool
+) -> None:
+    state = FusionState(
+        loose_ends=[_unexplained(1, "head", 2.3), _unexplained(2, "tail", 23.4)],
+        pending_votes=_cab_reading(plate),
+    )
+    start_pairs(core.config, state, "T1", T0 + timedelta(seconds=3))
+    spans = [(round(x.head_m, 1), round(x.tail_m, 1)) for x in state.locomotives]
+    assert spans == ([(2.0, 23.7)] if paired else [])
+
+
+@pytest.mark.parametrize(("plate", "revised"), [(None, True), ("ChME3-0001", False)])
+def test_an_assumed_end_is_not_revised_to_a_cab_whose_reading_names_another_length(
+    core: FusionCore, plate: str | None, revised: bool
+) -> None:
+    # The neighbour's tail at 23.7 m was placed first, its head assumed (a ChME3 body).
+    placed = _on_t1(6.48, 23.7, tail_seen_at=T0, assumed_model="ChME3")
+    state = FusionState(
+        locomotives=[placed],
+        loose_ends=[_unexplained(1, "head", 2.3)],
+        pending_votes=_cab_reading(plate),
+    )
+    revise_assumed(core.config, state, "T1", T0 + timedelta(seconds=3))
+    (loco,) = state.locomotives
+    assert round(loco.head_m, 1) == (2.0 if revised else 6.5)
+
+
+@pytest.mark.parametrize(("cab_m", "placed_from_plate"), [(2.3, False), (12.0, True)])
+def test_a_plate_beside_a_detected_cab_leaves_the_start_to_that_cab(
+    core: FusionCore, cab_m: float, placed_from_plate: bool
+) -> None:
+    # A plate read at 3.0 m; a detected head 0.7 m from it is its cab, which starts the
+    # locomotive with the reading (a second start from the plate alone blocked the cab's body).
+    plate = _unexplained(2, "head", 3.0).model_copy(update={"from_plate_only": True})
+    state = FusionState(loose_ends=[_unexplained(1, "head", cab_m), plate])
+    options = hypotheses(core.config, state, plate, T0 + timedelta(seconds=3))
+    assert bool(options) is placed_from_plate
+
+
+def test_a_moving_cabs_older_readings_do_not_turn_its_body_round(core: FusionCore) -> None:
+    # A cab driving out through the gate at 0 m of T1 (1 m/s towards it), its plate read 1 m
+    # on the gate side every second on the way: a reading from 4 s ago lies 3 m behind the cab
+    # as it stands now, which is where the cab was then, not a plate on its far side
+    # (gen-d102-s3: no direction was left, and the locomotive went uncounted for 15 s).
+    cab = _unexplained(1, "head", 1.3).model_copy(
+        update={"velocity_mps": -1.0, "velocity_at": T0 + timedelta(seconds=3)}
+    )
+    votes = [
+        PlateVote(
+            key=f"r{i}",
+            captured_at=T0 + timedelta(seconds=3 - i),
+            track_id="T1",
+            position_m=1.3 + i - 1.0,
+            plate="TE33A-0001",
+        )
+        for i in range(5)
+    ]
+    state = FusionState(loose_ends=[cab], pending_votes=votes)
+    options = hypotheses(core.config, state, cab, T0 + timedelta(seconds=3))
+    assert {h.direction for h in options} == {-1.0}  # out through the gate, as its plate says

@@ -30,7 +30,7 @@ from services.state_estimator.fusion.state import (
     LooseEnd,
     TrackedLocomotive,
 )
-from services.state_estimator.fusion.tracking import MAX_CAMERAS, other, seconds, speed_at
+from services.state_estimator.fusion.tracking import MAX_CAMERAS, other, seconds, speed_at, travel
 from services.state_estimator.fusion.visibility import occluders_of, on_track, shows
 
 
@@ -190,22 +190,27 @@ def _new_locomotive(
 def _plate_behind_cab(
     config: FusionConfig,
     state: FusionState,
-    track_id: str,
-    head_raw_m: float,
+    cab: LooseEnd,
     direction: float,
     heads: list[float],
 ) -> bool:
     """Whether a plate read at this cab hangs on the side away from the body: the cab's
-    locomotive runs the other way, so this head does not pair in ``direction``."""
+    locomotive runs the other way, so this head does not pair in ``direction``. Each reading
+    is compared with where the cab stood when it was read (a moving cab's older readings lie
+    behind it)."""
     t = config.tuning
+    now = cab.updated_at or cab.last_seen
     for vote in state.pending_votes:
-        if vote.track_id != track_id or not vote.plate:
+        if vote.track_id != cab.track_id or not vote.plate:
             continue
-        offset = vote.position_m - head_raw_m
+        if min(heads, key=lambda h: abs(h - vote.position_m)) != cab.position_m:
+            continue  # nearer another cab: that one's plate
+        then = cab.position_m + travel(
+            config, cab.velocity_mps, cab.velocity_at, now, vote.captured_at
+        )
+        offset = vote.position_m - then
         if abs(offset) > t.plate_inset_m + t.plate_margin_m:
             continue
-        if min(heads, key=lambda h: abs(h - vote.position_m)) != head_raw_m:
-            continue  # nearer another cab: that one's plate
         if offset * direction < -t.plate_inset_m / 2:
             return True
     return False
@@ -234,7 +239,9 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
             if not _body_free(config, state, track_id, span, detected, (head.end_id, tail.end_id)):
                 continue
             heads = [e.position_m for e in ends if e.kind == "head"]
-            if _plate_behind_cab(config, state, track_id, head.position_m, direction, heads):
+            if _plate_behind_cab(config, state, head, direction, heads):
+                continue
+            if _cab_names_another_length(config, track_id, state, head_true, tail_true):
                 continue
             options.append((misfit, head, tail, head_true, tail_true))
     used: set[int] = set()
@@ -276,12 +283,16 @@ def hypotheses(
     if not end.from_plate_only and _may_be_assumed_end(config, state, end):
         return []  # the unseen end of a locomotive placed from one end: let it be revised
     heads = [e.position_m for e in unexplained if e.kind == "head"]
+    if end.from_plate_only and any(
+        abs(h - end.position_m) <= t.plate_inset_m + t.plate_margin_m for h in heads
+    ):
+        return []  # a detected cab beside the plate: its start uses the reading
     out: list[Hypothesis] = []
     for direction in (-1.0, 1.0):
         if (
             end.kind == "head"
             and not end.from_plate_only
-            and _plate_behind_cab(config, state, track, end.position_m, direction, heads)
+            and _plate_behind_cab(config, state, end, direction, heads)
         ):
             continue  # its plate hangs on the other side of the cab: the body runs that way
         true = end.position_m - direction * off
@@ -294,12 +305,13 @@ def hypotheses(
                 continue  # its body would reach past a buffer stop
             outside = not on_track(config, track, far)
             far_raw = far - direction * t.end_label_offset_m
+            head_m, tail_m = (true, far) if end.kind == "head" else (far, true)
             if any(
                 e.end_id != end.end_id
                 and e.kind != end.kind
                 and abs(e.position_m - far_raw) <= t.pairing_tolerance_m
                 for e in unexplained
-            ):
+            ) and not _cab_names_another_length(config, track, state, head_m, tail_m):
                 return []  # its partner may have been detected: let it pair instead
             if not outside and any(shows(config, cam, track, far_raw, occluders) for cam in looked):
                 continue  # a camera has shown that spot since, and no end stood there
@@ -318,28 +330,57 @@ def _may_be_assumed_end(config: FusionConfig, state: FusionState, end: LooseEnd)
             continue
         anchor = loco.end_m(other(end.kind))
         length = abs(end.position_m - anchor) + t.end_label_offset_m
-        if config.length_misfit(length) <= t.pairing_tolerance_m:
+        if config.length_misfit(length) > t.pairing_tolerance_m:
+            continue
+        body = 1.0 if end.position_m >= anchor else -1.0
+        far = end.position_m + body * t.end_label_offset_m
+        head_m, tail_m = (far, anchor) if end.kind == "head" else (anchor, far)
+        if not _cab_names_another_length(config, end.track_id, state, head_m, tail_m):
             return True
     return False
 
 
-def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: Hypothesis) -> float:
-    """Summed confidence of waiting plate readings at this hypothesis' cab naming its model.
+def _cab_readings(
+    config: FusionConfig, state: FusionState, track_id: str, plate_m: float
+) -> dict[str, float]:
+    """Summed confidence per model of the waiting plate readings at a cab whose plate hangs at
+    ``plate_m``. A plate hangs ``plate_inset_m`` inside the cab end: a reading elsewhere on
+    the body is a neighbour's plate (coupled locomotives stand within one body length of each
+    other)."""
+    t = config.tuning
+    named: dict[str, float] = {}
+    for v in state.pending_votes:
+        if v.track_id != track_id or abs(v.position_m - plate_m) > t.plate_margin_m:
+            continue
+        if (model := vote_model(config, v)) is not None:
+            named[model] = named.get(model, 0.0) + max(v.plate_confidence, v.model_confidence)
+    return named
 
-    A plate hangs ``plate_inset_m`` inside the cab end: a reading elsewhere on the body is a
-    neighbour's plate (coupled locomotives stand within one body length of each other)."""
+
+def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: Hypothesis) -> float:
+    """Summed confidence of waiting plate readings at this hypothesis' cab naming its model."""
     t = config.tuning
     if end.kind == "head":
         plate_m = hyp.true_end_m + hyp.direction * t.plate_inset_m
     else:
         plate_m = hyp.far_end_m - hyp.direction * t.plate_inset_m
-    return sum(
-        max(v.plate_confidence, v.model_confidence)
-        for v in state.pending_votes
-        if v.track_id == end.track_id
-        and abs(v.position_m - plate_m) <= t.plate_margin_m
-        and vote_model(config, v) == hyp.model
-    )
+    return _cab_readings(config, state, end.track_id, plate_m).get(hyp.model, 0.0)
+
+
+def _cab_names_another_length(
+    config: FusionConfig, track_id: str, state: FusionState, head_m: float, tail_m: float
+) -> bool:
+    """Whether the readings at this pair's cab name a model whose length the pair misfits: the
+    head and tail are two locomotives' ends (a cab and a neighbour's far end whose distance
+    happens to fit another model)."""
+    t = config.tuning
+    direction = 1.0 if tail_m >= head_m else -1.0
+    named = _cab_readings(config, state, track_id, head_m + direction * t.plate_inset_m)
+    named = {m: w for m, w in named.items() if m in config.model_lengths}
+    if not named:
+        return False
+    model = max(sorted(named), key=lambda m: named[m])
+    return abs(config.model_lengths[model] - abs(tail_m - head_m)) > t.pairing_tolerance_m
 
 
 PASSING_MPS = 0.3
@@ -451,6 +492,9 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             length = abs(far_true - seen_true)
             misfit = config.length_misfit(length)
             if misfit > t.pairing_tolerance_m:
+                continue
+            head_m, tail_m = (far_true, seen_true) if far_kind == "head" else (seen_true, far_true)
+            if _cab_names_another_length(config, track_id, state, head_m, tail_m):
                 continue
             span = (min(seen_true, far_true), max(seen_true, far_true))
             if any(overlap(o.span, span) > t.overlap_m for o in others):

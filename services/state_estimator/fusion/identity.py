@@ -76,26 +76,36 @@ def _shown_plate(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
     return _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
 
 
-def _model_read(config: FusionConfig, loco: TrackedLocomotive, plate: str | None) -> str | None:
-    if plate is not None and (model := plate_model(config, plate)) is not None:
-        return model
-    # Model recognition alone (no plate legible) needs the same dominance, any amount.
+def recognised_model(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
+    """The model most of ``loco``'s readings name (plate patterns and livery alike), by the same
+    dominance as plates; None when no known model dominates."""
     model = _dominant(loco.models, 0.0, config.tuning.plate_dominance)
-    if model in config.model_lengths:
-        return model
-    return None
+    return model if model in config.model_lengths else None
+
+
+def _plate_and_model(
+    config: FusionConfig, loco: TrackedLocomotive
+) -> tuple[str | None, str | None]:
+    """(plate, model) the readings name. A plate whose model most readings contradict is not
+    shown: it is a neighbour's plate (read beside a cab-to-cab coupling) or a misread, and the
+    model the readings name stands."""
+    plate = _shown_plate(config, loco)
+    recognised = recognised_model(config, loco)
+    named = plate_model(config, plate) if plate is not None else None
+    if named is not None and recognised is not None and named != recognised:
+        return None, recognised
+    return plate, named or recognised
 
 
 def read_model(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
     """The model readings name (plate pattern or model recognition), not guessed from length."""
-    return _model_read(config, loco, _shown_plate(config, loco))
+    return _plate_and_model(config, loco)[1]
 
 
 def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
     """The model and plate the state shows for ``loco`` (None where unsure)."""
     t = config.tuning
-    plate = _shown_plate(config, loco)
-    model = _model_read(config, loco, plate)
+    plate, model = _plate_and_model(config, loco)
     if model is None and loco.head_seen_at is not None and loco.tail_seen_at is not None:
         fits = [
             name
@@ -106,6 +116,28 @@ def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
     if plate is not None and model is not None and plate_model(config, plate) not in (None, model):
         plate = None  # plate and model disagree: say less rather than something wrong
     return Identity(model=model, plate=plate)
+
+
+def shown_identities(
+    config: FusionConfig, locomotives: list[TrackedLocomotive]
+) -> dict[str, Identity]:
+    """What the state shows for each locomotive (by id). A plate names one locomotive: where
+    several would show it, the one with the most evidence for it does; on a tie none does."""
+    shown = {loco.locomotive_id: identity_of(config, loco) for loco in locomotives}
+    holders: dict[str, list[tuple[float, str]]] = {}
+    for loco in locomotives:
+        if (plate := shown[loco.locomotive_id].plate) is not None:
+            holders.setdefault(plate, []).append((loco.plates.get(plate, 0.0), loco.locomotive_id))
+    for ranked in holders.values():
+        if len(ranked) < 2:
+            continue
+        ranked.sort(reverse=True)
+        keeper = ranked[0][1] if ranked[0][0] > ranked[1][0] else None
+        for _, loco_id in ranked:
+            if loco_id != keeper:
+                who = shown[loco_id]
+                shown[loco_id] = Identity(model=who.model, plate=None)
+    return shown
 
 
 def cab_known(loco: TrackedLocomotive) -> bool:

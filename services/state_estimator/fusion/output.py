@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility_state import CameraHealth, FacilityState, LocomotiveState, TrackState
 from services.state_estimator.fusion.config import FusionConfig
-from services.state_estimator.fusion.identity import identity_of
+from services.state_estimator.fusion.identity import shown_identities
 from services.state_estimator.fusion.state import FusionState, TrackedLocomotive
 
 if TYPE_CHECKING:
@@ -51,12 +51,13 @@ def render(
     """The facility state at event time ``as_of`` (default: the newest event seen)."""
     now = as_of or state.watermark or datetime.fromtimestamp(0, UTC)
     tracks: dict[str, list[LocomotiveState]] = {t: [] for t in config.track_ids}
+    identities = shown_identities(config, state.locomotives)
     for loco in sorted(state.locomotives, key=lambda x: (x.track_id, min(x.head_m, x.tail_m))):
         if loco.track_id not in tracks:
             continue
         stale = _stale(config, state, loco, now)
         confidence = loco.existence * (STALE_CONFIDENCE if stale else 1.0)
-        who = identity_of(config, loco)
+        who = identities[loco.locomotive_id]
         tracks[loco.track_id].append(
             LocomotiveState(
                 locomotive_id=loco.locomotive_id,
