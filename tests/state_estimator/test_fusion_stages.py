@@ -218,12 +218,16 @@ def _unexplained(end_id: int, kind: str, position_m: float) -> LooseEnd:
     )
 
 
-def _cab_reading(plate: str | None) -> list[PlateVote]:
-    """A reading of ``plate`` 1 m inside a cab at 2.0 m of T1, waiting for its locomotive."""
-    if plate is None:
-        return []
+def _cab_reading(plates: str | None) -> list[PlateVote]:
+    """A reading of each plate in ``plates`` ("A+B") 1 m inside a cab at 2.0 m of T1, waiting
+    for its locomotive."""
     at = T0 + timedelta(seconds=1)
-    return [PlateVote(key="r", captured_at=at, track_id="T1", position_m=3.0, plate=plate)]
+    return [
+        PlateVote(
+            key=p, captured_at=at, track_id="T1", position_m=3.0, plate=p, plate_confidence=0.9
+        )
+        for p in (plates.split("+") if plates else [])
+    ]
 
 
 # A ChME3 (17.22 m) with its cab at 2.0 m of T1 and its far end hidden; 21.7 m from the cab
@@ -231,7 +235,9 @@ def _cab_reading(plate: str | None) -> list[PlateVote]:
 # failure (test-busy 9505, real detector): the two made one TE33A-long body, and the ChME3's
 # own cab became a phantom running out of the gate.
 @pytest.mark.parametrize(
-    ("plate", "paired"), [(None, True), ("TE33A-0001", True), ("ChME3-0001", False)]
+    ("plate", "paired"),
+    # Two plates read equally at the cab name no model (two cabs side by side): no veto.
+    [(None, True), ("TE33A-0001", True), ("ChME3-0001", False), ("ChME3-0001+TE33A-0001", True)],
 )
 def test_a_pair_whose_cab_reading_names_another_length_is_not_one_locomotive(
     core: FusionCore, plate: str | None, paired: bool
@@ -261,14 +267,22 @@ def test_an_assumed_end_is_not_revised_to_a_cab_whose_reading_names_another_leng
     assert round(loco.head_m, 1) == (2.0 if revised else 6.5)
 
 
-@pytest.mark.parametrize(("cab_m", "placed_from_plate"), [(2.3, False), (12.0, True)])
+@pytest.mark.parametrize(
+    ("cab_m", "second_plate_m", "placed_from_plate"),
+    [(2.3, None, False), (12.0, None, True), (2.3, 0.4, True)],
+)
 def test_a_plate_beside_a_detected_cab_leaves_the_start_to_that_cab(
-    core: FusionCore, cab_m: float, placed_from_plate: bool
+    core: FusionCore, cab_m: float, second_plate_m: float | None, placed_from_plate: bool
 ) -> None:
     # A plate read at 3.0 m; a detected head 0.7 m from it is its cab, which starts the
     # locomotive with the reading (a second start from the plate alone blocked the cab's body).
+    # With a second plate on the head's other side, two cabs stand cab to cab and one head
+    # is detected: the plates start their locomotives (test-busy 9802).
     plate = _unexplained(2, "head", 3.0).model_copy(update={"from_plate_only": True})
-    state = FusionState(loose_ends=[_unexplained(1, "head", cab_m), plate])
+    ends = [_unexplained(1, "head", cab_m), plate]
+    if second_plate_m is not None:
+        ends.append(plate.model_copy(update={"end_id": 3, "position_m": second_plate_m}))
+    state = FusionState(loose_ends=ends)
     options = hypotheses(core.config, state, plate, T0 + timedelta(seconds=3))
     assert bool(options) is placed_from_plate
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.state_estimator.fusion.config import FusionConfig
-from services.state_estimator.fusion.identity import vote_model
+from services.state_estimator.fusion.identity import dominant, vote_model
 from services.state_estimator.fusion.state import (
     END_KINDS,
     FusionState,
@@ -283,9 +283,7 @@ def hypotheses(
     if not end.from_plate_only and _may_be_assumed_end(config, state, end):
         return []  # the unseen end of a locomotive placed from one end: let it be revised
     heads = [e.position_m for e in unexplained if e.kind == "head"]
-    if end.from_plate_only and any(
-        abs(h - end.position_m) <= t.plate_inset_m + t.plate_margin_m for h in heads
-    ):
+    if end.from_plate_only and _cab_beside(config, state, end, heads):
         return []  # a detected cab beside the plate: its start uses the reading
     out: list[Hypothesis] = []
     for direction in (-1.0, 1.0):
@@ -317,6 +315,23 @@ def hypotheses(
                 continue  # a camera has shown that spot since, and no end stood there
             out.append(Hypothesis(direction, model, length, true, far, outside))
     return out
+
+
+def _cab_beside(
+    config: FusionConfig, state: FusionState, plate: LooseEnd, heads: list[float]
+) -> bool:
+    """Whether a detected head stands within a plate's reach of ``plate`` (a cab evidenced by
+    its readings alone) with no other such plate beside it: that cab is the plate's. Two
+    plates around one detected head are two cabs coupled cab to cab, one of them hidden."""
+    t = config.tuning
+    reach = t.plate_inset_m + t.plate_margin_m
+    plates = [
+        e.position_m for e in state.loose_ends if e.track_id == plate.track_id and e.from_plate_only
+    ]
+    return any(
+        abs(h - plate.position_m) <= reach and sum(abs(h - p) <= reach for p in plates) == 1
+        for h in heads
+    )
 
 
 def _may_be_assumed_end(config: FusionConfig, state: FusionState, end: LooseEnd) -> bool:
@@ -370,16 +385,15 @@ def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: H
 def _cab_names_another_length(
     config: FusionConfig, track_id: str, state: FusionState, head_m: float, tail_m: float
 ) -> bool:
-    """Whether the readings at this pair's cab name a model whose length the pair misfits: the
-    head and tail are two locomotives' ends (a cab and a neighbour's far end whose distance
-    happens to fit another model)."""
+    """Whether the readings at this pair's cab clearly name a model (the same dominance as a
+    shown plate) whose length the pair misfits: the head and tail are two locomotives' ends (a
+    cab and a neighbour's far end whose distance happens to fit another model)."""
     t = config.tuning
     direction = 1.0 if tail_m >= head_m else -1.0
     named = _cab_readings(config, state, track_id, head_m + direction * t.plate_inset_m)
-    named = {m: w for m, w in named.items() if m in config.model_lengths}
-    if not named:
-        return False
-    model = max(sorted(named), key=lambda m: named[m])
+    model = dominant(named, 0.0, t.plate_dominance)
+    if model not in config.model_lengths:
+        return False  # none, or no clear majority (two cabs' plates read side by side)
     return abs(config.model_lengths[model] - abs(tail_m - head_m)) > t.pairing_tolerance_m
 
 

@@ -61,7 +61,8 @@ def add_vote(loco: TrackedLocomotive, vote: PlateVote) -> None:
         loco.models[vote.model] = loco.models.get(vote.model, 0.0) + vote.model_confidence
 
 
-def _dominant(evidence: dict[str, float], minimum: float, share: float) -> str | None:
+def dominant(evidence: dict[str, float], minimum: float, share: float) -> str | None:
+    """The key holding at least ``minimum`` and ``share`` of all the evidence, if one does."""
     if not evidence:
         return None
     best = max(sorted(evidence), key=lambda k: evidence[k])
@@ -73,13 +74,13 @@ def _dominant(evidence: dict[str, float], minimum: float, share: float) -> str |
 
 def _shown_plate(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
     t = config.tuning
-    return _dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
+    return dominant(loco.plates, t.plate_min_evidence, t.plate_dominance)
 
 
 def recognised_model(config: FusionConfig, loco: TrackedLocomotive) -> str | None:
     """The model most of ``loco``'s readings name (plate patterns and livery alike), by the same
     dominance as plates; None when no known model dominates."""
-    model = _dominant(loco.models, 0.0, config.tuning.plate_dominance)
+    model = dominant(loco.models, 0.0, config.tuning.plate_dominance)
     return model if model in config.model_lengths else None
 
 
