@@ -147,11 +147,11 @@ def read_range(
                 record = stamped(msg)
                 if record.timestamp_ms > end_ms:
                     quiet_until.pop(partition, None)
-                    continue
-                if partition in quiet_until:
-                    quiet_until[partition] = now + idle_s
-                if record.timestamp_ms >= start_ms:
-                    out.append(record)
+                else:
+                    if partition in quiet_until:
+                        quiet_until[partition] = now + idle_s
+                    if record.timestamp_ms >= start_ms:
+                        out.append(record)
             quiet_until = {p: t for p, t in quiet_until.items() if t > now}
     finally:
         consumer.close()

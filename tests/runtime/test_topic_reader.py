@@ -153,7 +153,7 @@ def test_a_range_ends_while_another_partition_keeps_receiving(
 
     def keep_producing() -> None:
         n = 1
-        while not stop.wait(0.2):  # partition 0 never goes idle; 1 and 2 get nothing more
+        while not stop.wait(0.05):  # partition 0 never goes idle; 1 and 2 get nothing more
             producer.produce(topic, value=f"busy-{n}".encode(), partition=0)
             producer.poll(0)
             n += 1
