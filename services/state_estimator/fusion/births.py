@@ -203,14 +203,14 @@ def _plate_behind_cab(
     for vote in state.pending_votes:
         if vote.track_id != cab.track_id or not vote.plate:
             continue
-        if min(heads, key=lambda h: abs(h - vote.position_m)) != cab.position_m:
-            continue  # nearer another cab: that one's plate
         then = cab.position_m + travel(
             config, cab.velocity_mps, cab.velocity_at, now, vote.captured_at
         )
         offset = vote.position_m - then
         if abs(offset) > t.plate_inset_m + t.plate_margin_m:
             continue
+        if min(heads, key=lambda h: abs(h - vote.position_m)) != cab.position_m:
+            continue  # nearer another cab: that one's plate
         if offset * direction < -t.plate_inset_m / 2:
             return True
     return False
@@ -241,7 +241,7 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
             heads = [e.position_m for e in ends if e.kind == "head"]
             if _plate_behind_cab(config, state, head, direction, heads):
                 continue
-            if _cab_names_another_length(config, track_id, state, head_true, tail_true):
+            if _cab_names_another_length(config, state, track_id, head_true, tail_true):
                 continue
             options.append((misfit, head, tail, head_true, tail_true))
     used: set[int] = set()
@@ -309,7 +309,7 @@ def hypotheses(
                 and e.kind != end.kind
                 and abs(e.position_m - far_raw) <= t.pairing_tolerance_m
                 for e in unexplained
-            ) and not _cab_names_another_length(config, track, state, head_m, tail_m):
+            ) and not _cab_names_another_length(config, state, track, head_m, tail_m):
                 return []  # its partner may have been detected: let it pair instead
             if not outside and any(shows(config, cam, track, far_raw, occluders) for cam in looked):
                 continue  # a camera has shown that spot since, and no end stood there
@@ -350,7 +350,7 @@ def _may_be_assumed_end(config: FusionConfig, state: FusionState, end: LooseEnd)
         body = 1.0 if end.position_m >= anchor else -1.0
         far = end.position_m + body * t.end_label_offset_m
         head_m, tail_m = (far, anchor) if end.kind == "head" else (anchor, far)
-        if not _cab_names_another_length(config, end.track_id, state, head_m, tail_m):
+        if not _cab_names_another_length(config, state, end.track_id, head_m, tail_m):
             return True
     return False
 
@@ -383,7 +383,7 @@ def _read_models(config: FusionConfig, state: FusionState, end: LooseEnd, hyp: H
 
 
 def _cab_names_another_length(
-    config: FusionConfig, track_id: str, state: FusionState, head_m: float, tail_m: float
+    config: FusionConfig, state: FusionState, track_id: str, head_m: float, tail_m: float
 ) -> bool:
     """Whether the readings at this pair's cab clearly name a model (the same dominance as a
     shown plate) whose length the pair misfits: the head and tail are two locomotives' ends (a
@@ -508,7 +508,7 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             if misfit > t.pairing_tolerance_m:
                 continue
             head_m, tail_m = (far_true, seen_true) if far_kind == "head" else (seen_true, far_true)
-            if _cab_names_another_length(config, track_id, state, head_m, tail_m):
+            if _cab_names_another_length(config, state, track_id, head_m, tail_m):
                 continue
             span = (min(seen_true, far_true), max(seen_true, far_true))
             if any(overlap(o.span, span) > t.overlap_m for o in others):

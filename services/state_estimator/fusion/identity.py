@@ -114,8 +114,6 @@ def identity_of(config: FusionConfig, loco: TrackedLocomotive) -> Identity:
             if abs(length - loco.length_m) <= t.length_fit_m
         ]
         model = fits[0] if len(fits) == 1 else None
-    if plate is not None and model is not None and plate_model(config, plate) not in (None, model):
-        plate = None  # plate and model disagree: say less rather than something wrong
     return Identity(model=model, plate=plate)
 
 
