@@ -5,6 +5,7 @@ They follow the Protocols of ``services/runtime/ports.py`` (:class:`Publisher`,
 exactly and fast: a broker that rejects a message, one that never acknowledges (time out), one
 that fails after N messages; a store that is down for N calls, or from the Nth call on; a missing
 object. The real clients are tested against the real servers in the integration tests.
+:class:`Clock` is watchdog time a test moves by hand.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ from services.runtime.kafka import ProduceError, Received
 from services.runtime.ports import DeliveryCallback
 from services.runtime.settings import S3Settings
 from services.runtime.storage import ObjectMissingError, StorageError, StoredObject
+
+
+class Clock:
+    """Watchdog time the test moves by hand (no sleeping until a watchdog expires)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import cv2
@@ -65,15 +66,16 @@ class CaptureService:
         settings: CaptureSettings,
         shutdown: ShutdownSignal,
         source: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.camera = camera
+        self.clock = clock  # watchdog and decimation time; tests move it by hand
         self.settings = settings
         self.shutdown = shutdown
         self.source = source or camera.source
         self.queue: FrameQueue[EncodedFrame] = FrameQueue(settings.queue_frames)
         self.sequence = SequenceNumbers()
-        self._last_frame = time.monotonic()
-        self._started = time.monotonic()
+        self._last_frame = clock()
         self._cid = camera.id
         for reason in ("queue_full", "shutdown"):
             FRAMES_DROPPED.labels(self._cid, reason)
@@ -82,7 +84,7 @@ class CaptureService:
     # -- health --------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
         """Unhealthy when the camera delivered no frame for the watchdog period."""
-        silent = time.monotonic() - self._last_frame
+        silent = self.clock() - self._last_frame
         if silent > self.settings.watchdog_s:
             return False, f"camera {self._cid}: no frame for {silent:.1f}s"
         return True, f"camera {self._cid}: last frame {silent:.1f}s ago"
@@ -149,11 +151,11 @@ class CaptureService:
     ) -> tuple[str, str] | None:
         """Read until the stream fails; returns (metric reason, log reason), None on shutdown."""
         watchdog = self.settings.watchdog_s
-        opened = time.monotonic()
+        opened = self.clock()
         got_frame = False
         while not self.shutdown.requested:
             image = reader.read()
-            now = time.monotonic()
+            now = self.clock()
             if image is None:
                 silent = now - (self._last_frame if got_frame else opened)
                 if silent >= watchdog:

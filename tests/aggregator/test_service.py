@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError
-from fakes import FakePublisher, FakeStore, PublishFaults
+from fakes import Clock, FakePublisher, FakeStore, PublishFaults
 from prometheus_client import REGISTRY
 
 from schemas.frames import FrameRef
@@ -100,19 +100,6 @@ def make_service() -> Iterator[Callable[..., tuple[AggregatorService, FakeStore,
     for service, thread in started:
         service.shutdown.request()
         thread.join(10)
-
-
-class Clock:
-    """Watchdog time the test moves by hand (no sleeping until a watchdog expires)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -7,13 +7,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fakes import Clock
 from prometheus_client import REGISTRY
 
 from schemas.facility import Camera, load_facility
@@ -45,11 +46,13 @@ def camera(source: str, cid: str, fps: float = 5.0) -> Camera:
 class Running:
     """A CaptureService in a thread, sending to a receiver in this process."""
 
-    def __init__(self, cam: Camera, **settings: float) -> None:
+    def __init__(
+        self, cam: Camera, clock: Callable[[], float] = time.monotonic, **settings: float
+    ) -> None:
         self.receiver = FrameReceiver("tcp://127.0.0.1:*")
         self.settings = CaptureSettings(aggregator_endpoint=self.receiver.endpoint, **settings)
         self.shutdown = ShutdownSignal()
-        self.service = CaptureService(cam, self.settings, self.shutdown)
+        self.service = CaptureService(cam, self.settings, self.shutdown, clock=clock)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
 
@@ -110,8 +113,13 @@ def test_unreachable_source_is_retried_and_reported_unhealthy(
 ) -> None:
     cid = f"cap-{uuid.uuid4().hex[:6]}"
     missing = tmp_path / "not-there.avi"
+    clock = Clock()
     run = Running(
-        camera(f"file://{missing}", cid), watchdog_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.1
+        camera(f"file://{missing}", cid),
+        clock,
+        watchdog_s=0.5,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.1,
     )
     running.append(run)
     reconnects = (
@@ -123,7 +131,8 @@ def test_unreachable_source_is_retried_and_reported_unhealthy(
     while (REGISTRY.get_sample_value(*reconnects) or 0) < 3:
         assert time.monotonic() < deadline, "no reopen attempts"
         time.sleep(0.02)
-    time.sleep(0.6)
+    assert run.service.health()[0], "unhealthy before its watchdog period passed"
+    clock.advance(0.6)  # the watchdog period passes without a frame
     ok, detail = run.service.health()
     assert not ok
     assert "no frame for" in detail

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
+from fakes import Clock
+
 from services.runtime.observability import ProgressWatch, with_grace
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_backlog_with_no_progress_fails_after_the_limit() -> None:
