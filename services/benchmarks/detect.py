@@ -57,13 +57,9 @@ def bench_command(
         bench_settings,
         bench_topic,
         decoded_like_service,
-        drive,
-        median_cpu_ms,
-        median_fps,
         publish_frames,
         render_bench_frames,
-        stage_seconds,
-        timed,
+        side_by_side,
         workdir,
     )
     from services.position_estimator.config import SERVICE, position_estimator_config
@@ -121,20 +117,22 @@ def bench_command(
                     frames_topic=topic,
                 )
                 stream = position_stream(settings, config, watch, detector)
-                bare_runs, service_runs = [], []
-                stages0 = stage_seconds(SERVICE, BENCH_FLOW)
-                try:
-                    for r in range(rounds):
-                        say(f"batch {batch}, round {r + 1}/{rounds}: bare, then service")
-                        bare_runs.append(timed("bare", len(images), bare))
-                        publish_frames(settings, bench_frames, topic, first_seq=r * frames)
-                        service_runs.append(drive(stream, (r + 1) * frames))
-                    bare_runs.append(timed("bare", len(images), bare))
-                finally:
-                    stream.close()
-                stages1 = stage_seconds(SERVICE, BENCH_FLOW)
-                handled = rounds * frames
-                service_fps, bare_fps = median_fps(service_runs), median_fps(bare_runs)
+
+                def publish(r: int, topic: str = topic) -> None:
+                    publish_frames(settings, bench_frames, topic, first_seq=r * frames)
+
+                def say_batch(line: str, batch: int = batch) -> None:
+                    say(f"batch {batch}, {line}")
+
+                figures = side_by_side(
+                    stream,
+                    SERVICE,
+                    rounds,
+                    frames,
+                    bare,
+                    publish,
+                    say_batch,
+                )
                 report["runs"].append(
                     {
                         "batch": batch,
@@ -143,16 +141,7 @@ def bench_command(
                         "decoded": f"{images[0].shape[1]}x{images[0].shape[0]}",
                         "weights": str(detector.weights),
                         "frames_per_round": frames,
-                        "service_fps": round(service_fps, 2),
-                        "bare_fps": round(bare_fps, 2),
-                        "service_rounds": [t.as_dict() for t in service_runs],
-                        "bare_rounds": [t.as_dict() for t in bare_runs],
-                        "service_stage_ms_per_frame": {
-                            k: round(1000 * (stages1[k] - stages0[k]) / handled, 2) for k in stages1
-                        },
-                        "service_vs_bare": round(service_fps / bare_fps, 3) if bare_fps else None,
-                        "service_cpu_ms_per_frame": round(median_cpu_ms(service_runs), 2),
-                        "bare_cpu_ms_per_frame": round(median_cpu_ms(bare_runs), 2),
+                        **figures,
                     }
                 )
     finally:

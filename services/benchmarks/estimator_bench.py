@@ -267,3 +267,47 @@ def timed(name: str, frames: int, body: Callable[[], None]) -> LoopTiming:
 def workdir() -> Path:
     """A temporary directory for one benchmark run."""
     return Path(tempfile.mkdtemp(prefix="depotwatch-bench-"))
+
+
+def side_by_side(
+    stream: FrameStream[Any],
+    service: str,
+    rounds: int,
+    frames: int,
+    bare: Callable[[], None],
+    publish: Callable[[int], None],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Alternate the bare loop and the service over ``rounds`` rounds of ``frames`` frames
+    (bare, publish + service, ..., bare: drifting load hits both) and return the figures both
+    benchmarks report: median frames/s and CPU ms per frame of each side, every round, and the
+    service's time per frame-loop stage. ``publish(r)`` puts round ``r``'s messages on the
+    service's topic; the stream is closed at the end.
+    """
+    bare_runs: list[LoopTiming] = []
+    service_runs: list[LoopTiming] = []
+    stages0 = stage_seconds(service, BENCH_FLOW)
+    try:
+        for r in range(rounds):
+            say(f"round {r + 1}/{rounds}: bare, then service")
+            bare_runs.append(timed("bare", frames, bare))
+            publish(r)
+            service_runs.append(drive(stream, (r + 1) * frames))
+        bare_runs.append(timed("bare", frames, bare))
+    finally:
+        stream.close()
+    stages1 = stage_seconds(service, BENCH_FLOW)
+    handled = rounds * frames
+    service_fps, bare_fps = median_fps(service_runs), median_fps(bare_runs)
+    return {
+        "service_fps": round(service_fps, 2),
+        "bare_fps": round(bare_fps, 2),
+        "service_rounds": [t.as_dict() for t in service_runs],
+        "bare_rounds": [t.as_dict() for t in bare_runs],
+        "service_stage_ms_per_frame": {
+            k: round(1000 * (stages1[k] - stages0[k]) / handled, 2) for k in stages1
+        },
+        "service_vs_bare": round(service_fps / bare_fps, 3) if bare_fps else None,
+        "service_cpu_ms_per_frame": round(median_cpu_ms(service_runs), 2),
+        "bare_cpu_ms_per_frame": round(median_cpu_ms(bare_runs), 2),
+    }

@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +49,7 @@ from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from services.infra import EmbeddedInfra, settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
-from services.infra.processes import free_port
+from services.infra.processes import free_port, spawn, stop_child
 from services.runtime.settings import KafkaSettings
 from services.runtime.storage import ObjectStore, StorageError
 from services.runtime.topic_reader import TopicMissingError, read_range, tail
@@ -281,28 +280,25 @@ class Pipeline:
                 env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(settings.infra, name))
         env["DEPOTWATCH_HTTP_PORT"] = "0"
         self.log = work / "up.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.cli",
-                    "up",
-                    "--flow",
-                    flow,
-                    "--config",
-                    str(self.config),
-                    "--data-dir",
-                    str(self.data),
-                    "--no-dashboard",
-                    "--no-live",
-                ],
-                env=env,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "up",
+                "--flow",
+                flow,
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.data),
+                "--no-dashboard",
+                "--no-live",
+            ],
+            self.log,
+            REPO,
+            env,
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -327,13 +323,7 @@ class Pipeline:
         return None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_child(self.proc, 120)
 
 
 def run_fault(pipe: Pipeline, watch: StateWatch, fault: Fault, limit_s: float) -> Outcome:

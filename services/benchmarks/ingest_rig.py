@@ -10,7 +10,6 @@ the tests exercise the same entry points, settings and signals; nothing here imp
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ import yaml
 
 from schemas.base import decode
 from schemas.frames import FrameRef
-from services.infra.processes import free_port
+from services.infra.processes import free_port, spawn, stop_child, wait_or_kill
 from services.runtime.settings import Settings
 
 
@@ -132,10 +131,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         """Start (or restart) the process; output goes to ``log_path``."""
         env = {**self.env, "DEPOTWATCH_HTTP_PORT": str(self.http_port)}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.proc = spawn(self.argv, self.log_path, Path.cwd(), env)
         return self
 
     @property
@@ -147,20 +143,13 @@ class ServiceProcess:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc, timeout_s)
         return self.proc.returncode
 
     def kill(self) -> None:
         """SIGKILL at once (crash tests)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            wait_or_kill(self.proc, deadline=0.0)
 
     def cpu_seconds(self) -> float:
         """User + system CPU the process used so far (Linux /proc)."""

@@ -61,12 +61,9 @@ def bench_command(
         bench_settings,
         bench_topic,
         decoded_like_service,
-        drive,
-        median_cpu_ms,
-        median_fps,
         publish_frames,
         render_bench_frames,
-        stage_seconds,
+        side_by_side,
         timed,
         workdir,
     )
@@ -155,25 +152,16 @@ def bench_command(
             topic = bench_topic(settings, schema=PositionEstimate)
             config = plate_ocr_config(watch.config, path, BENCH_FLOW, "replay", batch, topic)
             stream = plate_stream(settings, config, watch, recogniser)
-            bare_runs, service_runs = [], []
-            stages0 = stage_seconds(SERVICE, BENCH_FLOW)
-            try:
-                for r in range(rounds):
-                    say(f"round {r + 1}/{rounds}: bare, then service")
-                    bare_runs.append(timed("bare", len(bench_frames), bare))
-                    publish_frames(settings, bench_frames, topic, r * frames, about=estimate)
-                    service_runs.append(drive(stream, (r + 1) * frames))
-                bare_runs.append(timed("bare", len(bench_frames), bare))
-            finally:
-                stream.close()
-            stages1 = stage_seconds(SERVICE, BENCH_FLOW)
+
+            def publish(r: int) -> None:
+                publish_frames(settings, bench_frames, topic, r * frames, about=estimate)
+
+            figures = side_by_side(stream, SERVICE, rounds, frames, bare, publish, say)
             plates = len(crops)
             with_plates = sum(1 for p in plates_of if p)
             ocr_only = timed("rapidocr alone", len(bench_frames), ocr_alone)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    service_fps, bare_fps = median_fps(service_runs), median_fps(bare_runs)
-    handled = rounds * frames
     report: dict[str, Any] = {
         "batch": step,
         "device": settings.device,
@@ -182,27 +170,18 @@ def bench_command(
         "frames_per_round": frames,
         "frames_with_a_plate_box": with_plates,
         "plates_per_round": plates,
-        "service_fps": round(service_fps, 2),
-        "bare_fps": round(bare_fps, 2),
-        "service_rounds": [t.as_dict() for t in service_runs],
-        "bare_rounds": [t.as_dict() for t in bare_runs],
         "rapidocr_alone_ms_per_plate": round(1000 * ocr_only.seconds / max(1, plates), 2),
-        "service_stage_ms_per_frame": {
-            k: round(1000 * (stages1[k] - stages0[k]) / handled, 2) for k in stages1
-        },
-        "service_vs_bare": round(service_fps / bare_fps, 3) if bare_fps else None,
-        "service_cpu_ms_per_frame": round(median_cpu_ms(service_runs), 2),
-        "bare_cpu_ms_per_frame": round(median_cpu_ms(bare_runs), 2),
+        **figures,
     }
     stages = ", ".join(f"{k} {v} ms" for k, v in report["service_stage_ms_per_frame"].items())
-    svc = ", ".join(f"{t.fps:.1f}" for t in service_runs)
-    bare_list = ", ".join(f"{t.fps:.1f}" for t in bare_runs)
+    svc = ", ".join(f"{t['fps']:.1f}" for t in report["service_rounds"])
+    bare_list = ", ".join(f"{t['fps']:.1f}" for t in report["bare_rounds"])
     click.echo(
         f"ocr, batch {report['batch']}, {report['device']}, imgsz {report['imgsz']}, "
         f"{plates} plates read in {len(bench_frames)} frames a round "
         f"({with_plates} frames with a plate box fetched):\n"
-        f"  service {service_fps:7.2f} frames/s (rounds: {svc})\n"
-        f"  bare    {bare_fps:7.2f} frames/s (rounds: {bare_list})\n"
+        f"  service {report['service_fps']:7.2f} frames/s (rounds: {svc})\n"
+        f"  bare    {report['bare_fps']:7.2f} frames/s (rounds: {bare_list})\n"
         f"  service stages per frame: {stages}\n"
         f"  CPU ms/frame (this process): service {report['service_cpu_ms_per_frame']}, bare "
         f"{report['bare_cpu_ms_per_frame']}\n"

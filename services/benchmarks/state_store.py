@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -147,6 +146,7 @@ def restore_seconds(
 
     from schemas.facility import load_facility
     from schemas.facility_state import FacilityState
+    from services.infra.processes import spawn, stop_child
     from services.runtime.kafka import KafkaSettings, TopicAdmin
     from services.runtime.settings import load_settings
     from services.runtime.topic_reader import tail
@@ -170,13 +170,12 @@ def restore_seconds(
     if producer.flush(300):
         raise click.ClickException("the broker did not take the changelog within 300 s")
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.state_estimator", "--flow", flow, "--config", config],
-            env=settings_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(
+        [sys.executable, "-m", "services.state_estimator", "--flow", flow, "--config", str(config)],
+        log_path,
+        Path.cwd(),
+        settings_env,
+    )
     try:
 
         def give_up() -> bool:
@@ -191,11 +190,7 @@ def restore_seconds(
             raise click.ClickException(f"the worker exited; see {log_path}")
         raise click.ClickException(f"no heartbeat within {timeout_s:.0f}s; see {log_path}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc, 20)
 
 
 @click.command("state-store")

@@ -212,6 +212,34 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+def wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Wait for a child started by :func:`spawn` until ``deadline`` (monotonic), then SIGKILL
+    its group; whatever the leader left in its group gets SIGKILL too.
+
+    Returns True when the leader had to be killed; ``proc.returncode`` holds its exit code.
+    """
+    killed = False
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        killed = True
+    signal_group(proc.pid, signal.SIGKILL)
+    return killed
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGTERM a child started by :func:`spawn` (its whole group), then :func:`wait_or_kill`.
+
+    For children of this process, whose exit code matters (:func:`stop_process` is for any
+    pid, e.g. a server started by an earlier command).
+    """
+    if proc.poll() is None:
+        signal_group(proc.pid, signal.SIGTERM)
+    return wait_or_kill(proc, time.monotonic() + timeout)
+
+
 def stop_process(pid: int, timeout: float) -> tuple[bool, float]:
     """SIGTERM the process group, wait up to ``timeout`` s, then SIGKILL it.
 

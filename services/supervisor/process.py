@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.infra.processes import signal_group, spawn
+from services.infra.processes import signal_group, spawn, wait_or_kill
 from services.runtime.backoff import Backoff
 
 STABLE_AFTER_S = 30.0
@@ -119,16 +119,7 @@ class ManagedProcess:
         """
         if self.proc is None:
             return False
-        killed = False
-        try:
-            self.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.proc.wait(10)
-            killed = True
-        # The leader is gone; children it left in its group still get the signal.
-        self.signal_group(signal.SIGKILL)
-        return killed
+        return wait_or_kill(self.proc, deadline)
 
     def stop(self, timeout: float = 15.0) -> bool:
         """SIGTERM the group, wait up to ``timeout``, then SIGKILL it; True when killed."""
