@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -397,8 +397,17 @@ class StateEstimatorApp:
                 yield None
 
         async def checkpoint() -> None:
-            if self._recovered(app) and not app.in_recovery:
-                await self.checkpoint(table)
+            if not self._recovered(app) or app.in_recovery:
+                return
+            if self.internal_topic not in {tp.topic for tp in app.consumer.assignment()}:
+                # Lost in a rebalance this worker has not been told of yet: never write.
+                self.drop_fusion_state("not assigned at checkpoint time")
+                return
+            await self.checkpoint(table)
+
+        def revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+            # mode's signal: receiver(app, revoked_partitions, signal=...)
+            self.partitions_revoked(args[0] if args else ())
 
         async def heartbeat() -> None:
             # Before the table is restored from its changelog there is nothing true to say.
@@ -437,7 +446,34 @@ class StateEstimatorApp:
         app.timer(self.tuning.heartbeat_s, name=f"{self.app_id}.heartbeat")(heartbeat)
         app.timer(self.service.checkpoint_interval_s, name=f"{self.app_id}.checkpoint")(checkpoint)
         app.task(started)
+        app.on_partitions_revoked.connect(cast(Any, revoked))  # mode types the handler oddly
         return app
+
+    # ---- ownership of the fusion partition
+
+    def partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        """A rebalance took partitions away: if the fusion partition is among them, forget the
+        state held in memory so that this worker never checkpoints it over the new owner's."""
+        if any(tp.topic == self.internal_topic for tp in revoked):
+            self.drop_fusion_state("fusion partition revoked")
+
+    def drop_fusion_state(self, why: str) -> None:
+        """Forget the in-memory state and the estimates not yet checkpointed.
+
+        The next owner restores the last checkpoint and is handed those estimates again; if
+        the partition comes back here, the state is read from the table anew (it may have
+        moved on meanwhile) instead of resuming from this worker's stale copy.
+        """
+        if self._state is None and not self._unacked:
+            return
+        log.info(
+            "fusion state dropped",
+            extra={"flow": self.flow, "reason": why, "not_checkpointed": len(self._unacked)},
+        )
+        self._state, self._written, self._dirty = None, {}, False
+        self._unacked = []
+        self._signature = None
+        self.owns_fusion = False
 
     def _check_camera(self, estimate: Message) -> None:
         """Refuse an estimate from a camera the facility config does not list."""

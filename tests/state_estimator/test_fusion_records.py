@@ -1,10 +1,19 @@
-"""The fusion state split into keyed records (what the Faust table stores)."""
+"""The fusion state split into keyed records (what the Faust table stores), and when a worker
+may write them."""
 
 from __future__ import annotations
 
-from state_builders import OFFSET, end, identity, position
+import asyncio
+from pathlib import Path
+
+from faust.types import TP
+from state_builders import FACILITY, OFFSET, end, identity, position
 
 from schemas.base import Message
+from schemas.facility import load_facility
+from services.runtime.settings import Settings
+from services.state_estimator.app import StateEstimatorApp
+from services.state_estimator.config import StateEstimatorServiceSettings
 from services.state_estimator.fusion import FusionCore, FusionState, records
 
 HEAD, TAIL = 2.0, 18.97
@@ -87,3 +96,32 @@ def test_a_redelivered_estimate_after_a_mixed_restore_adds_no_locomotive(
         for lo in next(t for t in core.render(late).tracks if t.track_id == "T1").locomotives
     ]
     assert len(t1.locomotives) == 1
+
+
+def test_a_worker_that_loses_the_fusion_partition_never_checkpoints_its_copy(
+    core: FusionCore, tmp_path: Path
+) -> None:
+    """Several workers for one flow: the one a rebalance took the fusion partition from must
+    not write its (now stale) state over the new owner's checkpoints, and if the partition
+    comes back it starts from the table, not from its old copy."""
+    app = StateEstimatorApp(
+        load_facility(FACILITY),
+        "prod",
+        Settings(),
+        StateEstimatorServiceSettings(data_dir=str(tmp_path)),
+    )
+    table: dict[bytes, bytes] = {}
+    mine = run(core, 5)
+    app._state, app._dirty = mine, True
+    # Another topic's partition going away changes nothing.
+    asyncio.run(app.app.on_partitions_revoked.send({TP(app.positions_topic, 0)}))
+    assert app._state is mine
+    # The fusion partition goes (the signal Faust sends during a rebalance).
+    asyncio.run(app.app.on_partitions_revoked.send({TP(app.internal_topic, 0)}))
+    assert asyncio.run(app.checkpoint(table)) == 0
+    assert table == {}, "the stale copy reached the changelog"
+    # Meanwhile the new owner moved on; the partition comes back to this worker.
+    theirs = run(core, 8)
+    for key, value in records.split(theirs).items():
+        table[f"{app.facility_id}/{key}".encode()] = value
+    assert app._load(table).model_dump() == theirs.model_dump()
