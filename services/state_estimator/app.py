@@ -27,6 +27,7 @@ flow itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -47,6 +48,7 @@ from schemas.topics import TopicSpec, topics_for
 from services.runtime.facility_watch import FacilityWatch
 from services.runtime.kafka import DEAD_LETTERED, note_unknown_fields
 from services.runtime.settings import KafkaSettings, Settings
+from services.runtime.task_dump import install_task_dump
 from services.state_estimator.config import StateEstimatorServiceSettings
 from services.state_estimator.fusion import (
     FusionConfig,
@@ -430,6 +432,7 @@ class StateEstimatorApp:
 
         async def started() -> None:
             self.ready = True
+            install_task_dump(asyncio.get_running_loop())
             log.info(
                 "state estimator running",
                 extra={

@@ -1,0 +1,58 @@
+"""``kill -USR1`` on a stuck asyncio service logs where each task waits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import pytest
+
+from services.runtime.task_dump import install_task_dump, task_stacks
+
+
+async def _inner(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def _outer(event: asyncio.Event) -> None:
+    await _inner(event)
+
+
+def test_a_tasks_whole_await_chain_is_shown() -> None:
+    async def main() -> list[str]:
+        event = asyncio.Event()
+        task = asyncio.create_task(_outer(event), name="stuck-agent")
+        await asyncio.sleep(0)
+        blocks = [b for b in task_stacks(asyncio.get_running_loop()) if b.startswith("stuck")]
+        event.set()
+        await task
+        return blocks
+
+    [block] = asyncio.run(main())
+    lines = block.splitlines()
+    assert lines[0] == "stuck-agent:"
+    assert "in _outer" in lines[1]
+    assert "in _inner" in lines[2]
+    assert "in wait" in lines[3]  # asyncio.Event.wait: what the agent is blocked on
+
+
+def test_sigusr1_logs_every_task(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        install_task_dump(asyncio.get_running_loop())
+        event = asyncio.Event()
+        task = asyncio.create_task(_outer(event), name="stuck-agent")
+        await asyncio.sleep(0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(100):  # the handler runs on the loop soon after the signal
+            if "stuck-agent" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        event.set()
+        await task
+
+    with caplog.at_level(logging.WARNING, logger="services.runtime.task_dump"):
+        asyncio.run(main())
+    assert "asyncio tasks on SIGUSR1" in caplog.text
+    assert "in _inner" in caplog.text
