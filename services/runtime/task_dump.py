@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,19 @@ def task_stacks(loop: asyncio.AbstractEventLoop) -> list[str]:
     return blocks
 
 
-def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
-    """Log every task's stack on SIGUSR1 (main thread's loop only; a no-op elsewhere)."""
+def install_task_dump(
+    loop: asyncio.AbstractEventLoop, extra: Callable[[], str] | None = None
+) -> None:
+    """Log every task's stack on SIGUSR1 (main thread's loop only; a no-op elsewhere), and
+    what ``extra`` says of the service (e.g. which partitions its consumer fetches)."""
 
     def dump() -> None:
         blocks = task_stacks(loop)
+        if extra is not None:
+            try:
+                blocks.insert(0, extra())
+            except Exception as exc:  # a diagnostic must never take the service down
+                blocks.insert(0, f"(extra state unavailable: {exc!r})")
         log.warning("asyncio tasks on SIGUSR1: %d\n%s", len(blocks), "\n".join(blocks))
 
     try:

@@ -432,7 +432,7 @@ class StateEstimatorApp:
 
         async def started() -> None:
             self.ready = True
-            install_task_dump(asyncio.get_running_loop())
+            install_task_dump(asyncio.get_running_loop(), self.consumer_state)
             log.info(
                 "state estimator running",
                 extra={
@@ -451,6 +451,22 @@ class StateEstimatorApp:
         app.task(started)
         app.on_partitions_revoked.connect(cast(Any, revoked))  # mode types the handler oddly
         return app
+
+    def consumer_state(self) -> str:
+        """Which partitions Faust's consumer has, fetches, holds paused or holds back because
+        a stream's buffer is full (for the SIGUSR1 dump of a stalled worker)."""
+        consumer: Any = self.app.consumer
+
+        def names(tps: Any) -> list[str]:
+            return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps or ())
+
+        return (
+            f"faust consumer: assigned {names(consumer.assignment())}; "
+            f"active {names(consumer._active_partitions)}; "
+            f"paused {names(consumer._paused_partitions)}; "
+            f"buffer full {names(consumer._buffered_partitions)}; "
+            f"flow active {consumer.flow_active}; in recovery {self.app.in_recovery}"
+        )
 
     # ---- ownership of the fusion partition
 

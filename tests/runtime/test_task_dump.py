@@ -56,3 +56,20 @@ def test_sigusr1_logs_every_task(caplog: pytest.LogCaptureFixture) -> None:
         asyncio.run(main())
     assert "asyncio tasks on SIGUSR1" in caplog.text
     assert "in _inner" in caplog.text
+
+
+def test_a_failing_extra_state_does_not_stop_the_dump(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> str:
+        raise RuntimeError("consumer not started")
+
+    async def main() -> None:
+        install_task_dump(asyncio.get_running_loop(), broken)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(100):
+            if "asyncio tasks on SIGUSR1" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.WARNING, logger="services.runtime.task_dump"):
+        asyncio.run(main())
+    assert "extra state unavailable: RuntimeError('consumer not started')" in caplog.text
