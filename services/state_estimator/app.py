@@ -465,8 +465,25 @@ class StateEstimatorApp:
             f"active {names(consumer._active_partitions)}; "
             f"paused {names(consumer._paused_partitions)}; "
             f"buffer full {names(consumer._buffered_partitions)}; "
-            f"flow active {consumer.flow_active}; in recovery {self.app.in_recovery}"
+            f"flow active {consumer.flow_active}; in recovery {self.app.in_recovery}; "
+            f"internal topic: {self._fetch_position()}"
         )
+
+    def _fetch_position(self) -> str:
+        """Where aiokafka fetches the internal topic from, and the end it was told."""
+        try:
+            from aiokafka import TopicPartition
+
+            aio: Any = cast(Any, self.app.consumer)._thread._ensure_consumer()
+            assignment = aio._fetcher._subscriptions.subscription.assignment
+            tp_state = assignment.state_value(TopicPartition(self.internal_topic, 0))
+            paused = tp_state.paused if tp_state is not None else None
+            return (
+                f"position {tp_state.position if tp_state else None}, "
+                f"highwater {tp_state.highwater if tp_state else None}, paused {paused}"
+            )
+        except Exception as exc:  # internals of one aiokafka version; a diagnostic only
+            return f"unknown ({exc!r})"
 
     # ---- ownership of the fusion partition
 
