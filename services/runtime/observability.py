@@ -1,7 +1,10 @@
-"""Prometheus ``/metrics`` and a ``/healthz`` endpoint for every service.
+"""Prometheus ``/metrics``, ``/healthz`` and ``/livez`` endpoints for every service.
 
 Health is a set of named checks; ``/healthz`` answers 200 with their results when all pass and
-503 naming the failing ones otherwise.
+503 naming the failing ones otherwise (readiness, dashboards, alerts). ``/livez`` answers the
+same way for the checks a restart can fix only (liveness: ``depotwatch up`` and Kubernetes
+restart on it). A check added with ``restart=False`` reports a state a restart makes worse,
+e.g. a worker that makes progress but is behind on a saturated machine.
 """
 
 from __future__ import annotations
@@ -28,16 +31,25 @@ class Health:
     """Named health checks a service registers; evaluated on each /healthz request."""
 
     checks: dict[str, HealthCheck] = field(default_factory=dict)
+    report_only: set[str] = field(default_factory=set)
+    """Checks left out of :meth:`evaluate` ``(live=True)``: a restart does not fix them."""
 
-    def add(self, name: str, check: HealthCheck) -> None:
-        """Register or replace a check."""
+    def add(self, name: str, check: HealthCheck, restart: bool = True) -> None:
+        """Register or replace a check; ``restart=False``: it fails /healthz, not /livez."""
         self.checks[name] = check
+        if restart:
+            self.report_only.discard(name)
+        else:
+            self.report_only.add(name)
 
-    def evaluate(self) -> tuple[bool, dict[str, dict[str, object]]]:
-        """Run every check; a check that raises counts as failing."""
+    def evaluate(self, live: bool = False) -> tuple[bool, dict[str, dict[str, object]]]:
+        """Run every check (``live``: only those a restart can fix); a check that raises
+        counts as failing."""
         results: dict[str, dict[str, object]] = {}
         healthy = True
         for name, check in list(self.checks.items()):
+            if live and name in self.report_only:
+                continue
             try:
                 ok, detail = check()
             except Exception as exc:
@@ -149,7 +161,7 @@ def behind_check(
 
 
 class ObservabilityServer:
-    """Serves /metrics and /healthz on a background thread."""
+    """Serves /metrics, /healthz and /livez on a background thread."""
 
     def __init__(
         self,
@@ -167,12 +179,12 @@ class ObservabilityServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(outer.registry))
-                elif path == "/healthz":
-                    ok, results = outer.health.evaluate()
+                elif path in ("/healthz", "/livez"):
+                    ok, results = outer.health.evaluate(live=path == "/livez")
                     body = json.dumps({"ok": ok, "checks": results}).encode()
                     self._send(200 if ok else 503, "application/json", body)
                 else:
-                    self._send(404, "text/plain", b"try /metrics or /healthz\n")
+                    self._send(404, "text/plain", b"try /metrics, /healthz or /livez\n")
 
             def _send(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)

@@ -83,22 +83,27 @@ def _scrape(port: int, timeout: float = 1.0, token: str | None = None) -> Scrape
 
 
 def _healthz(port: int, timeout: float = 2.0, token: str | None = None) -> tuple[bool, str] | None:
-    """(healthy, the failing checks) from a child's /healthz; None when it does not answer."""
-    request = _child_request(port, "/healthz", token)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return True, ""
-    except urllib.error.HTTPError as exc:
-        if exc.code != 503:
-            return None
+    """(alive, the failing checks) from a child's /livez (the checks a restart can fix), or
+    its /healthz where it has no /livez; None when it does not answer."""
+    for path in ("/livez", "/healthz"):
+        request = _child_request(port, path, token)
         try:
-            checks = json.loads(exc.read().decode()).get("checks", {})
-        except (ValueError, OSError, AttributeError):
-            checks = {}
-        failing = [f"{k}: {v.get('detail', '')}" for k, v in checks.items() if not v.get("ok")]
-        return False, "; ".join(failing) or "unhealthy"
-    except OSError:
-        return None
+            with urllib.request.urlopen(request, timeout=timeout):
+                return True, ""
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and path == "/livez":
+                continue
+            if exc.code != 503:
+                return None
+            try:
+                checks = json.loads(exc.read().decode()).get("checks", {})
+            except (ValueError, OSError, AttributeError):
+                checks = {}
+            failing = [f"{k}: {v.get('detail', '')}" for k, v in checks.items() if not v.get("ok")]
+            return False, "; ".join(failing) or "unhealthy"
+        except OSError:
+            return None
+    return None
 
 
 @dataclass

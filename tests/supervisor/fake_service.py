@@ -1,49 +1,39 @@
 """Stand-in for a depotwatch service in supervisor tests.
 
-Serves a counter on /metrics and a /healthz at DEPOTWATCH_HTTP_PORT (503, with a failing
-"stuck" check, while FAKE_PID_DIR/<name>.unhealthy exists: alive but stuck), starts a
+Serves a counter on /metrics, /healthz and /livez at DEPOTWATCH_HTTP_PORT (a failing "stuck"
+check while FAKE_PID_DIR/<name>.unhealthy exists: alive but stuck; a failing report-only
+"behind" check while FAKE_PID_DIR/<name>.behind exists), starts a
 grandchild (``sleep``) in its process group so the test can check that stopping leaves nothing
 behind, and writes its pid and grandchild pid to FAKE_PID_DIR/<name>.pids.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import Counter
+
+from services.runtime.observability import Health, ObservabilityServer
 
 
-def serve(port: int, unhealthy: Path) -> None:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                code, body, kind = 200, generate_latest(), CONTENT_TYPE_LATEST
-            elif self.path == "/healthz":
-                ok = not unhealthy.exists()
-                checks = {"stuck": {"ok": ok, "detail": "ok" if ok else "nothing done for 99s"}}
-                code = 200 if ok else 503
-                body = json.dumps({"ok": ok, "checks": checks}).encode()
-                kind = "application/json"
-            else:
-                code, body, kind = 404, b"", "text/plain"
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def serve(port: int, marker: Path) -> None:
+    """The real /metrics, /healthz and /livez server with two checks: "stuck" (a restart can
+    fix it) fails while ``marker`` with suffix .unhealthy exists, "behind" (report only) while
+    one with suffix .behind does."""
 
-        def log_message(self, *args: object) -> None:
-            pass
+    def check(suffix: str, failing: str) -> tuple[bool, str]:
+        ok = not marker.with_suffix(suffix).exists()
+        return ok, "ok" if ok else failing
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    health = Health()
+    health.add("stuck", lambda: check(".unhealthy", "nothing done for 99s"))
+    health.add("behind", lambda: check(".behind", "the newest frame handled is 99s old"), False)
+    ObservabilityServer(health, "127.0.0.1", port).start()
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
     port = int(os.environ.get("DEPOTWATCH_HTTP_PORT", "0"))
     pid_dir = Path(os.environ["FAKE_PID_DIR"])
     if port:
-        serve(port, pid_dir / f"{name.replace('/', '-')}.unhealthy")
+        serve(port, pid_dir / f"{name.replace('/', '-')}.unhealthy")  # suffix replaced
     # A grandchild that ignores SIGTERM: only a kill of the whole process group ends it.
     child = subprocess.Popen(
         [

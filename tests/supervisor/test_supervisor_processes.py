@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -206,6 +208,40 @@ def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait(10)
+
+
+def test_a_service_only_behind_is_reported_but_not_restarted(
+    running: tuple[Supervisor, Path, list[str]],
+) -> None:
+    """Field failure (60-minute soak, 2026-12-02): a state estimator making progress but
+    behind on a saturated machine was restarted every 5 minutes, and each restart made it
+    worse. Behind is reported (/healthz 503), not restarted (/livez 200)."""
+    sup, _, lines = running
+    _wait(lambda: "aggregator" in sup.children and sup.children["aggregator"].process.pid, 20,
+          "aggregator started")  # fmt: skip
+    child = sup.children["aggregator"]
+    first = child.process.pid
+    pid_dir = Path(sup.base_env["FAKE_PID_DIR"])
+    (pid_dir / "aggregator.behind").touch()
+    port = child.metrics_port
+    assert port is not None
+    _wait(lambda: _status(port, "/healthz") == 503, 20, "/healthz reports behind")
+    assert _status(port, "/livez") == 200
+    deadline = time.monotonic() + 4 * sup.unhealthy_restart_s + 2  # well past the limit
+    while time.monotonic() < deadline:
+        assert child.process.pid == first, "restarted for being behind"
+        time.sleep(0.2)
+    assert not any("unhealthy for" in ln for ln in lines)
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0  # not serving yet
 
 
 def test_a_service_alive_but_unhealthy_is_restarted(
