@@ -53,9 +53,11 @@ def run_aggregator(
         agg, store, new_producer(), shutdown, facility=facility, new_producer=new_producer
     )
     health = Health()
-    health.add("cameras", service.health_cameras)
-    health.add("object_store", service.health_store)
-    health.add("kafka", service.health_kafka)
+    # Silent cameras, an unreachable store or broker: reported (/healthz), not restarted
+    # (/livez): a restart of the aggregator brings none of them back, and it buffers meanwhile.
+    health.add("cameras", service.health_cameras, restart=False)
+    health.add("object_store", service.health_store, restart=False)
+    health.add("kafka", service.health_kafka, restart=False)
     server = ObservabilityServer(health, settings.http_host, settings.http_port).start()
     try:
         layout = settings.topics.layout()

@@ -69,7 +69,9 @@ class CaptureService:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.camera = camera
-        self.clock = clock  # watchdog and decimation time; tests move it by hand
+        # Health, decimation and the watchdog reason read this clock (tests move it by hand);
+        # the stream reader's read timeout stays on the wall clock.
+        self.clock = clock
         self.settings = settings
         self.shutdown = shutdown
         self.source = source or camera.source

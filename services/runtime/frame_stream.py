@@ -610,7 +610,12 @@ def frame_stream_health(
             unreachable_after_s=stream.config.dependency_grace_s,
         ).check,
     )
-    health.add("object_store", with_grace(stream.store.ping, stream.config.dependency_grace_s))
+    # An unreachable store is reported, not restarted: a restart cannot bring it back.
+    health.add(
+        "object_store",
+        with_grace(stream.store.ping, stream.config.dependency_grace_s),
+        restart=False,
+    )
     return health, lag
 
 

@@ -8,6 +8,7 @@ sampler (py-spy): the answer is which coroutine awaits what. Installed by the st
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -31,8 +32,13 @@ def await_chain(coro: Any, limit: int = 40) -> list[str]:
         if coro is not None and not any(
             hasattr(coro, a) for a in ("cr_frame", "gi_frame", "ag_frame")
         ):
-            lines.append(f"  awaiting {coro!r}"[:300])
-            break
+            # ``async for`` awaits an asend object that does not expose its generator (Faust's
+            # agents and streams are async generators): find it among its references.
+            agen = next((r for r in gc.get_referents(coro) if hasattr(r, "ag_frame")), None)
+            if agen is None:
+                lines.append(f"  awaiting {coro!r}"[:300])
+                break
+            coro = agen
     return lines
 
 

@@ -143,8 +143,8 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
     type=click.FloatRange(min=0),
     default=300.0,
     show_default=True,
-    help="Restart a running service whose /healthz has failed this many seconds "
-    "(alive but stuck, as a Kubernetes liveness probe would); 0: never.",
+    help="Restart a running service whose /livez (the checks a restart can fix) has failed "
+    "this many seconds (alive but stuck, as a Kubernetes liveness probe would); 0: never.",
 )
 def up_command(
     config_path: Path | None,

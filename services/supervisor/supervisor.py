@@ -57,7 +57,7 @@ SERVICE_RESTARTS = Counter(
 )
 UNHEALTHY_RESTARTS = Counter(
     "depotwatch_service_unhealthy_restarts_total",
-    "Services restarted because their /healthz failed for longer than the limit",
+    "Services restarted because their /livez (else /healthz) failed for longer than the limit",
     ["service"],
 )
 
@@ -115,7 +115,7 @@ class Child:
     metrics_port: int | None
     scrapes: list[Scrape] = field(default_factory=list)
     unhealthy_since: float | None = None
-    """Monotonic time since when its /healthz has failed without a break (None: healthy)."""
+    """Monotonic time since when its /livez has failed without a break (None: healthy)."""
 
 
 class Supervisor:
@@ -155,7 +155,7 @@ class Supervisor:
         self._config_check_s = config_check_s
         self._status_every_s = status_every_s
         self.unhealthy_restart_s = unhealthy_restart_s
-        """Restart a running child whose /healthz has failed this long (None: never), as a
+        """Restart a running child whose /livez has failed this long (None: never), as a
         Kubernetes liveness probe would; a process can be alive and stuck."""
         self._config_stamp = _stamp(options.config_path)
         self.rows: list[ServiceRow] = []
@@ -317,7 +317,7 @@ class Supervisor:
         return rows
 
     def _check_liveness(self, child: Child, now: float) -> None:
-        """Restart ``child`` when its /healthz has failed for ``unhealthy_restart_s``."""
+        """Restart ``child`` when its /livez has failed for ``unhealthy_restart_s``."""
         proc = child.process
         if self.unhealthy_restart_s is None or child.metrics_port is None:
             return

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -73,3 +74,28 @@ def test_a_failing_extra_state_does_not_stop_the_dump(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="services.runtime.task_dump"):
         asyncio.run(main())
     assert "extra state unavailable: RuntimeError('consumer not started')" in caplog.text
+
+
+async def _events(event: asyncio.Event) -> AsyncIterator[int]:
+    await event.wait()
+    yield 1
+
+
+async def _agent(event: asyncio.Event) -> None:
+    async for _ in _events(event):
+        pass
+
+
+def test_an_agent_iterating_an_async_generator_shows_where_the_generator_waits() -> None:
+    async def main() -> list[str]:
+        event = asyncio.Event()
+        task = asyncio.create_task(_agent(event), name="agent")
+        await asyncio.sleep(0)
+        blocks = [b for b in task_stacks(asyncio.get_running_loop()) if b.startswith("agent")]
+        event.set()
+        await task
+        return blocks
+
+    [block] = asyncio.run(main())
+    assert "in _agent" in block
+    assert "in _events" in block  # inside the stream, not just "awaiting <asend>"
