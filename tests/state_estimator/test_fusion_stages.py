@@ -12,7 +12,7 @@ from services.state_estimator.fusion.association import Detection, Target, assig
 from services.state_estimator.fusion.births import hypotheses, revise_assumed, start_pairs
 from services.state_estimator.fusion.identity import owner_at
 from services.state_estimator.fusion.state import LooseEnd, PlateVote, TrackedLocomotive
-from services.state_estimator.fusion.tracking import predict, travel
+from services.state_estimator.fusion.tracking import predict, stop_where_hidden, travel
 
 
 def _on_t1(head_m: float, tail_m: float, **fields: object) -> TrackedLocomotive:
@@ -308,3 +308,32 @@ def test_a_moving_cabs_older_readings_do_not_turn_its_body_round(core: FusionCor
     state = FusionState(loose_ends=[cab], pending_votes=votes)
     options = hypotheses(core.config, state, cab, T0 + timedelta(seconds=3))
     assert {h.direction for h in options} == {-1.0}  # out through the gate, as its plate says
+
+
+def test_a_coasting_locomotive_shown_empty_stops_where_no_camera_sees_it(
+    core: FusionCore,
+) -> None:
+    # gen-d111-s4: a TEM2 braked to a halt in a blind stretch; its faded speed carried the
+    # prediction on into view, where its ends were shown empty, and it was dropped.
+    cfg = core.config
+    at = T0 + timedelta(seconds=cfg.tuning.velocity_memory_s)
+    loco = _on_t1(10.0, 27.0, velocity_mps=1.0, velocity_at=T0)
+    predict(cfg, loco, at)
+    coasted = loco.head_m - 10.0
+    assert coasted > 2.0
+    blind = (10.0, 10.0 + 0.6 * coasted)  # where the head is hidden from every camera
+    assert stop_where_hidden(cfg, loco, loco.head_m, at, lambda p: blind[0] <= p <= blind[1])
+    assert loco.head_m == pytest.approx(10.0 + 0.5 * coasted)  # the least pull-back hidden
+    assert loco.tail_m - loco.head_m == pytest.approx(17.0)
+    assert loco.velocity_mps == 0.0
+    # Shown everywhere behind it: it is not there at all (the caller then counts a miss).
+    other = _on_t1(10.0, 27.0, velocity_mps=1.0, velocity_at=T0)
+    predict(cfg, other, at)
+    assert not stop_where_hidden(cfg, other, other.head_m, at, lambda p: False)
+    # Partly outside the depot, driving out through a gate: it has gone on, not stopped.
+    leaving = _on_t1(4.0, -13.0, velocity_mps=-2.0, velocity_at=T0)
+    predict(cfg, leaving, at)
+    assert not stop_where_hidden(cfg, leaving, leaving.head_m, at, lambda p: True)
+    # A speed just measured: nothing coasted, nothing to take back.
+    fresh = _on_t1(10.0, 27.0, velocity_mps=1.0, velocity_at=at)
+    assert not stop_where_hidden(cfg, fresh, fresh.head_m, at, lambda p: True)

@@ -44,6 +44,7 @@ from services.state_estimator.fusion.visibility import (
     note_seen_through,
     occluders_of,
     on_track,
+    shown_anywhere,
     shows,
     shows_end,
 )
@@ -227,6 +228,14 @@ class FusionCore:
                 if kind == "head" and tracking.plate_read_lately(cfg, owner, at):
                     continue  # its plate, read at the cab just now: the cab is there, hidden
                 if shows_end(cfg, owner, camera_id, kind, spot, occluders):
+                    if tracking.stop_where_hidden(
+                        cfg,
+                        owner,
+                        spot,
+                        at,
+                        lambda p: not shown_anywhere(cfg, track_id, p, occluders),
+                    ):
+                        continue  # it stopped short, out of every camera's view
                     tracking.missed(cfg, owner)
             elif shows(cfg, camera_id, track_id, owner.position_m, occluders):
                 owner.misses += 1

@@ -9,6 +9,7 @@ lone-end start, else the measured length.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from services.state_estimator.fusion.association import Detection
@@ -120,6 +121,46 @@ def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None
     loco.head_m += shift
     loco.tail_m += shift
     loco.updated_at = at
+
+
+COAST_SHARES = (0.25, 0.5, 0.75, 1.0)
+"""How far back, as shares of the distance coasted, a coasting locomotive may have stopped."""
+
+
+def stop_where_hidden(
+    config: FusionConfig,
+    loco: TrackedLocomotive,
+    spot_m: float,
+    at: datetime,
+    hidden: Callable[[float], bool],
+) -> bool:
+    """A coasting locomotive (its speed not measured since ``velocity_at``, so the prediction
+    carries it on with that speed fading) whose end a camera shows empty at ``spot_m`` may
+    have stopped short, where no camera shows that end: a locomotive braking to a halt in a
+    blind stretch was carried out of it by the prediction and then dropped for ends shown
+    empty (gen-d111-s4). Pull it back toward where its speed was measured by the least share
+    of the coasted distance at which the end is ``hidden``, and stop it there.
+
+    Returns False (nothing changed) when it was not coasting, when it stands partly outside
+    the depot (leaving through a gate faster than its faded speed says, it has gone on), or
+    when no hidden place lies behind.
+    """
+    if loco.velocity_mps == 0.0 or loco.velocity_at is None:
+        return False
+    coasted = travel(config, loco.velocity_mps, loco.velocity_at, loco.velocity_at, at)
+    if abs(coasted) < config.tuning.merge_m:
+        return False
+    lo, hi = loco.span
+    if lo < 0.0 or hi > config.track_lengths.get(loco.track_id, float("inf")):
+        return False  # passing through a gate: it may as well have gone on, out of the depot
+    for share in COAST_SHARES:
+        back = -coasted * share
+        if hidden(spot_m + back):
+            loco.head_m += back
+            loco.tail_m += back
+            loco.velocity_mps, loco.velocity_at = 0.0, at
+            return True
+    return False
 
 
 def predict_end(config: FusionConfig, end: LooseEnd, at: datetime) -> None:

@@ -66,6 +66,17 @@ SEEN_THROUGH_KEPT = 4
 """Seen-through records kept per locomotive (the newest win)."""
 
 
+def shown_anywhere(
+    config: FusionConfig, track_id: str, position_m: float, occluders: Sequence[Occluder]
+) -> bool:
+    """Whether some enabled camera would detect an end standing at ``position_m``."""
+    return any(
+        shows(config, camera_id, track_id, position_m, occluders)
+        for camera_id in config.camera_ids
+        if camera_id not in config.disabled_cameras
+    )
+
+
 def hiding(
     config: FusionConfig,
     camera_id: str,
