@@ -92,6 +92,7 @@ def _healthz(port: int, timeout: float = 2.0, token: str | None = None) -> tuple
                 return True, ""
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and path == "/livez":
+                exc.close()
                 continue
             if exc.code != 503:
                 return None
