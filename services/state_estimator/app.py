@@ -401,7 +401,7 @@ class StateEstimatorApp:
         async def checkpoint() -> None:
             if not self._recovered(app) or app.in_recovery:
                 return
-            if self.internal_topic not in {tp.topic for tp in app.consumer.assignment()}:
+            if not self._assigned_fusion():
                 # Lost in a rebalance this worker has not been told of yet: never write.
                 self.drop_fusion_state("not assigned at checkpoint time")
                 return
@@ -417,7 +417,7 @@ class StateEstimatorApp:
                 return
             # With several workers for one flow only the owner of the one fusion partition
             # knows the state; the others would publish an empty facility.
-            self.owns_fusion = self.internal_topic in {tp.topic for tp in app.consumer.assignment()}
+            self.owns_fusion = self._assigned_fusion()
             if not self.owns_fusion:
                 return
             state = self._load(table)
@@ -486,6 +486,10 @@ class StateEstimatorApp:
             return f"unknown ({exc!r})"
 
     # ---- ownership of the fusion partition
+
+    def _assigned_fusion(self) -> bool:
+        """Whether the one fusion (internal topic) partition is assigned to this worker."""
+        return self.internal_topic in {tp.topic for tp in self.app.consumer.assignment()}
 
     def partitions_revoked(self, revoked: Iterable[Any]) -> None:
         """A rebalance took partitions away: if the fusion partition is among them, forget the

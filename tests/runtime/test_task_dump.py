@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -21,17 +21,24 @@ async def _outer(event: asyncio.Event) -> None:
     await _inner(event)
 
 
-def test_a_tasks_whole_await_chain_is_shown() -> None:
+def _stack_of(waiter: Callable[[asyncio.Event], Awaitable[None]], name: str) -> str:
+    """The dumped block of a task running ``waiter`` while it waits on an event."""
+
     async def main() -> list[str]:
         event = asyncio.Event()
-        task = asyncio.create_task(_outer(event), name="stuck-agent")
+        task = asyncio.create_task(waiter(event), name=name)
         await asyncio.sleep(0)
-        blocks = [b for b in task_stacks(asyncio.get_running_loop()) if b.startswith("stuck")]
+        blocks = [b for b in task_stacks(asyncio.get_running_loop()) if b.startswith(name)]
         event.set()
         await task
         return blocks
 
     [block] = asyncio.run(main())
+    return block
+
+
+def test_a_tasks_whole_await_chain_is_shown() -> None:
+    block = _stack_of(_outer, "stuck-agent")
     lines = block.splitlines()
     assert lines[0] == "stuck-agent:"
     assert "in _outer" in lines[1]
@@ -87,15 +94,6 @@ async def _agent(event: asyncio.Event) -> None:
 
 
 def test_an_agent_iterating_an_async_generator_shows_where_the_generator_waits() -> None:
-    async def main() -> list[str]:
-        event = asyncio.Event()
-        task = asyncio.create_task(_agent(event), name="agent")
-        await asyncio.sleep(0)
-        blocks = [b for b in task_stacks(asyncio.get_running_loop()) if b.startswith("agent")]
-        event.set()
-        await task
-        return blocks
-
-    [block] = asyncio.run(main())
+    block = _stack_of(_agent, "agent")
     assert "in _agent" in block
     assert "in _events" in block  # inside the stream, not just "awaiting <asend>"

@@ -19,7 +19,12 @@ import yaml
 
 from schemas.facility import load_facility
 from services.supervisor.plan import PlanOptions, ServiceSpec
-from services.supervisor.supervisor import AlreadyRunningError, Supervisor, reap_leftovers
+from services.supervisor.supervisor import (
+    AlreadyRunningError,
+    Child,
+    Supervisor,
+    reap_leftovers,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).with_name("fake_service.py")
@@ -210,6 +215,14 @@ def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
         other.wait(10)
 
 
+def _started_aggregator(sup: Supervisor) -> tuple[Child, int | None, Path]:
+    """The stand-in aggregator once started: its child record, first pid, marker directory."""
+    _wait(lambda: "aggregator" in sup.children and sup.children["aggregator"].process.pid, 20,
+          "aggregator started")  # fmt: skip
+    child = sup.children["aggregator"]
+    return child, child.process.pid, Path(sup.base_env["FAKE_PID_DIR"])
+
+
 def test_a_service_only_behind_is_reported_but_not_restarted(
     running: tuple[Supervisor, Path, list[str]],
 ) -> None:
@@ -217,11 +230,7 @@ def test_a_service_only_behind_is_reported_but_not_restarted(
     behind on a saturated machine was restarted every 5 minutes, and each restart made it
     worse. Behind is reported (/healthz 503), not restarted (/livez 200)."""
     sup, _, lines = running
-    _wait(lambda: "aggregator" in sup.children and sup.children["aggregator"].process.pid, 20,
-          "aggregator started")  # fmt: skip
-    child = sup.children["aggregator"]
-    first = child.process.pid
-    pid_dir = Path(sup.base_env["FAKE_PID_DIR"])
+    child, first, pid_dir = _started_aggregator(sup)
     (pid_dir / "aggregator.behind").touch()
     port = child.metrics_port
     assert port is not None
@@ -250,11 +259,7 @@ def test_a_service_alive_but_unhealthy_is_restarted(
     """Field failure (60-minute soak): the state estimator stopped fusing, its /healthz said so
     (503, "stalled") for 20 minutes, and `up` left it running because it had not crashed."""
     sup, _, lines = running
-    _wait(lambda: "aggregator" in sup.children and sup.children["aggregator"].process.pid, 20,
-          "aggregator started")  # fmt: skip
-    child = sup.children["aggregator"]
-    first = child.process.pid
-    pid_dir = Path(sup.base_env["FAKE_PID_DIR"])
+    child, first, pid_dir = _started_aggregator(sup)
     time.sleep(2.0)  # healthy for a while: nothing happens
     assert child.process.pid == first
     (pid_dir / "aggregator.unhealthy").touch()

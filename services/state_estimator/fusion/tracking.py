@@ -16,6 +16,7 @@ from services.state_estimator.fusion.association import Detection
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.identity import cab_known, cab_plate_m, read_model
 from services.state_estimator.fusion.state import END_KINDS, EndKind, LooseEnd, TrackedLocomotive
+from services.state_estimator.fusion.visibility import on_track
 
 MAX_CAMERAS = 8
 """Cameras remembered per locomotive (shown on the dashboard; the newest win)."""
@@ -150,8 +151,7 @@ def stop_where_hidden(
     coasted = travel(config, loco.velocity_mps, loco.velocity_at, loco.velocity_at, at)
     if abs(coasted) < config.tuning.merge_m:
         return False
-    lo, hi = loco.span
-    if lo < 0.0 or hi > config.track_lengths.get(loco.track_id, float("inf")):
+    if not all(on_track(config, loco.track_id, end_m) for end_m in loco.span):
         return False  # passing through a gate: it may as well have gone on, out of the depot
     for share in COAST_SHARES:
         back = -coasted * share
