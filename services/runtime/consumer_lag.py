@@ -18,11 +18,12 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.runtime.kafka import committed_offsets
 from services.runtime.settings import KafkaSettings
 from services.runtime.topic_reader import VIEWER_GROUP, viewer_consumer
 
@@ -195,14 +196,7 @@ class ConsumerLagMonitor:
         rows: list[GroupLag] = []
         high: dict[PartitionKey, int] = {}
         for group in groups:
-            fut = admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group)], request_timeout=timeout
-            )[group]
-            committed = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in fut.result(timeout).topic_partitions
-                if tp.error is None
-            }
+            committed = committed_offsets(admin, group, timeout)
             for key in committed:
                 if key not in high:
                     _, hi = consumer.get_watermark_offsets(TopicPartition(*key), timeout=timeout)

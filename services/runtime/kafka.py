@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
+    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Producer,
@@ -391,6 +392,20 @@ class MessageConsumer:
         self._consumer.close()
 
 
+def committed_offsets(
+    admin: AdminClient, group: str, timeout: float = 5.0
+) -> dict[tuple[str, int], int]:
+    """What consumer ``group`` has committed, per (topic, partition) (blocking)."""
+    fut = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group)], request_timeout=timeout
+    )[group]
+    return {
+        (tp.topic, tp.partition): tp.offset
+        for tp in fut.result(timeout).topic_partitions
+        if tp.error is None and tp.offset >= 0
+    }
+
+
 class TopicAdmin:
     """Creates and describes topics."""
 
@@ -452,6 +467,10 @@ class TopicAdmin:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KafkaUnavailableError(f"could not create topic {name}: {exc}") from None
         return created
+
+    def committed(self, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
+        """What consumer ``group`` has committed, per (topic, partition)."""
+        return committed_offsets(self._admin, group, timeout)
 
     def topic_config(self, name: str, timeout: float = 10.0) -> dict[str, str]:
         """The broker-side config of a topic."""

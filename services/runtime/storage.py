@@ -6,10 +6,12 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
@@ -36,6 +38,18 @@ class StoredObject:
     size: int
     sha256: str
     etag: str
+
+
+EPOCH = datetime.fromtimestamp(0, tz=UTC)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object a listing found."""
+
+    key: str
+    modified: datetime
+    size: int
 
 
 class ObjectStore:
@@ -168,14 +182,34 @@ class ObjectStore:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Object keys under ``prefix`` (recursive)."""
+        return [o.key for o in self.listing(prefix)]
+
+    def listing(self, prefix: str = "", recursive: bool = True) -> list[ListedObject]:
+        """Objects under ``prefix`` with their times and sizes (``recursive=False``: one
+        level, where a "folder" comes back as its prefix, ending in ``/``)."""
         try:
             return [
-                o.object_name
-                for o in self._client.list_objects(self.bucket, prefix, recursive=True)
+                ListedObject(o.object_name, o.last_modified or EPOCH, o.size or 0)
+                for o in self._client.list_objects(self.bucket, prefix, recursive=recursive)
                 if o.object_name
             ]
         except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._fail(f"list {prefix}", exc) from None
+
+    def delete(self, keys: list[str]) -> int:
+        """Delete objects (many per request); returns how many were deleted."""
+        if not keys:
+            return 0
+        try:
+            errors = list(self._client.remove_objects(self.bucket, (DeleteObject(k) for k in keys)))
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._fail(f"delete {len(keys)} objects", exc) from None
+        if errors:
+            raise StorageError(
+                f"object store {self.settings.endpoint}: {len(errors)} of {len(keys)} deletes "
+                f"failed, first: {errors[0].code} {errors[0].name}"
+            )
+        return len(keys)
 
     def ping(self) -> tuple[bool, str]:
         """Health check: can the bucket be seen?"""

@@ -230,11 +230,11 @@ class StateEstimatorApp:
         self.positions_flow = flow_cfg.positions_from or flow
         self.identities_flow = flow_cfg.identities_from or flow
         self.core = FusionCore(FusionConfig.from_facility(facility, flow, self.tuning))
-        self.app_id = f"{self.service.app_id_prefix}-{flow}"
+        self.app_id = self.service.app_id(flow)
         self.positions_topic = PositionEstimate.topic_name(self.positions_flow)
         self.identities_topic = IdentityEstimate.topic_name(self.identities_flow)
         self.output_topic = FacilityState.topic_name(flow)
-        self.internal_topic = f"{self.app_id}-estimates"
+        self.internal_topic = self.service.internal_topic(flow)
         self.changelog_topic = f"{self.app_id}-{TABLE_NAME}-changelog"
         self._state: FusionState | None = None
         self._written: dict[str, bytes] = {}

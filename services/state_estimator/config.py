@@ -83,3 +83,13 @@ class StateEstimatorServiceSettings(BaseSettings):
         "estimates wait (it keeps making progress but no longer keeps up).",
     )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")
+
+    def app_id(self, flow: str) -> str:
+        """The Faust app id (and consumer group) of ``flow``'s state estimator."""
+        return f"{self.app_id_prefix}-{flow}"
+
+    def internal_topic(self, flow: str) -> str:
+        """The one-partition topic the route agent funnels ``flow``'s estimates through: only
+        that flow's group reads it, so what the group has committed can be deleted (the
+        embedded broker's log cleaner does, see services/infra/log_cleaner.py)."""
+        return f"{self.app_id(flow)}-estimates"

@@ -19,6 +19,7 @@ from schemas.facility import ConfigError, load_facility
 from services.dashboard.config import DashboardSettings
 from services.infra import EmbeddedInfra, InfraError, initialise
 from services.infra.keeper import InfraKeeper
+from services.infra.log_cleaner import CleanerThread, embedded_cleaner
 from services.runtime.kafka import KafkaUnavailableError
 from services.runtime.logs import configure_logging
 from services.runtime.observability import Health, ObservabilityServer, with_grace
@@ -289,10 +290,14 @@ def up_command(
         supervisor.stop_event.set()
     health = Health()
     health.add("services", supervisor.health)
+    cleaner: CleanerThread | None = None
     if infra is not None:
         embedded = infra
         # A killed broker or S3 is started again (it used to stay dead until `infra up`).
         supervisor.watchers.append(InfraKeeper(embedded, console.say).tick)
+        # The embedded broker never deletes a batch and lists them all on every fetch: its
+        # retention, and the state estimators' internal topics purged behind their groups.
+        cleaner = CleanerThread(embedded_cleaner(settings, run_flows)).start()
         health.add(
             "infra",
             with_grace(lambda: (embedded.status().healthy, "embedded broker and S3"), grace_s=60.0),
@@ -313,6 +318,8 @@ def up_command(
             console.say(line)
         if metrics is not None:
             metrics.stop()
+        if cleaner is not None:
+            cleaner.stop()
         _down(infra, started_infra, console)
         console.say("stopped")
 

@@ -29,6 +29,7 @@ from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility import load_facility
 from schemas.facility_state import FacilityState
 from services.evaluation.compare import read_range, summarise
+from services.infra.log_cleaner import embedded_cleaner
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
 from services.runtime.topic_reader import viewer_consumer
@@ -606,5 +607,62 @@ def test_bad_estimates_from_an_independent_client_are_dead_lettered_and_fusion_g
         assert any("clock is not set" in r for r in reasons)
         assert any("original 2,000,000 bytes" in r for r in reasons)
         assert all(d.service == f"state-estimator.{prod}" for d in letters)
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
+def test_the_internal_topic_is_purged_behind_the_worker_which_fuses_and_restores_as_before(
+    stack_settings: Settings,
+    flows: tuple[Path, str, str],
+    start_worker: Callable[[Path, str], subprocess.Popen[bytes]],
+) -> None:
+    """Field failure (60-minute soak): every estimate goes through one internal partition, the
+    embedded broker keeps every batch and lists them all on each fetch, so the fuse agent read
+    slower the longer it ran, fell behind for good, and a restart did not help. The log
+    cleaner (run by `depotwatch up`) deletes what the worker's group has committed."""
+    config, prod, _ = flows
+    ensure_topics(stack_settings, config, prod)
+    facility = load_facility(config)
+    internal = StateEstimatorApp(facility, prod, stack_settings).internal_topic
+    cleaner = embedded_cleaner(stack_settings, [prod])
+    store = cleaner.store
+    reader = StateReader(stack_settings, prod)
+
+    def internal_batches() -> int:
+        return sum(1 for k in store.keys("clusters/") if f"/topics/{internal}/" in k)
+
+    try:
+        worker = start_worker(config, prod)
+        inputs: list[Message] = []
+        for tick in range(40):
+            inputs += scene(prod, tick, tick * 0.5)
+        produce(stack_settings, prod, inputs)
+        last = inputs[-1].frame.captured_at  # type: ignore[attr-defined]
+        before = reader.until(lambda r, s: r == "heartbeat" and s.as_of >= last)
+        deadline = time.monotonic() + 30  # the next checkpoint (every 5 s) commits them
+        while (report := cleaner.clean()).deleted.get(internal, 0) == 0:
+            assert time.monotonic() < deadline, f"nothing purged within 30 s: {report}"
+            time.sleep(1.0)
+        assert report.errors == []
+        assert internal_batches() < len(inputs) // 2, internal_batches()
+
+        # It goes on fusing what comes next ...
+        more = [m for tick in range(40, 44) for m in scene(prod, tick, tick * 0.5)]
+        produce(stack_settings, prod, more)
+        newest = more[-1].frame.captured_at  # type: ignore[attr-defined]
+        reader.until(lambda r, s: any(c.last_frame_at == newest for c in s.cameras))
+        # ... and a killed worker goes on from its commit on the purged topic: what it had not
+        # acknowledged is fused again, what comes next too, and nothing is counted twice.
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        start_worker(config, prod)
+        later = [m for tick in range(44, 46) for m in scene(prod, tick, tick * 0.5)]
+        produce(stack_settings, prod, later)
+        newest = later[-1].frame.captured_at  # type: ignore[attr-defined]
+        after = reader.until(lambda r, s: any(c.last_frame_at == newest for c in s.cameras))
+        assert {t: len(locos) for t, locos in ids(after).items()} == {
+            t: len(locos) for t, locos in ids(before).items()
+        }
     finally:
         reader.close()

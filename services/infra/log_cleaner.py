@@ -1,0 +1,278 @@
+"""Retention for the embedded broker, which keeps every batch for ever and reads slower for it.
+
+Tansu (0.6, S3 storage) stores each produced batch as one object
+``clusters/<cluster>/topics/<topic>/partitions/<partition:010>/records/<offset:020>.batch`` and,
+on **every fetch**, lists all objects of the partition before it reads the wanted ones. It
+ignores ``retention.ms``, never compacts, and answers DeleteRecords with a panic (``todo!()``).
+So a partition only grows, and every read of it gets slower with its size; measured on this
+machine with aiokafka, 600-byte records, one batch each (``depotwatch bench broker`` reruns it):
+
+    2,000 batches in the partition   ~1,100 records/s
+    20,000 batches                   ~370 records/s (from the start or from the end alike)
+
+The state estimator funnels every estimate of a flow through one one-partition topic
+(``<app id>-estimates``), the largest partition of the system: after an hour of four cameras
+its fuse agent read slower than estimates arrived, fell behind for good, and a restart did not
+help (the partition stayed as large). That was the soak's "state estimator stalls under load
+and does not recover".
+
+:class:`BrokerLogCleaner` does for the embedded broker what Kafka's own retention does, from
+the outside, deleting batch objects:
+
+- **consumed** topics (the state estimators' internal topics, read by one group only): batches
+  whose records that group has all committed; Kafka Streams purges its repartition topics the
+  same way (with DeleteRecords, which this broker lacks);
+- **delete-policy** topics with ``retention.ms`` (frames, estimates): batches older than that.
+
+The newest batch of a partition is never deleted (the broker reads its end from it), and
+compacted topics are left alone (their keys are inside the batches). A fetch that lands on a
+deleted offset gets the next batch that is still there, as after Kafka's own retention.
+Against a real Kafka cluster none of this runs: Kafka enforces its retention itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from prometheus_client import Counter, Gauge
+
+from schemas.topics import TopicSpec, topics_for
+from services.runtime.kafka import TopicAdmin
+from services.runtime.settings import Settings, load_settings
+from services.runtime.storage import ListedObject, ObjectStore
+from services.state_estimator.config import StateEstimatorServiceSettings
+
+log = logging.getLogger(__name__)
+
+BATCHES_DELETED = Counter(
+    "depotwatch_broker_batches_deleted_total",
+    "Batch objects the embedded broker's log cleaner deleted",
+    ["topic", "reason"],
+)
+PARTITION_BATCHES = Gauge(
+    "depotwatch_broker_partition_batches_max",
+    "Batch objects in the embedded broker's largest partition of a topic (each fetch lists them)",
+    ["topic"],
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch object of the broker: its first offset and when it was written."""
+
+    key: str
+    base_offset: int
+    written: float
+    """Unix time the object was written."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What may go from one topic's partitions."""
+
+    retention_s: float | None = None
+    """Batches older than this go (delete-policy topics with ``retention.ms``)."""
+    consumed_by: str | None = None
+    """Batches this consumer group has committed past go (topics only that group reads)."""
+
+
+def doomed(
+    batches: Sequence[Batch], rule: Rule, now: float, committed: int | None
+) -> list[tuple[Batch, str]]:
+    """The batches of one partition that ``rule`` deletes, each with its reason.
+
+    ``batches`` in any order; ``committed``: the consuming group's committed offset (the next
+    record it will read), None when it has none. A batch counts as consumed only when the next
+    batch starts at or below ``committed`` (its records are contiguous up to there), and the
+    newest batch always stays.
+    """
+    ordered = sorted(batches, key=lambda b: b.base_offset)
+    out: list[tuple[Batch, str]] = []
+    for batch, following in pairwise(ordered):
+        if (
+            rule.consumed_by is not None
+            and committed is not None
+            and following.base_offset <= committed
+        ):
+            out.append((batch, "consumed"))
+            continue
+        if rule.retention_s is not None and batch.written < now - rule.retention_s:
+            out.append((batch, "retention"))
+    return out
+
+
+def rules_for(specs: Iterable[TopicSpec], consumed_by: Mapping[str, str]) -> dict[str, Rule]:
+    """Rules from the topic catalogue (``retention.ms`` of delete-policy topics) and the topics
+    only one group reads (``consumed_by``: topic -> group). Compacted topics get none."""
+    rules: dict[str, Rule] = {}
+    for spec in specs:
+        if spec.config.get("cleanup.policy", "delete") != "delete":
+            continue
+        ms = spec.config.get("retention.ms")
+        if ms is not None and int(ms) > 0:
+            rules[spec.name] = Rule(retention_s=int(ms) / 1000.0)
+    for topic, group in consumed_by.items():
+        rules[topic] = Rule(retention_s=rules.get(topic, Rule()).retention_s, consumed_by=group)
+    return rules
+
+
+def parse_batch_key(key: str, prefix: str) -> tuple[int, int] | None:
+    """(partition, base offset) of ``<prefix>partitions/<p>/records/<offset>.batch``."""
+    rest = key[len(prefix) :].split("/")
+    if len(rest) != 4 or rest[0] != "partitions" or rest[2] != "records":
+        return None
+    if not rest[3].endswith(".batch"):
+        return None
+    try:
+        return int(rest[1]), int(rest[3][: -len(".batch")])
+    except ValueError:
+        return None
+
+
+@dataclass
+class CleanReport:
+    """What one pass did."""
+
+    deleted: dict[str, int] = field(default_factory=dict)
+    """Batch objects deleted, per topic."""
+    largest: dict[str, int] = field(default_factory=dict)
+    """Batch objects left in the largest partition, per topic."""
+    errors: list[str] = field(default_factory=list)
+
+
+class BrokerLogCleaner:
+    """Deletes the embedded broker's batch objects that its rules allow; call :meth:`clean`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        rules: Mapping[str, Rule],
+        committed: Callable[[str], Mapping[tuple[str, int], int]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        """The broker's bucket."""
+        self.rules = dict(rules)
+        self.committed = committed
+        self.clock = clock
+        self._clusters: list[str] = []
+
+    def clusters(self) -> list[str]:
+        """The broker's cluster folders in its bucket (``clusters/<id>/``)."""
+        if not self._clusters:
+            self._clusters = [
+                o.key
+                for o in self.store.listing("clusters/", recursive=False)
+                if o.key.endswith("/")
+            ]
+        return self._clusters
+
+    def clean(self) -> CleanReport:
+        """One pass over every topic with a rule; errors are reported, not raised."""
+        report = CleanReport()
+        now = self.clock()
+        offsets: dict[str, Mapping[tuple[str, int], int]] = {}
+        for topic, rule in sorted(self.rules.items()):
+            group = rule.consumed_by
+            if group is not None and group not in offsets:
+                try:
+                    offsets[group] = self.committed(group)
+                except Exception as exc:  # the broker may be restarting: retention still runs
+                    report.errors.append(f"committed offsets of {group}: {exc}")
+                    offsets[group] = {}
+            for cluster in self.clusters():
+                try:
+                    self._clean_topic(
+                        cluster, topic, rule, now, offsets.get(group or "", {}), report
+                    )
+                except Exception as exc:
+                    report.errors.append(f"{topic}: {exc}")
+        return report
+
+    def _clean_topic(
+        self,
+        cluster: str,
+        topic: str,
+        rule: Rule,
+        now: float,
+        committed: Mapping[tuple[str, int], int],
+        report: CleanReport,
+    ) -> None:
+        prefix = f"{cluster}topics/{topic}/"
+        partitions: dict[int, list[Batch]] = {}
+        for obj in self.store.listing(f"{prefix}partitions/"):
+            parsed = parse_batch_key(obj.key, prefix)
+            if parsed is not None:
+                partitions.setdefault(parsed[0], []).append(_batch(obj, parsed[1]))
+        if not partitions:
+            return
+        gone: list[tuple[Batch, str]] = []
+        for partition, batches in partitions.items():
+            gone += doomed(batches, rule, now, committed.get((topic, partition)))
+        self.store.delete([b.key for b, _ in gone])
+        for reason in {r for _, r in gone}:
+            BATCHES_DELETED.labels(topic, reason).inc(sum(1 for _, r in gone if r == reason))
+        deleted = {b.key for b, _ in gone}
+        largest = max(sum(1 for b in bs if b.key not in deleted) for bs in partitions.values())
+        PARTITION_BATCHES.labels(topic).set(largest)
+        report.deleted[topic] = report.deleted.get(topic, 0) + len(gone)
+        report.largest[topic] = max(report.largest.get(topic, 0), largest)
+
+
+def _batch(obj: ListedObject, base_offset: int) -> Batch:
+    return Batch(obj.key, base_offset, obj.modified.timestamp())
+
+
+class CleanerThread:
+    """Runs a cleaner every ``interval_s`` in a daemon thread until :meth:`stop`."""
+
+    def __init__(
+        self,
+        cleaner: BrokerLogCleaner,
+        interval_s: float = 30.0,
+        say: Callable[[str], None] = log.info,
+    ) -> None:
+        self.cleaner = cleaner
+        self.interval_s = interval_s
+        self.say = say
+        self.last: CleanReport | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-log-cleaner", daemon=True)
+
+    def start(self) -> CleanerThread:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            report = self.cleaner.clean()
+            self.last = report
+            if any(report.deleted.values()):
+                log.info(
+                    "broker log cleaned",
+                    extra={"deleted": report.deleted, "largest_partition": report.largest},
+                )
+            for error in report.errors:
+                log.warning("broker log cleaner: %s", error)
+
+
+def embedded_cleaner(settings: Settings, flows: Iterable[str]) -> BrokerLogCleaner:
+    """The cleaner of the embedded broker of ``settings`` (client settings of the embedded
+    stack) for ``flows``: the catalogue's retention, and each flow's state-estimator internal
+    topic purged behind its group."""
+    se = load_settings(StateEstimatorServiceSettings)
+    flows = sorted(set(flows))
+    specs = topics_for(flows, settings.topics.layout())
+    rules = rules_for(specs, {se.internal_topic(f): se.app_id(f) for f in flows})
+    store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
+    admin = TopicAdmin(settings.kafka)
+    return BrokerLogCleaner(store, rules, admin.committed)

@@ -1,0 +1,220 @@
+"""The embedded broker's log cleaner: which batches go (plain values), and against the real
+Tansu + SeaweedFS that the deleted batches are gone while every reader still gets the rest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from schemas.base import Message
+from schemas.topics import TopicSpec, topics_for
+from services.infra.log_cleaner import (
+    Batch,
+    BrokerLogCleaner,
+    Rule,
+    doomed,
+    embedded_cleaner,
+    parse_batch_key,
+    rules_for,
+)
+from services.runtime.kafka import TopicAdmin
+from services.runtime.settings import Settings
+from services.runtime.storage import ObjectStore
+from services.state_estimator.config import StateEstimatorServiceSettings
+
+NOW = 1_000_000.0
+
+
+def batches(*offsets: int, written: float = NOW) -> list[Batch]:
+    return [Batch(f"k{o}", o, written) for o in offsets]
+
+
+def gone(out: list[tuple[Batch, str]]) -> list[int]:
+    return sorted(b.base_offset for b, _ in out)
+
+
+# ---- which batches go
+
+
+def test_consumed_batches_go_up_to_the_one_holding_the_committed_offset() -> None:
+    rule = Rule(consumed_by="g")
+    # Batches of 1, 1, 3 and 2 records: 0, 1, 2-4, 5-6; the group will read 3 next.
+    out = doomed(batches(5, 0, 2, 1), rule, NOW, committed=3)
+    assert gone(out) == [0, 1]  # batch 2 still holds records 3 and 4
+    assert {r for _, r in out} == {"consumed"}
+    assert gone(doomed(batches(0, 1, 2, 5), rule, NOW, committed=5)) == [0, 1, 2]
+
+
+def test_the_newest_batch_stays_even_when_consumed_or_expired() -> None:
+    assert gone(doomed(batches(0, 1, 2), Rule(consumed_by="g"), NOW, committed=99)) == [0, 1]
+    assert gone(doomed(batches(0, 1, written=0.0), Rule(retention_s=10), NOW, None)) == [0]
+    assert doomed(batches(7), Rule(consumed_by="g", retention_s=1), NOW, committed=99) == []
+
+
+def test_without_a_commit_nothing_is_consumed() -> None:
+    assert doomed(batches(0, 1, 2), Rule(consumed_by="g"), NOW, committed=None) == []
+    assert doomed(batches(0, 1, 2), Rule(consumed_by="g"), NOW, committed=0) == []
+
+
+def test_retention_deletes_by_age_only() -> None:
+    old, young = batches(0, 1, written=NOW - 100), batches(2, 3, written=NOW - 5)
+    out = doomed(old + young, Rule(retention_s=60), NOW, committed=None)
+    assert gone(out) == [0, 1]
+    assert {r for _, r in out} == {"retention"}
+    # A consumed rule ignores other groups' positions: no commit, only age.
+    assert gone(doomed(old + young, Rule(60, "g"), NOW, committed=None)) == [0, 1]
+
+
+def test_rules_come_from_the_catalogue_and_compacted_topics_get_none() -> None:
+    specs = [
+        TopicSpec("frames", Message, 6, {"cleanup.policy": "delete", "retention.ms": "7200000"}),
+        TopicSpec("state", Message, 1, {"cleanup.policy": "compact", "retention.ms": "1000"}),
+        TopicSpec("dead", Message, 1, {"cleanup.policy": "delete"}),
+        TopicSpec("internal", Message, 1, {"cleanup.policy": "delete"}),
+    ]
+    rules = rules_for(specs, {"internal": "se-group"})
+    assert rules == {"frames": Rule(retention_s=7200.0), "internal": Rule(consumed_by="se-group")}
+
+
+def test_the_cleaner_purges_each_flows_state_estimator_internal_topic_behind_its_group(
+    stack_settings: Settings,
+) -> None:
+    se = StateEstimatorServiceSettings()
+    cleaner = embedded_cleaner(stack_settings, ["prod", "dev1"])
+    for flow in ("prod", "dev1"):
+        # The same names the state estimator itself uses (its app id is its consumer group).
+        assert cleaner.rules[se.internal_topic(flow)] == Rule(consumed_by=se.app_id(flow))
+    for spec in topics_for(["prod", "dev1"], stack_settings.topics.layout()):
+        if "retention.ms" in spec.config:
+            assert cleaner.rules[spec.name].retention_s == int(spec.config["retention.ms"]) / 1e3
+
+
+def test_batch_keys_are_parsed_and_other_objects_ignored() -> None:
+    prefix = "clusters/c/topics/t/"
+    assert parse_batch_key(
+        f"{prefix}partitions/0000000003/records/00000000000000000042.batch", prefix
+    ) == (3, 42)
+    assert parse_batch_key(f"{prefix}partitions/0000000003/watermark.json", prefix) is None
+    assert parse_batch_key(f"{prefix}partitions/0000000003/records/x.batch", prefix) is None
+
+
+# ---- against the real broker and S3
+
+
+def produce_one_batch_each(settings: Settings, topic: str, n: int) -> None:
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 0})
+    for i in range(n):
+        producer.produce(topic, value=f"r{i}".encode(), partition=0)
+        assert producer.flush(10) == 0  # one batch per record, as a live producer often sends
+
+
+def read_all(
+    settings: Settings, topic: str, group: str | None, start: int | None, last: int
+) -> list[int]:
+    """Offsets read from ``start`` (or where ``group`` goes on from) until ``last``."""
+    conf = {**settings.kafka.client_config(), "group.id": group or "log-cleaner-reader"}
+    consumer = Consumer({**conf, "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    if group is not None:  # where the group goes on from (assigned: no slow group join)
+        start = consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    consumer.assign([TopicPartition(topic, 0, start or 0)])
+    offsets: list[int] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and last not in offsets:
+            msg = consumer.poll(0.5)
+            if msg is not None:
+                assert msg.error() is None, msg.error()
+                offsets.append(msg.offset())
+        return offsets
+    finally:
+        consumer.close()
+
+
+def commit(settings: Settings, topic: str, group: str, offset: int) -> None:
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": group})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def broker_store(settings: Settings) -> ObjectStore:
+    return ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
+
+
+def batch_objects(settings: Settings, topic: str) -> list[str]:
+    return [
+        k
+        for k in broker_store(settings).keys("clusters/")
+        if f"/topics/{topic}/" in k and k.endswith(".batch")
+    ]
+
+
+@pytest.mark.integration
+def test_consumed_batches_are_deleted_and_the_group_reads_on_from_its_commit(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic, group = unique_name("internal"), unique_name("fuse")
+    TopicAdmin(stack_settings.kafka).ensure(
+        [TopicSpec(topic, Message, 1, {"cleanup.policy": "delete"})]
+    )
+    produce_one_batch_each(stack_settings, topic, 40)
+    assert len(batch_objects(stack_settings, topic)) == 40
+    commit(stack_settings, topic, group, 25)
+    admin = TopicAdmin(stack_settings.kafka)
+    cleaner = BrokerLogCleaner(
+        broker_store(stack_settings), {topic: Rule(consumed_by=group)}, admin.committed
+    )
+
+    report = cleaner.clean()
+
+    assert report.errors == []
+    assert report.deleted == {topic: 25}
+    assert report.largest == {topic: 15}
+    assert len(batch_objects(stack_settings, topic)) == 15
+    # The group goes on from its commit and misses nothing; a reader from the start gets what
+    # is left, as after Kafka's own retention; the broker keeps appending after it.
+    assert read_all(stack_settings, topic, group, None, 39) == list(range(25, 40))
+    assert read_all(stack_settings, topic, None, 0, 39) == list(range(25, 40))
+    produce_one_batch_each(stack_settings, topic, 2)
+    assert read_all(stack_settings, topic, group, None, 41) == list(range(25, 42))
+    assert cleaner.clean().deleted == {topic: 0}  # nothing newly committed
+
+
+@pytest.mark.integration
+def test_expired_batches_are_deleted_and_the_newest_stays(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("frames")
+    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "60000"})
+    TopicAdmin(stack_settings.kafka).ensure([spec])
+    produce_one_batch_each(stack_settings, topic, 5)
+    rules = rules_for([spec], {})
+    admin = TopicAdmin(stack_settings.kafka)
+    store = broker_store(stack_settings)
+    assert BrokerLogCleaner(store, rules, admin.committed).clean().deleted == {topic: 0}
+
+    later = BrokerLogCleaner(store, rules, admin.committed, clock=lambda: time.time() + 120)
+    assert later.clean().deleted == {topic: 4}
+    assert read_all(stack_settings, topic, None, 0, 4) == [4]
+    produce_one_batch_each(stack_settings, topic, 1)
+    assert read_all(stack_settings, topic, None, 0, 5) == [4, 5]
+
+
+@pytest.mark.integration
+def test_a_cleaner_pass_survives_an_unreachable_broker(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    def broker_down(group: str) -> dict[tuple[str, int], int]:
+        raise RuntimeError("broker unreachable")
+
+    topic = unique_name("internal")
+    cleaner = BrokerLogCleaner(
+        broker_store(stack_settings), {topic: Rule(consumed_by="g")}, broker_down
+    )
+    report = cleaner.clean()
+    assert report.errors == ["committed offsets of g: broker unreachable"]
+    assert report.deleted == {}
