@@ -24,7 +24,9 @@ from pathlib import Path
 import click
 
 from services.benchmarks.faults import Pipeline, StateWatch, finish, wait_until
+from services.infra.log_cleaner import partition_batches
 from services.runtime.consumer_lag import ConsumerLagMonitor
+from services.runtime.storage import ObjectStore, StorageError
 
 RSS_GROWTH_GOAL = 0.10
 STATE_AGE_GOAL_S = 10.0
@@ -50,6 +52,8 @@ class Samples:
     state_age: list[tuple[float, float]] = field(default_factory=list)
     drops: dict[str, float] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    batches: list[tuple[float, str, int]] = field(default_factory=list)
+    """(at, topic, batch objects) of the broker's largest partition (its reads slow with it)."""
 
 
 def sample(
@@ -73,6 +77,21 @@ def sample(
         out.lag.setdefault(group, []).append((at, lag))
     if watch.data_at:
         out.state_age.append((at, (datetime.now(UTC) - watch.data_at[-1][1]).total_seconds()))
+
+
+def largest_partition(pipe: Pipeline, at: float, out: Samples) -> tuple[str, int]:
+    """The broker's largest partition now (topic, batch objects); ("?", -1) if unreadable."""
+    settings = pipe.infra.client_settings
+    store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
+    try:
+        sizes = partition_batches(store)
+    except StorageError:
+        return "?", -1
+    if not sizes:
+        return "-", 0
+    (topic, _), count = max(sizes.items(), key=lambda kv: kv[1])
+    out.batches.append((at, topic, count))
+    return topic, count
 
 
 def report(s: Samples, warmup_s: float) -> list[str]:
@@ -111,6 +130,12 @@ def report(s: Samples, warmup_s: float) -> list[str]:
         lines.append(
             "drops (frames skipped to stay live): "
             + ", ".join(f"{k} {v:.0f}" for k, v in sorted(s.drops.items()))
+        )
+    if s.batches:
+        at, topic, count = max(s.batches, key=lambda b: b[2])
+        lines.append(
+            f"largest broker partition: {count} batches ({topic}, at {at / 60:.0f} min; "
+            f"{s.batches[-1][2]} at the end)"
         )
     restarted = {k: v for k, v in s.restarts.items() if v}
     lines.append(f"restarts: {restarted or 'none'}")
@@ -165,8 +190,10 @@ def bench_command(
             if time.monotonic() >= next_print:
                 age = samples.state_age[-1][1] if samples.state_age else float("nan")
                 total = sum(size for pts in samples.rss.values() for _, size in pts[-1:])
+                topic, count = largest_partition(pipe, at, samples)
                 click.echo(
-                    f"{at / 60:5.1f} min: RSS total {total / 1e6:.0f} MB, state age {age:.1f} s"
+                    f"{at / 60:5.1f} min: RSS total {total / 1e6:.0f} MB, state age {age:.1f} s, "
+                    f"largest broker partition {count} batches ({topic})"
                 )
                 next_print += 300
             time.sleep(every_s)

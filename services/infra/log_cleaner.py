@@ -5,7 +5,7 @@ Tansu (0.6, S3 storage) stores each produced batch as one object
 on **every fetch**, lists all objects of the partition before it reads the wanted ones. It
 ignores ``retention.ms``, never compacts, and answers DeleteRecords with a panic (``todo!()``).
 So a partition only grows, and every read of it gets slower with its size; measured on this
-machine with aiokafka, 600-byte records, one batch each (``depotwatch bench broker`` reruns it):
+machine (2026-12-03) with aiokafka, 600-byte records, one batch each:
 
     2,000 batches in the partition   ~1,100 records/s
     20,000 batches                   ~370 records/s (from the start or from the end alike)
@@ -276,3 +276,18 @@ def embedded_cleaner(settings: Settings, flows: Iterable[str]) -> BrokerLogClean
     store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
     admin = TopicAdmin(settings.kafka)
     return BrokerLogCleaner(store, rules, admin.committed)
+
+
+def partition_batches(store: ObjectStore) -> dict[tuple[str, int], int]:
+    """Batch objects per (topic, partition) in the broker's bucket (each fetch lists them)."""
+    out: dict[tuple[str, int], int] = {}
+    for key in store.keys("clusters/"):
+        parts = key.split("/")
+        # clusters/<cluster>/topics/<topic>/partitions/<p>/records/<offset>.batch
+        if len(parts) == 8 and parts[2] == "topics" and parts[7].endswith(".batch"):
+            try:
+                where = (parts[3], int(parts[5]))
+            except ValueError:
+                continue
+            out[where] = out.get(where, 0) + 1
+    return out

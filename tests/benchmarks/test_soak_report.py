@@ -17,6 +17,7 @@ def test_growth_after_warm_up_and_state_age_are_judged_against_the_goals() -> No
         state_age=[(100.0, 40.0), (400.0, 1.5), (3600.0, 2.5)],
         drops={"position-estimator/prod": 12},
         restarts={"aggregator": 0, "sim": 1},
+        batches=[(300.0, "frames.v1", 900), (1800.0, "x-estimates", 4000), (3600.0, "f", 1200)],
     )
     lines = report(s, warmup_s=300)
     text = "\n".join(lines)
@@ -25,6 +26,9 @@ def test_growth_after_warm_up_and_state_age_are_judged_against_the_goals() -> No
     assert "27.0%  MISS" in text
     assert "max 2.5 s" in text  # the 40 s before warm-up ended is not counted
     assert "restarts: {'sim': 1}" in text
+    assert (
+        "largest broker partition: 4000 batches (x-estimates, at 30 min; 1200 at the end)" in text
+    )
     assert lines[-1] == "MISSED: RSS of sim grew 27%"
 
 

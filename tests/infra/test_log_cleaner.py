@@ -18,6 +18,7 @@ from services.infra.log_cleaner import (
     doomed,
     embedded_cleaner,
     parse_batch_key,
+    partition_batches,
     rules_for,
 )
 from services.runtime.kafka import TopicAdmin
@@ -175,6 +176,7 @@ def test_consumed_batches_are_deleted_and_the_group_reads_on_from_its_commit(
     assert report.deleted == {topic: 25}
     assert report.largest == {topic: 15}
     assert len(batch_objects(stack_settings, topic)) == 15
+    assert partition_batches(broker_store(stack_settings))[(topic, 0)] == 15
     # The group goes on from its commit and misses nothing; a reader from the start gets what
     # is left, as after Kafka's own retention; the broker keeps appending after it.
     assert read_all(stack_settings, topic, group, None, 39) == list(range(25, 40))
