@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -37,7 +40,7 @@ class Chromium:
 
     def __init__(self, width: int = 1400, height: int = 1000) -> None:
         self.width, self.height = width, height
-        self._profile = tempfile.TemporaryDirectory(prefix="depotwatch-chromium-")
+        self._profile = tempfile.mkdtemp(prefix="depotwatch-chromium-")
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -56,7 +59,7 @@ class Chromium:
                 "--no-first-run",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
-                f"--user-data-dir={self._profile.name}",
+                f"--user-data-dir={self._profile}",
                 f"--window-size={self.width},{self.height}",
                 "about:blank",
             ],
@@ -108,7 +111,25 @@ class Chromium:
                 self._proc.wait(10)
             if self._proc.stderr is not None:
                 self._proc.stderr.close()
-        self._profile.cleanup()
+            # Chromium's helpers (renderer, crashpad) live on in the process group and may
+            # still write into the profile after the browser itself has gone.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._remove_profile()
+
+    def _remove_profile(self, timeout_s: float = 10.0) -> None:
+        """Delete the profile folder, retrying while a dying helper still writes into it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                shutil.rmtree(self._profile)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
         """Call a DevTools method and return its result (events in between are skipped)."""
