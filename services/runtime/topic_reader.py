@@ -1,5 +1,5 @@
 """Reading topics without joining the work: one factory for viewer consumers, one range reader,
-one live tail.
+one live tail, one reader of a compacted partition's latest values.
 
 Services that do the work consume through :class:`~services.runtime.kafka.MessageConsumer` (a
 consumer group, offsets committed after the output is acknowledged). Everything else only looks:
@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka import Message as KafkaMessage
 
 from services.runtime.settings import KafkaSettings
@@ -156,6 +163,46 @@ def read_range(
     finally:
         consumer.close()
     return out
+
+
+def latest_per_key(
+    kafka: KafkaSettings, topic: str, partition: int = 0, timeout_s: float = 60.0
+) -> dict[bytes, bytes]:
+    """The last value of every key in one partition, read from its start to its real end
+    (what a compacted topic means; a key whose last record is a tombstone is left out).
+
+    The end is where a fetch reports the partition's high watermark (librdkafka's
+    partition-EOF event), never ListOffsets(latest), which the embedded broker answers wrongly.
+    Raises :class:`TopicMissingError`, or :class:`TimeoutError` when the end is not reached
+    within ``timeout_s``.
+    """
+    overrides = {"enable.partition.eof": True, "auto.offset.reset": "earliest"}
+    consumer = viewer_consumer(kafka, "compacted", overrides=overrides)
+    latest: dict[bytes, bytes] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise TopicMissingError(f"topic {topic} does not exist")
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return latest
+                continue  # transient client errors are logged by the error callback
+            key = msg.key() or b""
+            value = msg.value()
+            if value is None:
+                latest.pop(key, None)
+            else:
+                latest[key] = value
+        raise TimeoutError(f"{topic}[{partition}] not read to its end within {timeout_s:.0f} s")
+    finally:
+        consumer.close()
 
 
 def tail(

@@ -15,7 +15,13 @@ from schemas.frames import FrameRef
 from schemas.topics import TopicSpec
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
-from services.runtime.topic_reader import TAIL_SLACK_MS, TopicMissingError, read_range, tail
+from services.runtime.topic_reader import (
+    TAIL_SLACK_MS,
+    TopicMissingError,
+    latest_per_key,
+    read_range,
+    tail,
+)
 
 DEADLINE_S = 30.0
 TAIL_SLACK_S = TAIL_SLACK_MS / 1000 + 0.2
@@ -179,3 +185,36 @@ def test_a_range_of_a_missing_topic_says_so(
     now = datetime.now(UTC)
     with pytest.raises(TopicMissingError, match="does not exist"):
         read_range(stack_settings.kafka, unique_name("none"), now - timedelta(minutes=1), now)
+
+
+@pytest.mark.integration
+def test_latest_per_key_reads_to_the_real_end_where_list_offsets_does_not(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    """Field failure: Faust restored the state estimator's table from a changelog read up to
+    ListOffsets(latest), which Tansu answers with the offset after the first record of the
+    newest batch, and a restarted worker got 1 of a checkpoint's records."""
+    topic = unique_name("changelog")
+    _create(stack_settings, topic)
+    producer = Producer({**stack_settings.kafka.client_config(), "linger.ms": 50})
+    for i in range(6):  # one batch: what a checkpoint writes
+        producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=0)
+    assert producer.flush(DEADLINE_S) == 0
+    producer.produce(topic, key=b"k1", value=b"v1-new", partition=0)
+    producer.produce(topic, key=b"k2", value=None, partition=0)  # a tombstone
+    assert producer.flush(DEADLINE_S) == 0
+
+    latest = latest_per_key(stack_settings.kafka, topic, timeout_s=DEADLINE_S)
+
+    assert latest == {b"k0": b"v0", b"k1": b"v1-new", b"k3": b"v3", b"k4": b"v4", b"k5": b"v5"}
+
+
+@pytest.mark.integration
+def test_latest_per_key_of_an_empty_or_missing_topic(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("empty")
+    _create(stack_settings, topic)
+    assert latest_per_key(stack_settings.kafka, topic, timeout_s=DEADLINE_S) == {}
+    with pytest.raises(TopicMissingError, match="does not exist"):
+        latest_per_key(stack_settings.kafka, unique_name("none"), timeout_s=DEADLINE_S)

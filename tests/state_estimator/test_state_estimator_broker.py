@@ -626,12 +626,7 @@ def test_the_internal_topic_is_purged_behind_the_worker_which_fuses_and_restores
     facility = load_facility(config)
     internal = StateEstimatorApp(facility, prod, stack_settings).internal_topic
     cleaner = embedded_cleaner(stack_settings, [prod])
-    store = cleaner.store
     reader = StateReader(stack_settings, prod)
-
-    def internal_batches() -> int:
-        return sum(1 for k in store.keys("clusters/") if f"/topics/{internal}/" in k)
-
     try:
         worker = start_worker(config, prod)
         inputs: list[Message] = []
@@ -645,15 +640,16 @@ def test_the_internal_topic_is_purged_behind_the_worker_which_fuses_and_restores
             assert time.monotonic() < deadline, f"nothing purged within 30 s: {report}"
             time.sleep(1.0)
         assert report.errors == []
-        assert internal_batches() < len(inputs) // 2, internal_batches()
+        assert report.largest[internal] < report.deleted[internal], report  # most of it went
 
         # It goes on fusing what comes next ...
         more = [m for tick in range(40, 44) for m in scene(prod, tick, tick * 0.5)]
         produce(stack_settings, prod, more)
         newest = more[-1].frame.captured_at  # type: ignore[attr-defined]
         reader.until(lambda r, s: any(c.last_frame_at == newest for c in s.cameras))
-        # ... and a killed worker goes on from its commit on the purged topic: what it had not
-        # acknowledged is fused again, what comes next too, and nothing is counted twice.
+        # ... and a killed worker restores its checkpoint (read to the changelog's real end:
+        # Faust alone restored 1 record on this broker and re-created every locomotive under
+        # a new id) and goes on from its commit on the purged topic.
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         start_worker(config, prod)
@@ -661,8 +657,6 @@ def test_the_internal_topic_is_purged_behind_the_worker_which_fuses_and_restores
         produce(stack_settings, prod, later)
         newest = later[-1].frame.captured_at  # type: ignore[attr-defined]
         after = reader.until(lambda r, s: any(c.last_frame_at == newest for c in s.cameras))
-        assert {t: len(locos) for t, locos in ids(after).items()} == {
-            t: len(locos) for t, locos in ids(before).items()
-        }
+        assert ids(after) == ids(before)
     finally:
         reader.close()
