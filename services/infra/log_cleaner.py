@@ -11,10 +11,10 @@ machine (2026-12-03) with aiokafka, 600-byte records, one batch each:
     20,000 batches                   ~370 records/s (from the start or from the end alike)
 
 The state estimator funnels every estimate of a flow through one one-partition topic
-(``<app id>-estimates``), the largest partition of the system: after an hour of four cameras
-its fuse agent read slower than estimates arrived, fell behind for good, and a restart did not
-help (the partition stayed as large). That was the soak's "state estimator stalls under load
-and does not recover".
+(``<app id>-estimates``), the largest partition of the system: after 10-20 minutes of four
+cameras its fuse agent read slower than estimates arrived, fell behind for good, and a
+restart did not help (the partition stayed as large). That was the soak's "state estimator
+stalls under load and does not recover".
 
 :class:`BrokerLogCleaner` does for the embedded broker what Kafka's own retention does, from
 the outside, deleting batch objects:
@@ -22,10 +22,13 @@ the outside, deleting batch objects:
 - **consumed** topics (the state estimators' internal topics, read by one group only): batches
   whose records that group has all committed; Kafka Streams purges its repartition topics the
   same way (with DeleteRecords, which this broker lacks);
-- **delete-policy** topics with ``retention.ms`` (frames, estimates): batches older than that.
+- **delete-policy** topics with ``retention.ms`` (frames, estimates): batches older than that,
+  and all but the newest ``infra.broker_max_batches`` of a partition (Kafka's
+  ``retention.bytes``, counted in batches: a partition's size is its read cost here).
 
-The newest batch of a partition is never deleted (the broker reads its end from it), and
-compacted topics are left alone (their keys are inside the batches). A fetch that lands on a
+The newest batch of a partition is never deleted (the broker answers ListOffsets from its
+listing: latest and earliest come from the objects' write times), and compacted topics are left
+alone (their keys are inside the batches). A fetch that lands on a
 deleted offset gets the next batch that is still there, as after Kafka's own retention.
 Against a real Kafka cluster none of this runs: Kafka enforces its retention itself.
 """
@@ -54,6 +57,10 @@ BATCHES_DELETED = Counter(
     "Batch objects the embedded broker's log cleaner deleted",
     ["topic", "reason"],
 )
+LAST_PASS = Gauge(
+    "depotwatch_broker_cleaner_last_pass_timestamp_seconds",
+    "When the embedded broker's log cleaner last finished a pass",
+)
 PARTITION_BATCHES = Gauge(
     "depotwatch_broker_partition_batches_max",
     "Batch objects in the embedded broker's largest partition of a topic (each fetch lists them)",
@@ -79,6 +86,9 @@ class Rule:
     """Batches older than this go (delete-policy topics with ``retention.ms``)."""
     consumed_by: str | None = None
     """Batches this consumer group has committed past go (topics only that group reads)."""
+    max_batches: int | None = None
+    """Only the newest this many batches stay (the embedded broker's ``retention.bytes``:
+    every fetch lists all of a partition's batches, so its size is its read cost)."""
 
 
 def doomed(
@@ -93,7 +103,8 @@ def doomed(
     """
     ordered = sorted(batches, key=lambda b: b.base_offset)
     out: list[tuple[Batch, str]] = []
-    for batch, following in pairwise(ordered):
+    over = len(ordered) - rule.max_batches if rule.max_batches is not None else 0
+    for index, (batch, following) in enumerate(pairwise(ordered)):
         if (
             rule.consumed_by is not None
             and committed is not None
@@ -103,19 +114,26 @@ def doomed(
             continue
         if rule.retention_s is not None and batch.written < now - rule.retention_s:
             out.append((batch, "retention"))
+        elif index < over:
+            out.append((batch, "size"))
     return out
 
 
-def rules_for(specs: Iterable[TopicSpec], consumed_by: Mapping[str, str]) -> dict[str, Rule]:
-    """Rules from the topic catalogue (``retention.ms`` of delete-policy topics) and the topics
-    only one group reads (``consumed_by``: topic -> group). Compacted topics get none."""
+def rules_for(
+    specs: Iterable[TopicSpec], consumed_by: Mapping[str, str], max_batches: int | None = None
+) -> dict[str, Rule]:
+    """Rules from the topic catalogue (``retention.ms`` of delete-policy topics, and at most
+    ``max_batches`` batches a partition) and the topics only one group reads (``consumed_by``:
+    topic -> group; never cut by size: their unread records are work still to do). Compacted
+    topics get none."""
     rules: dict[str, Rule] = {}
     for spec in specs:
         if spec.config.get("cleanup.policy", "delete") != "delete":
             continue
         ms = spec.config.get("retention.ms")
-        if ms is not None and int(ms) > 0:
-            rules[spec.name] = Rule(retention_s=int(ms) / 1000.0)
+        retention_s = int(ms) / 1000.0 if ms is not None and int(ms) > 0 else None
+        if retention_s is not None or max_batches is not None:
+            rules[spec.name] = Rule(retention_s=retention_s, max_batches=max_batches)
     for topic, group in consumed_by.items():
         rules[topic] = Rule(retention_s=rules.get(topic, Rule()).retention_s, consumed_by=group)
     return rules
@@ -185,13 +203,13 @@ class BrokerLogCleaner:
                 except Exception as exc:  # the broker may be restarting: retention still runs
                     report.errors.append(f"committed offsets of {group}: {exc}")
                     offsets[group] = {}
-            for cluster in self.clusters():
-                try:
+            try:
+                for cluster in self.clusters():
                     self._clean_topic(
                         cluster, topic, rule, now, offsets.get(group or "", {}), report
                     )
-                except Exception as exc:
-                    report.errors.append(f"{topic}: {exc}")
+            except Exception as exc:  # S3 down or restarting: the next pass tries again
+                report.errors.append(f"{topic}: {exc}")
         return report
 
     def _clean_topic(
@@ -231,15 +249,9 @@ def _batch(obj: ListedObject, base_offset: int) -> Batch:
 class CleanerThread:
     """Runs a cleaner every ``interval_s`` in a daemon thread until :meth:`stop`."""
 
-    def __init__(
-        self,
-        cleaner: BrokerLogCleaner,
-        interval_s: float = 30.0,
-        say: Callable[[str], None] = log.info,
-    ) -> None:
+    def __init__(self, cleaner: BrokerLogCleaner, interval_s: float = 30.0) -> None:
         self.cleaner = cleaner
         self.interval_s = interval_s
-        self.say = say
         self.last: CleanReport | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-log-cleaner", daemon=True)
@@ -254,8 +266,13 @@ class CleanerThread:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            report = self.cleaner.clean()
+            try:
+                report = self.cleaner.clean()
+            except Exception:  # never let the thread die: the partitions would grow again
+                log.exception("broker log cleaner pass failed")
+                continue
             self.last = report
+            LAST_PASS.set(time.time())
             if any(report.deleted.values()):
                 log.info(
                     "broker log cleaned",
@@ -272,7 +289,11 @@ def embedded_cleaner(settings: Settings, flows: Iterable[str]) -> BrokerLogClean
     se = load_settings(StateEstimatorServiceSettings)
     flows = sorted(set(flows))
     specs = topics_for(flows, settings.topics.layout())
-    rules = rules_for(specs, {se.internal_topic(f): se.app_id(f) for f in flows})
+    rules = rules_for(
+        specs,
+        {se.internal_topic(f): se.app_id(f) for f in flows},
+        max_batches=settings.infra.broker_max_batches,
+    )
     store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
     admin = TopicAdmin(settings.kafka)
     return BrokerLogCleaner(store, rules, admin.committed)

@@ -98,6 +98,15 @@ class InfraSettings(_Frozen):
     weed_volume_grpc_port: int = Field(default=28080, ge=1, le=65535)
     weed_filer_grpc_port: int = Field(default=28888, ge=1, le=65535)
     broker_bucket: str = Field(default="tansu", description="Bucket holding the broker's data.")
+    broker_max_batches: int = Field(
+        default=3000,
+        ge=2,
+        description=(
+            "Batches the embedded broker keeps per partition of a delete-policy topic (frames,"
+            " estimates); older ones go even inside retention.ms. The broker lists all of a"
+            " partition's batches on every fetch, so more means slower reads for every consumer."
+        ),
+    )
     tansu_bin: Path | None = Field(default=None, description="Override the Tansu binary.")
     weed_bin: Path | None = Field(default=None, description="Override the SeaweedFS binary.")
     start_timeout_s: float = Field(default=60.0, gt=0)

@@ -295,15 +295,16 @@ def up_command(
         embedded = infra
         # A killed broker or S3 is started again (it used to stay dead until `infra up`).
         supervisor.watchers.append(InfraKeeper(embedded, console.say).tick)
-        # The embedded broker never deletes a batch and lists them all on every fetch: its
-        # retention, and the state estimators' internal topics purged behind their groups.
-        cleaner = CleanerThread(embedded_cleaner(settings, run_flows)).start()
         health.add(
             "infra",
             with_grace(lambda: (embedded.status().healthy, "embedded broker and S3"), grace_s=60.0),
         )
     metrics: ObservabilityServer | None = None
     try:
+        if infra is not None:
+            # The embedded broker never deletes a batch and lists them all on every fetch: its
+            # retention, and the state estimators' internal topics purged behind their groups.
+            cleaner = CleanerThread(embedded_cleaner(settings, run_flows)).start()
         metrics = ObservabilityServer(health, settings.http_host, settings.http_port).start()
         console.say(
             f"supervisor metrics on {metrics.url}/metrics; status in {supervisor.status_path}"

@@ -14,6 +14,7 @@ from schemas.topics import TopicSpec, topics_for
 from services.infra.log_cleaner import (
     Batch,
     BrokerLogCleaner,
+    CleanerThread,
     Rule,
     doomed,
     embedded_cleaner,
@@ -69,6 +70,35 @@ def test_retention_deletes_by_age_only() -> None:
     assert gone(doomed(old + young, Rule(60, "g"), NOW, committed=None)) == [0, 1]
 
 
+def test_a_size_cap_keeps_only_the_newest_batches() -> None:
+    young = batches(9, 3, 5, 7, 1, written=NOW - 5)
+    out = doomed(young, Rule(retention_s=60, max_batches=2), NOW, committed=None)
+    assert gone(out) == [1, 3, 5]  # 7 and 9 stay
+    assert {r for _, r in out} == {"size"}
+    # Age first: an expired batch is retention, whatever the cap.
+    out = doomed(batches(0, written=0.0) + young, Rule(60, max_batches=2), NOW, None)
+    assert [(b.base_offset, r) for b, r in sorted(out, key=lambda x: x[0].base_offset)] == [
+        (0, "retention"),
+        (1, "size"),
+        (3, "size"),
+        (5, "size"),
+    ]
+    assert doomed(young, Rule(max_batches=5), NOW, None) == []
+    assert gone(doomed(young, Rule(max_batches=1), NOW, None)) == [1, 3, 5, 7]
+
+
+def test_the_size_cap_never_cuts_a_consumed_topic() -> None:
+    specs = [
+        TopicSpec("frames", Message, 6, {"cleanup.policy": "delete", "retention.ms": "7200000"}),
+        TopicSpec("internal", Message, 1, {"cleanup.policy": "delete"}),
+    ]
+    rules = rules_for(specs, {"internal": "se-group"}, max_batches=100)
+    assert rules == {
+        "frames": Rule(retention_s=7200.0, max_batches=100),
+        "internal": Rule(consumed_by="se-group"),  # unread estimates are work still to do
+    }
+
+
 def test_rules_come_from_the_catalogue_and_compacted_topics_get_none() -> None:
     specs = [
         TopicSpec("frames", Message, 6, {"cleanup.policy": "delete", "retention.ms": "7200000"}),
@@ -91,6 +121,7 @@ def test_the_cleaner_purges_each_flows_state_estimator_internal_topic_behind_its
     for spec in topics_for(["prod", "dev1"], stack_settings.topics.layout()):
         if "retention.ms" in spec.config:
             assert cleaner.rules[spec.name].retention_s == int(spec.config["retention.ms"]) / 1e3
+            assert cleaner.rules[spec.name].max_batches == stack_settings.infra.broker_max_batches
 
 
 def test_batch_keys_are_parsed_and_other_objects_ignored() -> None:
@@ -128,7 +159,7 @@ def read_all(
             msg = consumer.poll(0.5)
             if msg is not None:
                 assert msg.error() is None, msg.error()
-                offsets.append(msg.offset())
+                offsets.append(int(msg.offset() or 0))
         return offsets
     finally:
         consumer.close()
@@ -207,16 +238,35 @@ def test_expired_batches_are_deleted_and_the_newest_stays(
 
 
 @pytest.mark.integration
-def test_a_cleaner_pass_survives_an_unreachable_broker(
+def test_retention_still_runs_while_the_broker_cannot_say_what_was_committed(
     stack_settings: Settings, unique_name: Callable[[str], str]
 ) -> None:
     def broker_down(group: str) -> dict[tuple[str, int], int]:
         raise RuntimeError("broker unreachable")
 
     topic = unique_name("internal")
-    cleaner = BrokerLogCleaner(
-        broker_store(stack_settings), {topic: Rule(consumed_by="g")}, broker_down
-    )
+    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "60000"})
+    TopicAdmin(stack_settings.kafka).ensure([spec])
+    produce_one_batch_each(stack_settings, topic, 5)
+    rules = {topic: Rule(retention_s=60.0, consumed_by="g")}
+    store = broker_store(stack_settings)
+    cleaner = BrokerLogCleaner(store, rules, broker_down, clock=lambda: time.time() + 120)
     report = cleaner.clean()
     assert report.errors == ["committed offsets of g: broker unreachable"]
-    assert report.deleted == {}
+    assert report.deleted == {topic: 4}
+
+
+def test_a_pass_with_the_object_store_down_reports_and_the_thread_goes_on() -> None:
+    class DownStore:
+        def listing(self, prefix: str, recursive: bool = True) -> list[object]:
+            raise OSError("connection refused")
+
+    cleaner = BrokerLogCleaner(DownStore(), {"t": Rule(retention_s=1.0)}, lambda g: {})  # type: ignore[arg-type]
+    assert cleaner.clean().errors == ["t: connection refused"]
+    thread = CleanerThread(cleaner, interval_s=0.01).start()
+    deadline = time.monotonic() + 10
+    while thread.last is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    thread.stop()
+    assert thread.last.errors == ["t: connection refused"]
