@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -81,6 +82,25 @@ class ReplayReport:
             f"frames rejected:   {len(self.rejected)}"
             + (f" (first: {self.rejected[0]})" if self.rejected else ""),
         ]
+
+
+def missing_start(refs: Sequence[FrameRef], start: datetime, slack_s: float = 60.0) -> str | None:
+    """A note when the references found begin well after ``start``: older ones may have left
+    ``frames.v1`` (its retention; the embedded broker also keeps only
+    ``DEPOTWATCH_INFRA__BROKER_MAX_BATCHES`` batches a partition), so the replay is shorter than
+    asked. None when they begin within ``slack_s`` of it (or there are none)."""
+    if not refs:
+        return None
+    first = min(r.captured_at for r in refs)
+    gap = (first - start).total_seconds()
+    if gap <= slack_s:
+        return None
+    return (
+        f"note: the first frame reference is from {first.isoformat()}, {gap / 60:.1f} min after"
+        " --from: earlier ones are not on frames.v1 (nothing captured then, or past its"
+        " retention; the embedded broker keeps DEPOTWATCH_INFRA__BROKER_MAX_BATCHES batches a"
+        " partition, ~10 min at 4 cameras)"
+    )
 
 
 def replay_frames(
@@ -212,6 +232,9 @@ def replay_command(
         )
     refs = read_range(settings.kafka, FrameRef.topic_name(), FrameRef, t0, t1)
     click.echo(f"{len(refs)} frame references between {t0.isoformat()} and {t1.isoformat()}")
+    note = missing_start(refs, t0)
+    if note:
+        click.echo(note, err=True)
     if not refs:
         return
     try:

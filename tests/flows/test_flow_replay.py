@@ -16,7 +16,7 @@ from schemas.estimates import PositionEstimate
 from schemas.facility import load_facility
 from schemas.frames import FrameRef
 from services.flows.__main__ import flow_services
-from services.flows.replay import replay_frames
+from services.flows.replay import missing_start, replay_frames
 from services.runtime.frames import DecodedFrame, FrameOutcome, Rejected, decode_frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,3 +137,13 @@ def test_replay_reads_the_plates_of_the_position_estimates_it_makes() -> None:
     assert isinstance(identity, IdentityEstimate)
     assert identity.frame == position.frame
     assert identity.unreadable_reason == "no plate in view"
+
+
+def test_replay_notes_a_range_whose_start_has_left_the_topic() -> None:
+    refs = [stored_frame("cam-a", seq, 600.0 + seq)[0] for seq in range(3)]
+    note = missing_start(refs, T0)
+    assert note is not None
+    assert "10.0 min after --from" in note
+    assert "BROKER_MAX_BATCHES" in note  # names the knob
+    assert missing_start(refs, T0 + timedelta(seconds=580)) is None  # within a minute
+    assert missing_start([], T0) is None
