@@ -165,6 +165,10 @@ def read_range(
     return out
 
 
+_GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
+"""Fetch errors that waiting does not cure: the topic or partition is not there."""
+
+
 def latest_per_key(
     kafka: KafkaSettings, topic: str, partition: int = 0, timeout_s: float = 60.0
 ) -> dict[bytes, bytes]:
@@ -173,8 +177,9 @@ def latest_per_key(
 
     The end is where a fetch reports the partition's high watermark (librdkafka's
     partition-EOF event), never ListOffsets(latest), which the embedded broker answers wrongly.
-    Raises :class:`TopicMissingError`, or :class:`TimeoutError` when the end is not reached
-    within ``timeout_s``.
+    Raises :class:`TopicMissingError` (also when the partition goes or the client fails for
+    good while reading), or :class:`TimeoutError` when the end is not reached within
+    ``timeout_s``.
     """
     overrides = {"enable.partition.eof": True, "auto.offset.reset": "earliest"}
     consumer = viewer_consumer(kafka, "compacted", overrides=overrides)
@@ -183,6 +188,11 @@ def latest_per_key(
         meta = consumer.list_topics(topic, timeout=10)
         if topic not in meta.topics or meta.topics[topic].error is not None:
             raise TopicMissingError(f"topic {topic} does not exist")
+        if partition not in meta.topics[topic].partitions:
+            raise TopicMissingError(
+                f"cannot read {topic}[{partition}]: the topic has partitions "
+                f"{sorted(meta.topics[topic].partitions)}"
+            )
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -193,6 +203,8 @@ def latest_per_key(
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     return latest
+                if err.fatal() or err.code() in _GONE:
+                    raise TopicMissingError(f"cannot read {topic}[{partition}]: {err.str()}")
                 continue  # transient client errors are logged by the error callback
             key = msg.key() or b""
             value = msg.value()

@@ -594,7 +594,12 @@ class StateEstimatorApp:
         lost, locomotives re-created under new ids). The fetches' own end is right.
         """
         try:
-            return latest_per_key(self.settings.kafka, self.changelog_topic, 0, timeout_s=120.0)
+            return latest_per_key(
+                self.settings.kafka,
+                self.changelog_topic,
+                0,
+                timeout_s=self.service.restore_timeout_s,
+            )
         except Exception as exc:  # the broker may be down: Faust's restore is the fallback
             # On the embedded broker that restore can lose records (see above): say so loudly.
             log.error(

@@ -83,6 +83,13 @@ class StateEstimatorServiceSettings(BaseSettings):
         "estimates wait (it keeps making progress but no longer keeps up).",
     )
     topic_timeout_s: float = Field(default=30.0, gt=0, description="Wait for the broker this long.")
+    restore_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Read the fusion changelog to its end within this long on start; past it "
+        "(or with the broker down) the worker falls back to Faust's own restore, which can be "
+        "partial on the embedded broker (depotwatch_state_restore_fallbacks_total counts it).",
+    )
 
     def app_id(self, flow: str) -> str:
         """The Faust app id (and consumer group) of ``flow``'s state estimator."""

@@ -218,3 +218,15 @@ def test_latest_per_key_of_an_empty_or_missing_topic(
     assert latest_per_key(stack_settings.kafka, topic, timeout_s=DEADLINE_S) == {}
     with pytest.raises(TopicMissingError, match="does not exist"):
         latest_per_key(stack_settings.kafka, unique_name("none"), timeout_s=DEADLINE_S)
+
+
+@pytest.mark.integration
+def test_latest_per_key_of_a_partition_that_is_not_there_fails_at_once(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("one-partition")
+    _create(stack_settings, topic)
+    began = time.monotonic()
+    with pytest.raises(TopicMissingError, match=r"cannot read .*\[3\]"):
+        latest_per_key(stack_settings.kafka, topic, partition=3, timeout_s=DEADLINE_S)
+    assert time.monotonic() - began < DEADLINE_S / 2  # not the whole timeout

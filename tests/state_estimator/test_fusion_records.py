@@ -4,6 +4,7 @@ may write them."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from faust.types import TP
@@ -197,3 +198,45 @@ def test_estimates_waiting_for_the_first_changelog_read_are_not_acknowledged(
     asyncio.run(app._loaded(StoreTable()))
     asyncio.run(app.checkpoint(StoreTable()))
     assert stream.acked == ["estimate"]
+
+
+def test_a_changelog_read_overtaken_by_a_revoke_is_thrown_away_and_made_again(
+    core: FusionCore, tmp_path: Path
+) -> None:
+    """A rebalance takes the fusion partition away while the worker reads the changelog: what
+    that read returns may be older than what the next owner checkpoints, so it must not be
+    installed; the worker reads again."""
+    app = StateEstimatorApp(
+        load_facility(FACILITY),
+        "prod",
+        Settings(),
+        StateEstimatorServiceSettings(data_dir=str(tmp_path)),
+    )
+    old, new = run(core, 2), run(core, 5)
+    assert old.model_dump() != new.model_dump()
+    prefix = app.facility_id
+    reads: list[str] = []
+    reading = threading.Event()
+    go_on = threading.Event()
+
+    def changelog_latest() -> dict[bytes, bytes]:
+        reads.append("read")
+        state = old if len(reads) == 1 else new
+        if len(reads) == 1:
+            reading.set()
+            assert go_on.wait(10)
+        return {f"{prefix}/{k}".encode(): v for k, v in records.split(state).items()}
+
+    app._changelog_latest = changelog_latest  # type: ignore[method-assign]
+
+    async def revoke_during_the_first_read() -> FusionState:
+        loading = asyncio.create_task(app._loaded(StoreTable()))
+        assert await asyncio.to_thread(reading.wait, 10)
+        app.drop_fusion_state("fusion partition revoked")
+        go_on.set()
+        return await loading
+
+    state = asyncio.run(revoke_during_the_first_read())
+
+    assert reads == ["read", "read"]
+    assert state.model_dump() == new.model_dump()
