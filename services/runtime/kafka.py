@@ -468,6 +468,11 @@ class TopicAdmin:
                     raise KafkaUnavailableError(f"could not create topic {name}: {exc}") from None
         return created
 
+    def groups(self, timeout: float = 5.0) -> list[str]:
+        """The ids of every consumer group the broker knows."""
+        listed = self._admin.list_consumer_groups(request_timeout=timeout).result(timeout)
+        return sorted(g.group_id for g in listed.valid)
+
     def committed(self, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
         """What consumer ``group`` has committed, per (topic, partition)."""
         return committed_offsets(self._admin, group, timeout)

@@ -8,8 +8,10 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import REGISTRY
 
 from schemas.base import Message
+from schemas.facility_state import FacilityState
 from schemas.topics import TopicSpec, topics_for
 from services.infra.log_cleaner import (
     Batch,
@@ -21,6 +23,7 @@ from services.infra.log_cleaner import (
     parse_batch_key,
     partition_batches,
     rules_for,
+    unread_cut,
 )
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
@@ -87,16 +90,32 @@ def test_a_size_cap_keeps_only_the_newest_batches() -> None:
     assert gone(doomed(young, Rule(max_batches=1), NOW, None)) == [1, 3, 5, 7]
 
 
-def test_the_size_cap_never_cuts_a_consumed_topic() -> None:
+def test_the_size_cap_cuts_only_the_time_retained_streams() -> None:
     specs = [
         TopicSpec("frames", Message, 6, {"cleanup.policy": "delete", "retention.ms": "7200000"}),
         TopicSpec("internal", Message, 1, {"cleanup.policy": "delete"}),
+        TopicSpec("deadletter", Message, 1, {"cleanup.policy": "delete"}),
+        TopicSpec("state", Message, 1, {"cleanup.policy": "compact", "retention.ms": "1000"}),
     ]
     rules = rules_for(specs, {"internal": "se-group"}, max_batches=100)
     assert rules == {
         "frames": Rule(retention_s=7200.0, max_batches=100),
         "internal": Rule(consumed_by="se-group"),  # unread estimates are work still to do
-    }
+    }  # dead letters (no retention.ms) and compacted topics: never
+    # A compacted topic of one key (the facility state): its newest batches are what
+    # compaction keeps, so it is capped too; the changelogs (many keys) are not.
+    one_key = rules_for(specs, {}, max_batches=100, single_key=["state"])
+    assert one_key["state"] == Rule(max_batches=100)
+
+
+def test_batches_cut_before_a_group_read_them_are_counted_per_group() -> None:
+    # Batches 0, 1, 2-4, 5 (the newest); the cap cuts 0, 1 and 2-4.
+    all_ = batches(0, 1, 2, 5)
+    cut = [b for b in all_ if b.base_offset < 5]
+    commits = {"live": 5, "lagging": 3, "mid": 1, "at-start": 0}
+    # "lagging" had read 0-2 of batch 2-4: that batch is unread in part, and counts.
+    assert unread_cut(all_, cut, commits) == {"lagging": 1, "mid": 2, "at-start": 3}
+    assert unread_cut(all_, all_, {"g": 0}) == {"g": 3}  # the newest is never counted
 
 
 def test_rules_come_from_the_catalogue_and_compacted_topics_get_none() -> None:
@@ -122,6 +141,10 @@ def test_the_cleaner_purges_each_flows_state_estimator_internal_topic_behind_its
         if "retention.ms" in spec.config:
             assert cleaner.rules[spec.name].retention_s == int(spec.config["retention.ms"]) / 1e3
             assert cleaner.rules[spec.name].max_batches == stack_settings.infra.broker_max_batches
+    cap = stack_settings.infra.broker_max_batches
+    for flow in ("prod", "dev1"):
+        assert cleaner.rules[FacilityState.topic_name(flow)] == Rule(max_batches=cap)
+    assert not [t for t in cleaner.rules if t.endswith("-changelog")]  # many keys: untouched
 
 
 def test_batch_keys_are_parsed_and_other_objects_ignored() -> None:
@@ -238,6 +261,33 @@ def test_expired_batches_are_deleted_and_the_newest_stays(
 
 
 @pytest.mark.integration
+def test_the_size_cap_keeps_the_newest_batches_and_counts_what_a_lagging_group_loses(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic, lagging, live = unique_name("frames"), unique_name("lagging"), unique_name("live")
+    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "3600000"})
+    TopicAdmin(stack_settings.kafka).ensure([spec])
+    produce_one_batch_each(stack_settings, topic, 10)
+    commit(stack_settings, topic, lagging, 3)
+    commit(stack_settings, topic, live, 9)
+    admin = TopicAdmin(stack_settings.kafka)
+    cleaner = BrokerLogCleaner(
+        broker_store(stack_settings),
+        rules_for([spec], {}, max_batches=4),
+        admin.committed,
+        groups=admin.groups,
+    )
+
+    report = cleaner.clean()
+
+    assert report.errors == []
+    assert report.deleted == {topic: 6}
+    assert report.unread == {(topic, lagging): 3}  # records 3, 4 and 5 it never got
+    assert read_all(stack_settings, topic, None, 0, 9) == [6, 7, 8, 9]
+    assert read_all(stack_settings, topic, live, None, 9) == [9]
+
+
+@pytest.mark.integration
 def test_retention_still_runs_while_the_broker_cannot_say_what_was_committed(
     stack_settings: Settings, unique_name: Callable[[str], str]
 ) -> None:
@@ -263,6 +313,8 @@ def test_a_pass_with_the_object_store_down_reports_and_the_thread_goes_on() -> N
 
     cleaner = BrokerLogCleaner(DownStore(), {"t": Rule(retention_s=1.0)}, lambda g: {})  # type: ignore[arg-type]
     assert cleaner.clean().errors == ["t: connection refused"]
+    errors_before = sample("depotwatch_broker_cleaner_errors_total")
+    last_pass_before = sample("depotwatch_broker_cleaner_last_pass_timestamp_seconds")
     thread = CleanerThread(cleaner, interval_s=0.01).start()
     deadline = time.monotonic() + 10
     while thread.last is None:
@@ -270,3 +322,10 @@ def test_a_pass_with_the_object_store_down_reports_and_the_thread_goes_on() -> N
         time.sleep(0.01)
     thread.stop()
     assert thread.last.errors == ["t: connection refused"]
+    # A failed pass is counted and does not pass for a good one on /metrics.
+    assert sample("depotwatch_broker_cleaner_errors_total") > errors_before
+    assert sample("depotwatch_broker_cleaner_last_pass_timestamp_seconds") == last_pass_before
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
