@@ -84,22 +84,27 @@ class ReplayReport:
         ]
 
 
-def missing_start(refs: Sequence[FrameRef], start: datetime, slack_s: float = 60.0) -> str | None:
-    """A note when the references found begin well after ``start``: older ones may have left
-    ``frames.v1`` (its retention; the embedded broker also keeps only
-    ``DEPOTWATCH_INFRA__BROKER_MAX_BATCHES`` batches a partition), so the replay is shorter than
-    asked. None when they begin within ``slack_s`` of it (or there are none)."""
+def missing_start(
+    refs: Sequence[FrameRef], start: datetime, max_batches: int, slack_s: float = 60.0
+) -> str | None:
+    """A note when no reference was found, or the ones found begin well after ``start``: older
+    ones may have left ``frames.v1`` (its retention; the embedded broker also keeps only
+    ``max_batches`` batches a partition), so the replay is shorter than asked. None when they
+    begin within ``slack_s`` of it."""
+    why = (
+        "nothing was captured then, or it is past frames.v1's retention"
+        f" (DEPOTWATCH_TOPICS__FRAMES_RETENTION_HOURS; the embedded broker also keeps only"
+        f" DEPOTWATCH_INFRA__BROKER_MAX_BATCHES={max_batches} batches a partition)"
+    )
     if not refs:
-        return None
+        return f"note: no frame reference in that range: {why}"
     first = min(r.captured_at for r in refs)
     gap = (first - start).total_seconds()
     if gap <= slack_s:
         return None
     return (
         f"note: the first frame reference is from {first.isoformat()}, {gap / 60:.1f} min after"
-        " --from: earlier ones are not on frames.v1 (nothing captured then, or past its"
-        " retention; the embedded broker keeps DEPOTWATCH_INFRA__BROKER_MAX_BATCHES batches a"
-        " partition, ~10 min at 4 cameras)"
+        f" --from: {why}"
     )
 
 
@@ -232,7 +237,7 @@ def replay_command(
         )
     refs = read_range(settings.kafka, FrameRef.topic_name(), FrameRef, t0, t1)
     click.echo(f"{len(refs)} frame references between {t0.isoformat()} and {t1.isoformat()}")
-    note = missing_start(refs, t0)
+    note = missing_start(refs, t0, settings.infra.broker_max_batches)
     if note:
         click.echo(note, err=True)
     if not refs:

@@ -141,9 +141,11 @@ def test_replay_reads_the_plates_of_the_position_estimates_it_makes() -> None:
 
 def test_replay_notes_a_range_whose_start_has_left_the_topic() -> None:
     refs = [stored_frame("cam-a", seq, 600.0 + seq)[0] for seq in range(3)]
-    note = missing_start(refs, T0)
+    note = missing_start(refs, T0, max_batches=3000)
     assert note is not None
     assert "10.0 min after --from" in note
-    assert "BROKER_MAX_BATCHES" in note  # names the knob
-    assert missing_start(refs, T0 + timedelta(seconds=580)) is None  # within a minute
-    assert missing_start([], T0) is None
+    assert "DEPOTWATCH_INFRA__BROKER_MAX_BATCHES=3000" in note  # names the knob and its value
+    assert missing_start(refs, T0 + timedelta(seconds=580), 3000) is None  # within a minute
+    empty = missing_start([], T0, 3000)
+    assert empty is not None
+    assert empty.startswith("note: no frame reference in that range")
