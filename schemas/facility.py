@@ -404,8 +404,15 @@ class StateEstimatorSettings(StrictModel):
     overlap_m: float = Field(
         default=1.0,
         ge=0,
-        description="Two locomotives on one track overlapping more than this cannot both be "
-        "real: the one with less evidence is dropped.",
+        description="Two locomotives on one track may overlap this much (measurement noise); "
+        "beyond it they cannot both stand there as measured (see contact_m).",
+    )
+    contact_m: float = Field(
+        default=2.5,
+        ge=0,
+        description="Two locomotives on one track overlapping by more than overlap_m but at most "
+        "this are a coupled pair measured into each other: the one with less evidence is pushed "
+        "back to touch the other instead of being dropped.",
     )
     plate_inset_m: float = Field(
         default=1.0,

@@ -337,3 +337,32 @@ def test_a_coasting_locomotive_shown_empty_stops_where_no_camera_sees_it(
     # A speed just measured: nothing coasted, nothing to take back.
     fresh = _on_t1(10.0, 27.0, velocity_mps=1.0, velocity_at=at)
     assert not stop_where_hidden(cfg, fresh, fresh.head_m, at, lambda p: True)
+
+
+def test_a_coupled_pair_measured_into_each_other_is_pushed_apart_not_dropped(
+    core: FusionCore,
+) -> None:
+    # gen-d111-s3: two locomotives coupled tail to tail; one detection of the touching ends
+    # pulled the younger one's tail 1.2 m into the older one, and the tidy step dropped it
+    # (count 3 instead of 4 for half a minute).
+    older = _on_t1(47.0, 30.0, tail_seen_at=T0)
+    younger = _on_t1(
+        9.5, 31.2, locomotive_id="loco-2", tail_seen_at=T0, first_seen=T0 + timedelta(seconds=5)
+    )
+    state = FusionState(locomotives=[older, younger])
+    core._tidy(state, T0 + timedelta(seconds=6))
+    assert [
+        (x.locomotive_id, round(x.head_m, 1), round(x.tail_m, 1)) for x in state.locomotives
+    ] == [
+        ("loco-1", 47.0, 30.0),
+        ("loco-2", 8.3, 30.0),  # pushed back to touch, length kept
+    ]
+
+
+def test_two_placements_of_one_body_keep_the_better_supported(core: FusionCore) -> None:
+    # Overlapping by more than contact_m: two hypotheses of one locomotive, not a pair.
+    seen = _on_t1(20.0, 37.0, head_seen_at=T0, tail_seen_at=T0)
+    guess = _on_t1(34.0, 51.0, locomotive_id="loco-2", head_seen_at=T0)
+    state = FusionState(locomotives=[seen, guess])
+    core._tidy(state, T0 + timedelta(seconds=1))
+    assert [x.locomotive_id for x in state.locomotives] == ["loco-1"]

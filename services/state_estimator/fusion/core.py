@@ -366,12 +366,8 @@ class FusionCore:
         kept.sort(key=support, reverse=True)
         survivors: list[TrackedLocomotive] = []
         for loco in kept:
-            if any(
-                s.track_id == loco.track_id and births.overlap(s.span, loco.span) > t.overlap_m
-                for s in survivors
-            ):
-                continue
-            survivors.append(loco)
+            if self._fits(loco, survivors):
+                survivors.append(loco)
         order = {id(loco): i for i, loco in enumerate(state.locomotives)}
         state.locomotives = sorted(survivors, key=lambda loco: order[id(loco)])
         state.loose_ends = [
@@ -381,6 +377,36 @@ class FusionCore:
             and not (e.from_plate_only and self._on_a_body(state, e))
             and (at - e.last_seen).total_seconds() <= t.pairing_window_s
         ]
+
+    def _fits(self, loco: TrackedLocomotive, survivors: list[TrackedLocomotive]) -> bool:
+        """Whether ``loco`` can stand beside the stronger ``survivors`` of its track.
+
+        Two rigid bodies cannot overlap. An overlap up to ``overlap_m`` is measurement noise;
+        one up to ``contact_m`` is a coupled pair whose touching ends were measured into each
+        other (two ends 0.6 m apart, one detection pulled onto the other's end): ``loco`` is
+        pushed back to touch instead of being dropped, if it fits there (on the track, clear
+        of the others). A larger overlap is two hypotheses of one body: ``loco`` goes.
+        """
+        t = self.config.tuning
+        same = [s for s in survivors if s.track_id == loco.track_id]
+        worst = max(same, key=lambda s: births.overlap(s.span, loco.span), default=None)
+        if worst is None or births.overlap(worst.span, loco.span) <= t.overlap_m:
+            return True
+        depth = births.overlap(worst.span, loco.span)
+        if depth > t.contact_m:
+            return False
+        lo, hi = loco.span
+        wlo, whi = worst.span
+        shift = (wlo - hi) if (lo + hi) < (wlo + whi) else (whi - lo)
+        moved = (lo + shift, hi + shift)
+        if not (
+            self.config.passable(loco.track_id, moved[0])
+            and self.config.passable(loco.track_id, moved[1])
+        ) or any(births.overlap(s.span, moved) > t.overlap_m for s in same):
+            return False
+        loco.head_m += shift
+        loco.tail_m += shift
+        return True
 
     def _without_stale_copies(self, locos: list[TrackedLocomotive]) -> list[TrackedLocomotive]:
         """A plate names one locomotive: where two show the same plate, the one last seen
