@@ -10,9 +10,9 @@ from state_builders import T0, end, identity, position
 from services.state_estimator.fusion import FusionCore, FusionState
 from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
 from services.state_estimator.fusion.births import hypotheses, revise_assumed, start_pairs
-from services.state_estimator.fusion.identity import owner_at
+from services.state_estimator.fusion.identity import owner_at, reading_owner
 from services.state_estimator.fusion.state import LooseEnd, PlateVote, TrackedLocomotive
-from services.state_estimator.fusion.tracking import predict, stop_where_hidden, travel
+from services.state_estimator.fusion.tracking import ahead, predict, stop_where_hidden, travel
 
 
 def _on_t1(head_m: float, tail_m: float, **fields: object) -> TrackedLocomotive:
@@ -366,3 +366,71 @@ def test_two_placements_of_one_body_keep_the_better_supported(core: FusionCore) 
     state = FusionState(locomotives=[seen, guess])
     core._tidy(state, T0 + timedelta(seconds=1))
     assert [x.locomotive_id for x in state.locomotives] == ["loco-1"]
+
+
+@pytest.mark.parametrize(("plate", "revised"), [("TE33A-0001", True), (None, False)])
+def test_a_cab_known_by_its_plate_alone_turns_a_lone_tails_assumed_body(
+    core: FusionCore, plate: str | None, revised: bool
+) -> None:
+    # gen-d106-s1, T2: a tail was placed first and its body assumed to run up the track; the
+    # cab, both ends hidden, had its plate read 13 times 17.2 m down the track, naming a
+    # model 17.2 m long. The readings place the cab: the body runs down to it (it used to
+    # start a second locomotive from the plate, and the first one stayed a phantom).
+    placed = _on_t1(47.2, 30.0, tail_seen_at=T0, assumed_model="ChME3")
+    cab = _unexplained(1, "head", 9.3).model_copy(update={"from_plate_only": True})
+    votes = [
+        PlateVote(
+            key=f"r{i}",
+            captured_at=T0 + timedelta(seconds=i),
+            track_id="T1",
+            position_m=9.3,
+            plate=plate,
+            model="TE33A" if plate else None,
+            plate_confidence=0.9 if plate else 0.0,
+            model_confidence=0.9 if plate else 0.0,
+        )
+        for i in range(3)
+    ]
+    state = FusionState(locomotives=[placed], loose_ends=[cab], pending_votes=votes)
+    revise_assumed(core.config, state, "T1", T0 + timedelta(seconds=3))
+    (loco,) = state.locomotives
+    if revised:
+        assert (round(loco.head_m, 1), loco.tail_m) == (8.3, 30.0)
+        assert loco.assumed_model == "TE33A"
+        assert loco.head_seen_at is None  # the cab end itself is still unseen
+        assert not state.loose_ends
+    else:
+        assert loco.head_m == 47.2
+
+
+def test_a_driving_locomotive_unseen_for_a_while_may_be_further_along_not_back() -> None:
+    # gen-d106-s1: an M62 leaving at 1.1 m/s drove through a blind stretch; its speed, 0.7
+    # m/s as measured and fading, put it 7.5 m behind where its tail showed up again.
+    tail = Target("tail", 8.5, gate_m=6.0, ahead_m=8.0, heading=-1.0)
+    assert assign([Detection("tail", 1.0, 0.9)], [tail], swap_cost_m=0.6) == {0: 0}
+    assert assign([Detection("tail", 16.0, 0.9)], [tail], swap_cost_m=0.6) == {}
+    standing = Target("tail", 8.5, gate_m=6.0)
+    assert assign([Detection("tail", 1.0, 0.9)], [standing], swap_cost_m=0.6) == {}
+
+
+def test_only_a_driving_locomotive_gets_a_gate_ahead(core: FusionCore) -> None:
+    driving = _on_t1(5.0, 18.0, velocity_mps=-0.7, velocity_at=T0)
+    assert ahead(core.config, driving, T0 + timedelta(seconds=8)) == pytest.approx((5.6, -1.0))
+    assert ahead(core.config, _on_t1(5.0, 18.0), T0 + timedelta(seconds=8)) == (0.0, 0.0)
+
+
+def test_a_plate_read_beyond_a_cab_naming_another_plate_is_a_neighbours_cab(
+    core: FusionCore,
+) -> None:
+    # gen-d110-s3: two ChME3s coupled cab to cab at 30 m, both ends hidden. The first one
+    # (placed from its plate) took the second one's readings too, 2 m from its own plate.
+    placed = _on_t1(30.0, 12.8, plates={"ChME3-6168": 2.7})
+
+    def reading(plate: str, at_m: float) -> PlateVote:
+        return PlateVote(key=plate, captured_at=T0, track_id="T1", position_m=at_m, plate=plate)
+
+    assert reading_owner(core.config, [placed], reading("ChME3-6168", 29.0)) is placed
+    assert reading_owner(core.config, [placed], reading("ChME3-5591", 31.0)) is None
+    # Its own plate read beyond it (placement error), and any plate read on its body: its own.
+    assert reading_owner(core.config, [placed], reading("ChME3-6168", 31.0)) is placed
+    assert reading_owner(core.config, [placed], reading("ChME3-5591", 29.0)) is placed

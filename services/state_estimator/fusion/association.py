@@ -37,14 +37,24 @@ class Target:
     gate_m: float
     bias_m: float = 0.0
     """Added cost: makes a target the second choice (unexplained ends after locomotives)."""
+    ahead_m: float = 0.0
+    """Extra gate on the side the target moves to (``heading``): a body unseen while moving
+    may be further along than its faded speed predicts, not less far than it stopped."""
+    heading: float = 0.0
+    """+1 or -1: the direction the target moves along the track (0: standing)."""
+
+    def reach_m(self, offset_m: float) -> float:
+        """The gate for a detection ``offset_m`` from the prediction."""
+        return self.gate_m + (self.ahead_m if offset_m * self.heading > 0 else 0.0)
 
 
 def match_cost(detection: Detection, target: Target, swap_cost_m: float) -> float | None:
     """Cost of explaining ``detection`` by ``target``, or None beyond the target's gate."""
-    cost = abs(detection.position_m - target.position_m) + target.bias_m
+    offset = detection.position_m - target.position_m
+    cost = abs(offset) + target.bias_m
     if detection.kind != target.kind:
         cost += swap_cost_m
-    return cost if cost <= target.gate_m else None
+    return cost if cost <= target.reach_m(offset) else None
 
 
 def assign(
@@ -62,7 +72,7 @@ def assign(
                 cost[i, j] = c
         # "No match" for detection i costs its nearest gate, so any feasible match is taken
         # when it is cheaper than leaving the detection unexplained.
-        cost[i, m + i] = max((t.gate_m for t in targets), default=0.0) + 1.0
+        cost[i, m + i] = max((t.gate_m + t.ahead_m for t in targets), default=0.0) + 1.0
     rows, cols = linear_sum_assignment(cost)
     return {
         int(r): int(c)

@@ -30,7 +30,14 @@ from services.state_estimator.fusion.state import (
     LooseEnd,
     TrackedLocomotive,
 )
-from services.state_estimator.fusion.tracking import MAX_CAMERAS, other, seconds, speed_at, travel
+from services.state_estimator.fusion.tracking import (
+    MAX_CAMERAS,
+    PASSING_MPS,
+    other,
+    seconds,
+    speed_at,
+    travel,
+)
 from services.state_estimator.fusion.visibility import occluders_of, on_track, shows
 
 
@@ -397,11 +404,6 @@ def _cab_names_another_length(
     return abs(config.model_lengths[model] - abs(tail_m - head_m)) > t.pairing_tolerance_m
 
 
-PASSING_MPS = 0.3
-"""A lone end moving at least this fast (its faded speed) may belong to a locomotive passing
-through a gate; slower is standing (detection jitter of 0.2 m alone reads as 0.1 m/s)."""
-
-
 def choose(
     config: FusionConfig, state: FusionState, end: LooseEnd, options: list[Hypothesis], at: datetime
 ) -> Hypothesis | None:
@@ -470,6 +472,37 @@ def start_lone_ends(config: FusionConfig, state: FusionState, track_id: str, at:
         )
 
 
+def _named_model(
+    config: FusionConfig, state: FusionState, track_id: str, plate_m: float
+) -> str | None:
+    """The model the waiting readings at a plate clearly name (None: none or no majority)."""
+    named = _cab_readings(config, state, track_id, plate_m)
+    model = dominant(named, 0.0, config.tuning.plate_dominance)
+    return model if model in config.model_lengths else None
+
+
+def _named_cabs(
+    config: FusionConfig, state: FusionState, track_id: str, at: datetime, tail_m: float
+) -> list[LooseEnd]:
+    """Cabs evidenced by plate readings alone (their ends hidden) whose readings name a model
+    that fits as the head of a locomotive whose tail stands at ``tail_m``: the readings are
+    evidence of where the body runs (a plate read 17.2 m from a seen tail, naming a 17.2 m
+    model, is that locomotive's cab)."""
+    t = config.tuning
+    out: list[LooseEnd] = []
+    for e in _eligible(config, state, track_id, at):
+        if not e.from_plate_only or seconds(at, e.first_seen) < t.birth_settle_s:
+            continue
+        model = _named_model(config, state, track_id, e.position_m)
+        if model is None:
+            continue
+        body = 1.0 if e.position_m >= tail_m else -1.0
+        length = abs(e.position_m + body * t.plate_inset_m - tail_m)
+        if abs(config.model_lengths[model] - length) <= t.pairing_tolerance_m:
+            out.append(e)
+    return out
+
+
 def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
     """Correct locomotives with an end never seen (placed from an assumed model, or from a
     plate alone) when new evidence contradicts the assumption.
@@ -499,10 +532,12 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
             and e.kind == far_kind
             and seconds(at, e.first_seen) >= t.birth_settle_s
         ]
+        if far_kind == "head" and loco.seen_at("tail") is not None:
+            ends += _named_cabs(config, state, track_id, at, seen_true)
         best: tuple[float, LooseEnd, float] | None = None
         for e in ends:
             body = 1.0 if e.position_m >= seen_true else -1.0
-            far_true = e.position_m + body * off
+            far_true = e.position_m + body * (t.plate_inset_m if e.from_plate_only else off)
             length = abs(far_true - seen_true)
             misfit = config.length_misfit(length)
             if misfit > t.pairing_tolerance_m:
@@ -519,11 +554,16 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
                 best = (misfit, e, far_true)
         if best is not None:
             _, e, far_true = best
-            if far_kind == "head":
+            if e.from_plate_only:
+                # A cab placed by its plate: its end is still unseen, its model is read.
+                loco.head_m, loco.plate_read_at = far_true, e.last_seen
+                loco.assumed_model = _named_model(config, state, track_id, e.position_m)
+            elif far_kind == "head":
                 loco.head_m, loco.head_seen_at = far_true, e.last_seen
+                loco.assumed_model = None
             else:
                 loco.tail_m, loco.tail_seen_at = far_true, e.last_seen
-            loco.assumed_model = None
+                loco.assumed_model = None
             state.loose_ends = [x for x in state.loose_ends if x.end_id != e.end_id]
             continue
         lo, hi = loco.span

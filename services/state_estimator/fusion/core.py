@@ -197,7 +197,8 @@ class FusionCore:
                     continue
                 gate = tracking.gate(cfg, loco, kind, at)
                 raw = tracking.raw_end(loco, kind, t.end_label_offset_m)
-                targets.append(Target(kind, raw, gate))
+                extra, heading = tracking.ahead(cfg, loco, at)
+                targets.append(Target(kind, raw, gate, ahead_m=extra, heading=heading))
                 owners.append((loco, kind))
         for e in loose:
             if not e.from_plate_only:
@@ -474,7 +475,15 @@ class FusionCore:
     def _on_a_body(self, state: FusionState, end: LooseEnd) -> bool:
         """Whether a plate-only end now lies on a locomotive (its readings are votes)."""
         owner = identity.owner_at(self.config, state.locomotives, end.track_id, end.position_m)
-        return owner is not None
+        if owner is None:
+            return False
+        merge = self.config.tuning.merge_m
+        return not any(
+            v.track_id == end.track_id
+            and abs(v.position_m - end.position_m) <= merge
+            and identity.foreign_plate(self.config, owner, v.plate, v.position_m)
+            for v in state.pending_votes
+        )
 
     def _attach_votes(self, state: FusionState) -> None:
         """Move waiting plate readings onto the locomotive now standing where they were read."""

@@ -157,8 +157,31 @@ def cab_plate_m(
 def reading_owner(
     config: FusionConfig, locomotives: list[TrackedLocomotive], vote: PlateVote
 ) -> TrackedLocomotive | None:
-    """The locomotive a reading belongs to (see :func:`owner_at`)."""
-    return owner_at(config, locomotives, vote.track_id, vote.position_m)
+    """The locomotive a reading belongs to (see :func:`owner_at`), unless it names another
+    plate than the one that locomotive shows and was read beyond its body (see
+    :func:`foreign_plate`)."""
+    owner = owner_at(config, locomotives, vote.track_id, vote.position_m)
+    if owner is not None and foreign_plate(config, owner, vote.plate, vote.position_m):
+        return None
+    return owner
+
+
+def foreign_plate(
+    config: FusionConfig, loco: TrackedLocomotive, plate: str | None, position_m: float
+) -> bool:
+    """Whether a reading of ``plate`` at ``position_m`` is the cab of a neighbour coupled cab
+    to cab with ``loco``: read beyond ``loco``'s body (its own plate hangs inside its cab) and
+    naming another plate than the one ``loco`` holds most evidence for. gen-d110-s3: two
+    ChME3s coupled cab to cab, both ends hidden, plates read 2 m apart; the second plate's
+    readings went to the first locomotive (within the plate margin of its cab), which then
+    showed no plate, and the second locomotive was never started."""
+    if plate is None or not loco.plates:
+        return False
+    lo, hi = loco.span
+    if lo <= position_m <= hi:
+        return False
+    top = max(sorted(loco.plates), key=lambda p: loco.plates[p])
+    return plate != top and loco.plates.get(plate, 0.0) < loco.plates[top]
 
 
 def owner_at(
