@@ -22,7 +22,14 @@ import click
 from schemas.facility import FacilityConfig, load_facility
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
-from services.evaluation.compare import Placed, pair_in_time, placed_from_state, placed_from_truth
+from services.evaluation.compare import (
+    Placed,
+    compare_placed,
+    pair_in_time,
+    placed_from_state,
+    placed_from_truth,
+    with_inside,
+)
 from services.evaluation.fusion_eval import DetectorModel, fuse, fuse_and_score, modelled_run
 from services.evaluation.tracking import Span, TrackingFrame, hota, idf1
 
@@ -176,19 +183,21 @@ def count_failures(
         if rel < warmup_s:
             continue
         want = placed_from_truth(truth, lengths, seen_at[truth.tick])
-        got = placed_from_state(state)
+        got = with_inside(placed_from_state(state), lengths)
+        scored = compare_placed(want, got, list(lengths))
         for track in lengths:
             a = [p for p in want if p.track_id == track]
             b = [p for p in got if p.track_id == track]
-            if len(a) != len(b) and track not in open_:
+            agrees = scored.track_agrees(track)
+            if not agrees and track not in open_:
                 text = f"truth {len(a)} [{_spans_text(a)}], state {len(b)} [{_spans_text(b)}]"
                 open_[track] = (rel, text)
-            elif len(a) == len(b) and track in open_:
+            elif agrees and track in open_:
                 close(track)
             last[track] = rel
     for track in list(open_):
         close(track)
-    out = [line for _, _, line in sorted(closed)]
+    out = list(dict.fromkeys(line for _, _, line in sorted(closed)))  # flicker: once each
     if len(out) > MAX_EXPLAINED:
         out = [*out[:MAX_EXPLAINED], f"... {len(out) - MAX_EXPLAINED} more intervals"]
     return out
