@@ -12,7 +12,13 @@ from services.state_estimator.fusion.association import Detection, Target, assig
 from services.state_estimator.fusion.births import hypotheses, revise_assumed, start_pairs
 from services.state_estimator.fusion.identity import owner_at, reading_owner
 from services.state_estimator.fusion.state import LooseEnd, PlateVote, TrackedLocomotive
-from services.state_estimator.fusion.tracking import ahead, predict, stop_where_hidden, travel
+from services.state_estimator.fusion.tracking import (
+    ahead,
+    drove_out,
+    predict,
+    stop_where_hidden,
+    travel,
+)
 
 
 def _on_t1(head_m: float, tail_m: float, **fields: object) -> TrackedLocomotive:
@@ -434,3 +440,45 @@ def test_a_plate_read_beyond_a_cab_naming_another_plate_is_a_neighbours_cab(
     # Its own plate read beyond it (placement error), and any plate read on its body: its own.
     assert reading_owner(core.config, [placed], reading("ChME3-6168", 31.0)) is placed
     assert reading_owner(core.config, [placed], reading("ChME3-5591", 29.0)) is placed
+
+
+@pytest.mark.parametrize(("left_behind", "runs_down"), [("TE33A-0001", True), ("TEM2-0002", False)])
+def test_a_driving_cabs_own_readings_left_behind_do_not_block_its_body(
+    core: FusionCore, left_behind: str, runs_down: bool
+) -> None:
+    # gen-d105-s2: a 2TE116 drove in head first at 2 m/s; its plate, read as it came, left
+    # cabs-by-plate behind it, each "another locomotive's cab inside the body", so the head
+    # started nothing for 11 s. The same plate is the same locomotive; another plate is not.
+    head = _unexplained(1, "head", 30.0)
+    trail = _unexplained(2, "head", 20.0).model_copy(update={"from_plate_only": True})
+
+    def read(plate: str, at_m: float) -> PlateVote:
+        return PlateVote(
+            key=f"{plate}@{at_m}", captured_at=T0, track_id="T1", position_m=at_m, plate=plate
+        )
+
+    state = FusionState(
+        loose_ends=[head, trail],
+        pending_votes=[read("TE33A-0001", 29.0), read(left_behind, 20.0)],
+    )
+    options = hypotheses(core.config, state, head, T0 + timedelta(seconds=3))
+    assert any(h.direction < 0 for h in options) is runs_down
+
+
+def test_a_locomotive_driving_out_through_a_gate_unseen_has_left_once_its_speed_took_it_out(
+    core: FusionCore,
+) -> None:
+    # gen-d107-s3: a ChME3 last measured leaving at 0.8 m/s through a stretch no camera
+    # shows; the fading speed stopped it 5 m inside the gate, where it stood for 28 s.
+    leaving = _on_t1(-12.2, 5.0, velocity_mps=-0.8, velocity_at=T0, last_seen=T0, head_seen_at=T0)
+    cfg = core.config
+    # Kept at 0.8 m/s it is 5 m further out than the fading prediction after ~16 s...
+    assert not drove_out(cfg, leaving, T0 + timedelta(seconds=14))
+    assert drove_out(cfg, leaving, T0 + timedelta(seconds=17))
+    # ...not when it drives in, stands, or is still being seen.
+    arriving = leaving.model_copy(update={"velocity_mps": 0.8})
+    assert not drove_out(cfg, arriving, T0 + timedelta(seconds=30))
+    standing = leaving.model_copy(update={"velocity_mps": 0.0})
+    assert not drove_out(cfg, standing, T0 + timedelta(seconds=30))
+    seen = leaving.model_copy(update={"last_seen": T0 + timedelta(seconds=29)})
+    assert not drove_out(cfg, seen, T0 + timedelta(seconds=30))

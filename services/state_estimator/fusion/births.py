@@ -64,9 +64,12 @@ def _body_free(
     span: tuple[float, float],
     ends: list[LooseEnd],
     exclude: tuple[int, ...],
+    own_plates: frozenset[str] = frozenset(),
 ) -> bool:
     """No known locomotive overlaps ``span`` with the part of it that is certain (see
-    :func:`certain_span`) and no other unexplained end stands inside it."""
+    :func:`certain_span`) and no other unexplained end stands inside it. A cab known only by
+    readings of ``own_plates`` is the body's own cab read earlier, as it drove (a plate names
+    one locomotive), not another locomotive's."""
     t = config.tuning
     for loco in state.locomotives:
         if loco.track_id == track_id and overlap(certain_span(config, loco), span) > t.overlap_m:
@@ -81,8 +84,18 @@ def _body_free(
         and e.from_plate_only
         and e.end_id not in exclude
         and lo + inset < e.position_m < hi - inset
+        and not (own_plates and plates_near(state, track_id, e.position_m, t.merge_m) <= own_plates)
         for e in state.loose_ends
     )
+
+
+def plates_near(state: FusionState, track_id: str, position_m: float, reach_m: float) -> set[str]:
+    """The plates of the waiting readings within ``reach_m`` of ``position_m``."""
+    return {
+        v.plate
+        for v in state.pending_votes
+        if v.plate and v.track_id == track_id and abs(v.position_m - position_m) <= reach_m
+    }
 
 
 def _end_inside(
@@ -292,6 +305,13 @@ def hypotheses(
     heads = [e.position_m for e in unexplained if e.kind == "head"]
     if end.from_plate_only and _cab_beside(config, state, end, heads):
         return []  # a detected cab beside the plate: its start uses the reading
+    # Readings at a detected head: that cab's plate. Where the cab drove, it left readings of
+    # the same plate behind, which are not another cab inside its body.
+    own = (
+        frozenset(plates_near(state, track, end.position_m, t.plate_inset_m + t.plate_margin_m))
+        if end.kind == "head" and not end.from_plate_only
+        else frozenset()
+    )
     out: list[Hypothesis] = []
     for direction in (-1.0, 1.0):
         if (
@@ -304,7 +324,7 @@ def hypotheses(
         for model, length in config.model_lengths.items():
             far = true + direction * length
             span = (min(true, far), max(true, far))
-            if not _body_free(config, state, track, span, unexplained, (end.end_id,)):
+            if not _body_free(config, state, track, span, unexplained, (end.end_id,), own):
                 continue
             if not config.passable(track, far):
                 continue  # its body would reach past a buffer stop

@@ -356,6 +356,8 @@ class FusionCore:
             length = cfg.track_lengths.get(loco.track_id, float("inf"))
             if hi < 0.0 or lo > length or loco.existence < t.existence_drop:
                 continue
+            if tracking.drove_out(cfg, loco, at):
+                continue
             kept.append(loco)
 
         def support(loco: TrackedLocomotive) -> tuple[int, float, float]:

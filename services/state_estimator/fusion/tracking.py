@@ -137,6 +137,33 @@ def ahead(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> tuple[
     return abs(loco.velocity_mps) * unseen_s, 1.0 if loco.velocity_mps > 0 else -1.0
 
 
+def drove_out(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> bool:
+    """Whether a locomotive last measured driving out through a gate would have left by now
+    had it kept that speed, and no camera has seen it since (``rigid_after_s``).
+
+    Its speed fades in the prediction, so one leaving through a stretch no camera shows
+    stops short inside the gate and stands there for ever: nothing can show it empty
+    (gen-d107-s3: a ChME3 stood 5 m inside for 28 s after it had gone). A locomotive partly
+    outside, driving out, goes on: the same judgement as in :func:`stop_where_hidden`.
+    """
+    t = config.tuning
+    length = config.track_lengths.get(loco.track_id)
+    if length is None or loco.velocity_at is None or abs(loco.velocity_mps) < PASSING_MPS:
+        return False
+    if seconds(at, loco.last_seen) <= t.rigid_after_s:
+        return False
+    lo, hi = loco.span
+    if loco.velocity_mps < 0 and lo < 0.0:
+        inside = hi  # driving out through the start
+    elif loco.velocity_mps > 0 and hi > length:
+        inside = length - lo
+    else:
+        return False
+    coasted_s = max(0.0, seconds(at, loco.velocity_at))
+    faded = _faded_travel(config, coasted_s)
+    return abs(loco.velocity_mps) * (coasted_s - faded) >= inside
+
+
 def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None:
     """Move ``loco`` to event time ``at`` (earlier or later) with its speed (``travel``)."""
     shift = travel(config, loco.velocity_mps, loco.velocity_at, loco.updated_at, at)
