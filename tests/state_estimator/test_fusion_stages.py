@@ -9,7 +9,13 @@ from state_builders import T0, end, identity, position
 
 from services.state_estimator.fusion import FusionCore, FusionState
 from services.state_estimator.fusion.association import Detection, Target, assign, keep_order
-from services.state_estimator.fusion.births import hypotheses, revise_assumed, start_pairs
+from services.state_estimator.fusion.births import (
+    Hypothesis,
+    choose,
+    hypotheses,
+    revise_assumed,
+    start_pairs,
+)
 from services.state_estimator.fusion.identity import owner_at, reading_owner
 from services.state_estimator.fusion.state import LooseEnd, PlateVote, TrackedLocomotive
 from services.state_estimator.fusion.tracking import (
@@ -483,3 +489,42 @@ def test_a_locomotive_driving_out_through_a_gate_unseen_has_left_once_its_speed_
     assert not drove_out(cfg, standing, T0 + timedelta(seconds=30))
     seen = leaving.model_copy(update={"last_seen": T0 + timedelta(seconds=29)})
     assert not drove_out(cfg, seen, T0 + timedelta(seconds=30))
+
+
+def test_an_assumed_end_shown_empty_is_evidence_only_where_every_model_length_is_shown(
+    core: FusionCore,
+) -> None:
+    # gen-d110-s3: a TE33A (21.7 m) entering tail first was taken for a 2TE116 (18.15 m); its
+    # assumed head, 3.5 m short, was in a camera's view, its real head beyond the view's edge,
+    # and it lost existence there. cam-s3 shows T1 from 24 to 36 m.
+    assumed = _on_t1(32.97, 16.0, tail_seen_at=T0, assumed_model="TEM2")
+    # At 21.7 m (TE33A) its head would stand at 37.7 m, beyond cam-s3's view.
+    assert core._may_stand_unshown(assumed, "cam-s3", "head", [])
+    # Every model's head would be in view: not detecting it there is evidence.
+    shorter = _on_t1(26.97, 10.0, tail_seen_at=T0, assumed_model="TEM2")
+    assert not core._may_stand_unshown(shorter, "cam-s3", "head", [])
+    # Its model read from its plate: its length is known, not assumed.
+    read = assumed.model_copy(update={"models": {"TEM2": 3.0}})
+    assert not core._may_stand_unshown(read, "cam-s3", "head", [])
+    # A seen end is where it was seen.
+    seen = assumed.model_copy(update={"head_seen_at": T0})
+    assert not core._may_stand_unshown(seen, "cam-s3", "head", [])
+
+
+@pytest.mark.parametrize(("speed", "decided"), [(-0.8, True), (0.0, False)])
+def test_a_lone_end_driving_through_a_gate_needs_no_wait(
+    core: FusionCore, speed: float, decided: bool
+) -> None:
+    # gen-d110-s3: a tail driving in from the far gate waited lone_end_wait_s (6 s) before
+    # its body was placed outside, uncounted all that time. Standing, it still waits.
+    tail = _unexplained(1, "tail", 40.0).model_copy(
+        update={"velocity_mps": speed, "velocity_at": T0 + timedelta(seconds=2)}
+    )
+    options = [
+        Hypothesis(1.0, "TEM2", 16.97, 39.7, 56.67, True),
+        Hypothesis(-1.0, "TEM2", 16.97, 40.3, 23.33, False),
+    ]
+    chosen = choose(core.config, FusionState(), tail, options, T0 + timedelta(seconds=2))
+    assert (chosen is not None and chosen.direction == 1.0) is decided
+    if not decided:
+        assert chosen is None

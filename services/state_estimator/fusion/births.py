@@ -439,12 +439,14 @@ def choose(
         return None  # a plate with no model: nothing to place
     directions = {h.direction for h in options}
     if len(directions) > 1:
-        if seconds(at, end.first_seen) < config.tuning.lone_end_wait_s:
-            return None
         outside = {h.direction for h in options if h.far_outside}
         moving = abs(speed_at(config, end.velocity_mps, end.velocity_at, at)) >= PASSING_MPS
         if len(outside) == 1 and moving:
+            # Driving through a gate: its body is on the gate's side. No need to wait (an
+            # arriving locomotive went uncounted for the whole wait: gen-d110-s3).
             direction = outside.pop()
+        elif seconds(at, end.first_seen) < config.tuning.lone_end_wait_s:
+            return None
         else:
             counts = {d: sum(h.direction == d for h in options) for d in directions}
             if counts[1.0] != counts[-1.0]:

@@ -40,6 +40,7 @@ from services.state_estimator.fusion.state import (
     TrackedLocomotive,
 )
 from services.state_estimator.fusion.visibility import (
+    Occluder,
     covers_track,
     note_seen_through,
     occluders_of,
@@ -229,6 +230,8 @@ class FusionCore:
                 if kind == "head" and tracking.plate_read_lately(cfg, owner, at):
                     continue  # its plate, read at the cab just now: the cab is there, hidden
                 if shows_end(cfg, owner, camera_id, kind, spot, occluders):
+                    if self._may_stand_unshown(owner, camera_id, kind, occluders):
+                        continue
                     if tracking.stop_where_hidden(
                         cfg,
                         owner,
@@ -253,6 +256,31 @@ class FusionCore:
                 lo, hi = loco.span
                 if lo + t.merge_m < det.position_m < hi - t.merge_m:
                     tracking.missed(cfg, loco)
+
+    def _may_stand_unshown(
+        self,
+        loco: TrackedLocomotive,
+        camera_id: str,
+        kind: EndKind,
+        occluders: list[Occluder],
+    ) -> bool:
+        """Whether an end never seen, placed at an assumed model's length from its seen other
+        end, may stand at another model's length where this camera does not show it: then
+        not detecting it at the assumed spot is no evidence (gen-d110-s3: a TE33A taken for a
+        2TE116 lost its existence because its assumed head, 3.5 m short, was in view and its
+        real head beyond the image edge)."""
+        cfg = self.config
+        if loco.seen_at(kind) is not None or loco.seen_at(tracking.other(kind)) is None:
+            return False
+        if identity.read_model(cfg, loco) is not None:
+            return False  # its length is read, not assumed
+        anchor = loco.end_m(tracking.other(kind))
+        sign = 1.0 if loco.end_m(kind) >= anchor else -1.0
+        off = cfg.tuning.end_label_offset_m
+        return any(
+            not shows_end(cfg, loco, camera_id, kind, anchor + sign * (length - off), occluders)
+            for length in cfg.model_lengths.values()
+        )
 
     @staticmethod
     def _contacts(
