@@ -82,9 +82,8 @@ def bench_command(batches: str, read_n: int, timeout_s: float) -> None:
     from schemas.base import Message
     from schemas.topics import TopicSpec
     from services.infra import EmbeddedInfra, settings_on_free_ports
-    from services.infra.log_cleaner import BrokerLogCleaner, Rule
+    from services.infra.log_cleaner import BrokerLogCleaner, Rule, broker_store
     from services.runtime.kafka import TopicAdmin
-    from services.runtime.storage import ObjectStore
 
     try:
         sizes = [int(b) for b in batches.split(",") if b.strip()]
@@ -105,7 +104,7 @@ def bench_command(batches: str, read_n: int, timeout_s: float) -> None:
         stack.up()
         settings = stack.client_settings
         admin = TopicAdmin(settings.kafka)
-        store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
+        store = broker_store(settings)
         for n in sizes:
             topic, group = f"bench-broker-{n}", f"bench-broker-{n}-group"
             admin.ensure([TopicSpec(topic, Message, 1, {"cleanup.policy": "delete"})])

@@ -24,9 +24,9 @@ from pathlib import Path
 import click
 
 from services.benchmarks.faults import Pipeline, StateWatch, finish, wait_until
-from services.infra.log_cleaner import partition_batches
+from services.infra.log_cleaner import broker_store, partition_batches
 from services.runtime.consumer_lag import ConsumerLagMonitor
-from services.runtime.storage import ObjectStore, StorageError
+from services.runtime.storage import StorageError
 
 RSS_GROWTH_GOAL = 0.10
 STATE_AGE_GOAL_S = 10.0
@@ -81,10 +81,8 @@ def sample(
 
 def largest_partition(pipe: Pipeline, at: float, out: Samples) -> tuple[str, int]:
     """The broker's largest partition now (topic, batch objects); ("?", -1) if unreadable."""
-    settings = pipe.infra.client_settings
-    store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
     try:
-        sizes = partition_batches(store)
+        sizes = partition_batches(broker_store(pipe.infra.client_settings))
     except StorageError:
         return "?", -1
     if not sizes:

@@ -394,9 +394,13 @@ def embedded_cleaner(settings: Settings, flows: Iterable[str]) -> BrokerLogClean
         max_batches=settings.infra.broker_max_batches,
         single_key=[FacilityState.topic_name(f) for f in flows],
     )
-    store = ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
     admin = TopicAdmin(settings.kafka)
-    return BrokerLogCleaner(store, rules, admin.committed, groups=admin.groups)
+    return BrokerLogCleaner(broker_store(settings), rules, admin.committed, groups=admin.groups)
+
+
+def broker_store(settings: Settings) -> ObjectStore:
+    """The object store holding the embedded broker's log (its own bucket on the same S3)."""
+    return ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
 
 
 def partition_batches(store: ObjectStore) -> dict[tuple[str, int], int]:

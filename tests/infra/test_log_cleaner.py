@@ -18,6 +18,7 @@ from services.infra.log_cleaner import (
     BrokerLogCleaner,
     CleanerThread,
     Rule,
+    broker_store,
     doomed,
     embedded_cleaner,
     parse_batch_key,
@@ -27,7 +28,6 @@ from services.infra.log_cleaner import (
 )
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
-from services.runtime.storage import ObjectStore
 from services.state_estimator.config import StateEstimatorServiceSettings
 
 NOW = 1_000_000.0
@@ -194,10 +194,6 @@ def commit(settings: Settings, topic: str, group: str, offset: int) -> None:
         consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
     finally:
         consumer.close()
-
-
-def broker_store(settings: Settings) -> ObjectStore:
-    return ObjectStore(settings.s3.model_copy(update={"bucket": settings.infra.broker_bucket}))
 
 
 def batch_objects(settings: Settings, topic: str) -> list[str]:

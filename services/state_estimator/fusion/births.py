@@ -417,9 +417,8 @@ def _cab_names_another_length(
     cab and a neighbour's far end whose distance happens to fit another model)."""
     t = config.tuning
     direction = 1.0 if tail_m >= head_m else -1.0
-    named = _cab_readings(config, state, track_id, head_m + direction * t.plate_inset_m)
-    model = dominant(named, 0.0, t.plate_dominance)
-    if model not in config.model_lengths:
+    model = _named_model(config, state, track_id, head_m + direction * t.plate_inset_m)
+    if model is None:
         return False  # none, or no clear majority (two cabs' plates read side by side)
     return abs(config.model_lengths[model] - abs(tail_m - head_m)) > t.pairing_tolerance_m
 
@@ -530,7 +529,8 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
     plate alone) when new evidence contradicts the assumption.
 
     * An unexplained end of the other kind that fits a model length from the seen end is that
-      locomotive's far end: the pair replaces the assumption.
+      locomotive's far end: the pair replaces the assumption. So is a cab known by its plate
+      alone whose readings name a model fitting from a seen tail (its end stays unseen).
     * A detected end inside the assumed body means the body runs the other way: it is turned
       round about its seen end (the end inside belongs to a neighbour).
     """
