@@ -104,12 +104,22 @@ class SnapshotComparison:
         borderline ones (see ``GATE_TOLERANCE_M``)."""
         a, b = self.counts.get(track_id, (0, 0))
         loose_a, loose_b = self.borderline.get(track_id, (0, 0))
-        return a - loose_a <= b and b - loose_b <= a
+        return _counts_agree(a, b, loose_a, loose_b)
 
     @property
     def counts_agree(self) -> bool:
         """Every track holds the same number of locomotives in A and B (see track_agrees)."""
         return all(self.track_agrees(t) for t in self.counts)
+
+
+def _counts_agree(a: int, b: int, loose_a: int, loose_b: int) -> bool:
+    """Counts ``a`` and ``b`` agree when each side may leave out its borderline ones."""
+    return a - loose_a <= b and b - loose_b <= a
+
+
+def placed_counts_agree(a: Sequence[Placed], b: Sequence[Placed]) -> bool:
+    """Two sides' locomotives of one track are as many, give or take the borderline ones."""
+    return _counts_agree(len(a), len(b), sum(p.borderline for p in a), sum(p.borderline for p in b))
 
 
 def placed_from_state(state: FacilityState) -> list[Placed]:

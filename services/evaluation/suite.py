@@ -24,8 +24,8 @@ from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import (
     Placed,
-    compare_placed,
     pair_in_time,
+    placed_counts_agree,
     placed_from_state,
     placed_from_truth,
     with_inside,
@@ -184,11 +184,10 @@ def count_failures(
             continue
         want = placed_from_truth(truth, lengths, seen_at[truth.tick])
         got = with_inside(placed_from_state(state), lengths)
-        scored = compare_placed(want, got, list(lengths))
         for track in lengths:
             a = [p for p in want if p.track_id == track]
             b = [p for p in got if p.track_id == track]
-            agrees = scored.track_agrees(track)
+            agrees = placed_counts_agree(a, b)
             if not agrees and track not in open_:
                 text = f"truth {len(a)} [{_spans_text(a)}], state {len(b)} [{_spans_text(b)}]"
                 open_[track] = (rel, text)

@@ -421,9 +421,9 @@ class FusionCore:
         t = self.config.tuning
         same = [s for s in survivors if s.track_id == loco.track_id]
         worst = max(same, key=lambda s: births.overlap(s.span, loco.span), default=None)
-        if worst is None or births.overlap(worst.span, loco.span) <= t.overlap_m:
+        depth = 0.0 if worst is None else births.overlap(worst.span, loco.span)
+        if worst is None or depth <= t.overlap_m:
             return True
-        depth = births.overlap(worst.span, loco.span)
         if depth > t.contact_m:
             return False
         lo, hi = loco.span
