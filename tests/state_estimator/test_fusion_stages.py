@@ -20,10 +20,13 @@ from services.state_estimator.fusion.identity import owner_at, reading_owner
 from services.state_estimator.fusion.state import LooseEnd, PlateVote, TrackedLocomotive
 from services.state_estimator.fusion.tracking import (
     ahead,
+    braking,
     drove_out,
     predict,
+    raw_end,
     stop_where_hidden,
     travel,
+    update,
 )
 
 
@@ -343,12 +346,44 @@ def test_a_coasting_locomotive_shown_empty_stops_where_no_camera_sees_it(
     predict(cfg, other, at)
     assert not stop_where_hidden(cfg, other, other.head_m, at, lambda p: False)
     # Partly outside the depot, driving out through a gate: it has gone on, not stopped.
-    leaving = _on_t1(4.0, -13.0, velocity_mps=-2.0, velocity_at=T0)
+    leaving = _on_t1(4.0, -13.0, velocity_mps=-2.0, velocity_at=T0, peak_mps=2.1)
     predict(cfg, leaving, at)
     assert not stop_where_hidden(cfg, leaving, leaving.head_m, at, lambda p: True)
+    # Unless it was braking (measured well below its move's peak): it stopped half outside
+    # (gen-d303-s2, extended dev pool: a coupled pair shunted out to the gate braked from
+    # 1.8 to 1.1 m/s as its last ends were seen, and was dropped for its head shown empty).
+    braked = _on_t1(4.0, -13.0, velocity_mps=-1.1, velocity_at=T0, peak_mps=1.8)
+    predict(cfg, braked, at)
+    assert stop_where_hidden(cfg, braked, braked.head_m, at, lambda p: p >= 3.0)
+    assert braked.velocity_mps == 0.0
     # A speed just measured: nothing coasted, nothing to take back.
     fresh = _on_t1(10.0, 27.0, velocity_mps=1.0, velocity_at=at)
     assert not stop_where_hidden(cfg, fresh, fresh.head_m, at, lambda p: True)
+
+
+def test_a_move_keeps_its_peak_speed_until_the_locomotive_stands(core: FusionCore) -> None:
+    cfg = core.config
+    loco = _on_t1(30.0, 47.0, velocity_mps=-1.8, velocity_at=T0)
+
+    def seen_where_predicted(at_s: float, velocity_mps: float) -> None:
+        at = T0 + timedelta(seconds=at_s)
+        loco.velocity_mps, loco.velocity_at = velocity_mps, at
+        predict(cfg, loco, at)
+        spot = raw_end(loco, "head", cfg.tuning.end_label_offset_m)
+        update(cfg, loco, {"head": Detection("head", spot, 0.9)}, at, "cam-01")
+
+    seen_where_predicted(1.0, -1.8)
+    assert loco.peak_mps == pytest.approx(1.8)
+    assert not braking(loco)
+    seen_where_predicted(2.0, -1.7)  # jitter: still driving
+    assert loco.peak_mps == pytest.approx(1.8)
+    assert not braking(loco)
+    seen_where_predicted(3.0, -1.1)  # slowing down to stop
+    assert loco.peak_mps == pytest.approx(1.8)
+    assert braking(loco)
+    seen_where_predicted(4.0, -0.1)  # standing: the next move starts afresh
+    assert loco.peak_mps == 0.0
+    assert not braking(loco)
 
 
 def test_a_coupled_pair_measured_into_each_other_is_pushed_apart_not_dropped(

@@ -77,6 +77,9 @@ class TrackedLocomotive(Record):
     velocity_mps: float = 0.0
     velocity_at: UtcDatetime | None = None
     """Event time ``velocity_mps`` was last measured; it fades from then (None: never)."""
+    peak_mps: float = 0.0
+    """The highest measured speed of its current move (0 while it stands): a locomotive
+    measured well below it is braking."""
     updated_at: UtcDatetime
     first_seen: UtcDatetime
     last_seen: UtcDatetime

@@ -174,6 +174,21 @@ def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None
     loco.updated_at = at
 
 
+BRAKING_DROP = 0.3
+"""A locomotive last measured this share of its move's peak speed below the peak..."""
+
+BRAKING_DROP_MPS = 0.4
+"""...and at least this much below it (twice the speed noise of 0.2 m/s detection jitter),
+was braking."""
+
+
+def braking(loco: TrackedLocomotive) -> bool:
+    """Whether its last measured speed is well below the peak of its move: it was slowing
+    down to stop (a locomotive driving out through a gate keeps its speed)."""
+    drop = loco.peak_mps - abs(loco.velocity_mps)
+    return drop >= max(BRAKING_DROP * loco.peak_mps, BRAKING_DROP_MPS)
+
+
 COAST_SHARES = (0.25, 0.5, 0.75, 1.0)
 """How far back, as shares of the distance coasted, a coasting locomotive may have stopped."""
 
@@ -201,8 +216,8 @@ def stop_where_hidden(
     coasted = travel(config, loco.velocity_mps, loco.velocity_at, loco.velocity_at, at)
     if abs(coasted) < config.tuning.merge_m:
         return False
-    if not all(on_track(config, loco.track_id, end_m) for end_m in loco.span):
-        return False  # passing through a gate: it may as well have gone on, out of the depot
+    if not all(on_track(config, loco.track_id, end_m) for end_m in loco.span) and not braking(loco):
+        return False  # driving through a gate, not braking: it has gone on, out of the depot
     for share in COAST_SHARES:
         back = -coasted * share
         if hidden(spot_m + back):
@@ -263,6 +278,8 @@ def update(
             correct_speed(config, loco, residual, at)
         _mark_seen(loco, kind, at)
     _hold_length(config, loco, detected, at)
+    speed = abs(loco.velocity_mps)
+    loco.peak_mps = max(loco.peak_mps, speed) if speed >= PASSING_MPS else 0.0
     loco.existence = min(1.0, loco.existence + t.existence_hit * len(detected))
     loco.last_seen = max(loco.last_seen, at)
     if camera_id in loco.cameras:
