@@ -22,6 +22,10 @@ def test_dev_and_validation_use_disjoint_depots_and_enough_cases() -> None:
     dev_depots = {c.depot_seed for c in dev if c.depot_seed is not None}
     assert dev_depots.isdisjoint({c.depot_seed for c in validation})
     assert {c.name for c in dev}.isdisjoint({c.name for c in validation})
+    extra = cases("extra")
+    assert len(extra) >= 40
+    extra_depots = {c.depot_seed for c in extra}
+    assert extra_depots.isdisjoint(dev_depots | {c.depot_seed for c in validation})
     assert {"test-busy-9701", "test-busy-9702"} <= {c.name for c in cases("all")}
 
 
