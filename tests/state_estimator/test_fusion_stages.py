@@ -406,6 +406,29 @@ def test_a_coupled_pair_measured_into_each_other_is_pushed_apart_not_dropped(
     ]
 
 
+def test_a_locomotive_pushed_back_by_its_coupled_neighbour_takes_its_speed(
+    core: FusionCore,
+) -> None:
+    # gen-d301-s1 (extra pool): a 2TE116 followed by its plate was pushed back every second
+    # by the TE33A coupled ahead of it, whose prediction lagged; its own speed, corrected up
+    # after every push, reached 4.7 m/s (truth 0.7) and carried it away when the TE33A went.
+    ahead = _on_t1(30.0, 51.7, tail_seen_at=T0, velocity_mps=0.6, velocity_at=T0)
+    behind = _on_t1(
+        13.7,
+        31.8,
+        locomotive_id="loco-2",
+        first_seen=T0 + timedelta(seconds=5),
+        velocity_mps=2.7,
+        velocity_at=T0 + timedelta(seconds=5),
+    )
+    state = FusionState(locomotives=[ahead, behind])
+    core._tidy(state, T0 + timedelta(seconds=6))
+    assert [x.locomotive_id for x in state.locomotives] == ["loco-1", "loco-2"]
+    pushed = state.locomotives[1]
+    assert pushed.tail_m == pytest.approx(30.0)
+    assert (pushed.velocity_mps, pushed.velocity_at) == (0.6, T0)
+
+
 def test_two_placements_of_one_body_keep_the_better_supported(core: FusionCore) -> None:
     # Overlapping by more than contact_m: two hypotheses of one locomotive, not a pair.
     seen = _on_t1(20.0, 37.0, head_seen_at=T0, tail_seen_at=T0)

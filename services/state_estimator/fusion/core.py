@@ -437,6 +437,8 @@ class FusionCore:
             return False
         loco.head_m += shift
         loco.tail_m += shift
+        # Coupled, they move together: a speed that drove it into its neighbour is wrong.
+        loco.velocity_mps, loco.velocity_at = worst.velocity_mps, worst.velocity_at
         return True
 
     def _without_stale_copies(self, locos: list[TrackedLocomotive]) -> list[TrackedLocomotive]:
