@@ -144,7 +144,8 @@ def drove_out(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> bo
     Its speed fades in the prediction, so one leaving through a stretch no camera shows
     stops short inside the gate and stands there for ever: nothing can show it empty
     (gen-d107-s3: a ChME3 stood 5 m inside for 28 s after it had gone). A locomotive partly
-    outside, driving out, goes on: the same judgement as in :func:`stop_where_hidden`. The
+    outside, driving out, goes on: the judgement :func:`stop_where_hidden` makes for one not
+    braking (this check does not look at braking). The
     measured speed is noisy: it must have taken the body ``association_gate_m`` past the gate
     (without that margin, dev lost 0.1-1.3 points on four cases by early drops).
     """
@@ -175,11 +176,12 @@ def predict(config: FusionConfig, loco: TrackedLocomotive, at: datetime) -> None
 
 
 BRAKING_DROP = 0.3
-"""A locomotive last measured this share of its move's peak speed below the peak..."""
+"""A locomotive last measured this share of its move's peak speed below the peak, and at
+least ``BRAKING_DROP_MPS`` below it, was braking."""
 
 BRAKING_DROP_MPS = 0.4
-"""...and at least this much below it (twice the speed noise of 0.2 m/s detection jitter),
-was braking."""
+"""The least drop below the peak that counts as braking, so that the speed filter's jitter
+on a slow move does not (chosen on the dev and extra sets, not measured as a noise level)."""
 
 
 def braking(loco: TrackedLocomotive) -> bool:
