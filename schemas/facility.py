@@ -678,6 +678,11 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__(f"{source}: " + f"\n{source}: ".join(problems))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, list[str]]]:
+        # Rebuilt from its own arguments: raised in a worker process (the suite's pool), it
+        # must reach the parent, which otherwise waits for ever on a result it cannot unpickle.
+        return ConfigError, (self.source, self.problems)
+
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""

@@ -20,7 +20,7 @@ from typing import Literal
 
 import click
 
-from schemas.facility import FacilityConfig, load_facility
+from schemas.facility import ConfigError, FacilityConfig, load_facility
 from schemas.facility_state import FacilityState
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import (
@@ -328,6 +328,27 @@ def aggregate(results: Sequence[CaseResult]) -> tuple[list[str], bool]:
     return lines, all_met
 
 
+def _run_cases(chosen: list[Case], jobs: int, details: bool) -> list[CaseResult]:
+    """Run the cases (in ``jobs`` forked workers), printing a row as each finishes."""
+    results: list[CaseResult] = []
+    if jobs > 1 and len(chosen) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            for result in pool.imap(run_case, chosen):
+                results.append(result)
+                click.echo(row(result))
+        return results
+    for case in chosen:
+        result = run_case(case)
+        results.append(result)
+        click.echo(row(result))
+        if details:
+            for line in result.details:
+                click.echo(f"  {line}")
+    return results
+
+
 @click.command("suite")
 @click.option(
     "--set",
@@ -379,22 +400,10 @@ def suite_command(
     if limit is not None:
         chosen = chosen[:limit]
     click.echo(HEADER)
-    results: list[CaseResult] = []
-    if jobs > 1 and len(chosen) > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            for result in pool.imap(run_case, chosen):
-                results.append(result)
-                click.echo(row(result))
-    else:
-        for case in chosen:
-            result = run_case(case)
-            results.append(result)
-            click.echo(row(result))
-            if one is not None:
-                for line in result.details:
-                    click.echo(f"  {line}")
+    try:
+        results = _run_cases(chosen, jobs, details=one is not None)
+    except ConfigError as exc:
+        raise click.ClickException(f"{exc} (run from the repository root)") from None
     lines, met = aggregate(results)
     click.echo(f"-- {len(results)} cases ({split if one is None else one})")
     for line in lines:

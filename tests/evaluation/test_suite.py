@@ -56,6 +56,17 @@ def test_suite_runs_two_cases_and_prints_a_row_each(monkeypatch: pytest.MonkeyPa
     assert any(x.startswith("wrong plate <= 0.5%") for x in lines)
 
 
+@pytest.mark.timeout(60)
+def test_suite_outside_the_repository_says_so_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the shipped-depot cases read ./facility.yaml
+    result = CliRunner().invoke(evaluate, ["suite", "--set", "dev", "--cases", "2", "--jobs", "2"])
+    assert result.exit_code == 1, result.output
+    assert "facility.yaml: file not found" in result.output
+    assert "run from the repository root" in result.output
+
+
 def test_wrong_counts_are_listed_as_intervals_per_track() -> None:
     lengths = {"T1": 60.0, "T2": 60.0, "T3": 60.0}
     truths, snaps = [], []

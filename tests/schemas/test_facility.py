@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
@@ -482,6 +483,14 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{missing}: file not found; pass --config PATH or set DEPOTWATCH_FACILITY_CONFIG"
     )
+
+
+def test_config_error_survives_pickling_from_a_worker_process(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_facility(tmp_path / "nowhere.yaml")
+    copied = pickle.loads(pickle.dumps(caught.value))
+    assert (copied.source, copied.problems) == (caught.value.source, caught.value.problems)
+    assert str(copied) == str(caught.value)
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
