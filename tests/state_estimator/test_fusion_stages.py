@@ -266,6 +266,28 @@ def test_a_pair_whose_cab_reading_names_another_length_is_not_one_locomotive(
     assert spans == ([(2.0, 23.7)] if paired else [])
 
 
+@pytest.mark.parametrize(("cab_m", "paired"), [(3.0, True), (6.0, False)])
+def test_a_cab_known_by_its_plate_pairs_with_a_detected_tail(
+    core: FusionCore, cab_m: float, paired: bool
+) -> None:
+    # Fresh pool gen-d413-s3: a locomotive drove in with its cab end hidden, shown by its
+    # plate and its tail. Each was started alone, its body placed the wrong way: two phantoms.
+    # A plate 1 m inside a cab at 2.0 m and a tail detected at 19.2 m: a ChME3 (17.22 m).
+    t = core.config.tuning
+    assert t.plate_inset_m == 1.0
+    cab = _unexplained(1, "head", cab_m).model_copy(update={"from_plate_only": True})
+    tail = _unexplained(2, "tail", 19.22 - t.end_label_offset_m)
+    state = FusionState(loose_ends=[cab, tail])
+    start_pairs(core.config, state, "T1", T0 + timedelta(seconds=3))
+    spans = [(round(x.head_m, 1), round(x.tail_m, 1)) for x in state.locomotives]
+    assert spans == ([(2.0, 19.2)] if paired else [])
+    if paired:
+        (loco,) = state.locomotives
+        assert loco.head_seen_at is None  # known by its plate: the cab end was never detected
+        assert loco.tail_seen_at == T0 + timedelta(seconds=3)
+        assert state.loose_ends == []
+
+
 @pytest.mark.parametrize(("plate", "revised"), [(None, True), ("ChME3-0001", False)])
 def test_an_assumed_end_is_not_revised_to_a_cab_whose_reading_names_another_length(
     core: FusionCore, plate: str | None, revised: bool

@@ -237,17 +237,26 @@ def _plate_behind_cab(
 
 
 def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
-    """Start locomotives from unexplained head/tail pairs that fit a model length."""
+    """Start locomotives from unexplained head/tail pairs that fit a model length.
+
+    A cab known only by its plate readings pairs with a detected tail too (its plate hangs
+    ``plate_inset_m`` inside the cab): a locomotive driving in with its cab end hidden is
+    otherwise started twice from its lone ends, each body placed the wrong way (fresh pool
+    gen-d413-s3: a TEP70 shown by its plate and its tail became two phantoms for 220 s).
+    """
     t = config.tuning
     off = t.end_label_offset_m
-    ends = [e for e in _eligible(config, state, track_id, at) if not e.from_plate_only]
+    eligible = _eligible(config, state, track_id, at)
+    ends = [e for e in eligible if not e.from_plate_only]
+    cabs = [e for e in eligible if e.from_plate_only and e.kind == "head"]
     # Any detected end, however new, inside a body rules that body out: it is another end.
     detected = [e for e in state.loose_ends if e.track_id == track_id and not e.from_plate_only]
     options: list[tuple[float, LooseEnd, LooseEnd, float, float]] = []
-    for head in (e for e in ends if e.kind == "head"):
+    for head in [*(e for e in ends if e.kind == "head"), *cabs]:
         for tail in (e for e in ends if e.kind == "tail"):
             direction = 1.0 if tail.position_m >= head.position_m else -1.0
-            head_true = head.position_m - direction * off
+            head_off = t.plate_inset_m if head.from_plate_only else off
+            head_true = head.position_m - direction * head_off
             tail_true = tail.position_m + direction * off
             length = abs(tail_true - head_true)
             misfit = config.length_misfit(length)
@@ -259,7 +268,9 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
             if not _body_free(config, state, track_id, span, detected, (head.end_id, tail.end_id)):
                 continue
             heads = [e.position_m for e in ends if e.kind == "head"]
-            if _plate_behind_cab(config, state, head, direction, heads):
+            if not head.from_plate_only and _plate_behind_cab(
+                config, state, head, direction, heads
+            ):
                 continue
             if _cab_names_another_length(config, state, track_id, head_true, tail_true):
                 continue
@@ -280,7 +291,7 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
             at,
             t.existence_birth,
             [head, tail],
-            head.last_seen,
+            None if head.from_plate_only else head.last_seen,
             tail.last_seen,
             None,
         )
