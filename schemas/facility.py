@@ -120,7 +120,11 @@ class Camera(StrictModel):
     """One camera: where its stream comes from and how its pixels map to the floor."""
 
     id: Identifier = Field(description="Camera id; Kafka key, S3 key prefix and metrics label.")
-    source: str = Field(description="Stream URL: rtsp://, rtsps://, http(s):// or file://.")
+    source: str = Field(
+        description="Stream URL: rtsp://, rtsps://, http(s):// or file://.",
+        # For the API's JSON Schema; the validator below words the errors.
+        json_schema_extra={"pattern": "^(" + "|".join(SOURCE_SCHEMES) + ")://."},
+    )
     enabled: bool = Field(default=True, description="Disabled cameras are not captured.")
     fps: float = Field(default=2.0, gt=0, le=60, description="Target frames per second to keep.")
     width: int = Field(default=1280, gt=0, le=8192, description="Frame width, pixels.")
@@ -130,7 +134,8 @@ class Camera(StrictModel):
         default_factory=list, description="Tracks this camera looks at (for health and docs)."
     )
     calibration: list[CalibrationPoint] = Field(
-        description="At least 4 pixel <-> floor point pairs, not all on one line."
+        description="At least 4 pixel <-> floor point pairs, not all on one line.",
+        json_schema_extra={"minItems": 4},
     )
     pose: CameraPose | None = Field(
         default=None, description="Camera pose, used by the simulator to render this view."
@@ -747,14 +752,31 @@ def load_facility(path: str | Path) -> FacilityConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot be read ({exc.strerror})"]) from None
+    return parse_facility_yaml(text, str(p))
+
+
+def parse_facility_yaml(text: str, source: str = "<facility>") -> FacilityConfig:
+    """Validate facility YAML text exactly as ``config check`` does a file (the API's camera
+    changes go through here before anything is written)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(p), [f"{where}not valid YAML ({problem}); fix the syntax"]) from None
-    return parse_facility(data, str(p))
+        raise ConfigError(source, [f"{where}not valid YAML ({problem}); fix the syntax"]) from None
+    return parse_facility(data, source)
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, for logs and API responses."""
+    parsed = urlparse(url)
+    if parsed.password is None and parsed.username is None:
+        return url
+    host = parsed.hostname or ""
+    if parsed.port:
+        host += f":{parsed.port}"
+    return parsed._replace(netloc=f"***@{host}").geturl()
 
 
 ModelName = Annotated[str, Field(min_length=1)]

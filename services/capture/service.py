@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from schemas.facility import Camera
+from schemas.facility import Camera, redact_url
 from services.capture.config import CaptureSettings
 from services.capture.decimation import FrameDecimator, SequenceNumbers
-from services.capture.stream import Image, StreamError, StreamReader, redact
+from services.capture.stream import Image, StreamError, StreamReader
 from services.runtime.backoff import Backoff
 from services.runtime.frame_queue import FrameQueue
 from services.runtime.frame_transport import FrameSender
@@ -115,7 +115,7 @@ class CaptureService:
         reader = StreamReader(self.source, s.open_timeout_s, s.watchdog_s, s.loop_files)
         decimator = FrameDecimator(self.camera.fps, s.decimation_tolerance)
         backoff = Backoff(s.backoff_initial_s, s.backoff_max_s)
-        url = redact(self.source)
+        url = redact_url(self.source)
         first_open = True
         while not self.shutdown.requested:
             try:

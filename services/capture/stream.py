@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from schemas.facility import redact_url
 from services.capture.decimation import source_is_live
 
 Image = npt.NDArray[np.uint8]
@@ -25,17 +26,6 @@ os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 
 class StreamError(RuntimeError):
     """The stream could not be opened or read; the message names the URL and the cause."""
-
-
-def redact(url: str) -> str:
-    """The URL without user:password, for logs."""
-    parsed = urlparse(url)
-    if parsed.password is None and parsed.username is None:
-        return url
-    host = parsed.hostname or ""
-    if parsed.port:
-        host += f":{parsed.port}"
-    return parsed._replace(netloc=f"***@{host}").geturl()
 
 
 class StreamReader:
@@ -74,7 +64,7 @@ class StreamReader:
         if not cap.isOpened():
             cap.release()
             raise StreamError(
-                f"{redact(self.url)}: cannot open stream (unreachable, refused or not a video)"
+                f"{redact_url(self.url)}: cannot open stream (unreachable, refused or not a video)"
             )
         self._cap = cap
         if not self.live:

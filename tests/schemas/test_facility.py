@@ -506,3 +506,27 @@ def test_a_real_camera_needs_no_pose(shipped_data: dict[str, Any]) -> None:
     cam = cfg.cameras[0]
     assert cam.pose is None
     np.testing.assert_allclose(cam.floor_points([(600, 375)]), [[5.0, 5.0]], atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://op:hunter2@192.0.2.7:554/s1", "rtsp://***@192.0.2.7:554/s1"),
+        ("rtsp://op@192.0.2.7/s1", "rtsp://***@192.0.2.7/s1"),
+        ("rtsp://192.0.2.7:554/s1", "rtsp://192.0.2.7:554/s1"),
+        ("file:///data/cam1.mp4", "file:///data/cam1.mp4"),
+    ],
+)
+def test_redact_url_hides_user_and_password(url: str, shown: str) -> None:
+    from schemas.facility import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_yaml_text_is_checked_like_a_file() -> None:
+    from schemas.facility import parse_facility_yaml
+
+    with pytest.raises(ConfigError) as err:
+        parse_facility_yaml("facility_id: [unclosed\n", "edit")
+    assert err.value.source == "edit"
+    assert err.value.problems[0].startswith("line 2, column 1: not valid YAML")
