@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from aiohttp import web
+import uvicorn
+from starlette.types import ASGIApp
 
 from schemas.facility import ConfigError, load_facility
 from services.dashboard.config import DashboardSettings
@@ -22,43 +27,104 @@ from services.runtime.storage import ObjectStore
 log = logging.getLogger("services.dashboard")
 
 
-async def serve(
-    server: DashboardServer, host: str, port: int, ready: asyncio.Event | None = None
-) -> None:
-    """Serve until SIGTERM/SIGINT (or cancellation); logs the bound URL."""
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: :func:`serve` owns SIGTERM/SIGINT, so the
+    command's clean-up (the Kafka feed) runs and the exit status is 0 on a stop."""
 
-    # No access log: request lines would carry ?token= and every browser's SSE reconnects.
-    runner = web.AppRunner(
-        server.app(), handle_signals=False, shutdown_timeout=2.0, access_log=None
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(
+    server: DashboardServer,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve the dashboard's app until SIGTERM/SIGINT or ``stop`` is set; logs the bound URL
+    and hands the bound port to ``on_ready`` (port 0 picks a free one)."""
+
+    def ready(bound: int) -> None:
+        log.info(
+            "dashboard listening",
+            extra={
+                "url": f"http://{host}:{bound}/",
+                "api_docs": f"http://{host}:{bound}/api/docs",
+                "token_required": server.settings.token is not None,
+            },
+        )
+        if on_ready is not None:
+            on_ready(bound)
+
+    await serve_app(server.app(), host, port, ready, stop)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket made with proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on
+    such sockets' connections, and without it every response whose headers and body go out
+    in two writes waits ~40 ms for the client's delayed ACK (Nagle)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
     try:
-        await site.start()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_app(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve an ASGI app with uvicorn until SIGTERM/SIGINT (main thread) or ``stop``."""
+    try:
+        sock = _listen(host, port)
     except OSError as exc:
-        await runner.cleanup()
         raise click.ClickException(
             f"cannot listen on {host}:{port} ({exc.strerror}); pass --port with a free port "
             "or set DEPOTWATCH_DASHBOARD_PORT"
         ) from None
-    bound = runner.addresses[0][1] if runner.addresses else port
-    log.info(
-        "dashboard listening",
-        extra={
-            "url": f"http://{host}:{bound}/",
-            "token_required": server.settings.token is not None,
-        },
+    bound = sock.getsockname()[1]
+    # No access log: request lines would carry ?token= and every browser's SSE reconnects.
+    # An open event stream is closed 2 s into a shutdown rather than waited for.
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
     )
-    stop = asyncio.Event()
+    web = _Server(config)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: setattr(web, "should_exit", True))
+    task = asyncio.create_task(web.serve(sockets=[sock]))
+    while not web.started and not task.done():
+        await asyncio.sleep(0.05)
+    if on_ready is not None and web.started:
+        on_ready(bound)
+    stopper = asyncio.create_task(stop.wait()) if stop is not None else None
     try:
-        await stop.wait()
+        if stopper is not None:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            web.should_exit = True
+        await task
     finally:
-        await runner.cleanup()
+        web.should_exit = True
+        if stopper is not None:
+            stopper.cancel()
+        sock.close()
 
 
 @click.command("dashboard")
@@ -72,10 +138,13 @@ async def serve(
 @click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8088; 0 picks a free one).")
 def dashboard_command(config_path: Path | None, host: str | None, port: int | None) -> None:
-    """Serve the live dashboard: depot plan, flows, camera tiles, accuracy.
+    """Serve the live dashboard and the REST API (/api/v1, docs at /api/docs).
 
-    The access token, if any, comes from DEPOTWATCH_DASHBOARD_TOKEN (never a flag, so it does
-    not show in the process list).
+    The page shows the depot plan, flows, camera tiles and accuracy; the API reads the
+    facility, cameras with health, flows and their latest state, and adds, changes, disables
+    or removes cameras in the facility file. The access token, if any, comes from
+    DEPOTWATCH_DASHBOARD_TOKEN (never a flag, so it does not show in the process list); without
+    one the API refuses changes.
     """
 
     settings = load_settings()

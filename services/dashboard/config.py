@@ -20,8 +20,19 @@ class DashboardSettings(BaseSettings):
     port: int = Field(default=8088, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     token: SecretStr | None = Field(
         default=None,
-        description="Access token; when set, every page and API call needs it (?token=, "
-        "Authorization: Bearer, or the cookie the page sets).",
+        description="Access token; when set, the page and API reads need it (?token=, "
+        "Authorization: Bearer, or the cookie the page sets) and changes need it as a bearer "
+        "header. Without it, changes (camera add/change/remove) are refused.",
+    )
+    read_token_required: bool = Field(
+        default=True,
+        description="Reads (page, events, GET /api/v1/...) need the token too when one is set; "
+        "false opens reads to anyone who reaches the port (changes still need the token).",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins allowed to call the API from other web pages "
+        "(CORS); empty (the default) allows none.",
     )
     lag_exporter: bool = Field(
         default=True, description="Export consumer lag of every depotwatch consumer group."
@@ -36,3 +47,7 @@ class DashboardSettings(BaseSettings):
         ge=8,
         description="Events buffered per browser; the oldest is dropped when full.",
     )
+
+    def cors_origin_list(self) -> list[str]:
+        """The CORS origins, one per entry, blanks dropped."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

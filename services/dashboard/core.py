@@ -9,18 +9,25 @@ tested here rather than in JavaScript.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from schemas.api import CameraView, FlowView
 from schemas.estimates import PositionEstimate
-from schemas.facility import FacilityConfig, Track
+from schemas.facility import Camera, FacilityConfig, Track, redact_url
 from schemas.facility_state import FacilityState, LocomotiveState
 from schemas.frames import FrameRef
 from schemas.geometry import point_at_position
 from schemas.ground_truth import GroundTruth
 from services.runtime.matching import SAME_LOCOMOTIVE_M, match_locomotives
+
+FPS_WINDOW_S = 60.0
+"""A camera's stored frame rate is counted over this last stretch."""
+STALE_MIN_S = 10.0
+"""A camera is stale after 3 frame periods without a frame, and never sooner than this."""
 
 Point = tuple[float, float]
 Event = dict[str, Any]
@@ -264,6 +271,25 @@ def detections_view(est: PositionEstimate) -> dict[str, Any]:
     }
 
 
+def observed_fps(times: Sequence[datetime], now: datetime) -> float | None:
+    """Frames per second over the last :data:`FPS_WINDOW_S`, counted up to ``now`` so a camera
+    that went silent reads lower and lower (None before two frames in the window)."""
+    recent = [t for t in times if 0 <= (now - t).total_seconds() <= FPS_WINDOW_S]
+    if len(recent) < 2:
+        return None
+    span = (now - min(recent)).total_seconds()
+    return round((len(recent) - 1) / span, 2) if span > 0 else None
+
+
+def camera_stale(cam: Camera, last: FrameRef | None, now: datetime) -> bool:
+    """Enabled and silent for 3 frame periods (at least :data:`STALE_MIN_S`), or never heard."""
+    if not cam.enabled:
+        return False
+    if last is None:
+        return True
+    return (now - last.captured_at).total_seconds() > max(STALE_MIN_S, 3.0 / cam.fps)
+
+
 @dataclass
 class DashboardState:
     """Latest of everything the page shows; ``apply_*`` return the events to push."""
@@ -273,6 +299,7 @@ class DashboardState:
     frames: dict[str, FrameRef] = field(default_factory=dict)
     detections: dict[tuple[str, str], PositionEstimate] = field(default_factory=dict)
     truth: GroundTruth | None = None
+    frame_times: dict[str, deque[datetime]] = field(default_factory=dict)
 
     def apply_state(self, state: FacilityState) -> list[Event]:
         """A new facility state of one flow; older ones (by ``as_of``) are ignored."""
@@ -292,6 +319,10 @@ class DashboardState:
         if old is not None and old.captured_at > ref.captured_at:
             return []
         self.frames[ref.camera_id] = ref
+        times = self.frame_times.setdefault(ref.camera_id, deque(maxlen=4096))
+        times.append(ref.captured_at)
+        while times and (ref.captured_at - times[0]).total_seconds() > FPS_WINDOW_S:
+            times.popleft()
         return [{"type": "frame", "data": frame_view(ref)}]
 
     def apply_positions(self, est: PositionEstimate) -> list[Event]:
@@ -358,3 +389,40 @@ class DashboardState:
     def state_age_s(self, now: datetime) -> dict[str, float]:
         """Seconds since each flow's latest state (for the staleness metric)."""
         return {f: max(0.0, (now - s.as_of).total_seconds()) for f, s in self.states.items()}
+
+    def camera_views(self, now: datetime) -> list[CameraView]:
+        """Every configured camera (source without credentials) with its health per flow."""
+        views = []
+        for cam in self.config.cameras:
+            last = self.frames.get(cam.id)
+            health = {
+                flow: h
+                for flow, st in sorted(self.states.items())
+                for h in st.cameras
+                if h.camera_id == cam.id
+            }
+            views.append(
+                CameraView(
+                    camera=cam.model_copy(update={"source": redact_url(cam.source)}),
+                    health=health,
+                    last_frame=last,
+                    fps=observed_fps(self.frame_times.get(cam.id, ()), now),
+                    stale=camera_stale(cam, last, now),
+                )
+            )
+        return views
+
+    def flow_views(self, now: datetime) -> list[FlowView]:
+        """Every configured flow with the age of its latest state."""
+        views = []
+        for flow in self.config.flows:
+            st = self.states.get(flow)
+            views.append(
+                FlowView(
+                    flow=flow,
+                    as_of=st.as_of if st else None,
+                    age_s=round(max(0.0, (now - st.as_of).total_seconds()), 3) if st else None,
+                    locomotives=sum(len(t.locomotives) for t in st.tracks) if st else 0,
+                )
+            )
+        return views

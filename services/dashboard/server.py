@@ -1,9 +1,11 @@
-"""The dashboard's web server (aiohttp): the page, server-sent events, frame images, metrics.
+"""The web application (FastAPI): the dashboard page, its server-sent events, frame images,
+metrics, and the REST API under ``/api/v1`` with its OpenAPI document and offline docs.
 
 Browsers open ``/`` and keep one ``/events`` stream open: a ``snapshot`` event first, then
 ``state`` / ``frame`` / ``detections`` / ``compare`` / ``accuracy`` events as messages arrive.
 No page polls. Messages come from :class:`~services.dashboard.feed.KafkaFeed` (a thread) and
-are applied to :class:`~services.dashboard.core.DashboardState` on the event loop.
+are applied to :class:`~services.dashboard.core.DashboardState` on the event loop; the API
+answers from the same state (:mod:`services.dashboard.api`).
 """
 
 from __future__ import annotations
@@ -14,23 +16,41 @@ import hmac
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
-from aiohttp import web
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as Message_
 
+from schemas.api import Health
 from schemas.base import Message
 from schemas.estimates import PositionEstimate
 from schemas.facility import ConfigError, FacilityConfig, load_facility
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
+from services.dashboard.api import api_router
 from services.dashboard.config import DashboardSettings
+from services.dashboard.config_edit import ConfigEditor
 from services.dashboard.core import DashboardState, Event
 
 log = logging.getLogger(__name__)
@@ -39,6 +59,21 @@ TOKEN_COOKIE = "depotwatch_token"
 STATIC = resources.files("services.dashboard") / "static"
 FrameLoader = Callable[[str, str], bytes]
 """(bucket, key) -> JPEG bytes; blocking, run in a worker thread."""
+DOCS_ASSETS = "/api/docs-assets"
+"""Swagger UI's script and style, served from the installed package (no CDN)."""
+
+READS_NEED_TOKEN = (
+    "this dashboard needs its access token: open /?token=TOKEN "
+    "(the value of DEPOTWATCH_DASHBOARD_TOKEN) or send Authorization: Bearer TOKEN"
+)
+CHANGES_NEED_BEARER = (
+    "changes need the access token as a header: Authorization: Bearer TOKEN "
+    "(the value of DEPOTWATCH_DASHBOARD_TOKEN)"
+)
+NO_TOKEN_FOR_CHANGES = (
+    "changes are disabled: this server has no access token; set DEPOTWATCH_DASHBOARD_TOKEN "
+    "and send it as Authorization: Bearer TOKEN"
+)
 
 
 class FacilityCollector(Collector):
@@ -142,8 +177,99 @@ class Broadcaster:
         return len(self._clients)
 
 
+class TokenGate:
+    """ASGI middleware: who may read and who may change.
+
+    With ``DEPOTWATCH_DASHBOARD_TOKEN`` set, reads (the page, its events, ``GET /api/...``)
+    need the token as ``?token=``, ``Authorization: Bearer`` or the cookie the page sets, unless
+    ``read_token_required`` is off. Changes (POST/PUT/PATCH/DELETE) always need it, and only
+    as a bearer header: a cookie a browser sends by itself never changes the config. Without a
+    token, changes are refused. ``/healthz`` and the docs' script files are open.
+    """
+
+    OPEN_PREFIXES = ("/healthz", f"{DOCS_ASSETS}/")
+
+    def __init__(self, app: ASGIApp, settings: DashboardSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        token = self.settings.token
+        expected = token.get_secret_value().encode() if token is not None else None
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        api = scope["path"].startswith("/api/")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            if expected is None:
+                await _refuse(scope, receive, send, 403, api, NO_TOKEN_FOR_CHANGES)
+            elif _same(bearer, expected):
+                await self.app(scope, receive, send)
+            else:
+                await _refuse(scope, receive, send, 401, api, CHANGES_NEED_BEARER)
+            return
+        if expected is None or not self.settings.read_token_required:
+            await self.app(scope, receive, send)
+            return
+        from_query = _same(request.query_params.get("token"), expected)
+        if not (
+            from_query
+            or _same(bearer, expected)
+            or _same(request.cookies.get(TOKEN_COOKIE), expected)
+        ):
+            await _refuse(scope, receive, send, 401, api, READS_NEED_TOKEN)
+            return
+        if not from_query:
+            await self.app(scope, receive, send)
+            return
+        cookie = _token_cookie(token)  # type: ignore[arg-type]
+        if scope["path"] == "/":
+            # Trade the token in the URL for a cookie and drop it from the address bar, so it
+            # does not linger in browser history or get copied along with a link.
+            redirect = Response(status_code=302, headers={"Location": "/"})
+            redirect.raw_headers.append((b"set-cookie", cookie))
+            await redirect(scope, receive, send)
+            return
+
+        async def send_with_cookie(message: Message_) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"set-cookie", cookie)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+def _same(offered: str | None, expected: bytes) -> bool:
+    # compare_digest: the time taken does not tell how much of a guess was right.
+    return bool(offered) and hmac.compare_digest(str(offered).encode(), expected)
+
+
+def _token_cookie(token: SecretStr) -> bytes:
+    r = Response()
+    r.set_cookie(TOKEN_COOKIE, token.get_secret_value(), httponly=True, samesite="strict")
+    return next(v for k, v in r.raw_headers if k == b"set-cookie")
+
+
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, api: bool, text: str
+) -> None:
+    response: Response = (
+        JSONResponse({"detail": text}, status_code=status)
+        if api
+        else PlainTextResponse(text + "\n", status_code=status)
+    )
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    await response(scope, receive, send)
+
+
 class DashboardServer:
-    """The aiohttp application and the state behind it."""
+    """The web application (page, events, REST API) and the state behind it."""
 
     def __init__(
         self,
@@ -160,6 +286,7 @@ class DashboardServer:
         self._frames: OrderedDict[str, bytes] = OrderedDict()
         self._config_path = config_path
         self._config_stamp = _file_stamp(config_path) if config_path else None
+        self.editor = ConfigEditor(config_path) if config_path else None
         self.registry = registry
         self._collector = FacilityCollector(self.state)
         registry.register(self._collector)
@@ -200,144 +327,80 @@ class DashboardServer:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.apply_batch, list(messages))
 
-    # ---- access token -------------------------------------------------------------------
+    # ---- page handlers -----------------------------------------------------------------
 
-    def _authorised(self, request: web.Request) -> tuple[bool, bool]:
-        """(allowed, came with ?token= so the page should remember it in a cookie)."""
-        if self.settings.token is None:
-            return True, False
-        expected = self.settings.token.get_secret_value().encode()
-        offered = [
-            (request.query.get("token"), True),
-            (request.headers.get("Authorization", "").removeprefix("Bearer ").strip(), False),
-            (request.cookies.get(TOKEN_COOKIE), False),
-        ]
-        for value, from_query in offered:
-            # compare_digest: the time taken does not tell how much of a guess was right.
-            if value and hmac.compare_digest(value.encode(), expected):
-                return True, from_query
-        return False, False
-
-    @web.middleware
-    async def _auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.path == "/healthz":
-            return await handler(request)
-        allowed, remember = self._authorised(request)
-        if not allowed:
-            return web.Response(
-                status=401,
-                text="this dashboard needs its access token: open /?token=TOKEN "
-                "(the value of DEPOTWATCH_DASHBOARD_TOKEN)\n",
-            )
-        if remember and request.path == "/":
-            # Trade the token in the URL for a cookie and drop it from the address bar, so it
-            # does not linger in browser history or get copied along with a link.
-            response: web.StreamResponse = web.Response(status=302, headers={"Location": "/"})
-        else:
-            response = await handler(request)
-        if remember and self.settings.token is not None:
-            response.set_cookie(
-                TOKEN_COOKIE,
-                self.settings.token.get_secret_value(),
-                httponly=True,
-                samesite="Strict",
-            )
-        return response
-
-    # ---- handlers ----------------------------------------------------------------------
-
-    async def index(self, request: web.Request) -> web.Response:
+    async def index(self) -> HTMLResponse:
         """The page."""
-        return web.Response(
-            text=(STATIC / "index.html").read_text(), content_type="text/html", charset="utf-8"
-        )
+        return HTMLResponse((STATIC / "index.html").read_text())
 
-    async def static(self, request: web.Request) -> web.Response:
+    async def static(self, name: str) -> Response:
         """app.js / app.css from package data."""
-        name = request.match_info["name"]
         types = {"app.js": "application/javascript", "app.css": "text/css"}
         if name not in types:
-            raise web.HTTPNotFound(text=f"no static file {name}\n")
-        return web.Response(
-            text=(STATIC / name).read_text(), content_type=types[name], charset="utf-8"
-        )
+            return PlainTextResponse(f"no static file {name}\n", status_code=404)
+        return Response((STATIC / name).read_text(), media_type=types[name])
 
-    async def snapshot(self, request: web.Request) -> web.Response:
+    async def snapshot(self) -> JSONResponse:
         """Everything the page shows, as JSON (for scripts and tests)."""
-        return web.json_response(self.state.snapshot())
+        return JSONResponse(self.state.snapshot())
 
-    async def events(self, request: web.Request) -> web.StreamResponse:
+    async def events(self) -> StreamingResponse:
         """Server-sent events: a snapshot, then every change as it happens."""
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await resp.prepare(request)
         q = self.hub.subscribe()
-        try:
-            await resp.write(_sse({"type": "snapshot", "data": self.state.snapshot()}))
-            while True:
-                try:
-                    event = await asyncio.wait_for(q.get(), timeout=15.0)
-                except TimeoutError:
-                    # A comment line keeps proxies from closing an idle stream.
-                    await resp.write(b": keep-alive\n\n")
-                    continue
-                await resp.write(_sse(event))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self.hub.unsubscribe(q)
-        return resp
 
-    async def frame(self, request: web.Request) -> web.Response:
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield _sse({"type": "snapshot", "data": self.state.snapshot()})
+                while True:
+                    try:
+                        event = await asyncio.wait_for(q.get(), timeout=15.0)
+                    except TimeoutError:
+                        # A comment line keeps proxies from closing an idle stream.
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield _sse(event)
+            finally:
+                self.hub.unsubscribe(q)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def frame(self, camera_id: str) -> Response:
         """The latest stored frame of a camera (JPEG from the object store)."""
-        camera_id = request.match_info["camera_id"]
         ref = self.state.frames.get(camera_id)
         if ref is None:
-            raise web.HTTPNotFound(text=f"no frame from camera {camera_id} yet\n")
+            return PlainTextResponse(f"no frame from camera {camera_id} yet\n", status_code=404)
         if self._frame_loader is None:
-            raise web.HTTPServiceUnavailable(text="no object store configured for frames\n")
+            return PlainTextResponse("no object store configured for frames\n", status_code=503)
         cache_key = f"{ref.bucket}/{ref.key}"
         data = self._frames.get(cache_key)
         if data is None:
-            loader = self._frame_loader
             try:
-                data = await asyncio.get_running_loop().run_in_executor(
-                    None, loader, ref.bucket, ref.key
-                )
+                data = await run_in_threadpool(self._frame_loader, ref.bucket, ref.key)
             except Exception as exc:
                 log.warning("frame not loaded", extra={"camera_id": camera_id, "error": str(exc)})
-                raise web.HTTPBadGateway(text=f"frame {cache_key} not loaded: {exc}\n") from None
+                return PlainTextResponse(f"frame {cache_key} not loaded: {exc}\n", status_code=502)
             self._frames[cache_key] = data
             while len(self._frames) > self.settings.frame_cache:
                 self._frames.popitem(last=False)
         etag = hashlib.sha256(cache_key.encode()).hexdigest()[:16]
-        return web.Response(
-            body=data,
-            content_type=ref.content_type,
+        return Response(
+            data,
+            media_type=ref.content_type,
             headers={"Cache-Control": "private, max-age=3600", "ETag": etag},
         )
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self) -> Response:
         """Prometheus metrics."""
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self) -> Health:
         """Up, and how many browsers and messages."""
-        return web.json_response(
-            {
-                "ok": True,
-                "clients": len(self.hub),
-                "messages": self.messages,
-                "dropped": self.hub.dropped,
-            }
+        return Health(
+            ok=True, clients=len(self.hub), messages=self.messages, dropped=self.hub.dropped
         )
 
     # ---- config hot reload --------------------------------------------------------------
@@ -362,31 +425,57 @@ class DashboardServer:
         log.info("facility config reloaded", extra={"cameras": len(cfg.cameras)})
         self.hub.publish(self.state.set_config(cfg))
 
-    async def _watch_config(self, app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.loop = asyncio.get_running_loop()
+
+        async def watch() -> None:
             while True:
                 await asyncio.sleep(1.0)
                 self.check_config()
 
-        task = asyncio.create_task(loop())
-        yield
-        task.cancel()
+        task = asyncio.create_task(watch())
+        try:
+            yield
+        finally:
+            task.cancel()
 
-    async def _bind_loop(self, app: web.Application) -> None:
-        self.loop = asyncio.get_running_loop()
-
-    def app(self) -> web.Application:
-        """The aiohttp application."""
-        app = web.Application(middlewares=[self._auth])
-        app.router.add_get("/", self.index)
-        app.router.add_get("/static/{name}", self.static)
-        app.router.add_get("/api/snapshot", self.snapshot)
-        app.router.add_get("/events", self.events)
-        app.router.add_get("/frames/{camera_id}.jpg", self.frame)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/healthz", self.healthz)
-        app.on_startup.append(self._bind_loop)
-        app.cleanup_ctx.append(self._watch_config)
+    def app(self) -> FastAPI:
+        """The one web application: the page, its event stream, the REST API and its docs."""
+        app = FastAPIOffline(
+            title="depotwatch",
+            summary="Live state of the depot, its cameras and flows.",
+            version=_version(),
+            lifespan=self._lifespan,
+            separate_input_output_schemas=False,
+            static_url=DOCS_ASSETS,
+            docs_url="/api/docs",
+            redoc_url=None,
+            openapi_url="/api/openapi.json",
+        )
+        for path, handler in (
+            ("/", self.index),
+            ("/static/{name}", self.static),
+            ("/api/snapshot", self.snapshot),
+            ("/events", self.events),
+            ("/frames/{camera_id}.jpg", self.frame),
+            ("/metrics", self.metrics),
+        ):
+            app.add_api_route(path, handler, include_in_schema=False)
+        app.add_api_route(
+            "/healthz", self.healthz, response_model=Health, tags=["health"], summary="Liveness"
+        )
+        app.include_router(api_router(self))
+        app.add_middleware(TokenGate, settings=self.settings)
+        if self.settings.cors_origin_list():
+            # Outside the token gate: a browser's preflight carries no token, and a refusal
+            # must carry the CORS headers for the calling page to read it.
+            app.add_middleware(
+                CORSMiddleware,
+                allow_origins=self.settings.cors_origin_list(),
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
         return app
 
 
@@ -411,3 +500,10 @@ def _file_stamp(path: Path | None) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("depotwatch")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -147,3 +147,48 @@ def test_dashboard_and_eval_pair_the_same_locomotives() -> None:
     assert (by_dashboard, by_eval) == (1, 1)
     gt = truth(true_loco("t1", "T1", 20, 3, "TEM2-0001", "TEM2"))
     assert accuracy(gt, dev)["detected"] == 1.0
+
+
+def test_camera_views_hide_passwords_and_tell_fps_and_staleness() -> None:
+    from datetime import timedelta
+
+    from dashboard_builders import T0
+
+    cfg = facility()
+    cams = [
+        cfg.cameras[0].model_copy(update={"source": "rtsp://op:hunter2@192.0.2.7:554/s1"}),
+        *cfg.cameras[1:],
+    ]
+    st = DashboardState(cfg.model_copy(update={"cameras": cams}))
+    first = cams[0].id
+    for s in range(5):  # 2 frames/s for 2 s
+        st.apply_frame(frame(first, s, at_s=s * 0.5))
+    st.apply_state(state("prod", T1=[loco("a", 20, 3)]))
+    views = {v.camera.id: v for v in st.camera_views(T0 + timedelta(seconds=2))}
+    v = views[first]
+    assert v.camera.source == "rtsp://***@192.0.2.7:554/s1"
+    assert v.fps == 2.0
+    assert not v.stale
+    assert v.last_frame is not None
+    assert v.last_frame.seq == 4
+    assert views["cam-s1"].health["prod"].status == "ok"
+    # Silent for longer than 3 frame periods and 10 s: stale; never heard: stale.
+    later = {v.camera.id: v for v in st.camera_views(T0 + timedelta(seconds=13))}
+    assert later[first].stale
+    assert later[first].fps == round(4 / 13, 2)
+    assert st.camera_views(T0 + timedelta(seconds=70))[0].fps is None
+    assert all(v.stale for c, v in later.items() if c != first and cfg.camera(c).enabled)
+
+
+def test_flow_views_give_the_age_of_each_flows_state() -> None:
+    from datetime import timedelta
+
+    from dashboard_builders import T0
+
+    st = DashboardState(facility())
+    st.apply_state(state("prod", at_s=1, T1=[loco("a", 20, 3)], T2=[loco("b", 40, 22)]))
+    views = {v.flow: v for v in st.flow_views(T0 + timedelta(seconds=11))}
+    assert views["prod"].age_s == 10.0
+    assert views["prod"].locomotives == 2
+    assert views["dev"].as_of is None
+    assert views["dev"].locomotives == 0

@@ -1,0 +1,119 @@
+"""Responses of the REST API (``/api/v1``) that are not already a topic's message.
+
+They are built from the message and config models (:class:`Camera`, :class:`CameraHealth`,
+:class:`FrameRef`), so the API and the topics describe a camera or a state the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from schemas.base import FlowName, StrictModel, UtcDatetime
+from schemas.facility import Camera
+from schemas.facility_state import CameraHealth
+from schemas.frames import FrameRef
+
+
+class CameraView(StrictModel):
+    """A configured camera (its source without credentials) and how it is doing."""
+
+    camera: Camera = Field(description="The camera as configured; source user:password is ***.")
+    health: dict[FlowName, CameraHealth] = Field(
+        default_factory=dict, description="Per flow: the state estimator's view of this camera."
+    )
+    last_frame: FrameRef | None = Field(
+        default=None, description="The newest frame stored for this camera, if any yet."
+    )
+    fps: float | None = Field(
+        default=None,
+        ge=0,
+        description="Frames per second stored over the last minute (null before two frames).",
+    )
+    stale: bool = Field(
+        description="True when the camera is enabled and no frame arrived for 3 frame periods "
+        "(at least 10 s), or none arrived yet."
+    )
+
+
+class FlowView(StrictModel):
+    """A flow of the facility and how fresh its published state is."""
+
+    flow: FlowName = Field(description="Flow name (prod, dev, ...).")
+    as_of: UtcDatetime | None = Field(
+        default=None, description="Event time of its latest facility state (null: none yet)."
+    )
+    age_s: float | None = Field(
+        default=None, ge=0, description="Seconds from that event time to now (null: none yet)."
+    )
+    locomotives: int = Field(ge=0, description="Locomotives in its latest state.")
+
+
+class FlowComparison(StrictModel):
+    """How two flows' latest states differ (the dashboard's dev-vs-prod view)."""
+
+    flows: list[FlowName] = Field(min_length=2, max_length=2, description="The two flows.")
+    matched: int = Field(ge=0, description="Locomotives both report at the same place.")
+    only: dict[str, list[str]] = Field(description="Per flow: locomotive ids only it reports.")
+    identity_mismatch: list[dict[str, Any]] = Field(
+        description="Matched pairs whose plate or model differ (ids, plates, models)."
+    )
+    differs: dict[str, list[str]] = Field(description="Per flow: ids that disagree.")
+    agreement: float = Field(ge=0, le=1, description="Share of locomotives both agree on.")
+
+
+class FlowAccuracy(StrictModel):
+    """One flow's latest state against the simulator's ground truth."""
+
+    flow: FlowName = Field(description="The flow.")
+    true_count: int = Field(ge=0, description="Locomotives in the ground truth.")
+    reported_count: int = Field(ge=0, description="Locomotives the flow reports.")
+    detected: float = Field(ge=0, le=1, description="Share of true locomotives reported.")
+    position_error_m: float | None = Field(
+        description="Mean absolute end error of matched locomotives, metres."
+    )
+    plates: float | None = Field(description="Share of matched ones with the right plate.")
+    models: float | None = Field(description="Share of matched ones with the right model.")
+    false: int = Field(ge=0, description="Reported locomotives with no true counterpart.")
+    truth_tick: int = Field(description="Simulator tick of the ground truth used.")
+
+
+class Agreement(StrictModel):
+    """Flow vs flow and flow vs ground truth, from the latest states."""
+
+    comparison: FlowComparison | None = Field(
+        default=None, description="prod vs dev (or the first two flows), once both published."
+    )
+    accuracy: dict[FlowName, FlowAccuracy] = Field(
+        default_factory=dict, description="Per flow, against ground truth (simulator only)."
+    )
+
+
+class ConfigProblem(StrictModel):
+    """One problem of a facility config change, as ``depotwatch config check`` words it."""
+
+    field: str = Field(description="The field, e.g. cameras[3].calibration.")
+    problem: str = Field(description="The whole line: field, what is wrong, and the fix.")
+
+
+class ConfigRejected(StrictModel):
+    """A camera change that would break the facility config; nothing was written."""
+
+    detail: str = Field(description="What was refused.")
+    problems: list[ConfigProblem] = Field(description="Every problem, one per line.")
+
+
+class ApiError(StrictModel):
+    """Any other refused request: what is wrong and what to do."""
+
+    detail: str = Field(description="The problem and the fix, in one line.")
+
+
+class Health(StrictModel):
+    """The web application is up; how many browsers follow it and how much it has read."""
+
+    ok: bool = Field(description="Always true when this answers.")
+    clients: int = Field(ge=0, description="Browsers with an open event stream.")
+    messages: int = Field(ge=0, description="Messages read from Kafka since start.")
+    dropped: int = Field(ge=0, description="Events dropped for browsers too slow to keep up.")
