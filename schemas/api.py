@@ -12,7 +12,7 @@ from pydantic import Field
 
 from schemas.base import FlowName, StrictModel, UtcDatetime
 from schemas.facility import Camera
-from schemas.facility_state import CameraHealth
+from schemas.facility_state import CameraHealth, FacilityState
 from schemas.frames import FrameRef
 
 
@@ -90,18 +90,29 @@ class Agreement(StrictModel):
     )
 
 
-class ConfigProblem(StrictModel):
-    """One problem of a facility config change, as ``depotwatch config check`` words it."""
+class Problem(StrictModel):
+    """One problem of a request: for a camera change, as ``depotwatch config check`` words it."""
 
-    field: str = Field(description="The field, e.g. cameras[3].calibration.")
+    field: str = Field(description="The field, e.g. cameras[3].calibration or query.start.")
     problem: str = Field(description="The whole line: field, what is wrong, and the fix.")
 
 
-class ConfigRejected(StrictModel):
-    """A camera change that would break the facility config; nothing was written."""
+class Rejected(StrictModel):
+    """A request refused as invalid (422): a camera change that would break the facility
+    config, or a parameter out of range. Nothing was changed."""
 
     detail: str = Field(description="What was refused.")
-    problems: list[ConfigProblem] = Field(description="Every problem, one per line.")
+    problems: list[Problem] = Field(description="Every problem, one per line.")
+
+
+class StateHistory(StrictModel):
+    """A flow's facility states over a time range, at most one per ``every_s``."""
+
+    flow: FlowName = Field(description="The flow.")
+    start: UtcDatetime = Field(description="Start of the range (inclusive).")
+    end: UtcDatetime = Field(description="End of the range (inclusive).")
+    every_s: float = Field(gt=0, description="At most one state per this many seconds.")
+    states: list[FacilityState] = Field(description="The states, oldest first.")
 
 
 class ApiError(StrictModel):

@@ -13,7 +13,7 @@ from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 import numpy as np
 import yaml
@@ -145,15 +145,25 @@ class Camera(StrictModel):
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         parsed = urlparse(v)
+        shown = redact_url(v)  # errors are logged and answered by the API: no passwords
         if not parsed.scheme:
-            raise ValueError(f"URL {v!r} has no scheme; write e.g. rtsp://192.0.2.10:554/stream1")
+            raise ValueError(
+                f"URL {shown!r} has no scheme; write e.g. rtsp://192.0.2.10:554/stream1"
+            )
         if parsed.scheme not in SOURCE_SCHEMES:
             raise ValueError(
                 f"URL scheme {parsed.scheme!r} is not supported; use one of "
                 + ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
             )
         if parsed.scheme != "file" and not parsed.hostname:
-            raise ValueError(f"URL {v!r} has no host; write e.g. rtsp://192.0.2.10:554/stream1")
+            raise ValueError(f"URL {shown!r} has no host; write e.g. rtsp://192.0.2.10:554/stream1")
+        try:
+            _ = parsed.port
+        except ValueError:
+            raise ValueError(
+                f"URL {shown!r} has a bad port; write a number from 1 to 65535, e.g. "
+                "rtsp://192.0.2.10:554/stream1"
+            ) from None
         if parsed.scheme == "file" and not parsed.path:
             raise ValueError("file:// URL has no path; write e.g. file:///data/cam1.mp4")
         return v
@@ -768,15 +778,30 @@ def parse_facility_yaml(text: str, source: str = "<facility>") -> FacilityConfig
     return parse_facility(data, source)
 
 
+SECRET_QUERY_WORDS = ("pass", "pwd", "token", "secret", "key", "auth", "sig")
+"""A query parameter whose name contains one of these holds a credential."""
+
+
 def redact_url(url: str) -> str:
-    """The URL without user:password, for logs and API responses."""
+    """The URL without user:password or credential query parameters, for logs and API
+    responses (``rtsp://***@192.0.2.7:554/s1``). Never raises, whatever the URL."""
     parsed = urlparse(url)
-    if parsed.password is None and parsed.username is None:
+    netloc = parsed.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parsed.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(w in k.lower() for k, _ in pairs for w in SECRET_QUERY_WORDS):
+        query = urlencode(
+            [
+                (k, "***" if any(w in k.lower() for w in SECRET_QUERY_WORDS) else v)
+                for k, v in pairs
+            ],
+            safe="*",
+        )
+    if (netloc, query) == (parsed.netloc, parsed.query):
         return url
-    host = parsed.hostname or ""
-    if parsed.port:
-        host += f":{parsed.port}"
-    return parsed._replace(netloc=f"***@{host}").geturl()
+    return parsed._replace(netloc=netloc, query=query).geturl()
 
 
 ModelName = Annotated[str, Field(min_length=1)]

@@ -45,6 +45,7 @@ class TopicLayout:
     estimate_partitions: int = 6
     frames_retention_ms: int = 24 * 3600 * 1000
     estimates_retention_ms: int = 7 * 24 * 3600 * 1000
+    state_history_ms: int = 24 * 3600 * 1000
 
 
 def topics_for(flows: Iterable[str], layout: TopicLayout | None = None) -> list[TopicSpec]:
@@ -75,9 +76,16 @@ def topics_for(flows: Iterable[str], layout: TopicLayout | None = None) -> list[
                 lay.estimate_partitions,
                 retention,
             ),
-            # One key (the facility id): the latest state survives compaction.
+            # One key (the facility id): the latest state survives compaction, and every state
+            # younger than the history window too (the API's state history reads them).
             TopicSpec(
-                FacilityState.topic_name(flow), FacilityState, 1, {"cleanup.policy": "compact"}
+                FacilityState.topic_name(flow),
+                FacilityState,
+                1,
+                {
+                    "cleanup.policy": "compact",
+                    "min.compaction.lag.ms": str(lay.state_history_ms),
+                },
             ),
         ]
     return specs

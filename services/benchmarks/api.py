@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from services.runtime.stats import percentile
+
 TOKEN = "bench-api-token"
 
 
@@ -134,12 +136,11 @@ async def _load(
             writer.close()
 
     await asyncio.gather(*(one_client() for _ in range(clients)))
-    latencies.sort()
     if not latencies:
         raise click.ClickException("no request was answered with 200; see the errors above")
 
     def q(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+        return 1000 * (percentile(latencies, p) or 0.0)
 
     return {
         "requests": len(latencies),
@@ -148,7 +149,7 @@ async def _load(
         "p50": q(0.50),
         "p95": q(0.95),
         "p99": q(0.99),
-        "max": latencies[-1] * 1000,
+        "max": max(latencies) * 1000,
     }
 
 

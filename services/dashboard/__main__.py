@@ -9,19 +9,23 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import click
 import uvicorn
+from confluent_kafka import KafkaException
 from starlette.types import ASGIApp
 
 from schemas.facility import ConfigError, load_facility
+from schemas.facility_state import FacilityState
 from services.dashboard.config import DashboardSettings
 from services.dashboard.feed import KafkaFeed
-from services.dashboard.server import DashboardServer
+from services.dashboard.server import DashboardServer, HistoryReader
+from services.runtime import topic_reader
 from services.runtime.consumer_lag import ConsumerLagMonitor
 from services.runtime.logs import configure_logging
-from services.runtime.settings import load_settings
+from services.runtime.settings import KafkaSettings, load_settings
 from services.runtime.storage import ObjectStore
 
 log = logging.getLogger("services.dashboard")
@@ -112,6 +116,7 @@ async def serve_app(
     task = asyncio.create_task(web.serve(sockets=[sock]))
     while not web.started and not task.done():
         await asyncio.sleep(0.05)
+    # A failed start-up ends the process with uvicorn's status 3 (SystemExit), never 0.
     if on_ready is not None and web.started:
         on_ready(bound)
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None
@@ -125,6 +130,21 @@ async def serve_app(
         if stopper is not None:
             stopper.cancel()
         sock.close()
+
+
+def kafka_history_reader(kafka: KafkaSettings) -> HistoryReader:
+    """The API's state history, read from the flow's ``facility-state`` topic by time."""
+
+    def read(flow: str, start: datetime, end: datetime) -> list[FacilityState]:
+        topic = FacilityState.topic_name(flow)
+        try:
+            return topic_reader.read_messages(kafka, topic, FacilityState, start, end, timeout_s=20)
+        except topic_reader.TopicMissingError as exc:
+            raise LookupError(str(exc)) from None
+        except KafkaException as exc:
+            raise ConnectionError(f"Kafka: {exc}") from None
+
+    return read
 
 
 @click.command("dashboard")
@@ -162,7 +182,14 @@ def dashboard_command(config_path: Path | None, host: str | None, port: int | No
         return store.get(key, bucket=bucket)
 
     store = ObjectStore(settings.s3, timeout_s=5.0)
-    server = DashboardServer(cfg, dash, frame_loader=load_frame, config_path=Path(path))
+
+    server = DashboardServer(
+        cfg,
+        dash,
+        frame_loader=load_frame,
+        config_path=Path(path),
+        history_reader=kafka_history_reader(settings.kafka),
+    )
     lag = None
     if dash.lag_exporter:
         lag = ConsumerLagMonitor(settings.kafka, cfg.flows, group_pattern=dash.lag_groups).start()

@@ -11,12 +11,12 @@ Access rules (token for reads, bearer token for changes) are in
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Request, Security
+from fastapi import APIRouter, Query, Request, Security
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
@@ -25,28 +25,44 @@ from schemas.api import (
     Agreement,
     ApiError,
     CameraView,
-    ConfigProblem,
-    ConfigRejected,
     FlowAccuracy,
     FlowComparison,
     FlowView,
+    Problem,
+    Rejected,
+    StateHistory,
 )
 from schemas.facility import Camera, ConfigError, FacilityConfig, redact_url
 from schemas.facility_state import FacilityState
-from services.dashboard.config_edit import CameraExistsError, ConfigEditor, UnknownCameraError
+from services.dashboard.config_edit import (
+    CameraExistsError,
+    ConfigChangedError,
+    ConfigEditor,
+    ConfigWriteError,
+    UnknownCameraError,
+)
+from services.dashboard.core import thin_states
 
 if TYPE_CHECKING:
     from services.dashboard.server import DashboardServer
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ApiError, "description": "The access token is missing or wrong."},
+    422: {"model": Rejected, "description": "Invalid request (or config change); one line each."},
 }
 _CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     403: {"model": ApiError, "description": "Changes are disabled (no token configured)."},
-    422: {"model": ConfigRejected, "description": "The change would break the config."},
-    503: {"model": ApiError, "description": "This server has no facility file to change."},
+    409: {"model": ApiError, "description": "The id is taken, or the file changed meanwhile."},
+    503: {"model": ApiError, "description": "The facility file cannot be changed here."},
 }
+HISTORY_MAX = timedelta(hours=1)
+"""Longest range one history request may ask for."""
+HISTORY_SLACK = timedelta(seconds=5)
+"""States are read this far past the range's end by broker time: one stamped inside the
+range reaches the broker later (the pipeline's latency)."""
+HISTORY_READS = 2
+"""History reads at once (each holds a Kafka consumer and a thread for up to 20 s)."""
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ApiError}}
 
 
@@ -68,10 +84,13 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse(ApiError(detail=detail).model_dump(), status_code=status)
 
 
-def _rejected(problems: list[str]) -> JSONResponse:
-    body = ConfigRejected(
-        detail="the change would break the facility config; nothing was written",
-        problems=[ConfigProblem(field=p.split(": ", 1)[0], problem=p) for p in problems],
+def _rejected(
+    problems: list[str],
+    detail: str = "the change would break the facility config; nothing was written",
+) -> JSONResponse:
+    body = Rejected(
+        detail=detail,
+        problems=[Problem(field=p.split(": ", 1)[0], problem=p) for p in problems],
     )
     return JSONResponse(body.model_dump(), status_code=422)
 
@@ -79,14 +98,15 @@ def _rejected(problems: list[str]) -> JSONResponse:
 async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past any camera
         body = None
     if not isinstance(body, dict):
         return _rejected(
             [
                 "body: is not a JSON object; send the camera as JSON, e.g. "
                 '{"id": "cam-n5", "source": "rtsp://192.0.2.15:554/stream1", ...}'
-            ]
+            ],
+            "the request body is not a camera; nothing was written",
         )
     return body
 
@@ -102,22 +122,27 @@ def api_router(server: DashboardServer) -> APIRouter:
     def now() -> datetime:
         return datetime.now(UTC)
 
+    history_slots = asyncio.Semaphore(HISTORY_READS)
+
     def view(camera_id: str) -> CameraView | None:
         return next((v for v in server.state.camera_views(now()) if v.camera.id == camera_id), None)
 
-    async def change(edit: Callable[[ConfigEditor], object]) -> Response | None:
-        """Run one edit of the facility file; None when it was written, else the error."""
+    async def change(edit: Callable[[ConfigEditor], FacilityConfig]) -> Response | None:
+        """Run one edit of the facility file; None when it was written (and is in use here
+        at once), else the error."""
         if server.editor is None:
             return _error(503, "this server was started without a facility file; nothing to edit")
         try:
-            await run_in_threadpool(edit, server.editor)
+            cfg = await run_in_threadpool(edit, server.editor)
         except ConfigError as exc:
             return _rejected(exc.problems)
         except UnknownCameraError as exc:
             return _error(404, str(exc))
-        except CameraExistsError as exc:
+        except (CameraExistsError, ConfigChangedError) as exc:
             return _error(409, str(exc))
-        server.check_config()
+        except ConfigWriteError as exc:
+            return _error(503, str(exc))
+        server.use_config(cfg)
         return None
 
     @router.get("/facility", response_model=FacilityConfig, tags=["facility"])
@@ -146,7 +171,7 @@ def api_router(server: DashboardServer) -> APIRouter:
         "/cameras",
         status_code=201,
         response_model=CameraView,
-        responses={**_CHANGE_ERRORS, 409: {"model": ApiError}},
+        responses=_CHANGE_ERRORS,
         openapi_extra=_camera_body(partial=False),
         tags=["cameras"],
     )
@@ -196,6 +221,8 @@ def api_router(server: DashboardServer) -> APIRouter:
             return _rejected(
                 [f"id: {body.get('id')!r} differs from {camera_id!r} in the path; leave id out"]
             )
+        if not body:
+            return _rejected(['body: is empty; send the fields to change, e.g. {"fps": 1}'])
         refused = await change(lambda ed: ed.update_camera(camera_id, body))
         return refused or view(camera_id) or _error(500, "camera not reloaded")
 
@@ -227,6 +254,75 @@ def api_router(server: DashboardServer) -> APIRouter:
         if st is None:
             return _error(404, f"flow {flow!r} has published no facility state yet")
         return st
+
+    @router.get(
+        "/flows/{flow}/history",
+        response_model=StateHistory,
+        responses={**_NOT_FOUND, 429: {"model": ApiError}, 503: {"model": ApiError}},
+        tags=["flows"],
+    )
+    async def flow_history(
+        flow: str,
+        start: Annotated[datetime, Query(description="Range start, ISO 8601 with a time zone.")],
+        end: Annotated[
+            datetime | None,
+            Query(description="Range end, ISO 8601 with a time zone (default: now)."),
+        ] = None,
+        every_s: Annotated[
+            float, Query(ge=0.1, le=3600, description="At most one state per this many seconds.")
+        ] = 1.0,
+    ) -> StateHistory | Response:
+        """The flow's facility states over at most one hour, read from its state topic.
+
+        The topic is compacted to the latest state per facility; Kafka keeps every state
+        younger than ``DEPOTWATCH_TOPICS__STATE_HISTORY_HOURS`` (``min.compaction.lag.ms``),
+        so ranges within that window are complete."""
+        if flow not in server.state.config.flows:
+            return _error(404, f"no flow {flow!r}; GET /api/v1/flows lists them")
+        end = end or now()
+        problems = [
+            f"query.{name}: has no time zone; write e.g. 2026-12-03T12:00:00Z"
+            for name, t in (("start", start), ("end", end))
+            if t.tzinfo is None
+        ]
+        try:
+            if not problems:
+                start, end = start.astimezone(UTC), end.astimezone(UTC)
+                read_to = end + HISTORY_SLACK
+        except (OverflowError, ValueError):
+            problems.append("query.start: is outside the years 1-9999; give a real time")
+        if not problems and end <= start:
+            problems.append("query.end: is not after start; swap them or widen the range")
+        if not problems and end - start > HISTORY_MAX:
+            problems.append("query.end: the range is longer than 1 h; ask in hour-long pieces")
+        if problems:
+            return _rejected(problems, "the time range is not valid")
+        if server.history_reader is None:
+            return _error(503, "this server reads no Kafka topics; state history is unavailable")
+        if history_slots.locked():
+            return _error(429, f"{HISTORY_READS} history reads are running; retry in a few seconds")
+        async with history_slots:
+            try:
+                states = await run_in_threadpool(server.history_reader, flow, start, read_to)
+            except ConnectionError as exc:
+                return _error(503, f"cannot read the state topic ({exc}); is the broker up?")
+            except LookupError as exc:
+                return _error(404, f"{exc}; has flow {flow!r} published any state?")
+        facility_id = server.state.config.facility_id
+        return StateHistory(
+            flow=flow,
+            start=start,
+            end=end,
+            every_s=every_s,
+            states=thin_states(
+                [
+                    s
+                    for s in states
+                    if start <= s.as_of <= end and s.flow == flow and s.facility_id == facility_id
+                ],
+                every_s,
+            ),
+        )
 
     @router.get("/agreement", response_model=Agreement, tags=["flows"])
     async def agreement() -> Agreement:

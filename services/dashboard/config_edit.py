@@ -10,9 +10,11 @@ as they pick up any edit of the file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, MutableMapping
@@ -20,10 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from schemas.facility import Camera, ConfigError, FacilityConfig, parse_facility_yaml, redact_url
+from schemas.facility import ConfigError, FacilityConfig, parse_facility_yaml, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,14 @@ class CameraExistsError(ValueError):
     """A camera with that id is already configured."""
 
 
+class ConfigWriteError(RuntimeError):
+    """The facility file cannot be written here (read-only mount, permissions, disk)."""
+
+
+class ConfigChangedError(RuntimeError):
+    """The file changed on disk while an edit was being made; nothing was written."""
+
+
 class ConfigEditor:
     """Read-validate-write of the facility file, one change at a time."""
 
@@ -48,12 +61,15 @@ class ConfigEditor:
         self._lock = threading.Lock()
         self._yaml = YAML(typ="rt")
         self._yaml.preserve_quotes = True
+        # `config check` accepts what PyYAML reads (a repeated key: the last wins).
+        self._yaml.allow_duplicate_keys = True
         self._yaml.width = 4096
 
     # ---- changes -----------------------------------------------------------------------
 
-    def add_camera(self, camera: dict[str, Any]) -> Camera:
-        """Append a camera; :class:`CameraExistsError` if its id is taken."""
+    def add_camera(self, camera: dict[str, Any]) -> FacilityConfig:
+        """Append a camera; :class:`CameraExistsError` if its id is taken. Returns the new
+        config (as every change does)."""
 
         def change(doc: Document) -> str:
             cams = _cameras(doc)
@@ -63,9 +79,9 @@ class ConfigEditor:
             cams.append(_styled(camera))
             return str(cid)
 
-        return _camera(*self._edit(change))
+        return self._edit(change)
 
-    def replace_camera(self, camera_id: str, camera: dict[str, Any]) -> Camera:
+    def replace_camera(self, camera_id: str, camera: dict[str, Any]) -> FacilityConfig:
         """Replace a camera whole. A source sent back redacted (``***@``) keeps the stored one."""
 
         def change(doc: Document) -> str:
@@ -77,9 +93,9 @@ class ConfigEditor:
             cams[i] = _styled(new)
             return str(new["id"])
 
-        return _camera(*self._edit(change))
+        return self._edit(change)
 
-    def update_camera(self, camera_id: str, fields: dict[str, Any]) -> Camera:
+    def update_camera(self, camera_id: str, fields: dict[str, Any]) -> FacilityConfig:
         """Change some fields of a camera (``{"enabled": false}`` disables it)."""
 
         def change(doc: Document) -> str:
@@ -91,9 +107,9 @@ class ConfigEditor:
                 cams[i][key] = _styled(value)
             return str(cams[i].get("id"))
 
-        return _camera(*self._edit(change))
+        return self._edit(change)
 
-    def remove_camera(self, camera_id: str) -> None:
+    def remove_camera(self, camera_id: str) -> FacilityConfig:
         """Delete a camera from the file."""
 
         def change(doc: Document) -> str:
@@ -101,18 +117,21 @@ class ConfigEditor:
             del cams[_index(cams, camera_id)]
             return ""
 
-        self._edit(change)
+        return self._edit(change)
 
     # ---- the one write path ------------------------------------------------------------
 
-    def _edit(self, change: Callable[[Document], str]) -> tuple[FacilityConfig, str]:
+    def _edit(self, change: Callable[[Document], str]) -> FacilityConfig:
         with self._lock:
             source = str(self.path)
             try:
                 text = self.path.read_text()
             except OSError as exc:
                 raise ConfigError(source, [f"cannot be read ({exc.strerror})"]) from None
-            doc = self._yaml.load(text)
+            try:
+                doc = self._yaml.load(text)
+            except YAMLError:
+                doc = None
             if not isinstance(doc, MutableMapping):
                 parse_facility_yaml(text, source)  # raises with the config-check wording
                 raise ConfigError(source, ["the file must be a YAML mapping"])
@@ -126,30 +145,53 @@ class ConfigEditor:
             "facility config changed through the API",
             extra={"path": source, "camera_id": camera_id or None},
         )
-        return cfg, camera_id
+        return cfg
 
     def _write(self, old_text: str, new_text: str) -> None:
         folder = self.path.parent
         stamp = self._clock().strftime("%Y%m%dT%H%M%S%fZ")
         backup = folder / f"{self.path.name}.{stamp}.bak"
-        backup.write_text(old_text)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
+        tmp: str | None = None
         try:
+            before = self.path.stat()
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
             with os.fdopen(fd, "w") as f:
                 f.write(new_text)
                 f.flush()
                 os.fsync(f.fileno())
+            # The new file keeps the old one's mode and owner: mkstemp makes it 0600, and the
+            # services reading it may run as another user.
+            os.chmod(tmp, stat.S_IMODE(before.st_mode))
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, before.st_uid, before.st_gid)
+            if self.path.read_text() != old_text:
+                raise ConfigChangedError(
+                    f"{self.path} changed on disk while this edit was made; nothing was "
+                    "written; send the change again"
+                )
+            backup.write_text(old_text)
             os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            tmp = None
+        except OSError as exc:
+            backup.unlink(missing_ok=True)
+            raise ConfigWriteError(
+                f"cannot write {self.path} ({exc.strerror or exc}); is it mounted read-only? "
+                "camera changes through the API need a writable facility file"
+            ) from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
         for old in sorted(folder.glob(f"{self.path.name}.*.bak"))[: -self.keep]:
             old.unlink(missing_ok=True)
 
 
 def _styled(value: Any) -> Any:
     """JSON values in the file's own style: mappings as blocks, short lists of numbers or
-    names inline (``tracks: [T1, T2]``, ``pixel: [139.4, 549.5]``)."""
+    names inline (``tracks: [T1, T2]``, ``pixel: [139.4, 549.5]``). A string PyYAML would read
+    as something else (``no``, ``1e3``, ``null``) is quoted: ruamel writes YAML 1.2, the
+    services read YAML 1.1."""
+    if isinstance(value, str) and not _reads_back(value):
+        return DoubleQuotedScalarString(value)
     if isinstance(value, dict):
         out = CommentedMap()
         for k, v in value.items():
@@ -161,6 +203,14 @@ def _styled(value: Any) -> Any:
             seq.fa.set_flow_style()
         return seq
     return value
+
+
+def _reads_back(value: str) -> bool:
+    """PyYAML reads ``value`` written unquoted as this very string."""
+    try:
+        return bool(yaml.safe_load(value) == value)
+    except yaml.YAMLError:
+        return False
 
 
 def _cameras(doc: Document) -> list[Any]:
@@ -187,7 +237,3 @@ def _keep_secret_source(new: dict[str, Any], old: Any) -> None:
     stored = old.get("source")
     if isinstance(stored, str) and src != stored and src == redact_url(stored):
         new["source"] = stored
-
-
-def _camera(cfg: FacilityConfig, camera_id: str) -> Camera:
-    return next(cam for cam in cfg.cameras if cam.id == camera_id)

@@ -426,3 +426,12 @@ class DashboardState:
                 )
             )
         return views
+
+
+def thin_states(states: Sequence[FacilityState], every_s: float) -> list[FacilityState]:
+    """The states by event time, at most one per ``every_s`` (the first of each stretch)."""
+    out: list[FacilityState] = []
+    for st in sorted(states, key=lambda s: s.as_of):
+        if not out or (st.as_of - out[-1].as_of).total_seconds() >= every_s:
+            out.append(st)
+    return out

@@ -23,6 +23,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -41,7 +42,7 @@ from starlette.responses import (
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as Message_
 
-from schemas.api import Health
+from schemas.api import Health, Problem, Rejected
 from schemas.base import Message
 from schemas.estimates import PositionEstimate
 from schemas.facility import ConfigError, FacilityConfig, load_facility
@@ -52,6 +53,7 @@ from services.dashboard.api import api_router
 from services.dashboard.config import DashboardSettings
 from services.dashboard.config_edit import ConfigEditor
 from services.dashboard.core import DashboardState, Event
+from services.runtime.facility_watch import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ TOKEN_COOKIE = "depotwatch_token"
 STATIC = resources.files("services.dashboard") / "static"
 FrameLoader = Callable[[str, str], bytes]
 """(bucket, key) -> JPEG bytes; blocking, run in a worker thread."""
+HistoryReader = Callable[[str, datetime, datetime], list[FacilityState]]
+"""(flow, start, end) -> that flow's facility states in the range; blocking, run in a thread."""
 DOCS_ASSETS = "/api/docs-assets"
 """Swagger UI's script and style, served from the installed package (no CDN)."""
 
@@ -194,13 +198,17 @@ class TokenGate:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # no websocket routes
+            return
         if scope["type"] != "http" or scope["path"].startswith(self.OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
         token = self.settings.token
         expected = token.get_secret_value().encode() if token is not None else None
-        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        bearer = credentials.strip() if scheme.lower() == "bearer" else None
         api = scope["path"].startswith("/api/")
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             if expected is None:
@@ -278,14 +286,16 @@ class DashboardServer:
         frame_loader: FrameLoader | None = None,
         config_path: Path | None = None,
         registry: CollectorRegistry = REGISTRY,
+        history_reader: HistoryReader | None = None,
     ) -> None:
         self.state = DashboardState(config)
+        self.history_reader = history_reader
         self.settings = settings
         self.hub = Broadcaster(settings.client_queue)
         self._frame_loader = frame_loader
         self._frames: OrderedDict[str, bytes] = OrderedDict()
         self._config_path = config_path
-        self._config_stamp = _file_stamp(config_path) if config_path else None
+        self._config_stamp = file_stamp(config_path)
         self.editor = ConfigEditor(config_path) if config_path else None
         self.registry = registry
         self._collector = FacilityCollector(self.state)
@@ -346,9 +356,10 @@ class DashboardServer:
 
     async def events(self) -> StreamingResponse:
         """Server-sent events: a snapshot, then every change as it happens."""
-        q = self.hub.subscribe()
 
         async def stream() -> AsyncIterator[bytes]:
+            # Subscribed only once the response streams: one never sent leaks no queue.
+            q = self.hub.subscribe()
             try:
                 yield _sse({"type": "snapshot", "data": self.state.snapshot()})
                 while True:
@@ -409,7 +420,7 @@ class DashboardServer:
         """Reload the facility config if its file changed; a broken file keeps the old one."""
         if self._config_path is None:
             return
-        stamp = _file_stamp(self._config_path)
+        stamp = file_stamp(self._config_path)
         if stamp == self._config_stamp:
             return
         self._config_stamp = stamp
@@ -423,6 +434,12 @@ class DashboardServer:
                 )
             return
         log.info("facility config reloaded", extra={"cameras": len(cfg.cameras)})
+        self.hub.publish(self.state.set_config(cfg))
+
+    def use_config(self, cfg: FacilityConfig) -> None:
+        """A config this server just wrote (an API camera change): in use at once, and the
+        file's new stamp noted so it is not reloaded again."""
+        self._config_stamp = file_stamp(self._config_path)
         self.hub.publish(self.state.set_config(cfg))
 
     @asynccontextmanager
@@ -466,6 +483,7 @@ class DashboardServer:
             "/healthz", self.healthz, response_model=Health, tags=["health"], summary="Liveness"
         )
         app.include_router(api_router(self))
+        app.add_exception_handler(RequestValidationError, _rejected_request)
         app.add_middleware(TokenGate, settings=self.settings)
         if self.settings.cors_origin_list():
             # Outside the token gate: a browser's preflight carries no token, and a refusal
@@ -479,6 +497,17 @@ class DashboardServer:
         return app
 
 
+async def _rejected_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own parameter and body checks, answered in the API's one 422 shape."""
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(Problem(field=where, problem=f"{where}: {err.get('msg', 'invalid')}"))
+    body = Rejected(detail="the request is not valid; nothing was changed", problems=problems)
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
 def coalesce(events: Sequence[Event]) -> list[Event]:
     """The last event per subject (type + flow + camera), in the order of those last ones."""
     last: dict[tuple[str, object, object], int] = {}
@@ -490,16 +519,6 @@ def coalesce(events: Sequence[Event]) -> list[Event]:
 
 def _sse(event: Event) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event['data'])}\n\n".encode()
-
-
-def _file_stamp(path: Path | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
 
 
 def _version() -> str:

@@ -402,18 +402,11 @@ def read_range(
 ) -> list[M]:
     """Messages of ``topic`` in [start, end] by broker timestamp (undecodable ones skipped)."""
     try:
-        records = topic_reader.read_range(kafka, topic, start, end, timeout_s)
+        return topic_reader.read_messages(kafka, topic, model, start, end, timeout_s)
     except topic_reader.TopicMissingError as exc:
         raise click.ClickException(
             f"{exc}; is the flow running (depotwatch run --flow ...)?"
         ) from None
-    out: list[M] = []
-    for record in records:
-        try:
-            out.append(decode(model, record.value))
-        except MessageDecodeError as exc:
-            log.warning("skipping undecodable message", extra={"reason": exc.reason})
-    return out
 
 
 COUNT_AGREEMENT = Gauge(

@@ -14,6 +14,21 @@ from schemas.facility import ConfigError, FacilityConfig, load_facility
 
 log = logging.getLogger(__name__)
 
+Stamp = tuple[int, int, int]
+
+
+def file_stamp(path: Path | None) -> Stamp | None:
+    """What tells that a file changed: modification time, size and inode (an atomic rewrite,
+    as the API's camera changes do it, gives a new inode even within one mtime tick); None when
+    it cannot be read. The one change test of every config watcher."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
 
 class FacilityWatch:
     """Holds the current facility config and reloads it when the file changes."""
@@ -22,14 +37,8 @@ class FacilityWatch:
         self.path = path
         self.check_every_s = check_every_s
         self.config: FacilityConfig = load_facility(path)
-        self._mtime = self._stat()
+        self._stamp = file_stamp(path)
         self._checked = time.monotonic()
-
-    def _stat(self) -> float | None:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return None
 
     def refresh(self, force: bool = False) -> bool:
         """Reload if the file changed (looked at every ``check_every_s``); True if reloaded."""
@@ -37,10 +46,10 @@ class FacilityWatch:
         if not force and now - self._checked < self.check_every_s:
             return False
         self._checked = now
-        mtime = self._stat()
-        if mtime is None or (mtime == self._mtime and not force):
+        stamp = file_stamp(self.path)
+        if stamp is None or (stamp == self._stamp and not force):
             return False
-        self._mtime = mtime
+        self._stamp = stamp
         try:
             self.config = load_facility(self.path)
         except ConfigError as exc:

@@ -120,6 +120,12 @@ class TopicSettings(_Frozen):
     estimate_partitions: int = Field(default=6, ge=1)
     frames_retention_hours: float = Field(default=24.0, gt=0)
     estimates_retention_hours: float = Field(default=168.0, gt=0)
+    state_history_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="Facility states younger than this are never compacted away (the API's "
+        "state history); older ones keep only the latest per facility.",
+    )
 
     def layout(self) -> TopicLayout:
         """These settings as the catalogue's layout: every creator of a topic uses this, so
@@ -130,6 +136,7 @@ class TopicSettings(_Frozen):
             estimate_partitions=self.estimate_partitions,
             frames_retention_ms=int(self.frames_retention_hours * hour_ms),
             estimates_retention_ms=int(self.estimates_retention_hours * hour_ms),
+            state_history_ms=int(self.state_history_hours * hour_ms),
         )
 
 

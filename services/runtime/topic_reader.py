@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -37,7 +37,10 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
+from schemas.base import Message, MessageDecodeError, decode
 from services.runtime.settings import KafkaSettings
+
+M = TypeVar("M", bound=Message)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,27 @@ def read_range(
             quiet_until = {p: t for p, t in quiet_until.items() if t > now}
     finally:
         consumer.close()
+    return out
+
+
+def read_messages(
+    kafka: KafkaSettings,
+    topic: str,
+    model: type[M],
+    start: datetime,
+    end: datetime,
+    timeout_s: float = 60.0,
+) -> list[M]:
+    """Messages of ``topic`` in [start, end] by broker timestamp, decoded as ``model``; an
+    undecodable record is logged with its reason and skipped. Raises :class:`TopicMissingError`."""
+    out: list[M] = []
+    for record in read_range(kafka, topic, start, end, timeout_s):
+        try:
+            out.append(decode(model, record.value))
+        except MessageDecodeError as exc:
+            log.warning(
+                "skipping undecodable message", extra={"topic": topic, "reason": exc.reason}
+            )
     return out
 
 

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from schemas.facility import ConfigError, FacilityConfig, load_facility
 from services.infra.processes import free_port
+from services.runtime.facility_watch import file_stamp
 from services.supervisor.plan import (
     STAGES,
     CameraChanges,
@@ -158,7 +159,7 @@ class Supervisor:
         self.unhealthy_restart_s = unhealthy_restart_s
         """Restart a running child whose /livez has failed this long (None: never), as a
         Kubernetes liveness probe would; a process can be alive and stuck."""
-        self._config_stamp = _stamp(options.config_path)
+        self._config_stamp = file_stamp(options.config_path)
         self.rows: list[ServiceRow] = []
 
     # ---- starting ---------------------------------------------------------------------
@@ -246,7 +247,7 @@ class Supervisor:
 
     def check_config(self) -> CameraChanges | None:
         """Apply a changed facility config; a broken one is reported and the running one kept."""
-        stamp = _stamp(self.options.config_path)
+        stamp = file_stamp(self.options.config_path)
         if stamp == self._config_stamp:
             return None
         self._config_stamp = stamp
@@ -482,11 +483,3 @@ def _write_json(path: Path, doc: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from dashboard_builders import REPO, frame, loco, state, true_loco, truth
+from dashboard_builders import REPO, T0, frame, loco, state, true_loco, truth
 from web_harness import Client, run
 
-from schemas.api import Agreement, CameraView, ConfigRejected, FlowView
+from schemas.api import Agreement, CameraView, FlowView, Rejected, StateHistory
 from schemas.facility import load_facility
 from schemas.facility_state import FacilityState
 from services.dashboard.server import DashboardServer
@@ -113,6 +114,13 @@ def test_cameras_are_added_changed_disabled_and_removed(config_path: Path) -> No
         ("patch", "/api/v1/cameras/cam-s2", {"fps": 0}, "cameras[1].fps"),
         ("patch", "/api/v1/cameras/cam-s2", {"id": "cam-s3"}, "id"),
         ("put", "/api/v1/cameras/cam-s2", [1, 2], "body"),
+        ("patch", "/api/v1/cameras/cam-s2", {}, "body"),
+        (
+            "post",
+            "/api/v1/cameras",
+            {"id": "cam-x2", "source": "rtsp://h:99999/s"},
+            "cameras[8].source",
+        ),
     ],
 )
 def test_a_change_that_breaks_the_config_is_a_422_naming_the_field(
@@ -123,7 +131,7 @@ def test_a_change_that_breaks_the_config_is_a_422_naming_the_field(
     async def check(client: Client, server: DashboardServer) -> None:
         resp = await client.request(method.upper(), path, json=body, headers=AUTH)
         assert resp.status_code == 422, resp.text
-        rejected = ConfigRejected.model_validate(resp.json())
+        rejected = Rejected.model_validate(resp.json())
         assert field in [p.field for p in rejected.problems], rejected
         assert all(p.problem.startswith(f"{p.field}: ") for p in rejected.problems)
 
@@ -161,6 +169,10 @@ def test_changes_need_the_token_as_a_bearer_header(config_path: Path) -> None:
         assert locked.status_code == 401
         assert locked.headers["WWW-Authenticate"] == "Bearer"
         assert (await client.get("/api/v1/flows", headers=AUTH)).status_code == 200
+        lower = {"Authorization": f"bearer {TOKEN}"}  # the scheme is case-insensitive
+        assert (await client.get("/api/v1/flows", headers=lower)).status_code == 200
+        bare = {"Authorization": TOKEN}  # no scheme: not a bearer token
+        assert (await client.get("/api/v1/flows", headers=bare)).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
 
     run(with_token, config_path=config_path, token=TOKEN)
@@ -198,3 +210,75 @@ def test_docs_work_offline_and_cors_is_off_by_default(config_path: Path) -> None
 
     run(check, config_path=config_path)
     run(cors_on, config_path=config_path, token=TOKEN, cors_origins="https://grafana.example")
+
+
+def test_state_history_reads_a_range_thinned_and_refuses_bad_ranges(config_path: Path) -> None:
+    asked: list[tuple[str, datetime, datetime]] = []
+    published = [state("prod", at_s=t / 2, T1=[loco("a", 20, 3)]) for t in range(20)]
+    published.append(state("prod", at_s=1, facility_id="another-depot"))
+
+    def reader(flow: str, start: datetime, end: datetime) -> list[FacilityState]:
+        asked.append((flow, start, end))
+        if flow == "dev":
+            raise LookupError("topic facility-state.dev.v1 does not exist")
+        return published
+
+    t0 = T0.isoformat()
+    t5 = (T0 + timedelta(seconds=5)).isoformat()
+
+    async def check(client: Client, server: DashboardServer) -> None:
+        got = await client.get(
+            "/api/v1/flows/prod/history", params={"start": t0, "end": t5, "every_s": 2}
+        )
+        assert got.status_code == 200, got.text
+        history = StateHistory.model_validate(got.json())
+        assert [(s.as_of - T0).total_seconds() for s in history.states] == [0, 2, 4]
+        # Read 5 s past the end by broker time: a state stamped inside reaches it later.
+        assert asked == [("prod", T0, T0 + timedelta(seconds=10))]
+        bad = {
+            "start": (
+                {"start": "2026-11-21T12:00:00", "end": t5},
+                "query.start: has no time zone",
+            ),
+            "order": ({"start": t5, "end": t0}, "query.end: is not after start"),
+            "long": (
+                {"start": t0, "end": (T0 + timedelta(hours=2)).isoformat()},
+                "longer than 1 h",
+            ),
+            "type": ({"start": "yesterday"}, "query.start"),
+            "every": ({"start": t0, "every_s": 0}, "query.every_s"),
+            "overflow": ({"start": "9999-12-31T22:00:00-05:00"}, "outside the years"),
+        }
+        for params, words in bad.values():
+            resp = await client.get("/api/v1/flows/prod/history", params=params)
+            assert resp.status_code == 422, (params, resp.text)
+            assert words in resp.text
+            Rejected.model_validate(resp.json())
+        assert (
+            await client.get("/api/v1/flows/nope/history", params={"start": t0})
+        ).status_code == 404
+        missing = await client.get("/api/v1/flows/dev/history", params={"start": t0, "end": t5})
+        assert missing.status_code == 404
+        assert "has flow 'dev' published any state" in missing.json()["detail"]
+
+    run(check, config_path=config_path, history_reader=reader)
+
+    async def no_reader(client: Client, server: DashboardServer) -> None:
+        resp = await client.get("/api/v1/flows/prod/history", params={"start": t0, "end": t5})
+        assert resp.status_code == 503
+
+    run(no_reader, config_path=config_path)
+
+
+def test_a_body_nested_past_any_camera_is_a_422_not_a_crash(config_path: Path) -> None:
+    async def check(client: Client, server: DashboardServer) -> None:
+        deep = "[" * 100_000 + "]" * 100_000
+        resp = await client.post(
+            "/api/v1/cameras",
+            content=deep,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 422
+        assert "not a JSON object" in resp.text
+
+    run(check, config_path=config_path, token=TOKEN)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from dashboard_builders import facility, frame, loco, positions, state, true_loco, truth
+from dashboard_builders import T0, facility, frame, loco, positions, state, true_loco, truth
 
 from schemas.facility import Track
 from services.dashboard.core import (
@@ -12,6 +14,7 @@ from services.dashboard.core import (
     compare_flows,
     facility_layout,
     state_view,
+    thin_states,
     track_path,
 )
 from services.evaluation.compare import compare_states
@@ -150,10 +153,6 @@ def test_dashboard_and_eval_pair_the_same_locomotives() -> None:
 
 
 def test_camera_views_hide_passwords_and_tell_fps_and_staleness() -> None:
-    from datetime import timedelta
-
-    from dashboard_builders import T0
-
     cfg = facility()
     cams = [
         cfg.cameras[0].model_copy(update={"source": "rtsp://op:hunter2@192.0.2.7:554/s1"}),
@@ -181,10 +180,6 @@ def test_camera_views_hide_passwords_and_tell_fps_and_staleness() -> None:
 
 
 def test_flow_views_give_the_age_of_each_flows_state() -> None:
-    from datetime import timedelta
-
-    from dashboard_builders import T0
-
     st = DashboardState(facility())
     st.apply_state(state("prod", at_s=1, T1=[loco("a", 20, 3)], T2=[loco("b", 40, 22)]))
     views = {v.flow: v for v in st.flow_views(T0 + timedelta(seconds=11))}
@@ -192,3 +187,10 @@ def test_flow_views_give_the_age_of_each_flows_state() -> None:
     assert views["prod"].locomotives == 2
     assert views["dev"].as_of is None
     assert views["dev"].locomotives == 0
+
+
+def test_thin_states_keeps_one_state_per_stretch_oldest_first() -> None:
+    states = [state("prod", at_s=t) for t in (2.5, 0.0, 0.4, 1.0, 1.2, 3.0)]
+    kept = [(s.as_of - T0).total_seconds() for s in thin_states(states, 1.0)]
+    assert kept == [0.0, 1.0, 2.5]
+    assert len(thin_states(states, 0.1)) == 6

@@ -137,15 +137,51 @@ def test_apply_batch_keeps_the_state_of_every_message() -> None:
     run(check)
 
 
-def test_the_listening_socket_is_tcp_so_responses_go_out_without_nagle_delay() -> None:
+def test_connections_to_the_listening_socket_have_nagle_off() -> None:
     # asyncio turns TCP_NODELAY on only for connections of a socket made with IPPROTO_TCP; a
     # socket.create_server() socket (proto 0) left every keep-alive response ~40 ms late.
     import socket
 
     from services.dashboard.__main__ import _listen
 
-    sock = _listen("127.0.0.1", 0)
-    try:
-        assert sock.proto == socket.IPPROTO_TCP
-    finally:
-        sock.close()
+    async def main() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = _listen("127.0.0.1", 0)
+        server = await asyncio.start_server(connected, sock=listener)
+        try:
+            port = listener.getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            nodelay = await asyncio.wait_for(accepted, 5)
+            writer.close()
+            return nodelay
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(main()) != 0
+
+
+def test_a_server_that_fails_to_start_exits_with_an_error_status() -> None:
+    from contextlib import asynccontextmanager
+
+    import pytest
+    from fastapi import FastAPI
+
+    from services.dashboard.__main__ import serve_app
+
+    @asynccontextmanager
+    async def broken(app: FastAPI):  # type: ignore[no-untyped-def]
+        raise RuntimeError("startup failed")
+        yield
+
+    ready: list[int] = []
+    with pytest.raises(SystemExit) as stopped:
+        asyncio.run(serve_app(FastAPI(lifespan=broken), "127.0.0.1", 0, ready.append))
+    assert stopped.value.code == 3
+    assert ready == []

@@ -44,6 +44,10 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         lambda bucket, key: b"\xff\xd8\xff",
         config_path=path,
         registry=CollectorRegistry(),
+        # An in-memory history, so generated ranges reach the handler (not a 503).
+        history_reader=lambda flow, start, end: [
+            state("prod", at_s=t, T1=[loco("a", 20, 3.03)]) for t in range(60)
+        ],
     )
     server.apply(frame("cam-s1", 1))
     server.apply(state("prod", T1=[loco("a", 20, 3.03)]))

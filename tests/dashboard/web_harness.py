@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from schemas.facility import FacilityConfig, load_facility
 from services.dashboard.__main__ import serve
 from services.dashboard.config import DashboardSettings
-from services.dashboard.server import DashboardServer
+from services.dashboard.server import DashboardServer, HistoryReader
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg"
 Client = httpx.AsyncClient
@@ -25,6 +25,7 @@ def run(
     token: str | None = None,
     config_path: Path | None = None,
     config: FacilityConfig | None = None,
+    history_reader: HistoryReader | None = None,
     **settings: object,
 ) -> None:
     """Serve the app on 127.0.0.1 (free port) in this event loop; ``test`` gets a client.
@@ -41,6 +42,7 @@ def run(
         loader,
         config_path=config_path,
         registry=CollectorRegistry(),
+        history_reader=history_reader,
     )
 
     async def main() -> None:

@@ -41,6 +41,9 @@ def test_topics_have_their_cleanup_and_retention(stack_settings: Settings) -> No
     admin = TopicAdmin(stack_settings.kafka)
     assert admin.topic_config("facility-state.prod.v1")["cleanup.policy"] == "compact"
     assert admin.topic_config("facility-state.dev.v1")["cleanup.policy"] == "compact"
+    assert admin.topic_config("facility-state.prod.v1")["min.compaction.lag.ms"] == str(
+        24 * 3600 * 1000
+    )
     frames = admin.topic_config("frames.v1")
     assert frames["cleanup.policy"] == "delete"
     assert frames["retention.ms"] == str(24 * 3600 * 1000)

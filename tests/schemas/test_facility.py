@@ -515,6 +515,9 @@ def test_a_real_camera_needs_no_pose(shipped_data: dict[str, Any]) -> None:
         ("rtsp://op@192.0.2.7/s1", "rtsp://***@192.0.2.7/s1"),
         ("rtsp://192.0.2.7:554/s1", "rtsp://192.0.2.7:554/s1"),
         ("file:///data/cam1.mp4", "file:///data/cam1.mp4"),
+        ("rtsp://u:p@[2001:db8::1]:554/s", "rtsp://***@[2001:db8::1]:554/s"),
+        ("rtsp://u:p@host:abc/x", "rtsp://***@host:abc/x"),
+        ("http://cam/snap?user=a&password=b&res=hd", "http://cam/snap?user=a&password=***&res=hd"),
     ],
 )
 def test_redact_url_hides_user_and_password(url: str, shown: str) -> None:
@@ -530,3 +533,13 @@ def test_yaml_text_is_checked_like_a_file() -> None:
         parse_facility_yaml("facility_id: [unclosed\n", "edit")
     assert err.value.source == "edit"
     assert err.value.problems[0].startswith("line 2, column 1: not valid YAML")
+
+
+def test_a_bad_source_url_is_refused_without_showing_its_password() -> None:
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    data["cameras"][0]["source"] = "rtsp://op:hunter2@192.0.2.7:99999/s1"
+    with pytest.raises(ConfigError) as err:
+        parse_facility(data)
+    (problem,) = err.value.problems
+    assert problem.startswith("cameras[0].source: URL 'rtsp://***@192.0.2.7:99999/s1' has a bad")
+    assert "hunter2" not in problem

@@ -377,6 +377,8 @@ def test_topics_for_two_flows() -> None:
         "positions.prod.v1",
     ]
     assert specs["facility-state.prod.v1"].config["cleanup.policy"] == "compact"
+    # A day of states is never compacted away: the REST API's state history reads it.
+    assert specs["facility-state.prod.v1"].config["min.compaction.lag.ms"] == str(86_400_000)
     assert specs["facility-state.prod.v1"].partitions == 1
     assert specs["frames.v1"].key_field == "camera_id"
     assert specs["positions.dev.v1"].model is PositionEstimate
