@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -458,6 +459,7 @@ def test_health_fails_when_frames_wait_and_none_is_processed(
     flow: str,
     tmp_path: Path,
     unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Field failure: after a broker restart a consumer stayed in its group and fetched
     nothing for 9 minutes; its loop came round, so /healthz said ok."""
@@ -465,20 +467,35 @@ def test_health_fails_when_frames_wait_and_none_is_processed(
     stream = one.stream
     stream.config = replace(stream.config, stall_after_s=3.0)
     health, lag = frame_stream_health(stream, stack_settings)
+    # The consumer is paused and resumed on the stream's own thread, inside its poll: called
+    # from the test's thread, pause() waited up to ~2 min for the polling thread to let go.
+    want = {"paused": False}
+    now = {"paused": False}
+    real_poll = stream.consumer.poll_batch
+
+    def poll_batch(max_messages: int, timeout: float) -> list[Any]:
+        raw = stream.consumer.raw
+        if want["paused"] != now["paused"]:
+            (raw.pause if want["paused"] else raw.resume)(raw.assignment())
+            now["paused"] = want["paused"]
+        return real_poll(max_messages, timeout)
+
+    monkeypatch.setattr(stream.consumer, "poll_batch", poll_batch)
 
     try:
         with running(stream):
             until(lambda: lag.backlog() == 0 and stream.processed == 1, "first frame done")
             assert health.evaluate()[0]
             # The consumer stays in its group but fetches nothing any more.
-            stream.consumer.raw.pause(stream.consumer.raw.assignment())
+            want["paused"] = True
+            until(lambda: now["paused"], "consumer paused")
             one.more_frames(stack_settings, producer, flow, 2)
             until(lambda: not health.evaluate()[0], "/healthz fails")
             _, checks = health.evaluate()
             assert checks["loop"]["ok"], "the loop still comes round"
             assert not checks["progress"]["ok"]
             assert "stalled:" in str(checks["progress"]["detail"])
-            stream.consumer.raw.resume(stream.consumer.raw.assignment())
+            want["paused"] = False
             until(lambda: stream.processed == 3 and health.evaluate()[0], "recovers")
     finally:
         lag.stop()
