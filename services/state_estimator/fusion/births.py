@@ -236,6 +236,13 @@ def _plate_behind_cab(
     return False
 
 
+def inset(config: FusionConfig, end: LooseEnd) -> float:
+    """How far inside the body an end's reported position lies: a cab known only by its
+    plate is ``plate_inset_m`` in (where the plate hangs), a detected end the label offset."""
+    t = config.tuning
+    return t.plate_inset_m if end.from_plate_only else t.end_label_offset_m
+
+
 def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: datetime) -> None:
     """Start locomotives from unexplained head/tail pairs that fit a model length.
 
@@ -251,12 +258,12 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
     cabs = [e for e in eligible if e.from_plate_only and e.kind == "head"]
     # Any detected end, however new, inside a body rules that body out: it is another end.
     detected = [e for e in state.loose_ends if e.track_id == track_id and not e.from_plate_only]
+    heads = [e.position_m for e in ends if e.kind == "head"]
     options: list[tuple[float, LooseEnd, LooseEnd, float, float]] = []
     for head in [*(e for e in ends if e.kind == "head"), *cabs]:
         for tail in (e for e in ends if e.kind == "tail"):
             direction = 1.0 if tail.position_m >= head.position_m else -1.0
-            head_off = t.plate_inset_m if head.from_plate_only else off
-            head_true = head.position_m - direction * head_off
+            head_true = head.position_m - direction * inset(config, head)
             tail_true = tail.position_m + direction * off
             length = abs(tail_true - head_true)
             misfit = config.length_misfit(length)
@@ -267,7 +274,6 @@ def start_pairs(config: FusionConfig, state: FusionState, track_id: str, at: dat
             span = (min(head_true, tail_true), max(head_true, tail_true))
             if not _body_free(config, state, track_id, span, detected, (head.end_id, tail.end_id)):
                 continue
-            heads = [e.position_m for e in ends if e.kind == "head"]
             if not head.from_plate_only and _plate_behind_cab(
                 config, state, head, direction, heads
             ):
@@ -303,7 +309,7 @@ def hypotheses(
     """The (direction, model) placements of a lone end's body that no view rules out."""
     t = config.tuning
     track = end.track_id
-    off = t.plate_inset_m if end.from_plate_only else t.end_label_offset_m
+    off = inset(config, end)
     occluders = occluders_of(loco for loco in state.locomotives if loco.track_id != track)
     unexplained = [e for e in state.loose_ends if e.track_id == track and not e.from_plate_only]
     looked = [
@@ -546,7 +552,6 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
       round about its seen end (the end inside belongs to a neighbour).
     """
     t = config.tuning
-    off = t.end_label_offset_m
     for loco in [x for x in state.locomotives if x.track_id == track_id]:
         unseen = [k for k in END_KINDS if loco.seen_at(k) is None]
         if not unseen:
@@ -570,7 +575,7 @@ def revise_assumed(config: FusionConfig, state: FusionState, track_id: str, at: 
         best: tuple[float, LooseEnd, float] | None = None
         for e in ends:
             body = 1.0 if e.position_m >= seen_true else -1.0
-            far_true = e.position_m + body * (t.plate_inset_m if e.from_plate_only else off)
+            far_true = e.position_m + body * inset(config, e)
             length = abs(far_true - seen_true)
             misfit = config.length_misfit(length)
             if misfit > t.pairing_tolerance_m:
