@@ -26,6 +26,11 @@ def test_dev_and_validation_use_disjoint_depots_and_enough_cases() -> None:
     assert len(extra) >= 40
     extra_depots = {c.depot_seed for c in extra}
     assert extra_depots.isdisjoint(dev_depots | {c.depot_seed for c in validation})
+    extra2 = cases("extra2")
+    assert len(extra2) >= 40
+    assert {c.depot_seed for c in extra2}.isdisjoint(
+        dev_depots | extra_depots | {c.depot_seed for c in validation}
+    )
     assert {"test-busy-9701", "test-busy-9702"} <= {c.name for c in cases("all")}
 
 
