@@ -111,6 +111,18 @@ async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
     return body
 
 
+async def _camera_fields(
+    request: Request, camera_id: str, id_fix: str
+) -> dict[str, Any] | JSONResponse:
+    """The body of a change to the camera in the path: a JSON object whose id, if any, is it."""
+    body = await _json_object(request)
+    if not isinstance(body, JSONResponse) and body.get("id", camera_id) != camera_id:
+        return _rejected(
+            [f"id: {body.get('id')!r} differs from {camera_id!r} in the path; {id_fix}"]
+        )
+    return body
+
+
 def api_router(server: DashboardServer) -> APIRouter:
     """The ``/api/v1`` routes, answering from ``server``'s state and editing its config file."""
     router = APIRouter(
@@ -192,16 +204,13 @@ def api_router(server: DashboardServer) -> APIRouter:
     )
     async def replace_camera(camera_id: str, request: Request) -> CameraView | Response:
         """Replace a camera whole. A source sent back as shown (``***@``) keeps its password."""
-        body = await _json_object(request)
+        body = await _camera_fields(
+            request,
+            camera_id,
+            "send the same id (a camera is renamed by adding the new one and removing the old)",
+        )
         if isinstance(body, Response):
             return body
-        if body.get("id", camera_id) != camera_id:
-            return _rejected(
-                [
-                    f"id: {body.get('id')!r} differs from {camera_id!r} in the path; send the same "
-                    "id (a camera is renamed by adding the new one and removing the old)"
-                ]
-            )
         refused = await change(lambda ed: ed.replace_camera(camera_id, body))
         return refused or view(camera_id) or _error(500, "camera not reloaded")
 
@@ -214,13 +223,9 @@ def api_router(server: DashboardServer) -> APIRouter:
     )
     async def update_camera(camera_id: str, request: Request) -> CameraView | Response:
         """Change some fields of a camera; ``{"enabled": false}`` disables it."""
-        body = await _json_object(request)
+        body = await _camera_fields(request, camera_id, "leave id out")
         if isinstance(body, Response):
             return body
-        if body.get("id", camera_id) != camera_id:
-            return _rejected(
-                [f"id: {body.get('id')!r} differs from {camera_id!r} in the path; leave id out"]
-            )
         if not body:
             return _rejected(['body: is empty; send the fields to change, e.g. {"fps": 1}'])
         refused = await change(lambda ed: ed.update_camera(camera_id, body))
