@@ -17,7 +17,15 @@ from schemas.base import Message, MessageDecodeError, decode, encode
 from schemas.topics import MESSAGE_MODELS
 
 SAMPLES = {type(m): m for m in every_message()}
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the same 150 inputs every run, so a CI run never depends on luck (a new input
+# class is found by widening the strategies, not by chance).
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
