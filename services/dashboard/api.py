@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
@@ -80,19 +81,31 @@ def _camera_body(partial: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _error(status: int, detail: str) -> JSONResponse:
+def error_response(status: int, detail: str) -> JSONResponse:
+    """Any refusal of the app (the token gate's included): ``{"detail": ...}``."""
     return JSONResponse(ApiError(detail=detail).model_dump(), status_code=status)
 
 
-def _rejected(
+def rejected_response(
     problems: list[str],
     detail: str = "the change would break the facility config; nothing was written",
 ) -> JSONResponse:
+    """A 422: one ``field: problem; fix`` line each, the field read from the line."""
     body = Rejected(
         detail=detail,
         problems=[Problem(field=p.split(": ", 1)[0], problem=p) for p in problems],
     )
     return JSONResponse(body.model_dump(), status_code=422)
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own parameter and body checks, answered in the API's one 422 shape."""
+    assert isinstance(exc, RequestValidationError)
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        lines.append(f"{where}: {err.get('msg', 'invalid')}")
+    return rejected_response(lines, "the request is not valid; nothing was changed")
 
 
 async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
@@ -101,7 +114,7 @@ async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past any camera
         body = None
     if not isinstance(body, dict):
-        return _rejected(
+        return rejected_response(
             [
                 "body: is not a JSON object; send the camera as JSON, e.g. "
                 '{"id": "cam-n5", "source": "rtsp://192.0.2.15:554/stream1", ...}'
@@ -117,7 +130,7 @@ async def _camera_fields(
     """The body of a change to the camera in the path: a JSON object whose id, if any, is it."""
     body = await _json_object(request)
     if not isinstance(body, JSONResponse) and body.get("id", camera_id) != camera_id:
-        return _rejected(
+        return rejected_response(
             [f"id: {body.get('id')!r} differs from {camera_id!r} in the path; {id_fix}"]
         )
     return body
@@ -143,17 +156,19 @@ def api_router(server: DashboardServer) -> APIRouter:
         """Run one edit of the facility file; None when it was written (and is in use here
         at once), else the error."""
         if server.editor is None:
-            return _error(503, "this server was started without a facility file; nothing to edit")
+            return error_response(
+                503, "this server was started without a facility file; nothing to edit"
+            )
         try:
             cfg = await run_in_threadpool(edit, server.editor)
         except ConfigError as exc:
-            return _rejected(exc.problems)
+            return rejected_response(exc.problems)
         except UnknownCameraError as exc:
-            return _error(404, str(exc))
+            return error_response(404, str(exc))
         except (CameraExistsError, ConfigChangedError) as exc:
-            return _error(409, str(exc))
+            return error_response(409, str(exc))
         except ConfigWriteError as exc:
-            return _error(503, str(exc))
+            return error_response(503, str(exc))
         server.use_config(cfg)
         return None
 
@@ -176,7 +191,9 @@ def api_router(server: DashboardServer) -> APIRouter:
         """One camera and its health."""
         found = view(camera_id)
         if found is None:
-            return _error(404, f"no camera {camera_id!r}; GET /api/v1/cameras lists the ids")
+            return error_response(
+                404, f"no camera {camera_id!r}; GET /api/v1/cameras lists the ids"
+            )
         return found
 
     @router.post(
@@ -193,7 +210,7 @@ def api_router(server: DashboardServer) -> APIRouter:
         if isinstance(body, Response):
             return body
         refused = await change(lambda ed: ed.add_camera(body))
-        return refused or view(str(body.get("id"))) or _error(500, "camera not reloaded")
+        return refused or view(str(body.get("id"))) or error_response(500, "camera not reloaded")
 
     @router.put(
         "/cameras/{camera_id}",
@@ -212,7 +229,7 @@ def api_router(server: DashboardServer) -> APIRouter:
         if isinstance(body, Response):
             return body
         refused = await change(lambda ed: ed.replace_camera(camera_id, body))
-        return refused or view(camera_id) or _error(500, "camera not reloaded")
+        return refused or view(camera_id) or error_response(500, "camera not reloaded")
 
     @router.patch(
         "/cameras/{camera_id}",
@@ -227,9 +244,9 @@ def api_router(server: DashboardServer) -> APIRouter:
         if isinstance(body, Response):
             return body
         if not body:
-            return _rejected(['body: is empty; send the fields to change, e.g. {"fps": 1}'])
+            return rejected_response(['body: is empty; send the fields to change, e.g. {"fps": 1}'])
         refused = await change(lambda ed: ed.update_camera(camera_id, body))
-        return refused or view(camera_id) or _error(500, "camera not reloaded")
+        return refused or view(camera_id) or error_response(500, "camera not reloaded")
 
     @router.delete(
         "/cameras/{camera_id}",
@@ -254,10 +271,10 @@ def api_router(server: DashboardServer) -> APIRouter:
     async def flow_state(flow: str) -> FacilityState | Response:
         """The flow's latest facility state: locomotives per track, camera health, latency."""
         if flow not in server.state.config.flows:
-            return _error(404, f"no flow {flow!r}; GET /api/v1/flows lists them")
+            return error_response(404, f"no flow {flow!r}; GET /api/v1/flows lists them")
         st = server.state.states.get(flow)
         if st is None:
-            return _error(404, f"flow {flow!r} has published no facility state yet")
+            return error_response(404, f"flow {flow!r} has published no facility state yet")
         return st
 
     @router.get(
@@ -283,7 +300,7 @@ def api_router(server: DashboardServer) -> APIRouter:
         younger than ``DEPOTWATCH_TOPICS__STATE_HISTORY_HOURS`` (``min.compaction.lag.ms``),
         so ranges within that window are complete."""
         if flow not in server.state.config.flows:
-            return _error(404, f"no flow {flow!r}; GET /api/v1/flows lists them")
+            return error_response(404, f"no flow {flow!r}; GET /api/v1/flows lists them")
         end = end or now()
         problems = [
             f"query.{name}: has no time zone; write e.g. 2026-12-03T12:00:00Z"
@@ -301,18 +318,24 @@ def api_router(server: DashboardServer) -> APIRouter:
         if not problems and end - start > HISTORY_MAX:
             problems.append("query.end: the range is longer than 1 h; ask in hour-long pieces")
         if problems:
-            return _rejected(problems, "the time range is not valid")
+            return rejected_response(problems, "the time range is not valid")
         if server.history_reader is None:
-            return _error(503, "this server reads no Kafka topics; state history is unavailable")
+            return error_response(
+                503, "this server reads no Kafka topics; state history is unavailable"
+            )
         if history_slots.locked():
-            return _error(429, f"{HISTORY_READS} history reads are running; retry in a few seconds")
+            return error_response(
+                429, f"{HISTORY_READS} history reads are running; retry in a few seconds"
+            )
         async with history_slots:
             try:
                 states = await run_in_threadpool(server.history_reader, flow, start, read_to)
             except ConnectionError as exc:
-                return _error(503, f"cannot read the state topic ({exc}); is the broker up?")
+                return error_response(
+                    503, f"cannot read the state topic ({exc}); is the broker up?"
+                )
             except LookupError as exc:
-                return _error(404, f"{exc}; has flow {flow!r} published any state?")
+                return error_response(404, f"{exc}; has flow {flow!r} published any state?")
         facility_id = server.state.config.facility_id
         return StateHistory(
             flow=flow,

@@ -29,7 +29,6 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (
@@ -42,14 +41,14 @@ from starlette.responses import (
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as Message_
 
-from schemas.api import Health, Problem, Rejected
+from schemas.api import Health
 from schemas.base import Message
 from schemas.estimates import PositionEstimate
 from schemas.facility import ConfigError, FacilityConfig, load_facility
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
-from services.dashboard.api import api_router
+from services.dashboard.api import api_router, error_response, invalid_request
 from services.dashboard.config import DashboardSettings
 from services.dashboard.config_edit import ConfigEditor
 from services.dashboard.core import DashboardState, Event
@@ -232,7 +231,7 @@ class TokenGate:
         if not from_query:
             await self.app(scope, receive, send)
             return
-        cookie = _token_cookie(token)  # type: ignore[arg-type]
+        cookie = _token_cookie(expected.decode())
         if scope["path"] == "/":
             # Trade the token in the URL for a cookie and drop it from the address bar, so it
             # does not linger in browser history or get copied along with a link.
@@ -257,9 +256,9 @@ def _same(offered: str | None, expected: bytes) -> bool:
     return bool(offered) and hmac.compare_digest(str(offered).encode(), expected)
 
 
-def _token_cookie(token: SecretStr) -> bytes:
+def _token_cookie(token: str) -> bytes:
     r = Response()
-    r.set_cookie(TOKEN_COOKIE, token.get_secret_value(), httponly=True, samesite="strict")
+    r.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
     return next(v for k, v in r.raw_headers if k == b"set-cookie")
 
 
@@ -267,9 +266,7 @@ async def _refuse(
     scope: Scope, receive: Receive, send: Send, status: int, api: bool, text: str
 ) -> None:
     response: Response = (
-        JSONResponse({"detail": text}, status_code=status)
-        if api
-        else PlainTextResponse(text + "\n", status_code=status)
+        error_response(status, text) if api else PlainTextResponse(text + "\n", status_code=status)
     )
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -483,7 +480,7 @@ class DashboardServer:
             "/healthz", self.healthz, response_model=Health, tags=["health"], summary="Liveness"
         )
         app.include_router(api_router(self))
-        app.add_exception_handler(RequestValidationError, _rejected_request)
+        app.add_exception_handler(RequestValidationError, invalid_request)
         app.add_middleware(TokenGate, settings=self.settings)
         if self.settings.cors_origin_list():
             # Outside the token gate: a browser's preflight carries no token, and a refusal
@@ -495,17 +492,6 @@ class DashboardServer:
                 allow_headers=["Authorization", "Content-Type"],
             )
         return app
-
-
-async def _rejected_request(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's own parameter and body checks, answered in the API's one 422 shape."""
-    assert isinstance(exc, RequestValidationError)
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(part) for part in err.get("loc", ()))
-        problems.append(Problem(field=where, problem=f"{where}: {err.get('msg', 'invalid')}"))
-    body = Rejected(detail="the request is not valid; nothing was changed", problems=problems)
-    return JSONResponse(body.model_dump(), status_code=422)
 
 
 def coalesce(events: Sequence[Event]) -> list[Event]:
