@@ -415,13 +415,14 @@ class DashboardState:
     def flow_views(self, now: datetime) -> list[FlowView]:
         """Every configured flow with the age of its latest state."""
         views = []
+        ages = self.state_age_s(now)
         for flow in self.config.flows:
             st = self.states.get(flow)
             views.append(
                 FlowView(
                     flow=flow,
                     as_of=st.as_of if st else None,
-                    age_s=round(max(0.0, (now - st.as_of).total_seconds()), 3) if st else None,
+                    age_s=round(ages[flow], 3) if st else None,
                     locomotives=sum(len(t.locomotives) for t in st.tracks) if st else 0,
                 )
             )
