@@ -11,6 +11,7 @@ from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
+from schemas.jobs import JobStatus
 
 MESSAGE_MODELS: tuple[type[Message], ...] = (
     FrameRef,
@@ -19,6 +20,7 @@ MESSAGE_MODELS: tuple[type[Message], ...] = (
     FacilityState,
     GroundTruth,
     DeadLetter,
+    JobStatus,
 )
 
 
@@ -60,6 +62,8 @@ def topics_for(flows: Iterable[str], layout: TopicLayout | None = None) -> list[
         ),
         TopicSpec(GroundTruth.topic_name(), GroundTruth, 1, {"cleanup.policy": "delete"}),
         TopicSpec(DeadLetter.topic_name(), DeadLetter, 1, {"cleanup.policy": "delete"}),
+        # Job statuses, key: job id; the latest status of every job is kept.
+        TopicSpec(JobStatus.topic_name(), JobStatus, 1, {"cleanup.policy": "compact"}),
     ]
     for flow in sorted(set(flows)):
         retention = {"cleanup.policy": "delete", "retention.ms": str(lay.estimates_retention_ms)}

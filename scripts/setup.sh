@@ -8,11 +8,12 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: GStreamer's RTSP server for the simulated cameras (it runs under the system
-# python3, where `gi` lives), Prometheus for the scrape test, Chromium for the dashboard test.
+# python3, where `gi` lives), Prometheus for the scrape test, Chromium for the dashboard test,
+# Redis for the job engine (Celery's broker and the job store).
 APT_PACKAGES=(
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-rtsp
-  chromium prometheus
+  chromium prometheus redis-server
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

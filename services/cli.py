@@ -45,6 +45,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("services.dashboard.__main__:dashboard_command", "Live web page of the depot."),
     "grafana": ("services.dashboard.grafana:grafana", "Provision Grafana dashboards + datasource."),
     "up": ("services.supervisor.__main__:up_command", "Run the whole pipeline, supervised."),
+    "worker": ("services.jobs.worker:worker_command", "Run jobs: video, replay, score, train."),
 }
 
 

@@ -21,6 +21,7 @@ from schemas import (
     TrackState,
     TrueLocomotive,
 )
+from schemas.jobs import JobResult, JobStatus
 
 AT = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
@@ -129,5 +130,20 @@ def every_message(flow: str = "prod") -> list[Message]:
             reason="Invalid JSON",
             service="test",
             dead_lettered_at=AT,
+        ),
+        JobStatus(
+            id="0123456789abcdef0123456789abcdef",
+            kind="video",
+            request={"kind": "video", "flow": flow, "videos": {"cam-s1": "s3://jobs/in.mp4"}},
+            queue="cpu",
+            state="succeeded",
+            progress_pct=100.0,
+            created_at=AT,
+            updated_at=AT,
+            attempts=1,
+            worker="worker@host",
+            result=JobResult(
+                summary={"frames": 10}, artifacts={"timeline": "s3://jobs/x/timeline.jsonl"}
+            ),
         ),
     ]

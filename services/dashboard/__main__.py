@@ -21,6 +21,7 @@ from schemas.facility import ConfigError, load_facility
 from schemas.facility_state import FacilityState
 from services.dashboard.config import DashboardSettings
 from services.dashboard.feed import KafkaFeed
+from services.dashboard.jobs_api import JobsBackend
 from services.dashboard.server import DashboardServer, HistoryReader
 from services.runtime import topic_reader
 from services.runtime.consumer_lag import ConsumerLagMonitor
@@ -189,6 +190,7 @@ def dashboard_command(config_path: Path | None, host: str | None, port: int | No
         frame_loader=load_frame,
         config_path=Path(path),
         history_reader=kafka_history_reader(settings.kafka),
+        jobs=JobsBackend.from_settings(settings),
     )
     lag = None
     if dash.lag_exporter:

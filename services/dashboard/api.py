@@ -17,9 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import (
@@ -106,6 +108,18 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         where = ".".join(str(part) for part in err.get("loc", ()))
         lines.append(f"{where}: {err.get('msg', 'invalid')}")
     return rejected_response(lines, "the request is not valid; nothing was changed")
+
+
+async def unparsable_body(request: Request, exc: Exception) -> Response:
+    """FastAPI answers a body that is not JSON with a bare 400; the API answers it like any
+    other invalid request (422, one line). Other HTTP errors keep FastAPI's answer."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and request.url.path.startswith("/api/"):
+        return rejected_response(
+            [f"body: {exc.detail}; send a JSON object (Content-Type: application/json)"],
+            "the request is not valid; nothing was changed",
+        )
+    return await http_exception_handler(request, exc)
 
 
 async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:

@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -48,10 +49,11 @@ from schemas.facility import ConfigError, FacilityConfig, load_facility
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from schemas.ground_truth import GroundTruth
-from services.dashboard.api import api_router, error_response, invalid_request
+from services.dashboard.api import api_router, error_response, invalid_request, unparsable_body
 from services.dashboard.config import DashboardSettings
 from services.dashboard.config_edit import ConfigEditor
 from services.dashboard.core import DashboardState, Event
+from services.dashboard.jobs_api import JobsBackend, jobs_router
 from services.runtime.facility_watch import file_stamp
 
 log = logging.getLogger(__name__)
@@ -284,8 +286,10 @@ class DashboardServer:
         config_path: Path | None = None,
         registry: CollectorRegistry = REGISTRY,
         history_reader: HistoryReader | None = None,
+        jobs: JobsBackend | None = None,
     ) -> None:
         self.state = DashboardState(config)
+        self.jobs = jobs
         self.history_reader = history_reader
         self.settings = settings
         self.hub = Broadcaster(settings.client_queue)
@@ -453,6 +457,8 @@ class DashboardServer:
             yield
         finally:
             task.cancel()
+            if self.jobs is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.jobs.close)
 
     def app(self) -> FastAPI:
         """The one web application: the page, its event stream, the REST API and its docs."""
@@ -480,7 +486,9 @@ class DashboardServer:
             "/healthz", self.healthz, response_model=Health, tags=["health"], summary="Liveness"
         )
         app.include_router(api_router(self))
+        app.include_router(jobs_router(self.jobs, lambda: self.state.config))
         app.add_exception_handler(RequestValidationError, invalid_request)
+        app.add_exception_handler(StarletteHTTPException, unparsable_body)
         app.add_middleware(TokenGate, settings=self.settings)
         if self.settings.cors_origin_list():
             # Outside the token gate: a browser's preflight carries no token, and a refusal

@@ -327,6 +327,28 @@ class AgreementSummary:
             f"wrong {pct(self.wrong_rate)})",
         ]
 
+    def figures(self) -> dict[str, Any]:
+        """The figures of :meth:`lines` as plain values (a job's summary, JSON)."""
+
+        def rounded(x: float | None, digits: int = 4) -> float | None:
+            return None if x is None else round(x, digits)
+
+        return {
+            "snapshots": self.snapshots,
+            "count_rate": rounded(self.count_rate),
+            "track_count_rate": {
+                t: rounded(n / self.snapshots if self.snapshots else None)
+                for t, n in sorted(self.track_counts_agree.items())
+            },
+            "median_error_m": rounded(self.median_error_m, 3),
+            "p95_error_m": rounded(self.p95_error_m, 3),
+            "ends": len(self.end_errors_m),
+            "identity_rate": rounded(self.identity_rate),
+            "identity_unknown_rate": rounded(self.unknown_rate),
+            "identity_wrong_rate": rounded(self.wrong_rate),
+            "identified_when_legible": rounded(self.identified_when_legible),
+        }
+
 
 # --------------------------------------------------------------------------- pairing in time
 

@@ -32,7 +32,6 @@ from schemas.frames import FrameRef
 from schemas.geometry import FloatArray, point_at_position
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import AgreementSummary, summarise
-from services.evaluation.estimators import FixedDetections
 from services.evaluation.observability import (
     BODY_HEIGHT_M,
     BODY_WIDTH_M,
@@ -40,14 +39,6 @@ from services.evaluation.observability import (
     sightlines_blocked,
 )
 from services.plate_ocr.identity import TextRecogniser
-from services.runtime.frames import (
-    REDUCED_DECODE,
-    DecodedFrame,
-    FrameOutcome,
-    Rejected,
-    decode_reduction,
-    to_frame_pixels,
-)
 from services.runtime.ports import BatchDetector
 from services.state_estimator.coverage import in_view
 from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState
@@ -306,14 +297,11 @@ def rendered_estimates(
     position core and the plate reader core: the pipeline without Kafka, S3 and RTSP. Each
     estimate arrives ``latency_s`` after its capture.
     """
-    from services.plate_ocr.identity import IdentityEstimator, plate_work
-    from services.position_estimator.estimator import PositionEstimator
+    from services.evaluation.estimation_chain import EstimationChain
     from services.simulator.render import Renderer
     from services.simulator.world import Simulation, load_scenario
 
-    stages = facility.flows[flow]
-    plate_settings = stages.plate_ocr
-    imgsz = stages.position_estimator.imgsz if stages.position_estimator else None
+    chain = EstimationChain(facility, flow, detector, recogniser)
     sim = Simulation(facility, load_scenario(scenario), seed, tick_s=1.0 / fps)
     renderer = Renderer(facility)
     arrivals: list[Arrival] = []
@@ -322,8 +310,7 @@ def rendered_estimates(
     for tick in range(ticks):
         world = sim.state(tick)
         truths.append(sim.ground_truth(world))
-        frames: list[DecodedFrame] = []
-        full: list[DecodedFrame] = []
+        frames: list[tuple[FrameRef, bytes]] = []
         for cam in facility.enabled_cameras:
             if cam.id in world.cameras_down:
                 continue
@@ -333,32 +320,9 @@ def rendered_estimates(
             ref = _frame(cam.id, tick, world.at).model_copy(
                 update={"width": image.shape[1], "height": image.shape[0]}
             )
-            reduction = decode_reduction(ref.width, ref.height, imgsz)
-            small = cv2.imdecode(jpeg, REDUCED_DECODE[reduction])
-            frames.append(DecodedFrame(ref, np.asarray(small, np.uint8)))
-            full.append(DecodedFrame(ref, np.asarray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR))))
-        if not frames:
-            continue
-        detections = [
-            to_frame_pixels(d, f.scale)
-            for d, f in zip(detector.detect([f.image for f in frames]), frames, strict=True)
-        ]
-        positions = PositionEstimator(
-            lambda: facility, FixedDetections(detections), flow, "evaluation", "evaluation"
-        )
-        outcomes: list[FrameOutcome] = list(positions(full))
-        if plate_settings is not None:
-            # The plate reader reads the plate boxes of the position estimates, as live.
-            min_conf = plate_settings.min_plate_confidence
-            reader = IdentityEstimator(lambda: facility, recogniser, flow, "evaluation", min_conf)
-            outcomes += reader(plate_work(outcomes, full))
+            frames.append((ref, jpeg.tobytes()))
         arrive = world.at + timedelta(seconds=latency_s)
-        for outcome in outcomes:
-            if isinstance(outcome, Rejected):
-                continue
-            for est in outcome:
-                assert isinstance(est, PositionEstimate | IdentityEstimate)
-                arrivals.append((arrive, est))
+        arrivals += [(arrive, est) for est in chain(frames)]
         if progress:
             progress(tick + 1, ticks)
     arrivals.sort(key=lambda a: a[0])
@@ -547,15 +511,12 @@ def _real_estimators(
     facility: FacilityConfig, config_path: Path, flow: str
 ) -> tuple[BatchDetector, TextRecogniser]:
     """The flow's YOLO detector and the offline OCR engine, or one clear error."""
-    from services.plate_ocr.ocr_engine import RapidTextRecogniser
-    from services.position_estimator.config import position_estimator_config
-    from services.position_estimator.detector import WeightsError, YoloDetector
+    from services.evaluation.estimation_chain import real_estimators
+    from services.position_estimator.detector import WeightsError
     from services.runtime.estimator_service import EstimatorConfigError
     from services.runtime.settings import load_settings
 
     try:
-        pos = position_estimator_config(facility, config_path, flow, load_settings())
-        detector = YoloDetector(pos.weights, pos.imgsz, pos.confidence, pos.device, pos.max_batch)
+        return real_estimators(facility, config_path, flow, load_settings())
     except (EstimatorConfigError, WeightsError) as exc:
         raise click.ClickException(str(exc)) from None
-    return detector, RapidTextRecogniser()

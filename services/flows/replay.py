@@ -115,8 +115,10 @@ def replay_frames(
     handlers: Sequence[Handler],
     publish: Callable[[Message], None],
     batch: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """Run ``handlers`` over the frames in capture order and publish every estimate (pure loop).
+    ``progress(done, total)`` is called after every batch (a job stops there when cancelled).
 
     A frame whose object is missing or corrupt is reported, not fatal: history may have
     expired from the object store before its references left Kafka.
@@ -144,6 +146,8 @@ def replay_frames(
                 for message in outcome:
                     publish(message)
                     report.estimates.append(message)
+        if progress is not None:
+            progress(min(start + batch, len(ordered)), len(ordered))
     report.seconds = time.perf_counter() - t0
     return report
 

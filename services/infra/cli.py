@@ -1,4 +1,4 @@
-"""``depotwatch infra up|down|status|init``: the embedded Kafka + S3 of one machine."""
+"""``depotwatch infra up|down|status|init``: the embedded Kafka + S3 + Redis of one machine."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def _run(action: Callable[[], T]) -> T:
 
 @click.group()
 def infra() -> None:
-    """Start, stop and inspect the embedded Kafka-protocol broker (Tansu) and S3 (SeaweedFS).
+    """Start, stop and inspect the embedded Kafka-protocol broker (Tansu), S3 (SeaweedFS) and
+    Redis (the job engine).
 
     Ports, data directory and binaries come from DEPOTWATCH_INFRA__* settings; credentials
     from DEPOTWATCH_S3__ACCESS_KEY / SECRET_KEY.
@@ -60,19 +61,20 @@ def infra() -> None:
 @infra.command("up")
 @config_option
 def up_command(config_path: Path) -> None:
-    """Start S3 and the broker (reusing running ones), then create the bucket and topics."""
+    """Start S3, the broker and Redis (reusing running ones), then create the bucket and topics."""
     settings = load_settings()
     stack = EmbeddedInfra(settings, _flows(config_path), progress=click.echo)
     _run(stack.up)
     click.echo(
         f"ready: DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS={stack.kafka_address} "
-        f"DEPOTWATCH_S3__ENDPOINT={stack.s3_address} (data in {stack.data_dir})"
+        f"DEPOTWATCH_S3__ENDPOINT={stack.s3_address} "
+        f"DEPOTWATCH_JOBS__REDIS_URL={stack.redis_url} (data in {stack.data_dir})"
     )
 
 
 @infra.command("down")
 def down_command() -> None:
-    """Stop the broker, then S3 (SeaweedFS takes a few seconds to stop)."""
+    """Stop Redis, the broker, then S3 (SeaweedFS takes a few seconds to stop)."""
     stack = EmbeddedInfra(load_settings(), progress=click.echo)
     for line in _run(stack.down):
         click.echo(line)

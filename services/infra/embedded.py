@@ -1,6 +1,7 @@
-"""The embedded infrastructure: SeaweedFS (S3) and a Tansu broker (Kafka protocol) on loopback.
+"""The embedded infrastructure: SeaweedFS (S3), a Tansu broker (Kafka protocol) and Redis (the
+job engine's broker and job store) on loopback.
 
-``EmbeddedInfra(settings).up()`` starts both (or reuses them), waits until they answer and
+``EmbeddedInfra(settings).up()`` starts all three (or reuses them), waits until they answer and
 creates the frames bucket and every topic; ``down()`` stops them; ``status()`` reports. The
 broker keeps its data in a bucket on the same S3, so topics and messages survive a broker
 restart. :func:`initialise` does only the bucket + topics step, against whatever Kafka and S3
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr
+
 from schemas.topics import topics_for
 from services.infra.processes import (
     InfraError,
@@ -41,10 +44,11 @@ from services.runtime.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-Component = Literal["s3", "kafka"]
-COMPONENTS: tuple[Component, ...] = ("s3", "kafka")
-LABELS: dict[Component, str] = {"s3": "SeaweedFS S3", "kafka": "Tansu broker"}
+Component = Literal["s3", "kafka", "redis"]
+COMPONENTS: tuple[Component, ...] = ("s3", "kafka", "redis")
+LABELS: dict[Component, str] = {"s3": "SeaweedFS S3", "kafka": "Tansu broker", "redis": "Redis"}
 STATE_FILE = "infra.json"
+LOG_FILES: dict[Component, str] = {"s3": "weed.log", "kafka": "tansu.log", "redis": "redis.log"}
 READINESS_KEY = "depotwatch-readiness-probe"
 """Object the S3 readiness check writes and reads back (in the broker's bucket)."""
 
@@ -63,6 +67,7 @@ PORT_FIELDS: dict[Component, tuple[str, ...]] = {
         "weed_filer_grpc_port",
     ),
     "kafka": ("kafka_port",),
+    "redis": ("redis_port",),
 }
 
 
@@ -187,6 +192,20 @@ def _resolve_tansu(infra: InfraSettings) -> str:
         raise InfraError(f"Tansu broker binary not found ({exc}); {hint}") from None
 
 
+def _resolve_redis(infra: InfraSettings) -> str:
+    if infra.redis_bin is not None:
+        return _explicit_binary(infra.redis_bin, "redis_bin")
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+    )
+    if found is None:
+        raise InfraError(
+            "Redis binary `redis-server` not found (the job engine's broker); install the Debian "
+            f"package redis-server (`make setup` does) or set {env_var('redis_bin')}"
+        )
+    return found
+
+
 def _explicit_binary(path: Path, field_name: str) -> str:
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise InfraError(
@@ -243,7 +262,13 @@ class EmbeddedInfra:
         """The settings with Kafka and S3 pointing at this embedded stack."""
         kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": self.kafka_address})
         s3 = self.settings.s3.model_copy(update={"endpoint": self.s3_address, "secure": False})
-        return self.settings.model_copy(update={"kafka": kafka, "s3": s3})
+        jobs = self.settings.jobs.model_copy(update={"redis_url": SecretStr(self.redis_url)})
+        return self.settings.model_copy(update={"kafka": kafka, "s3": s3, "jobs": jobs})
+
+    @property
+    def redis_url(self) -> str:
+        """URL of the embedded Redis (no password: it listens on loopback only)."""
+        return f"redis://{self.infra.host}:{self.infra.redis_port}/0"
 
     # ----------------------------------------------------------------- state file
 
@@ -282,6 +307,7 @@ class EmbeddedInfra:
         with self._locked():
             self._ensure_started("s3")
             self._ensure_started("kafka")
+            self._ensure_started("redis")
         self._warn_if_settings_elsewhere()
         return initialise(
             self.client_settings, self.flows, self._say, timeout_s=self.infra.start_timeout_s
@@ -293,7 +319,7 @@ class EmbeddedInfra:
             state = self._load_state()
             if not state:
                 return [f"nothing to stop: no embedded infrastructure recorded in {self.data_dir}"]
-            lines = [self._stop(c, state) for c in ("kafka", "s3") if c in state]
+            lines = [self._stop(c, state) for c in ("redis", "kafka", "s3") if c in state]
             if state:
                 self._save_state(state)
             else:
@@ -338,6 +364,8 @@ class EmbeddedInfra:
             if port_answers(self.infra.host, port):
                 if component == "s3":
                     answering, detail = self._s3_answers()
+                elif component == "redis":
+                    answering, detail = self._redis_answers()
                 else:
                     answering, detail, topics = self._kafka_answers()
             if record is None:
@@ -380,7 +408,7 @@ class EmbeddedInfra:
             )
         self._check_ports_free(component)
         argv, env = self._command(component)
-        log_path = self.log_dir / ("weed.log" if component == "s3" else "tansu.log")
+        log_path = self.log_dir / LOG_FILES[component]
         port = self._ports(component)[PORT_FIELDS[component][0]]
         self._say(f"starting {LABELS[component]} on {self.infra.host}:{port} (log {log_path})")
         started = time.monotonic()
@@ -452,6 +480,34 @@ class EmbeddedInfra:
                 "-master.electionTimeout=1s",
             ]
             return argv, env
+        if component == "redis":
+            redis_dir = self.data_dir / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            argv = [
+                _resolve_redis(i),
+                "--port",
+                str(i.redis_port),
+                "--bind",
+                i.host,
+                "--dir",
+                str(redis_dir),
+                # Job records and queued jobs survive a restart: append-only file, fsync each
+                # second; no RDB snapshots besides it.
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                # Celery's queues must never be evicted.
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ]
+            return argv, env
         s3 = self.settings.s3
         env.update(
             {
@@ -511,6 +567,10 @@ class EmbeddedInfra:
                     ok, detail = self._s3_round_trips()
                     if ok:
                         return
+                elif component == "redis":
+                    ok, detail = self._redis_answers()
+                    if ok:
+                        return
                 else:
                     ok, detail, _ = self._kafka_answers()
                     if ok:
@@ -549,6 +609,21 @@ class EmbeddedInfra:
         except Exception as exc:
             return False, f"S3 read/write not ready yet: {type(exc).__name__}: {exc}"
         return True, detail
+
+    def _redis_answers(self) -> tuple[bool, str]:
+        import redis
+
+        client = redis.Redis.from_url(
+            self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        try:
+            client.ping()
+            keys = client.dbsize()
+        except Exception as exc:
+            return False, f"Redis error: {type(exc).__name__}: {exc}"
+        finally:
+            client.close()
+        return True, f"{keys} key(s)"
 
     def _kafka_answers(self) -> tuple[bool, str, int | None]:
         admin = TopicAdmin(self.client_settings.kafka)

@@ -97,6 +97,7 @@ class InfraSettings(_Frozen):
     weed_master_grpc_port: int = Field(default=29333, ge=1, le=65535)
     weed_volume_grpc_port: int = Field(default=28080, ge=1, le=65535)
     weed_filer_grpc_port: int = Field(default=28888, ge=1, le=65535)
+    redis_port: int = Field(default=16390, ge=1, le=65535, description="Redis (the job engine).")
     broker_bucket: str = Field(default="tansu", description="Bucket holding the broker's data.")
     broker_max_batches: int = Field(
         default=3000,
@@ -109,6 +110,7 @@ class InfraSettings(_Frozen):
     )
     tansu_bin: Path | None = Field(default=None, description="Override the Tansu binary.")
     weed_bin: Path | None = Field(default=None, description="Override the SeaweedFS binary.")
+    redis_bin: Path | None = Field(default=None, description="Override the redis-server binary.")
     start_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=40.0, gt=0)
 
@@ -140,6 +142,34 @@ class TopicSettings(_Frozen):
         )
 
 
+class JobsSettings(_Frozen):
+    """The job engine (Celery on Redis) behind ``/api/v1/jobs`` and ``depotwatch worker``."""
+
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:16390/0"),
+        description="Celery broker and job store, redis://[:password@]host:port/db",
+    )
+    visibility_timeout_s: float = Field(
+        default=60.0,
+        ge=2,
+        description="A job whose worker died (no ack) is handed to another worker after this.",
+    )
+    lease_s: float = Field(
+        default=20.0,
+        ge=1,
+        description="A running job's lease; its worker renews it every lease_s / 4. A copy "
+        "delivered again while the lease is alive waits instead of running twice.",
+    )
+    heartbeat_s: float = Field(default=5.0, gt=0, description="Worker heartbeat interval.")
+    keep_days: float = Field(default=30.0, gt=0, description="Finished jobs are kept this long.")
+    results_bucket: str = Field(
+        default="depotwatch-jobs",
+        min_length=3,
+        max_length=63,
+        description="Bucket for job inputs (uploads) and results (timelines, tracks, weights).",
+    )
+
+
 LogFormat = Literal["json", "console"]
 
 
@@ -158,6 +188,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     infra: InfraSettings = InfraSettings()
     topics: TopicSettings = TopicSettings()
+    jobs: JobsSettings = JobsSettings()
     http_host: str = Field(default="127.0.0.1", description="Bind address of /healthz, /metrics.")
     http_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
     log_level: str = "INFO"

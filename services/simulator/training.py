@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,105 @@ domain gap on real video; retrain or fine-tune on labelled real frames before re
 """
 
 
+class TrainingError(RuntimeError):
+    """Training produced no weights."""
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What :func:`train_detector` did."""
+
+    seconds: float
+    test: dict[str, Any]
+    card: str
+
+
+def train_detector(
+    data: Path,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str,
+    out: Path,
+    runs_dir: Path,
+    arch: str = "yolov8n.yaml",
+    warmup_epochs: float = 0.5,
+    workers: int = 2,
+    cache: bool = True,
+    time_hours: float | None = None,
+    threads: int = 2,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> TrainReport:
+    """Train the detector on ``data``; write ``out`` and MODEL_CARD.md beside it.
+
+    ``on_epoch(done, total)`` is called after every epoch; an exception it raises stops the
+    training (a cancelled job).
+    """
+    yolo = _offline_ultralytics(Path(".depotwatch/ultralytics"))
+    import ultralytics.utils.torch_utils as torch_utils
+
+    # Ultralytics pins CPU training to cpu_count - 1 threads (1 on a 2-core machine).
+    torch_utils.NUM_THREADS = threads
+    model = yolo(arch)
+    if on_epoch is not None:
+        model.add_callback(
+            "on_train_epoch_end", lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs)
+        )
+    started = time.monotonic()
+    kwargs: dict[str, Any] = {
+        "data": str(data.resolve()),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": device,
+        "workers": workers,
+        "cache": "ram" if cache else False,
+        "project": str(runs_dir.resolve()),
+        "name": "depot-yolo",
+        "exist_ok": True,
+        "plots": False,
+        "amp": False,
+        "pretrained": False,
+        "seed": 0,
+        "deterministic": False,
+        "patience": 1000,
+        # Short CPU budgets: step the optimizer every batch (ultralytics otherwise accumulates
+        # to 64 images) and keep warm-up short, or most of a few epochs is spent warming up.
+        "nbs": batch,
+        "warmup_epochs": warmup_epochs,
+        "scale": 0.3,
+        # Synthetic frames: no vertical flips (the floor is always below); mild colour jitter
+        # stands in for real cameras' white balance.
+        "fliplr": 0.5,
+        "flipud": 0.0,
+        "close_mosaic": 3 if time_hours else max(1, epochs // 5),
+    }
+    if time_hours:
+        kwargs["time"] = time_hours
+    model.train(**kwargs)
+    seconds = time.monotonic() - started
+    best = runs_dir / "depot-yolo" / "weights" / "best.pt"
+    if not best.exists():
+        raise TrainingError(f"training wrote no {best}; see the log above")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, out)
+    test = evaluate(out, data, imgsz, "test", device)
+    card = model_card(
+        weights=out,
+        arch=arch,
+        data=data,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        train_seconds=seconds,
+        device=device,
+        test=test,
+        counts=_split_counts(data),
+    )
+    (out.parent / "MODEL_CARD.md").write_text(card)
+    return TrainReport(seconds, test, card)
+
+
 @click.command("train")
 @click.option(
     "--data",
@@ -232,67 +333,29 @@ def train_command(
         raise click.ClickException(
             f"{data}: no 'test' split; write the dataset with `depotwatch sim dataset --out DIR`"
         )
-    yolo = _offline_ultralytics(Path(".depotwatch/ultralytics"))
-    import ultralytics.utils.torch_utils as torch_utils
-
-    # Ultralytics pins CPU training to cpu_count - 1 threads (1 on a 2-core machine).
-    torch_utils.NUM_THREADS = threads
-    model = yolo(arch)
-    started = time.monotonic()
-    kwargs: dict[str, Any] = {
-        "data": str(data.resolve()),
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "device": device,
-        "workers": workers,
-        "cache": "ram" if cache else False,
-        "project": str(runs_dir.resolve()),
-        "name": "depot-yolo",
-        "exist_ok": True,
-        "plots": False,
-        "amp": False,
-        "pretrained": False,
-        "seed": 0,
-        "deterministic": False,
-        "patience": 1000,
-        # Short CPU budgets: step the optimizer every batch (ultralytics otherwise accumulates
-        # to 64 images) and keep warm-up short, or most of a few epochs is spent warming up.
-        "nbs": batch,
-        "warmup_epochs": warmup_epochs,
-        "scale": 0.3,
-        # Synthetic frames: no vertical flips (the floor is always below); mild colour jitter
-        # stands in for real cameras' white balance.
-        "fliplr": 0.5,
-        "flipud": 0.0,
-        "close_mosaic": 3 if time_hours else max(1, epochs // 5),
-    }
-    if time_hours:
-        kwargs["time"] = time_hours
-    model.train(**kwargs)
-    seconds = time.monotonic() - started
-    best = runs_dir / "depot-yolo" / "weights" / "best.pt"
-    if not best.exists():
-        raise click.ClickException(f"training wrote no {best}; see the log above")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, out)
-    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {seconds / 60:.1f} min")
-    test = evaluate(out, data, imgsz, "test", device)
-    card = model_card(
-        weights=out,
-        arch=arch,
-        data=data,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        train_seconds=seconds,
-        device=device,
-        test=test,
-        counts=_split_counts(data),
+    try:
+        report = train_detector(
+            data,
+            epochs,
+            imgsz,
+            batch,
+            device,
+            out,
+            runs_dir,
+            arch=arch,
+            warmup_epochs=warmup_epochs,
+            workers=workers,
+            cache=cache,
+            time_hours=time_hours,
+            threads=threads,
+        )
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {report.seconds / 60:.1f} min"
     )
     card_path = out.parent / "MODEL_CARD.md"
-    card_path.write_text(card)
     click.echo(f"wrote {card_path}")
-    for cls, m in test["per_class"].items():
+    for cls, m in report.test["per_class"].items():
         click.echo(f"test {cls:6} mAP50 {m['mAP50']:.3f} mAP50-95 {m['mAP50-95']:.3f}")
     sys.stdout.flush()

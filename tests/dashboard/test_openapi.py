@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 import schemathesis
 from dashboard_builders import REPO, frame, loco, state, true_loco, truth
 from hypothesis import HealthCheck, given, settings
@@ -27,17 +28,27 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 from schemas.facility import load_facility
 from services.dashboard.__main__ import serve
 from services.dashboard.config import DashboardSettings
+from services.dashboard.jobs_api import JobsBackend
 from services.dashboard.server import DashboardServer
+from services.infra import EmbeddedInfra
+from services.runtime.settings import JobsSettings
 
 TOKEN = "openapi-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app on 127.0.0.1, served from a thread with its own event loop."""
+def api_url(
+    tmp_path_factory: pytest.TempPathFactory, embedded_stack: EmbeddedInfra
+) -> Iterator[str]:
+    """The app on 127.0.0.1, served from a thread with its own event loop; its jobs go to
+    the embedded stack's Redis (database 14, emptied first; no worker takes them)."""
     path = tmp_path_factory.mktemp("openapi") / "facility.yaml"
     path.write_text((REPO / "facility.yaml").read_text())
+    redis_url = embedded_stack.redis_url.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(redis_url).flushdb()
+    jobs = JobsSettings(redis_url=SecretStr(redis_url))
+    settings = embedded_stack.client_settings.model_copy(update={"jobs": jobs})
     server = DashboardServer(
         load_facility(path),
         DashboardSettings(token=SecretStr(TOKEN)),
@@ -48,6 +59,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         history_reader=lambda flow, start, end: [
             state("prod", at_s=t, T1=[loco("a", 20, 3.03)]) for t in range(60)
         ],
+        jobs=JobsBackend.from_settings(settings),
     )
     server.apply(frame("cam-s1", 1))
     server.apply(state("prod", T1=[loco("a", 20, 3.03)]))

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from schemas.facility import FacilityConfig, load_facility
 from services.dashboard.__main__ import serve
 from services.dashboard.config import DashboardSettings
+from services.dashboard.jobs_api import JobsBackend
 from services.dashboard.server import DashboardServer, HistoryReader
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg"
@@ -26,6 +27,7 @@ def run(
     config_path: Path | None = None,
     config: FacilityConfig | None = None,
     history_reader: HistoryReader | None = None,
+    jobs: JobsBackend | None = None,
     **settings: object,
 ) -> None:
     """Serve the app on 127.0.0.1 (free port) in this event loop; ``test`` gets a client.
@@ -43,6 +45,7 @@ def run(
         config_path=config_path,
         registry=CollectorRegistry(),
         history_reader=history_reader,
+        jobs=jobs,
     )
 
     async def main() -> None:

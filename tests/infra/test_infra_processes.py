@@ -221,7 +221,7 @@ def test_down_and_status_without_anything_started(tmp_path: Path) -> None:
     status = stack.status()
     assert not status.healthy
     assert status.topics is None
-    assert [c.running for c in status.components] == [False, False]
+    assert [c.running for c in status.components] == [False, False, False]
 
 
 def test_cli_status_exits_1_when_down(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from schemas import (
 )
 from schemas.base import unknown_fields, with_schema_version
 from schemas.facility import CameraPose
+from schemas.jobs import JobStatus
 from schemas.topics import MESSAGE_MODELS, topics_for
 
 AT = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
@@ -164,6 +165,23 @@ EXAMPLES: dict[type[Message], tuple[dict[str, Any], list[str]]] = {
             "dead_lettered_at": AT.isoformat(),
         },
         ["dead_lettered_at"],
+    ),
+    JobStatus: (
+        {
+            "id": "0123456789abcdef0123456789abcdef",
+            "kind": "replay",
+            "request": {"kind": "replay", "flow": "dev", "start": AT.isoformat()},
+            "queue": "cpu",
+            "state": "running",
+            "progress_pct": 42.0,
+            "created_at": AT.isoformat(),
+            "started_at": AT.isoformat(),
+            "finished_at": AT.isoformat(),
+            "updated_at": AT.isoformat(),
+            "attempts": 1,
+            "worker": "worker@host",
+        },
+        ["created_at", "started_at", "finished_at", "updated_at"],
     ),
 }
 
@@ -355,6 +373,7 @@ def test_topic_name_needs_a_valid_flow(
         (FacilityState, "facility_id", b"depot-north"),
         (GroundTruth, "facility_id", b"depot-north"),
         (DeadLetter, "source_topic", b"frames.v1"),
+        (JobStatus, "id", b"0123456789abcdef0123456789abcdef"),
     ],
 )
 def test_kafka_key(model: type[Message], key_field: str, key: bytes) -> None:
@@ -373,6 +392,7 @@ def test_topics_for_two_flows() -> None:
         "ground-truth.v1",
         "identities.dev.v1",
         "identities.prod.v1",
+        "jobs.v1",
         "positions.dev.v1",
         "positions.prod.v1",
     ]
@@ -380,6 +400,7 @@ def test_topics_for_two_flows() -> None:
     # A day of states is never compacted away: the REST API's state history reads it.
     assert specs["facility-state.prod.v1"].config["min.compaction.lag.ms"] == str(86_400_000)
     assert specs["facility-state.prod.v1"].partitions == 1
+    assert specs["jobs.v1"].config["cleanup.policy"] == "compact"
     assert specs["frames.v1"].key_field == "camera_id"
     assert specs["positions.dev.v1"].model is PositionEstimate
 
