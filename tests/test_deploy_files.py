@@ -48,6 +48,7 @@ EXTRAS_FOR_COMMAND = {
     "plate-ocr": {"ocr"},  # reads the plate boxes the position estimator found
     "state-estimator": {"state"},
     "dashboard": {"dashboards"},
+    "worker": {"detect", "ocr", "jobs"},  # video jobs run the detector and the plate reader
 }
 SECRET_NAME = re.compile(r"(SECRET|SECRET_KEY|PASSWORD|TOKEN|ACCESS_KEY)$", re.IGNORECASE)
 

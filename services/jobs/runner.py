@@ -16,12 +16,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prometheus_client import Counter, Histogram
+
 from schemas.jobs import JobResult, JobStatus
 from services.jobs.store import JobStore, LeaseLostError
 from services.runtime.settings import Settings
 from services.runtime.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+JOBS_ENDED = Counter(
+    "depotwatch_jobs_ended_total",
+    "Job attempts that ended on this worker, by kind and how",
+    ["kind", "outcome"],
+)
+JOB_SECONDS = Histogram(
+    "depotwatch_job_seconds",
+    "Wall time of job attempts on this worker",
+    ["kind"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
 
 
 class JobCancelledError(Exception):
@@ -159,6 +173,28 @@ def run_job(
     if running is not None:
         running.add(job_id)
     started = time.monotonic()
+    outcome: RunOutcome = "lost"
+    try:
+        outcome = _attempt(job, token, store, settings, worker, runner, stopping, started)
+        return outcome
+    finally:
+        JOBS_ENDED.labels(job.kind, outcome).inc()
+        JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
+        if running is not None:
+            running.discard(job_id)
+
+
+def _attempt(
+    job: JobStatus,
+    token: str,
+    store: JobStore,
+    settings: Settings,
+    worker: str,
+    runner: KindRunner,
+    stopping: threading.Event,
+    started: float,
+) -> RunOutcome:
+    job_id, lease_s = job.id, settings.jobs.lease_s
     try:
         with LeaseKeeper(store, job_id, token, lease_s) as keeper:
             ctx = JobContext(job, token, settings, store, stopping, keeper.lost)
@@ -192,6 +228,3 @@ def run_job(
     except LeaseLostError:
         log.warning("job taken over by another worker before it ended here", extra={"job": job_id})
         return "lost"
-    finally:
-        if running is not None:
-            running.discard(job_id)

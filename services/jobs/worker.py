@@ -15,11 +15,13 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 import click
 from celery import Celery
 from celery.signals import worker_shutting_down
+from prometheus_client import Gauge
 
 from schemas.base import utc_now
 from schemas.jobs import JOB_KINDS, GpuInfo, JobKind, Queue, WorkerInfo
@@ -28,9 +30,12 @@ from services.jobs.kinds import kind_runners
 from services.jobs.runner import run_job
 from services.jobs.store import JobStore
 from services.runtime.logs import configure_logging
+from services.runtime.observability import Health, ObservabilityServer, with_grace
 from services.runtime.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+RUNNING = Gauge("depotwatch_worker_running_jobs", "Jobs this worker runs now")
 
 
 def detect_gpu() -> GpuInfo | None:
@@ -77,6 +82,7 @@ class Worker:
             publish=self.publisher,
         )
         self.running: set[str] = set()
+        self.last_beat: float | None = None
         self.stopping = threading.Event()
         self.started_at = utc_now()
         self.app: Celery = celery_app(settings.jobs)
@@ -121,13 +127,35 @@ class Worker:
         while True:
             try:
                 self.store.heartbeat(self.info(), ttl_s=3 * interval)
+                self.last_beat = time.monotonic()
+                RUNNING.set(len(self.running))
             except Exception as exc:
                 log.warning("worker heartbeat not written", extra={"error": str(exc)})
             if stop.wait(interval):
                 return
 
+    def heartbeat_check(self) -> tuple[bool, str]:
+        """Healthy while heartbeats reach the job store: otherwise the API lists no such
+        worker and its jobs' leases lapse."""
+        limit = 3 * self.settings.jobs.heartbeat_s
+        if self.last_beat is None:
+            return False, "no heartbeat written yet (job store unreachable?)"
+        age = time.monotonic() - self.last_beat
+        if age > limit:
+            return (
+                False,
+                f"last heartbeat {age:.0f}s ago (limit {limit:.0f}s): job store unreachable",
+            )
+        return True, f"{len(self.running)}/{self.slots} slot(s) busy"
+
     def run(self) -> None:
         """Serve jobs until SIGTERM/SIGINT (running jobs are handed back to the queue)."""
+        health = Health()
+        health.add(
+            "job engine", with_grace(self.heartbeat_check, 10 * self.settings.jobs.heartbeat_s)
+        )
+        server = ObservabilityServer(health, self.settings.http_host, self.settings.http_port)
+        server.start()
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True)
         beat.start()
@@ -152,6 +180,7 @@ class Worker:
             beat.join(timeout=5.0)
             self.store.forget_worker(self.name)
             self.publisher.close()
+            server.stop()
 
 
 @click.command("worker")

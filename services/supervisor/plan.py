@@ -16,9 +16,17 @@ from pathlib import Path
 from schemas.facility import Camera, FacilityConfig
 
 Stage = str
-"""Start order group: sim, aggregator, capture, estimators, state, dashboard."""
+"""Start order group: sim, aggregator, capture, estimators, state, dashboard, jobs."""
 
-STAGES: tuple[Stage, ...] = ("sim", "aggregator", "capture", "estimator", "state", "dashboard")
+STAGES: tuple[Stage, ...] = (
+    "sim",
+    "aggregator",
+    "capture",
+    "estimator",
+    "state",
+    "dashboard",
+    "jobs",
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ def plan_services(cfg: FacilityConfig, opts: PlanOptions) -> list[ServiceSpec]:
                 metrics_port=opts.dashboard_port or None,
             )
         )
+    # One job worker, so jobs sent to /api/v1/jobs run (`--skip worker` leaves it out).
+    specs.append(ServiceSpec("worker", ("worker", "--slots", "1"), "jobs", metrics=False))
     return [s for s in specs if s.command not in opts.skip and s.name not in opts.skip]
 
 

@@ -43,7 +43,7 @@ def test_plan_runs_every_stage_per_camera_and_flow(cfg: FacilityConfig) -> None:
     for flow in ("prod", "dev"):
         for svc in ("position-estimator", "plate-ocr", "state-estimator"):
             assert f"{svc}/{flow}" in names
-    assert names[-1] == "dashboard"
+    assert names[-2:] == ["dashboard", "worker"]  # a job worker, so API jobs run
     cap = next(s for s in specs if s.name == "capture/cam-s1")
     assert cap.argv == ("capture", "--camera", "cam-s1", "--config", "f.yaml")
 
