@@ -216,7 +216,10 @@ def test_a_worker_killed_mid_job_loses_nothing(
         await wait_for(client, job_id, lambda j: (j["checkpoint"] or {}).get("chunks", 0) >= 1, 180)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+        killed = time.monotonic()
         start_worker("w2@test")
+        await wait_for(client, job_id, lambda j: j["attempts"] == 2, 120)
+        print(f"resumed {time.monotonic() - killed:.1f} s after the kill")
         job = await wait_for(client, job_id, lambda j: j["state"] in ("succeeded", "failed"), 180)
         assert job["state"] == "succeeded", job["error"]
         assert job["worker"] == "w2@test"
