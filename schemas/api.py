@@ -31,6 +31,12 @@ class CameraView(StrictModel):
         ge=0,
         description="Frames per second stored over the last minute (null before two frames).",
     )
+    reconnects: int | None = Field(
+        default=None,
+        ge=0,
+        description="Times its capture reopened the stream since the capture started, as of "
+        "the last frame (null: not reported).",
+    )
     stale: bool = Field(
         description="True when the camera is enabled and no frame arrived for 3 frame periods "
         "(at least 10 s), or none arrived yet."

@@ -19,8 +19,8 @@ class FrameRef(Message):
 
     TOPIC: ClassVar[str] = "frames.v1"
     KEY_FIELD: ClassVar[str] = "camera_id"
-    SCHEMA_VERSION: ClassVar[int] = 2
-    """2: ``stored_at`` added."""
+    SCHEMA_VERSION: ClassVar[int] = 3
+    """2: ``stored_at`` added. 3: ``reconnects`` added."""
 
     camera_id: Identifier = Field(description="Camera that captured the frame (the Kafka key).")
     seq: int = Field(
@@ -40,6 +40,12 @@ class FrameRef(Message):
         default=None,
         description="When the aggregator had the image stored (UTC): captured_at -> stored_at is "
         "the ingest latency. Null from producers that do not say.",
+    )
+    reconnects: int | None = Field(
+        default=None,
+        ge=0,
+        description="Times the camera's capture reopened its stream (dropped, silent, or "
+        "failed to open) since the capture started. Null from producers that do not say.",
     )
 
     def event_time(self) -> datetime:

@@ -48,6 +48,7 @@ def frame_ref(
         size=size,
         sha256=sha256,
         stored_at=stored_at,
+        reconnects=header.reconnects,
     )
 
 

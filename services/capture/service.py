@@ -79,6 +79,8 @@ class CaptureService:
         self.sequence = SequenceNumbers()
         self._last_frame = clock()
         self._cid = camera.id
+        self.reconnects = 0
+        """Times the stream was reopened (or failed to open) since this service started."""
         for reason in ("queue_full", "shutdown"):
             FRAMES_DROPPED.labels(self._cid, reason)
         QUEUE_DEPTH.labels(self._cid).set(0)
@@ -123,6 +125,7 @@ class CaptureService:
             except StreamError as exc:
                 delay = backoff.next_delay()
                 RECONNECTS.labels(self._cid, "open_failed").inc()
+                self.reconnects += 1
                 log.warning(
                     "stream open failed; retrying",
                     extra={"camera_id": self._cid, "reason": str(exc), "retry_in_s": delay},
@@ -141,6 +144,7 @@ class CaptureService:
                 break
             delay = backoff.next_delay()
             RECONNECTS.labels(self._cid, reason[0]).inc()
+            self.reconnects += 1
             log.warning(
                 "reopening stream",
                 extra={"camera_id": self._cid, "reason": reason[1], "retry_in_s": delay},
@@ -198,6 +202,7 @@ class CaptureService:
             camera_id=cam.id,
             seq=self.sequence.take(),
             captured_at=captured_at,
+            reconnects=self.reconnects,
             width=cam.width,
             height=cam.height,
         )

@@ -407,6 +407,7 @@ class DashboardState:
                     health=health,
                     last_frame=last,
                     fps=observed_fps(self.frame_times.get(cam.id, ()), now),
+                    reconnects=last.reconnects if last is not None else None,
                     stale=camera_stale(cam, last, now),
                 )
             )

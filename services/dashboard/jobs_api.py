@@ -254,8 +254,7 @@ def jobs_router(jobs: JobsBackend | None, facility: Callable[[], FacilityConfig]
             try:
                 store = b.objects()
                 await run_in_threadpool(store.ensure_bucket)
-                data = Path(tmp.name).read_bytes()
-                stored = await run_in_threadpool(store.put, key, data, "video/mp4")
+                stored = await run_in_threadpool(store.put_file, key, Path(tmp.name), "video/mp4")
             except StorageError as exc:
                 return error_response(503, f"the video was not stored: {exc}")
         return VideoUpload(source=f"s3://{stored.bucket}/{stored.key}", size=size)

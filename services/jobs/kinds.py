@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from schemas.facility import ConfigError, FacilityConfig, load_facility
 from schemas.jobs import JobKind, JobResult, ReplayJob, ScoreJob, TrainJob
 from services.jobs.runner import JobContext, JobInputError, KindRunner
@@ -37,7 +39,7 @@ def run_replay(ctx: JobContext) -> JobResult:
     """``depotwatch replay`` as a job: checkpoint = frames done (a new attempt skips them)."""
     from schemas.frames import FrameRef
     from services.evaluation.compare import read_range
-    from services.flows.replay import build_handlers, replay_frames
+    from services.flows.replay import build_handlers, missing_start, replay_frames
     from services.runtime.frames import decode_frame
     from services.runtime.kafka import MessageProducer
 
@@ -49,6 +51,9 @@ def run_replay(ctx: JobContext) -> JobResult:
     refs = read_range(settings.kafka, FrameRef.topic_name(), FrameRef, request.start, request.end)
     ordered = sorted(refs, key=lambda r: (r.captured_at, r.camera_id, r.seq))
     skip = int((ctx.checkpoint or {}).get("frames_done", 0))
+    if not ordered:
+        note = missing_start(ordered, request.start, settings.infra.broker_max_batches)
+        return JobResult(summary={"flow": request.flow, "frame_refs": 0, "frames": 0, "note": note})
     handlers = build_handlers(settings.facility_config, request.flow, settings)
     store = ObjectStore(settings.s3)
     producer = MessageProducer(settings.kafka, client_id=f"depotwatch-job-{ctx.job.id[:8]}")
@@ -124,12 +129,30 @@ def run_train(ctx: JobContext) -> JobResult:
 
     request = TrainJob.model_validate(ctx.request)
     device = "0" if request.device == "gpu" else "cpu"
+    checkpoint = ctx.checkpoint or {}
     with tempfile.TemporaryDirectory(prefix="depotwatch-train-") as scratch:
         data = _dataset(ctx, request.data, Path(scratch))
         out = Path(scratch) / "weights" / "depot-yolo.pt"
+        resume_from = None
+        if "last" in checkpoint:
+            # A previous attempt saved last.pt after an epoch: continue from there.
+            resume_from = Path(scratch) / "resume" / "last.pt"
+            resume_from.parent.mkdir(parents=True)
+            ctx.results.get_file(checkpoint["last"], resume_from)
+
+        epochs_run: list[int] = []
 
         def on_epoch(epoch: int, epochs: int) -> None:
+            epochs_run.append(epoch)
             ctx.progress(100.0 * epoch / epochs, f"epoch {epoch}/{epochs}")
+
+        def on_checkpoint(epoch: int, last: Path) -> None:
+            ctx.put_file("train/last.pt", last)
+            ctx.progress(
+                100.0 * epoch / request.epochs,
+                f"epoch {epoch}/{request.epochs} saved",
+                checkpoint={"epoch": epoch, "last": ctx.key("train/last.pt")},
+            )
 
         report = train_detector(
             data=data,
@@ -139,13 +162,23 @@ def run_train(ctx: JobContext) -> JobResult:
             device=device,
             out=out,
             runs_dir=Path(scratch) / "runs",
+            # Jobs run on a worker's thread: no data-loader processes forked from it.
+            workers=0,
             on_epoch=on_epoch,
+            on_checkpoint=on_checkpoint,
+            resume_from=resume_from,
         )
         artifacts = {
-            "weights": ctx.put("depot-yolo.pt", out.read_bytes()),
+            "weights": ctx.put_file("depot-yolo.pt", out),
             "model_card": ctx.put("MODEL_CARD.md", report.card.encode(), "text/markdown"),
         }
-    summary = {"device": device, "train_s": round(report.seconds, 1), "test": report.test}
+    summary = {
+        "device": device,
+        "train_s": round(report.seconds, 1),
+        "resumed_at_epoch": int(checkpoint.get("epoch", 0)),
+        "epochs_run": epochs_run,
+        "test": report.test,
+    }
     return JobResult(summary=summary, artifacts=artifacts)
 
 
@@ -164,12 +197,18 @@ def _dataset(ctx: JobContext, source: str, scratch: Path) -> Path:
         for name in names:
             target = scratch / "dataset" / name.removeprefix(prefix)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(store.get(name))
+            store.get_file(name, target)
     except ObjectMissingError as exc:
         raise JobInputError(f"data: {exc}") from None
     data = scratch / "dataset" / key.removeprefix(prefix)
     if not data.is_file():
         raise JobInputError(f"data: {source} does not exist")
+    # data.yaml names its dataset folder (`path:`) where it was written; here it is beside it.
+    spec = yaml.safe_load(data.read_text())
+    if not isinstance(spec, dict):
+        raise JobInputError(f"data: {source} is not a dataset YAML (`depotwatch sim dataset`)")
+    spec["path"] = str(data.parent)
+    data.write_text(yaml.safe_dump(spec, sort_keys=False))
     return data
 
 

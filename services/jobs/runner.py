@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
@@ -111,6 +112,11 @@ class JobContext:
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Store a result object; returns its ``s3://bucket/key``."""
         stored = self.results.put(self.key(name), data, content_type)
+        return f"s3://{stored.bucket}/{stored.key}"
+
+    def put_file(self, name: str, path: Path) -> str:
+        """Store a result file (streamed); returns its ``s3://bucket/key``."""
+        stored = self.results.put_file(self.key(name), path)
         return f"s3://{stored.bucket}/{stored.key}"
 
 

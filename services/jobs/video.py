@@ -101,14 +101,13 @@ def _local_video(ctx: JobContext, camera_id: str, source: str, scratch: Path) ->
         return path
     bucket, _, key = source.removeprefix("s3://").partition("/")
     store = ObjectStore(ctx.settings.s3.model_copy(update={"bucket": bucket}), timeout_s=120.0)
+    path = scratch / f"{camera_id}{Path(key).suffix or '.mp4'}"
     try:
-        data = store.get(key)
+        store.get_file(key, path)
     except ObjectMissingError:
         raise JobInputError(f"camera {camera_id}: {source} does not exist") from None
     except StorageError as exc:
         raise JobInputError(f"camera {camera_id}: {source} could not be read ({exc})") from None
-    path = scratch / f"{camera_id}{Path(key).suffix or '.mp4'}"
-    path.write_bytes(data)
     return path
 
 

@@ -25,6 +25,9 @@ class FrameHeader(StrictModel):
     captured_at: UtcDatetime = Field(description="When capture read the frame (UTC).")
     width: int = Field(gt=0, le=16384, description="Image width in pixels.")
     height: int = Field(gt=0, le=16384, description="Image height in pixels.")
+    reconnects: int = Field(
+        default=0, ge=0, description="Times capture reopened the stream since it started."
+    )
 
 
 @dataclass(frozen=True)

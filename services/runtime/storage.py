@@ -7,6 +7,7 @@ import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import urllib3
 from minio import Minio
@@ -149,6 +150,38 @@ class ObjectStore:
             sha256=hashlib.sha256(data).hexdigest(),
             etag=str(res.etag),
         )
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> StoredObject:
+        """Store a file under ``key``, streamed in parts (videos, weights: not read into
+        memory whole); the SHA-256 is computed while reading it."""
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        try:
+            res = self._client.fput_object(self.bucket, key, str(path), content_type=content_type)
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._fail(f"put {key}", exc) from None
+        return StoredObject(
+            bucket=self.bucket,
+            key=key,
+            size=path.stat().st_size,
+            sha256=digest.hexdigest(),
+            etag=str(res.etag),
+        )
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Download an object to ``path`` in parts; :class:`ObjectMissingError` if absent."""
+        try:
+            self._client.fget_object(self.bucket, key, str(path))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise ObjectMissingError(f"object {self.bucket}/{key} does not exist") from None
+            raise self._fail(f"get {self.bucket}/{key}", exc) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._fail(f"get {self.bucket}/{key}", exc) from None
 
     def get(self, key: str, bucket: str | None = None) -> bytes:
         """Bytes of an object; :class:`ObjectMissingError` if it does not exist."""

@@ -187,21 +187,29 @@ def train_detector(
     time_hours: float | None = None,
     threads: int = 2,
     on_epoch: Callable[[int, int], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    resume_from: Path | None = None,
 ) -> TrainReport:
     """Train the detector on ``data``; write ``out`` and MODEL_CARD.md beside it.
 
     ``on_epoch(done, total)`` is called after every epoch; an exception it raises stops the
-    training (a cancelled job).
+    training (a cancelled job). ``on_checkpoint(epoch, last_pt)`` is called when Ultralytics
+    has saved ``last.pt`` after an epoch; ``resume_from`` (such a ``last.pt``, possibly from
+    another machine) continues that training at its next epoch instead of starting over.
     """
     yolo = _offline_ultralytics(Path(".depotwatch/ultralytics"))
     import ultralytics.utils.torch_utils as torch_utils
 
     # Ultralytics pins CPU training to cpu_count - 1 threads (1 on a 2-core machine).
     torch_utils.NUM_THREADS = threads
-    model = yolo(arch)
+    model = yolo(str(resume_from) if resume_from is not None else arch)
     if on_epoch is not None:
         model.add_callback(
             "on_train_epoch_end", lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs)
+        )
+    if on_checkpoint is not None:
+        model.add_callback(
+            "on_model_save", lambda trainer: on_checkpoint(trainer.epoch + 1, Path(trainer.last))
         )
     started = time.monotonic()
     kwargs: dict[str, Any] = {
@@ -234,6 +242,16 @@ def train_detector(
     }
     if time_hours:
         kwargs["time"] = time_hours
+    if resume_from is not None:
+        # The checkpoint carries the run's arguments; its dataset and run folder were on the
+        # machine that wrote it, so both are given again.
+        kwargs = {
+            "resume": str(resume_from),
+            "data": kwargs["data"],
+            "save_dir": str((runs_dir / "depot-yolo").resolve()),
+            "device": device,
+            "workers": workers,
+        }
     model.train(**kwargs)
     seconds = time.monotonic() - started
     best = runs_dir / "depot-yolo" / "weights" / "best.pt"

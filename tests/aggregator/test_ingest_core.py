@@ -95,7 +95,7 @@ def test_cameras_taken_out_of_the_config_are_forgotten() -> None:
 
 
 def test_frame_ref_carries_header_and_stored_object_fields() -> None:
-    h = FrameHeader(camera_id="cam-s1", seq=5, captured_at=T0, width=1280, height=720)
+    h = FrameHeader(camera_id="cam-s1", seq=5, captured_at=T0, width=1280, height=720, reconnects=2)
     stored = T0 + timedelta(seconds=0.2)
     ref = frame_ref(h, "depotwatch-frames", "frames/k.jpg", 1234, "ab" * 32, stored)
     assert ref.model_dump(exclude={"schema_version", "content_type"}) == {
@@ -109,6 +109,7 @@ def test_frame_ref_carries_header_and_stored_object_fields() -> None:
         "size": 1234,
         "sha256": "ab" * 32,
         "stored_at": stored,
+        "reconnects": 2,  # the capture reopened its stream twice: the API shows it
     }
     assert ref.kafka_key() == b"cam-s1"
 

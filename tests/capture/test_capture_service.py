@@ -139,7 +139,11 @@ def test_unreachable_source_is_retried_and_reported_unhealthy(
     assert run.collect(0.2) == []
     # The file appears (camera comes back): capture resumes on its own.
     synthetic_video(missing, seconds=1, fps=10, width=160, height=120)
-    assert run.collect(5.0, stop_after=1), "capture did not resume after the source came back"
+    resumed = run.collect(5.0, stop_after=1)
+    assert resumed, "capture did not resume after the source came back"
+    # Every failed open counted; the frames say so (the API's camera health shows it).
+    assert resumed[0][1].header.reconnects >= 3
+    assert resumed[0][1].header.reconnects == run.service.reconnects
 
 
 def test_capture_command_names_unknown_cameras(tmp_path: Path) -> None:

@@ -160,8 +160,8 @@ def test_camera_views_hide_passwords_and_tell_fps_and_staleness() -> None:
     ]
     st = DashboardState(cfg.model_copy(update={"cameras": cams}))
     first = cams[0].id
-    for s in range(5):  # 2 frames/s for 2 s
-        st.apply_frame(frame(first, s, at_s=s * 0.5))
+    for s in range(5):  # 2 frames/s for 2 s; its capture reopened the stream once
+        st.apply_frame(frame(first, s, at_s=s * 0.5).model_copy(update={"reconnects": 1}))
     st.apply_state(state("prod", T1=[loco("a", 20, 3)]))
     views = {v.camera.id: v for v in st.camera_views(T0 + timedelta(seconds=2))}
     v = views[first]
@@ -170,6 +170,8 @@ def test_camera_views_hide_passwords_and_tell_fps_and_staleness() -> None:
     assert not v.stale
     assert v.last_frame is not None
     assert v.last_frame.seq == 4
+    assert v.reconnects == 1
+    assert views["cam-s2"].reconnects is None  # no frame yet: not reported
     assert views["cam-s1"].health["prod"].status == "ok"
     # Silent for longer than 3 frame periods and 10 s: stale; never heard: stale.
     later = {v.camera.id: v for v in st.camera_views(T0 + timedelta(seconds=13))}

@@ -66,6 +66,7 @@ def test_up_again_reuses_the_running_processes(embedded_stack: EmbeddedInfra) ->
     assert [c.pid for c in embedded_stack.status().components] == before
     assert any("SeaweedFS S3 already running" in line and "reusing" in line for line in lines)
     assert any("Tansu broker already running" in line for line in lines)
+    assert any("Redis already running" in line for line in lines)
 
 
 def test_init_creates_topics_of_a_new_flow_on_a_running_stack(stack_settings: Settings) -> None:
@@ -93,7 +94,7 @@ def test_cli_init_only_creates_bucket_and_topics(stack_settings: Settings, tmp_p
         f"initialising Kafka {stack_settings.kafka.bootstrap_servers} and S3 "
         f"{stack_settings.s3.endpoint}",
         f"bucket {stack_settings.s3.bucket} present, frames expire after 7 days",
-        "topics: 0 created, 9 already present",
+        "topics: 0 created, 10 already present",
     ]
     assert not (tmp_path / "unused").exists()
 
@@ -202,17 +203,17 @@ def test_cli_up_twice_status_down_leaves_nothing_running(tmp_path: Path) -> None
         first = _cli(["up", *config], env, timeout=120)
         assert first.returncode == 0, first.stderr + first.stdout
         assert "starting SeaweedFS S3" in first.stdout
-        assert "topics: 9 created, 0 already present" in first.stdout
+        assert "topics: 10 created, 0 already present" in first.stdout
         assert first.stdout.rstrip().splitlines()[-1].startswith("ready: ")
 
         second = _cli(["up", *config], env, timeout=60)
         assert second.returncode == 0, second.stderr + second.stdout
         assert "reusing" in second.stdout
-        assert "topics: 0 created, 9 already present" in second.stdout
+        assert "topics: 0 created, 10 already present" in second.stdout
 
         status = _cli(["status"], env, timeout=30)
         assert status.returncode == 0, status.stdout
-        assert "topics: 9" in status.stdout
+        assert "topics: 10" in status.stdout
         pids = [c.pid for c in stack.status().components]
         assert all(pids)
     finally:
@@ -220,10 +221,11 @@ def test_cli_up_twice_status_down_leaves_nothing_running(tmp_path: Path) -> None
     assert down.returncode == 0, down.stderr
     assert "stopped Tansu broker" in down.stdout
     assert "SeaweedFS S3" in down.stdout
+    assert "stopped Redis" in down.stdout
     for pid in pids:
         assert pid is not None
         assert not pid_alive(pid)
-    for port in (settings.infra.kafka_port, settings.infra.s3_port):
+    for port in (settings.infra.kafka_port, settings.infra.s3_port, settings.infra.redis_port):
         assert not port_answers("127.0.0.1", port)
     after = _cli(["status"], env, timeout=30)
     assert after.returncode == 1

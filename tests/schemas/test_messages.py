@@ -582,9 +582,9 @@ def test_a_large_original_is_kept_truncated_so_the_dead_letter_fits() -> None:
 
 def test_a_message_built_without_a_version_carries_its_builds_version() -> None:
     class NextFrameRef(FrameRef):
-        SCHEMA_VERSION = 3
+        SCHEMA_VERSION = 4
 
     data = dict(EXAMPLES[FrameRef][0])
     data.pop("schema_version", None)
-    assert NextFrameRef.model_validate(data).schema_version == 3
-    assert FrameRef.model_validate(data).schema_version == FrameRef.SCHEMA_VERSION == 2
+    assert NextFrameRef.model_validate(data).schema_version == 4
+    assert FrameRef.model_validate(data).schema_version == FrameRef.SCHEMA_VERSION == 3
