@@ -263,6 +263,8 @@ def up_command(
             "DEPOTWATCH_S3__BUCKET": settings.s3.bucket,
             "DEPOTWATCH_S3__ACCESS_KEY": settings.s3.access_key.get_secret_value(),
             "DEPOTWATCH_S3__SECRET_KEY": settings.s3.secret_key.get_secret_value(),
+            # The dashboard's /api/v1/jobs and the job worker: the embedded Redis.
+            "DEPOTWATCH_JOBS__REDIS_URL": settings.jobs.redis_url.get_secret_value(),
             "DEPOTWATCH_AGGREGATOR__BIND": f"tcp://127.0.0.1:{zmq_port}",
             "DEPOTWATCH_CAPTURE__AGGREGATOR_ENDPOINT": f"tcp://127.0.0.1:{zmq_port}",
         }

@@ -273,6 +273,16 @@ def test_up_dashboard_shows_simulated_locomotives(up_full: Up) -> None:
     )
     locos = snap["states"]["prod"]["locomotives"]
     assert all(lo["track_id"] in {"T1", "T2", "T3"} for lo in locos)
+    # `up` runs a job worker on its own Redis, and the API lists it.
+    workers = _wait(
+        lambda: _json(f"{up.dashboard}/api/v1/workers") or None,
+        60,
+        "the job worker in /api/v1/workers",
+        up.proc,
+        up.log,
+    )
+    assert len(workers) == 1
+    assert workers[0]["queues"] == ["cpu"]
     # Plates too: the plate reader reads the plate boxes of positions.prod.v1 (no detector of
     # its own), and the state names the locomotives it read.
     snap = _wait(
