@@ -9,6 +9,7 @@ results themselves (timelines, tracks, weights) are S3 objects that the status r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -20,7 +21,9 @@ JobKind = Literal["video", "replay", "score", "train"]
 JOB_KINDS: tuple[JobKind, ...] = ("video", "replay", "score", "train")
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-Queue = Literal["cpu", "gpu"]
+Queue = Annotated[str, Field(pattern=r"^(video|replay|score|train)(\.gpu)?$")]
+"""Engine queue: the job kind (any worker accepting that kind), ``<kind>.gpu`` for a job
+that needs a GPU (only workers with a GPU consume those)."""
 
 VIDEO_SOURCE_PATTERN = r"^(file:///|s3://)[^\s]+$"
 """Where a job's video is: ``file:///abs/path.mp4`` (a path the workers can read) or
@@ -108,11 +111,17 @@ class TrainJob(StrictModel):
 JobRequest = Annotated[VideoJob | ReplayJob | ScoreJob | TrainJob, Field(discriminator="kind")]
 
 
-def queue_of(request: VideoJob | ReplayJob | ScoreJob | TrainJob) -> Queue:
-    """The engine queue a request goes to: ``gpu`` jobs reach only workers with a GPU."""
+def queue_of(request: VideoJob | ReplayJob | ScoreJob | TrainJob) -> str:
+    """The engine queue a request goes to: its kind, so a worker takes only kinds it accepts;
+    ``<kind>.gpu`` when it needs a GPU, so it waits for a worker that has one."""
     if isinstance(request, TrainJob) and request.device == "gpu":
-        return "gpu"
-    return "cpu"
+        return f"{request.kind}.gpu"
+    return request.kind
+
+
+def queues_for(kinds: Sequence[str], gpu: bool) -> list[str]:
+    """The queues a worker accepting ``kinds`` consumes (with a GPU: their GPU queues too)."""
+    return [*kinds, *(f"{k}.gpu" for k in kinds if gpu)]
 
 
 class JobResult(WireModel):
@@ -133,7 +142,9 @@ class JobStatus(Message):
     id: str = Field(pattern=r"^[0-9a-f]{32}$", description="Job id.")
     kind: JobKind
     request: dict[str, Any] = Field(description="The request as accepted (see the job kinds).")
-    queue: Queue = Field(description="Engine queue: gpu jobs wait for a GPU worker.")
+    queue: Queue = Field(
+        description="Engine queue: the kind, or <kind>.gpu (waits for a worker with a GPU)."
+    )
     state: JobState = "queued"
     progress_pct: float = Field(default=0.0, ge=0, le=100)
     message: str = Field(default="", description="What the job is doing now, in words.")

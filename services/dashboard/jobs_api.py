@@ -15,9 +15,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import redis
 from fastapi import APIRouter, Body, Query, Request
+from kombu.exceptions import OperationalError as KombuOperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
@@ -48,6 +50,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ApiError, "description": "The job engine (Redis) or S3 is unreachable."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ApiError}}
+ENGINE_ERRORS = (redis.RedisError, KombuOperationalError, OSError)
+"""What an unreachable Redis raises (the job store, or Celery sending a job)."""
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,6 +111,19 @@ def jobs_router(jobs: JobsBackend | None, facility: Callable[[], FacilityConfig]
             return error_response(503, "this server runs without the job engine")
         return jobs
 
+    async def engine_call(work: Callable[[JobsBackend], T]) -> T | JSONResponse:
+        """``work(backend)`` on a thread; 404 for an unknown job, 503 when the job engine is
+        missing or unreachable."""
+        b = backend()
+        if isinstance(b, JSONResponse):
+            return b
+        try:
+            return await run_in_threadpool(work, b)
+        except JobNotFoundError as exc:
+            return error_response(404, f"no job {exc.args[0]!r}; GET /api/v1/jobs lists them")
+        except ENGINE_ERRORS as exc:
+            return _unavailable(exc)
+
     @router.post(
         "/jobs",
         status_code=202,
@@ -128,15 +146,14 @@ def jobs_router(jobs: JobsBackend | None, facility: Callable[[], FacilityConfig]
         if problems:
             return rejected_response(problems, "the job cannot run; nothing was queued")
 
-        def queue() -> JobStatus:
+        def queue(b: JobsBackend) -> JobStatus:
             job = b.store.create(request)
             b.submit(job)
             return job
 
-        try:
-            job = await run_in_threadpool(queue)
-        except Exception as exc:
-            return _unavailable(exc)
+        job = await engine_call(queue)
+        if isinstance(job, JSONResponse):
+            return job
         return JSONResponse(
             job.model_dump(mode="json"),
             status_code=202,
@@ -151,26 +168,12 @@ def jobs_router(jobs: JobsBackend | None, facility: Callable[[], FacilityConfig]
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> JobList | Response:
         """Jobs, newest first."""
-        b = backend()
-        if isinstance(b, Response):
-            return b
-        try:
-            return await run_in_threadpool(b.store.jobs, state, kind, limit, offset)
-        except Exception as exc:
-            return _unavailable(exc)
+        return await engine_call(lambda b: b.store.jobs(state, kind, limit, offset))
 
     @router.get("/jobs/{job_id}", response_model=JobStatus, responses=_NOT_FOUND, tags=["jobs"])
     async def get_job(job_id: str) -> JobStatus | Response:
         """A job: state, progress %, timings, checkpoint, result (S3 references) or error."""
-        b = backend()
-        if isinstance(b, Response):
-            return b
-        try:
-            return await run_in_threadpool(b.store.get, job_id)
-        except JobNotFoundError:
-            return error_response(404, f"no job {job_id!r}; GET /api/v1/jobs lists them")
-        except Exception as exc:
-            return _unavailable(exc)
+        return await engine_call(lambda b: b.store.get(job_id))
 
     @router.post(
         "/jobs/{job_id}/cancel",
@@ -181,27 +184,15 @@ def jobs_router(jobs: JobsBackend | None, facility: Callable[[], FacilityConfig]
     )
     async def cancel_job(job_id: str) -> JobStatus | Response:
         """Cancel a job: a queued one at once, a running one at its next progress step."""
-        b = backend()
-        if isinstance(b, Response):
-            return b
-        try:
-            job = await run_in_threadpool(b.store.request_cancel, job_id)
-        except JobNotFoundError:
-            return error_response(404, f"no job {job_id!r}; GET /api/v1/jobs lists them")
-        except Exception as exc:
-            return _unavailable(exc)
+        job = await engine_call(lambda b: b.store.request_cancel(job_id))
+        if isinstance(job, JSONResponse):
+            return job
         return JSONResponse(job.model_dump(mode="json"), status_code=202)
 
     @router.get("/workers", response_model=list[WorkerInfo], tags=["jobs"])
     async def workers() -> list[WorkerInfo] | Response:
         """Workers alive now (heartbeat within 3 intervals): capacity, GPU, running jobs."""
-        b = backend()
-        if isinstance(b, Response):
-            return b
-        try:
-            return await run_in_threadpool(b.store.workers)
-        except Exception as exc:
-            return _unavailable(exc)
+        return await engine_call(lambda b: b.store.workers())
 
     @router.put(
         "/videos/{name}",

@@ -1,8 +1,9 @@
 """The job engine: one Celery app on Redis, shared by the API (which sends) and the workers.
 
 Celery moves job ids, never job data: the request, progress and result live in the job store
-(:mod:`services.jobs.store`). Routing is by queue: ``cpu`` (every worker) and ``gpu`` (only
-workers with a GPU), so a GPU job waits in its queue until a GPU worker exists. Delivery is
+(:mod:`services.jobs.store`). Routing is by queue: one per kind (``video``, ``replay``, ...:
+workers consume the kinds they accept) and ``<kind>.gpu`` for jobs that need a GPU (consumed
+only by workers with one), so a GPU job waits in its queue until a GPU worker exists. Delivery is
 at least once: ``acks_late`` (the message is acknowledged when the job ended, not when it
 started), prefetch 1 per slot (a worker reserves no more jobs than it can run), and Redis
 redelivers a message whose worker died after ``visibility_timeout_s``. The store's lease keeps
@@ -34,7 +35,7 @@ def celery_app(settings: JobsSettings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         result_backend=None,
-        task_default_queue="cpu",
+        task_default_queue="video",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

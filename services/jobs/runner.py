@@ -172,7 +172,7 @@ def run_job(
     assert claim.token is not None
     job, token = claim.job, claim.token
     runner = kinds.get(job.kind)
-    if runner is None:  # a worker started with --kinds never claims others: see worker.py
+    if runner is None:  # not routed here (queues are per kind): a misconfigured worker
         store.finish(job_id, token, "failed", error=f"this worker cannot run {job.kind} jobs")
         return "done"
     log.info("job started", extra={"job": job_id, "kind": job.kind, "attempt": job.attempts})

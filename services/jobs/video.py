@@ -11,10 +11,10 @@ bucket under ``jobs/<id>/``:
 - ``tracks.jsonl``: per camera, ByteTrack object tracks over the detector's boxes;
 - ``summary.json``: what was processed and the final state.
 
-**Checkpoints.** Every ``CHUNK_TICKS`` ticks the estimates of those ticks are stored
-(``chunks/NNNNN.jsonl``) and the job's checkpoint says how many ticks are done. A new attempt
-(the worker died) re-applies the stored estimates to fusion and the trackers (no detection,
-seconds) and continues decoding from the next tick.
+**Checkpoints.** Every ``DEPOTWATCH_JOBS__VIDEO_CHECKPOINT_TICKS`` ticks the estimates of those
+ticks are stored (``chunks/NNNNN.jsonl``) and the job's checkpoint says how many ticks are
+done. A new attempt (the worker died) re-applies the stored estimates to fusion and the
+trackers (no detection, seconds) and continues decoding from the next tick.
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ from services.jobs.requests import request_problems
 from services.jobs.runner import JobContext, JobInputError
 from services.jobs.tracks import CameraTracker
 from services.runtime.storage import ObjectMissingError, ObjectStore, StorageError
-
-CHUNK_TICKS = 20
-"""Ticks per checkpoint (10 s of video at 2 fps)."""
 
 Estimate = PositionEstimate | IdentityEstimate
 
@@ -273,7 +270,7 @@ def _process(
         )
         pct = 100.0 * (tick + 1) / ticks
         message = f"{tick + 1}/{ticks} ticks ({t:.0f} s of video)"
-        if len(chunk_lines) >= CHUNK_TICKS or tick + 1 == ticks:
+        if len(chunk_lines) >= ctx.settings.jobs.video_checkpoint_ticks or tick + 1 == ticks:
             ctx.put(f"chunks/{chunks:05d}.jsonl", ("\n".join(chunk_lines) + "\n").encode())
             chunks += 1
             chunk_lines = []

@@ -161,6 +161,12 @@ class JobsSettings(_Frozen):
         "delivered again while the lease is alive waits instead of running twice.",
     )
     heartbeat_s: float = Field(default=5.0, gt=0, description="Worker heartbeat interval.")
+    video_checkpoint_ticks: int = Field(
+        default=20,
+        ge=1,
+        description="A video job stores its estimates and records a checkpoint every this many "
+        "ticks (20 = 10 s of video at 2 fps); a resumed attempt starts after the last one.",
+    )
     keep_days: float = Field(default=30.0, gt=0, description="Finished jobs are kept this long.")
     results_bucket: str = Field(
         default="depotwatch-jobs",

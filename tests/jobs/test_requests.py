@@ -10,7 +10,15 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas.estimates import BoundingBox, Detection
 from schemas.facility import load_facility
-from schemas.jobs import JobRequest, ReplayJob, ScoreJob, TrainJob, VideoJob, queue_of
+from schemas.jobs import (
+    JobRequest,
+    ReplayJob,
+    ScoreJob,
+    TrainJob,
+    VideoJob,
+    queue_of,
+    queues_for,
+)
 from services.jobs.requests import request_problems
 from services.jobs.tracks import CameraTracker
 
@@ -95,10 +103,13 @@ def test_malformed_requests_are_refused(body: dict, where: str) -> None:
         TypeAdapter(JobRequest).validate_python(body)
 
 
-def test_only_gpu_training_goes_to_the_gpu_queue() -> None:
-    assert queue_of(TrainJob(data="file:///d.yaml")) == "gpu"
-    assert queue_of(TrainJob(data="file:///d.yaml", device="cpu")) == "cpu"
-    assert queue_of(VideoJob(videos={"cam-n1": "file:///v.mp4"})) == "cpu"
+def test_jobs_go_to_their_kinds_queue_and_gpu_training_to_a_gpu_queue() -> None:
+    assert queue_of(TrainJob(data="file:///d.yaml")) == "train.gpu"
+    assert queue_of(TrainJob(data="file:///d.yaml", device="cpu")) == "train"
+    assert queue_of(VideoJob(videos={"cam-n1": "file:///v.mp4"})) == "video"
+    # A worker takes only the kinds it accepts, GPU jobs only with a GPU.
+    assert queues_for(["video", "train"], gpu=False) == ["video", "train"]
+    assert queues_for(["train"], gpu=True) == ["train", "train.gpu"]
 
 
 def _box(x: float, cls: str = "head", conf: float = 0.9) -> Detection:

@@ -45,8 +45,8 @@ def test_create_get_list_and_publish(redis_url: str) -> None:
     a = store.create(_video())
     b = store.create(TrainJob(data="file:///data/data.yaml"))
     assert a.state == "queued"
-    assert a.queue == "cpu"
-    assert b.queue == "gpu"  # train jobs default to a GPU
+    assert a.queue == "video"
+    assert b.queue == "train.gpu"  # train jobs default to a GPU
     assert store.get(a.id) == a
     listed = store.jobs()
     assert [j.id for j in listed.jobs] == [b.id, a.id]  # newest first
@@ -167,7 +167,7 @@ def test_workers_are_listed_while_their_heartbeat_lives(redis_url: str) -> None:
         slots=2,
         running=["a" * 32],
         kinds=["video", "score"],
-        queues=["cpu"],
+        queues=["video", "score"],
         started_at=T0,
         heartbeat_at=T0,
     )

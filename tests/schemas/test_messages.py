@@ -171,7 +171,7 @@ EXAMPLES: dict[type[Message], tuple[dict[str, Any], list[str]]] = {
             "id": "0123456789abcdef0123456789abcdef",
             "kind": "replay",
             "request": {"kind": "replay", "flow": "dev", "start": AT.isoformat()},
-            "queue": "cpu",
+            "queue": "replay",
             "state": "running",
             "progress_pct": 42.0,
             "created_at": AT.isoformat(),

@@ -282,7 +282,7 @@ def test_up_dashboard_shows_simulated_locomotives(up_full: Up) -> None:
         up.log,
     )
     assert len(workers) == 1
-    assert workers[0]["queues"] == ["cpu"]
+    assert workers[0]["queues"] == ["video", "replay", "score", "train"]
     # Plates too: the plate reader reads the plate boxes of positions.prod.v1 (no detector of
     # its own), and the state names the locomotives it read.
     snap = _wait(
