@@ -11,6 +11,7 @@ named in a ``video`` job as ``s3://...``.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,7 +149,13 @@ def jobs_router(jobs: JobsBackend | None, facility: Callable[[], FacilityConfig]
 
         def queue(b: JobsBackend) -> JobStatus:
             job = b.store.create(request)
-            b.submit(job)
+            try:
+                b.submit(job)
+            except ENGINE_ERRORS as exc:
+                # Stored but not sent: not left listed as waiting forever.
+                with contextlib.suppress(*ENGINE_ERRORS):
+                    b.store.fail_unqueued(job.id, f"could not be queued: {exc}")
+                raise
             return job
 
         job = await engine_call(queue)

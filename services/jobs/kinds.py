@@ -82,6 +82,7 @@ def run_replay(ctx: JobContext) -> JobResult:
         )
     finally:
         undelivered = producer.flush(60)
+        producer.close(5)
     summary = {
         "flow": request.flow,
         "frame_refs": len(ordered),
@@ -134,11 +135,16 @@ def run_train(ctx: JobContext) -> JobResult:
         data = _dataset(ctx, request.data, Path(scratch))
         out = Path(scratch) / "weights" / "depot-yolo.pt"
         resume_from = None
+        weights_dir = Path(scratch) / "runs" / "depot-yolo" / "weights"
         if "last" in checkpoint:
-            # A previous attempt saved last.pt after an epoch: continue from there.
+            # A previous attempt saved last.pt after an epoch: continue from there, with its
+            # best.pt (Ultralytics writes best.pt only when an epoch beats the best so far).
             resume_from = Path(scratch) / "resume" / "last.pt"
             resume_from.parent.mkdir(parents=True)
             ctx.results.get_file(checkpoint["last"], resume_from)
+            if "best" in checkpoint:
+                weights_dir.mkdir(parents=True)
+                ctx.results.get_file(checkpoint["best"], weights_dir / "best.pt")
 
         epochs_run: list[int] = []
 
@@ -147,11 +153,13 @@ def run_train(ctx: JobContext) -> JobResult:
             ctx.progress(100.0 * epoch / epochs, f"epoch {epoch}/{epochs}")
 
         def on_checkpoint(epoch: int, last: Path) -> None:
+            saved = {"epoch": epoch, "last": ctx.key("train/last.pt")}
             ctx.put_file("train/last.pt", last)
+            if (last.parent / "best.pt").is_file():
+                ctx.put_file("train/best.pt", last.parent / "best.pt")
+                saved["best"] = ctx.key("train/best.pt")
             ctx.progress(
-                100.0 * epoch / request.epochs,
-                f"epoch {epoch}/{request.epochs} saved",
-                checkpoint={"epoch": epoch, "last": ctx.key("train/last.pt")},
+                100.0 * epoch / request.epochs, f"epoch {epoch}/{request.epochs} saved", saved
             )
 
         report = train_detector(
@@ -190,12 +198,19 @@ def _dataset(ctx: JobContext, source: str, scratch: Path) -> Path:
             raise JobInputError(f"data: {path} does not exist on this worker")
         return path
     bucket, _, key = source.removeprefix("s3://").partition("/")
-    prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    if "/" not in key:
+        raise JobInputError(
+            f"data: {source} names no dataset folder; write s3://bucket/<folder>/data.yaml"
+        )
+    prefix = key.rsplit("/", 1)[0] + "/"
     store = ObjectStore(ctx.settings.s3.model_copy(update={"bucket": bucket}), timeout_s=120.0)
+    root = (scratch / "dataset").resolve()
     try:
         names = store.keys(prefix)
         for name in names:
-            target = scratch / "dataset" / name.removeprefix(prefix)
+            target = (root / name.removeprefix(prefix).lstrip("/")).resolve()
+            if not target.is_relative_to(root):
+                raise JobInputError(f"data: object {name!r} lies outside its dataset folder")
             target.parent.mkdir(parents=True, exist_ok=True)
             store.get_file(name, target)
     except ObjectMissingError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import redis
 from prometheus_client import Counter, Histogram
 
 from schemas.jobs import JobResult, JobStatus
@@ -92,7 +93,13 @@ class JobContext:
         if checkpoint is None and now - self._last < self.min_interval_s:
             return
         self._last = now
-        self.job = self.store.progress(self.job.id, self.token, pct, message, checkpoint)
+        try:
+            self.job = self.store.progress(self.job.id, self.token, pct, message, checkpoint)
+        except redis.RedisError as exc:
+            # A Redis hiccup must not fail hours of work: the lease keeper decides whether
+            # the job is still ours; a checkpoint missed here only means resuming earlier.
+            log.warning("job progress not recorded", extra={"job": self.job.id, "error": str(exc)})
+            return
         if self.job.cancel_requested:
             raise JobCancelledError(self.job.id)
 
@@ -105,17 +112,24 @@ class JobContext:
             self._results.ensure_bucket()
         return self._results
 
+    def _still_ours(self) -> None:
+        # A worker that lost the job must not overwrite its new owner's objects.
+        if self.lease_lost.is_set():
+            raise LeaseLostError(self.job.id)
+
     def key(self, name: str) -> str:
         """The object key of this job's result ``name``."""
         return f"jobs/{self.job.id}/{name}"
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Store a result object; returns its ``s3://bucket/key``."""
+        self._still_ours()
         stored = self.results.put(self.key(name), data, content_type)
         return f"s3://{stored.bucket}/{stored.key}"
 
     def put_file(self, name: str, path: Path) -> str:
         """Store a result file (streamed); returns its ``s3://bucket/key``."""
+        self._still_ours()
         stored = self.results.put_file(self.key(name), path)
         return f"s3://{stored.bucket}/{stored.key}"
 

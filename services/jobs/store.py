@@ -178,28 +178,46 @@ class JobStore:
     # ----------------------------------------------------------------- worker side
 
     def claim(self, job_id: str, worker: str, lease_s: float) -> Claim:
-        """Take the job's lease for ``worker`` and mark it running (attempts + 1)."""
+        """Take the job's lease for ``worker`` and mark it running (attempts + 1).
+
+        One transaction (WATCH job and lease, MULTI): a cancel, a finish or another claim
+        that lands between reading the job and writing it makes this one start over, so a
+        cancelled or finished job is never brought back to running."""
         token = uuid.uuid4().hex
-        try:
-            job = self.get(job_id)
-        except JobNotFoundError:
-            return Claim("missing")
-        if job.finished:
-            return Claim("finished", job)
-        if job.cancel_requested:
-            # Its previous worker died while cancelling: nothing left to stop.
-            lease_ok = self.redis.set(self._lease_key(job_id), token, nx=True, px=_ms(lease_s))
-            if not lease_ok:
-                return Claim("busy", job)
-            done = self._finished(job, "cancelled", message="cancelled")
-            self._write(done)
-            self.redis.delete(self._lease_key(job_id))
-            return Claim("finished", done)
-        if not self.redis.set(self._lease_key(job_id), token, nx=True, px=_ms(lease_s)):
-            return Claim("busy", job)
+        key, lease = self._job_key(job_id), self._lease_key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key, lease)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return Claim("missing")
+                    job = JobStatus.model_validate_json(raw)
+                    if job.finished:
+                        return Claim("finished", job)
+                    if pipe.exists(lease):
+                        return Claim("busy", job)
+                    if job.cancel_requested:
+                        # Its worker died while cancelling: nothing left to stop.
+                        new = self._finished(job, "cancelled", message="cancelled")
+                        outcome: ClaimOutcome = "finished"
+                    else:
+                        new = self._running(job, worker)
+                        outcome = "run"
+                    pipe.multi()
+                    if outcome == "run":
+                        pipe.set(lease, token, px=_ms(lease_s))
+                    self._queue_write(pipe, new)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+                self._published(new)
+                return Claim(outcome, new, token if outcome == "run" else None)
+
+    def _running(self, job: JobStatus, worker: str) -> JobStatus:
         now = self.clock()
         resumed = job.state == "running"
-        running = job.model_copy(
+        return job.model_copy(
             update={
                 "state": "running",
                 "worker": worker,
@@ -213,8 +231,15 @@ class JobStore:
                 **self._touch(),
             }
         )
-        self._write(running)
-        return Claim("run", running, token)
+
+    def fail_unqueued(self, job_id: str, error: str) -> JobStatus:
+        """A job stored but not sent to the engine (Redis failed in between): failed, so it
+        is not listed as waiting forever."""
+        return self._modify(
+            job_id,
+            lambda j: None if j.finished else self._finished(j, "failed", error=error),
+            fence=None,
+        )
 
     def renew(self, job_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease if ``token`` still holds it; False when it was lost."""

@@ -173,23 +173,21 @@ def run_video(ctx: JobContext) -> JobResult:
     run = VideoRun(facility, request.flow)
 
     with tempfile.TemporaryDirectory(prefix="depotwatch-video-") as scratch:
-        videos = {
-            cam: VideoFrames(
-                cam,
-                _local_video(ctx, cam, source, Path(scratch)),
-                facility.camera(cam).fps,
-            )
-            for cam, source in request.videos.items()
-        }
+        videos: dict[str, VideoFrames] = {}
         try:
+            for cam, source in request.videos.items():
+                path = _local_video(ctx, cam, source, Path(scratch))
+                videos[cam] = VideoFrames(cam, path, facility.camera(cam).fps)
             duration = max(v.duration_s for v in videos.values())
             if request.max_seconds is not None:
                 duration = min(duration, request.max_seconds)
             if not math.isfinite(duration):
                 raise JobInputError("no video tells its length; set max_seconds in the request")
             ticks = max(1, math.floor(duration * request.fps))
-            done = _resume(ctx, run, start_at, request.fps, videos)
-            frames = _process(ctx, run, chain, facility, request, videos, start_at, done, ticks)
+            done, frames_before = _resume(ctx, run, start_at, request.fps, videos)
+            frames = frames_before + _process(
+                ctx, run, chain, facility, request, videos, start_at, done, ticks
+            )
         finally:
             for v in videos.values():
                 v.close()
@@ -203,20 +201,21 @@ def _resume(
     start_at: datetime,
     fps: float,
     videos: dict[str, VideoFrames],
-) -> int:
-    """Re-apply the stored chunks of a previous attempt; returns the ticks already done."""
+) -> tuple[int, int]:
+    """Re-apply the stored chunks of a previous attempt; returns (ticks, frames) done."""
     checkpoint = ctx.checkpoint or {}
-    done = int(checkpoint.get("ticks_done", 0))
+    done, frames = int(checkpoint.get("ticks_done", 0)), 0
     for chunk in range(int(checkpoint.get("chunks", 0))):
         lines = ctx.results.get(ctx.key(f"chunks/{chunk:05d}.jsonl")).decode().splitlines()
         for line in lines:
             tick = json.loads(line)
             at = start_at + timedelta(seconds=tick["tick"] / fps)
             run.apply(at, [_decode_estimate(e) for e in tick["estimates"]])
+            frames += int(tick.get("frames", 0))
     if done:
         for v in videos.values():
             v.skip_to((done - 1) / fps)
-    return done
+    return done, frames
 
 
 def _process(
@@ -266,7 +265,13 @@ def _process(
         frames_done += len(batch)
         run.apply(at, estimates)
         chunk_lines.append(
-            json.dumps({"tick": tick, "estimates": [_encode_estimate(e) for e in estimates]})
+            json.dumps(
+                {
+                    "tick": tick,
+                    "frames": len(batch),
+                    "estimates": [_encode_estimate(e) for e in estimates],
+                }
+            )
         )
         pct = 100.0 * (tick + 1) / ticks
         message = f"{tick + 1}/{ticks} ticks ({t:.0f} s of video)"

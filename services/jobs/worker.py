@@ -20,8 +20,10 @@ import time
 import uuid
 
 import click
+import redis
 from celery import Celery
 from celery.signals import worker_shutting_down
+from kombu.exceptions import OperationalError as KombuOperationalError
 from prometheus_client import Gauge
 
 from schemas.base import utc_now
@@ -112,14 +114,21 @@ class Worker:
 
         @app.task(name=RUN_JOB, bind=True, max_retries=None)
         def run(task: object, job_id: str) -> str:
-            outcome = run_job(
-                job_id, store, settings, self.name, runners, self.stopping, self.running
-            )
+            try:
+                outcome = run_job(
+                    job_id, store, settings, self.name, runners, self.stopping, self.running
+                )
+            except (redis.RedisError, KombuOperationalError) as exc:
+                # The job store failed mid-way: this message must not be acked as done.
+                log.warning("job store unreachable; retrying", extra={"job": job_id})
+                raise task.retry(countdown=settings.jobs.lease_s, exc=exc) from None  # type: ignore[attr-defined]
             if outcome == "busy":
                 # Delivered again while another worker holds the job's lease: look again
                 # when that lease would have ended if its worker died.
                 raise task.retry(countdown=settings.jobs.lease_s)  # type: ignore[attr-defined]
-            if outcome == "requeue":
+            if outcome in ("requeue", "lost"):
+                # Handed back, or this worker could not keep its lease: a new message, so
+                # whoever can claim it next does (an extra copy is told busy or finished).
                 submit(app, store.get(job_id))
             return outcome
 

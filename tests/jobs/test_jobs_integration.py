@@ -257,6 +257,7 @@ def test_two_workers_share_jobs_and_a_killed_workers_job_is_finished_by_the_othe
             assert job["worker"] == "w2@test"
             summary = job["result"]["summary"]
             assert summary["ticks"] == CLIP_TICKS
+            assert summary["frames"] == CLIP_TICKS  # one camera; resumed frames counted once
             timeline = _object(job_settings, job["result"]["artifacts"]["timeline"]).splitlines()
             assert len(timeline) == CLIP_TICKS  # resumed ticks are not lost or doubled
             if i == victim:

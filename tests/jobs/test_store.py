@@ -145,6 +145,16 @@ def test_requeue_hands_the_job_back_with_its_checkpoint(redis_url: str) -> None:
     assert again.job.attempts == 2
 
 
+def test_a_job_that_could_not_be_sent_is_failed_not_left_waiting(redis_url: str) -> None:
+    store = _store(redis_url)
+    job = store.create(_video())
+    failed = store.fail_unqueued(job.id, "could not be queued: Redis went away")
+    assert failed.state == "failed"
+    assert failed.error == "could not be queued: Redis went away"
+    assert store.claim(job.id, "w1", 30).outcome == "finished"
+    assert store.fail_unqueued(job.id, "again") == failed  # finished: unchanged
+
+
 def test_finished_jobs_expire_and_leave_the_list(redis_url: str) -> None:
     store = _store(redis_url, keep_days=1 / 86400)  # one second
     job = store.create(ReplayJob(flow="prod", start=T0, end=T0 + timedelta(minutes=5)))
