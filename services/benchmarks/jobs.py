@@ -55,7 +55,6 @@ def offline(config_path: Path, clip: Path, flow: str, fps: float) -> tuple[int, 
     """The eval loop over the clip's frames: (frames, seconds, one state per tick)."""
     import cv2
 
-    from schemas.estimates import PositionEstimate
     from schemas.facility import load_facility
     from schemas.frames import FrameRef
     from schemas.ground_truth import GroundTruth
@@ -104,10 +103,7 @@ def offline(config_path: Path, clip: Path, flow: str, fps: float) -> tuple[int, 
             batch.append((ref, jpeg))
         frames += len(batch)
         for est in chain(batch):
-            if isinstance(est, PositionEstimate):
-                state, _ = core.apply_position(state, est)
-            else:
-                state, _ = core.apply_identity(state, est)
+            state, _ = core.apply(state, est)
         states.append(core.render(state, as_of=at))
     return frames, time.perf_counter() - started, states
 

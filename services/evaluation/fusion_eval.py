@@ -347,10 +347,7 @@ def fuse(facility: FacilityConfig, arrivals: list[Arrival], flow: str = "prod") 
     snapshots = []
     started = time.process_time()
     for _, est in arrivals:
-        if isinstance(est, PositionEstimate):
-            state, accepted = core.apply_position(state, est)
-        else:
-            state, accepted = core.apply_identity(state, est)
+        state, accepted = core.apply(state, est)
         if accepted:
             snapshots.append(core.render(state))
     return Fused(snapshots, len(arrivals), time.process_time() - started)

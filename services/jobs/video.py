@@ -137,15 +137,13 @@ class VideoRun:
         """One tick's estimates: fused in order, boxes tracked, the state recorded."""
         for est in estimates:
             self.estimates += 1
+            self.state, accepted = self.core.apply(self.state, est)
+            self.accepted += int(accepted)
             if isinstance(est, PositionEstimate):
-                self.state, accepted = self.core.apply_position(self.state, est)
                 tracker = self.trackers.get(est.camera_id)
                 if tracker is None:
                     tracker = self.trackers[est.camera_id] = CameraTracker(est.camera_id)
                 tracker.update(est.frame.seq, est.frame.captured_at, est.detections)
-            else:
-                self.state, accepted = self.core.apply_identity(self.state, est)
-            self.accepted += int(accepted)
         self.timeline.append(self.core.render(self.state, as_of=at))
 
 
