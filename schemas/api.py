@@ -134,3 +134,62 @@ class Health(StrictModel):
     clients: int = Field(ge=0, description="Browsers with an open event stream.")
     messages: int = Field(ge=0, description="Messages read from Kafka since start.")
     dropped: int = Field(ge=0, description="Events dropped for browsers too slow to keep up.")
+
+
+class IceServer(StrictModel):
+    """A STUN or TURN server both ends of a browser camera's connection use (RTCIceServer)."""
+
+    urls: list[str] = Field(
+        min_length=1, description="e.g. ['stun:stun.example.org:3478'] or ['turn:turn.lan:3478']."
+    )
+    username: str | None = Field(default=None, description="TURN user name.")
+    credential: str | None = Field(default=None, description="TURN password.")
+
+
+class BrowserCamera(StrictModel):
+    """A camera whose source is webrtc://<id>: a browser or phone streams it from /webrtc."""
+
+    id: str = Field(description="Camera id.")
+    fps: float = Field(gt=0, description="Frames per second kept (by capture time).")
+    width: int = Field(gt=0, description="Frames are stored at this width, pixels.")
+    height: int = Field(gt=0, description="Frames are stored at this height, pixels.")
+    tracks: list[str] = Field(description="Tracks the camera looks at.")
+    enabled: bool = Field(description="Disabled cameras refuse streams.")
+    streaming: bool = Field(description="A browser is streaming this camera now.")
+    since: UtcDatetime | None = Field(default=None, description="When that stream started.")
+    frames: int = Field(ge=0, description="Frames kept from that stream so far.")
+
+
+class BrowserCameras(StrictModel):
+    """What the /webrtc page needs: the browser cameras and the ICE servers to use."""
+
+    cameras: list[BrowserCamera] = Field(description="Cameras with a webrtc:// source.")
+    ice_servers: list[IceServer] = Field(
+        description="STUN/TURN servers (DEPOTWATCH_DASHBOARD_ICE_SERVERS); empty: direct "
+        "connections only (same LAN)."
+    )
+
+
+class WebRtcOffer(StrictModel):
+    """A browser's SDP offer to stream one camera."""
+
+    sdp: str = Field(min_length=1, max_length=200_000, description="The SDP offer.")
+    type: str = Field(pattern="^offer$", description="Always 'offer'.")
+    client_id: str = Field(
+        min_length=8,
+        max_length=64,
+        pattern="^[A-Za-z0-9_-]+$",
+        description="Random id of the sending page; the same page may replace its own stream "
+        "(reconnect) without taking over.",
+    )
+    takeover: bool = Field(
+        default=False,
+        description="Replace a stream another page is sending for this camera (else 409).",
+    )
+
+
+class WebRtcAnswer(StrictModel):
+    """The server's SDP answer."""
+
+    sdp: str = Field(description="The SDP answer.")
+    type: str = Field(description="Always 'answer'.")

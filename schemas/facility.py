@@ -32,7 +32,7 @@ from schemas.geometry import (
     polyline_length,
 )
 
-SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
+SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https", "file", "webrtc")
 Point2 = tuple[float, float]
 Point3 = tuple[float, float, float]
 
@@ -121,7 +121,8 @@ class Camera(StrictModel):
 
     id: Identifier = Field(description="Camera id; Kafka key, S3 key prefix and metrics label.")
     source: str = Field(
-        description="Stream URL: rtsp://, rtsps://, http(s):// or file://.",
+        description="Stream URL: rtsp://, rtsps://, http(s):// or file://; webrtc://<camera id> "
+        "for a browser or phone that streams to the web app's /webrtc page.",
         # For the API's JSON Schema; the validator below words the errors.
         json_schema_extra={"pattern": "^(" + "|".join(SOURCE_SCHEMES) + ")://."},
     )
@@ -166,7 +167,28 @@ class Camera(StrictModel):
             ) from None
         if parsed.scheme == "file" and not parsed.path:
             raise ValueError("file:// URL has no path; write e.g. file:///data/cam1.mp4")
+        if parsed.scheme == "webrtc" and (
+            parsed.port or parsed.path not in ("", "/") or parsed.query or "@" in parsed.netloc
+        ):
+            raise ValueError(
+                f"URL {shown!r}: a browser camera is named by its id alone; write "
+                "webrtc://<camera id>, e.g. webrtc://cam-phone"
+            )
         return v
+
+    @model_validator(mode="after")
+    def _webrtc_names_itself(self) -> Camera:
+        if self.webrtc and urlparse(self.source).netloc != self.id:
+            raise ValueError(
+                f"source {self.source!r} names another camera; a browser camera's source is "
+                f"webrtc://<its own id>: write webrtc://{self.id}"
+            )
+        return self
+
+    @property
+    def webrtc(self) -> bool:
+        """Streamed by a browser to the web app (webrtc://), not read by a capture process."""
+        return self.source.startswith("webrtc://")
 
     @field_validator("calibration")
     @classmethod
@@ -596,8 +618,13 @@ class FacilityConfig(StrictModel):
 
     @property
     def enabled_cameras(self) -> list[Camera]:
-        """Cameras to capture."""
+        """Cameras to capture (by a capture process or, for webrtc://, by the web app)."""
         return [c for c in self.cameras if c.enabled]
+
+    @property
+    def captured_cameras(self) -> list[Camera]:
+        """Enabled cameras a capture process reads (all but browser cameras)."""
+        return [c for c in self.enabled_cameras if not c.webrtc]
 
 
 def _duplicates(values: list[str]) -> list[str]:

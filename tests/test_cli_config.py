@@ -57,7 +57,7 @@ def test_config_check_lists_every_problem_and_fails(runner: CliRunner, tmp_path:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{bad}: cameras[0].source: URL scheme 'ftp' is not supported; "
-        "use one of rtsp://, rtsps://, http://, https://, file://",
+        "use one of rtsp://, rtsps://, http://, https://, file://, webrtc://",
         f"{bad}: cameras[1].fsp: is not a known field; remove it or check its spelling",
         f"{bad}: cameras: id 'cam-s1' is used twice; give each entry its own id",
         f"3 problem(s) in {bad}",

@@ -57,12 +57,14 @@ SECRET_NAME = re.compile(r"(SECRET|SECRET_KEY|PASSWORD|TOKEN|ACCESS_KEY)$", re.I
 
 
 def _settings_classes() -> list[type[BaseSettings]]:
-    """The shared Settings and every service's own settings (services/<name>/config.py)."""
+    """The shared Settings, every service's own settings (services/<name>/config.py) and the
+    capture settings capture processes and the web app's browser cameras share."""
     from services.runtime.settings import Settings
 
     found: list[type[BaseSettings]] = [Settings]
-    for config in sorted((REPO / "services").glob("*/config.py")):
-        module = importlib.import_module(f"services.{config.parent.name}.config")
+    modules = [f"services.{c.parent.name}.config" for c in (REPO / "services").glob("*/config.py")]
+    for name in sorted([*modules, "services.runtime.capture_settings"]):
+        module = importlib.import_module(name)
         for value in vars(module).values():
             if (
                 isinstance(value, type)

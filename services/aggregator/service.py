@@ -135,7 +135,7 @@ class AggregatorService:
         self.shutdown = shutdown
         self.facility = facility
         if facility is not None:
-            expected_cameras = [c.id for c in facility.config.enabled_cameras]
+            expected_cameras = [c.id for c in facility.config.captured_cameras]
         self.activity = CameraActivity(self.clock(), expected_cameras)
         self._dedupe = DedupeWindow(settings.dedupe_window)
         per_shard = max(1, settings.buffer_frames // settings.store_workers)

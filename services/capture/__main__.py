@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from schemas.base import describe_validation_error
 from schemas.facility import Camera, ConfigError, load_facility
-from services.capture.config import CaptureSettings
 from services.capture.service import CaptureService
+from services.runtime.capture_settings import CaptureSettings
 from services.runtime.logs import configure_logging
 from services.runtime.observability import Health, ObservabilityServer
 from services.runtime.settings import load_settings

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.facility import redact_url
-from services.capture.decimation import source_is_live
+from services.runtime.decimation import source_is_live
 
 Image = npt.NDArray[np.uint8]
 

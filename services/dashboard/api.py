@@ -49,12 +49,13 @@ from services.dashboard.core import thin_states
 if TYPE_CHECKING:
     from services.dashboard.server import DashboardServer
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    # Every /api/v1 route may answer these.
     401: {"model": ApiError, "description": "The access token is missing or wrong."},
     422: {"model": Rejected, "description": "Invalid request (or config change); one line each."},
 }
 _CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
+    **COMMON_ERRORS,
     403: {"model": ApiError, "description": "Changes are disabled (no token configured)."},
     409: {"model": ApiError, "description": "The id is taken, or the file changed meanwhile."},
     503: {"model": ApiError, "description": "The facility file cannot be changed here."},
@@ -154,7 +155,7 @@ def api_router(server: DashboardServer) -> APIRouter:
     """The ``/api/v1`` routes, answering from ``server``'s state and editing its config file."""
     router = APIRouter(
         prefix="/api/v1",
-        responses=_ERRORS,
+        responses=COMMON_ERRORS,
         dependencies=[Security(HTTPBearer(auto_error=False, description="The access token."))],
     )
 

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IceServerSetting(BaseModel):
+    """One STUN/TURN server for browser cameras; the TURN password is kept out of logs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: list[str] = Field(min_length=1, description="e.g. ['turn:turn.lan:3478'].")
+    username: str | None = None
+    credential: SecretStr | None = None
 
 
 class DashboardSettings(BaseSettings):
@@ -40,6 +50,12 @@ class DashboardSettings(BaseSettings):
     lag_groups: str = Field(
         default=".*",
         description="Regular expression of the consumer groups whose lag is exported.",
+    )
+    ice_servers: list[IceServerSetting] = Field(
+        default_factory=list,
+        description="STUN/TURN servers for browser cameras (/webrtc), as JSON: "
+        '[{"urls": ["turn:turn.lan:3478"], "username": "u", "credential": "p"}]. Empty (the '
+        "default): direct connections only, enough on one LAN; nothing is contacted outside.",
     )
     frame_cache: int = Field(default=64, ge=1, description="Frames kept in memory for tiles.")
     client_queue: int = Field(

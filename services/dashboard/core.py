@@ -253,6 +253,7 @@ def detections_view(est: PositionEstimate) -> dict[str, Any]:
         "camera_id": est.camera_id,
         "flow": est.flow,
         "seq": est.frame.seq,
+        "captured_at": est.frame.captured_at.isoformat(),
         "width": est.frame.width,
         "height": est.frame.height,
         "boxes": [

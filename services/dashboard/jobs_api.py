@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from schemas.api import ApiError, Rejected
+from schemas.api import ApiError
 from schemas.facility import FacilityConfig
 from schemas.jobs import (
     JobKind,
@@ -35,7 +35,7 @@ from schemas.jobs import (
     VideoUpload,
     WorkerInfo,
 )
-from services.dashboard.api import error_response, rejected_response
+from services.dashboard.api import COMMON_ERRORS, error_response, rejected_response
 from services.jobs.engine import StatusPublisher
 from services.jobs.requests import request_problems
 from services.jobs.store import JobNotFoundError, JobStore
@@ -46,8 +46,7 @@ UPLOAD_MAX_BYTES = 4 * 2**30
 """Largest video one upload may carry."""
 _UPLOAD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$"
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ApiError, "description": "The access token is missing or wrong."},
-    422: {"model": Rejected, "description": "Invalid request; one line per problem."},
+    **COMMON_ERRORS,
     503: {"model": ApiError, "description": "The job engine (Redis) or S3 is unreachable."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ApiError}}

@@ -54,6 +54,8 @@ from services.dashboard.config import DashboardSettings
 from services.dashboard.config_edit import ConfigEditor
 from services.dashboard.core import DashboardState, Event
 from services.dashboard.jobs_api import JobsBackend, jobs_router
+from services.dashboard.webrtc import WebRtcIngest, webrtc_router
+from services.runtime.capture_settings import CaptureSettings
 from services.runtime.facility_watch import file_stamp
 
 log = logging.getLogger(__name__)
@@ -287,9 +289,13 @@ class DashboardServer:
         registry: CollectorRegistry = REGISTRY,
         history_reader: HistoryReader | None = None,
         jobs: JobsBackend | None = None,
+        capture: CaptureSettings | None = None,
     ) -> None:
         self.state = DashboardState(config)
         self.jobs = jobs
+        self.webrtc = WebRtcIngest(
+            lambda: self.state.config, capture or CaptureSettings(), settings.ice_servers
+        )
         self.history_reader = history_reader
         self.settings = settings
         self.hub = Broadcaster(settings.client_queue)
@@ -344,9 +350,17 @@ class DashboardServer:
         """The page."""
         return HTMLResponse((STATIC / "index.html").read_text())
 
+    async def webrtc_page(self) -> HTMLResponse:
+        """The browser camera page: stream this device's camera, see its detections."""
+        return HTMLResponse((STATIC / "webrtc.html").read_text())
+
     async def static(self, name: str) -> Response:
-        """app.js / app.css from package data."""
-        types = {"app.js": "application/javascript", "app.css": "text/css"}
+        """Scripts and styles from package data."""
+        types = {
+            "app.js": "application/javascript",
+            "app.css": "text/css",
+            "webrtc.js": "application/javascript",
+        }
         if name not in types:
             return PlainTextResponse(f"no static file {name}\n", status_code=404)
         return Response((STATIC / name).read_text(), media_type=types[name])
@@ -457,6 +471,7 @@ class DashboardServer:
             yield
         finally:
             task.cancel()
+            await self.webrtc.close()
             if self.jobs is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self.jobs.close)
 
@@ -475,6 +490,7 @@ class DashboardServer:
         )
         for path, handler in (
             ("/", self.index),
+            ("/webrtc", self.webrtc_page),
             ("/static/{name}", self.static),
             ("/api/snapshot", self.snapshot),
             ("/events", self.events),
@@ -487,6 +503,7 @@ class DashboardServer:
         )
         app.include_router(api_router(self))
         app.include_router(jobs_router(self.jobs, lambda: self.state.config))
+        app.include_router(webrtc_router(self.webrtc))
         app.add_exception_handler(RequestValidationError, invalid_request)
         app.add_exception_handler(StarletteHTTPException, unparsable_body)
         app.add_middleware(TokenGate, settings=self.settings)

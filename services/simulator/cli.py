@@ -117,6 +117,52 @@ def render_command(
     click.echo(f"ground truth: {out / 'ground_truth.jsonl'}")
 
 
+@sim.command("clip")
+@CONFIG_OPTION
+@SCENARIO_OPTION
+@SEED_OPTION
+@click.option("--camera", "camera_id", required=True, help="A camera with a pose.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .y4m file.")
+@click.option("--seconds", type=click.FloatRange(0.1), default=10, show_default=True)
+@click.option("--fps", type=click.IntRange(1, 60), default=15, show_default=True)
+@click.option(
+    "--size", default="", help="WIDTHxHEIGHT of the clip, e.g. 1280x720 (default: the camera's)."
+)
+def clip_command(
+    config_path: Path,
+    scenario: str,
+    seed: int,
+    camera_id: str,
+    out: Path,
+    seconds: float,
+    fps: int,
+    size: str,
+) -> None:
+    """Render one camera's view as a y4m clip: a fake camera for a browser.
+
+    Chromium plays it as its camera with --use-fake-device-for-media-stream
+    --use-file-for-fake-video-capture=OUT, so the /webrtc page streams a simulated view of the
+    depot (a browser camera with the pose of a real one) without a phone.
+    """
+    from services.simulator.world import ScenarioError, load_scenario
+    from services.simulator.y4m import render_clip
+
+    wh: tuple[int, int] | None = None
+    if size:
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+            wh = (w, h)
+        except ValueError:
+            raise click.BadParameter(f"{size!r}: write WIDTHxHEIGHT, e.g. 1280x720") from None
+    try:
+        n = render_clip(
+            _facility(config_path), load_scenario(scenario), seed, camera_id, out, seconds, fps, wh
+        )
+    except (ScenarioError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out}: {n} frames at {fps} fps")
+
+
 @sim.command("bench-render")
 @CONFIG_OPTION
 @SCENARIO_OPTION

@@ -53,6 +53,9 @@ class FrameSource:
                     f"facility config; use some of {[c.id for c in posed]}"
                 )
             posed = [c for c in posed if c.id in cameras]
+        else:
+            # Browser cameras stream from a page; render them only when asked for by id.
+            posed = [c for c in posed if not c.webrtc]
         if not posed:
             raise ValueError("no enabled camera has a pose; the simulator has nothing to render")
         self.cameras = posed

@@ -331,7 +331,7 @@ def simulated_cameras(cfg: FacilityConfig) -> bool:
     """Whether the config's cameras are the simulator's: every enabled one has a pose (so it
     can be rendered) and an RTSP source on this machine."""
 
-    cams = cfg.enabled_cameras
+    cams = cfg.captured_cameras
     return bool(cams) and all(
         c.pose is not None
         and urlparse(c.source).scheme == "rtsp"

@@ -95,7 +95,7 @@ def plan_services(cfg: FacilityConfig, opts: PlanOptions) -> list[ServiceSpec]:
         )
         specs.append(ServiceSpec("sim", argv, "sim", metrics=False))
     specs.append(ServiceSpec("aggregator", ("aggregator", "--config", path), "aggregator"))
-    specs += [capture_spec(c, opts.config_path) for c in cfg.enabled_cameras]
+    specs += [capture_spec(c, opts.config_path) for c in cfg.captured_cameras]
     flows = [f for f in cfg.flows if opts.flows is None or f in opts.flows]
     for flow in flows:
         settings = cfg.flows[flow]
@@ -195,8 +195,8 @@ class CameraChanges:
 def camera_changes(old: FacilityConfig, new: FacilityConfig) -> CameraChanges:
     """Captures to start (new or re-enabled cameras), stop (removed or disabled) and restart
     (any setting of the camera changed: source, fps, size, calibration...)."""
-    before = {c.id: c for c in old.enabled_cameras}
-    after = {c.id: c for c in new.enabled_cameras}
+    before = {c.id: c for c in old.captured_cameras}
+    after = {c.id: c for c in new.captured_cameras}
     return CameraChanges(
         added=sorted(set(after) - set(before)),
         removed=sorted(set(before) - set(after)),

@@ -20,8 +20,8 @@ from prometheus_client import REGISTRY
 from schemas.facility import Camera, load_facility
 from services.benchmarks.ingest_rig import facility_for_cameras, synthetic_video
 from services.capture.__main__ import capture_command
-from services.capture.config import CaptureSettings
 from services.capture.service import CaptureService
+from services.runtime.capture_settings import CaptureSettings
 from services.runtime.frame_transport import FrameReceiver
 from services.runtime.frame_wire import EncodedFrame, decode_frame
 from services.runtime.shutdown import ShutdownSignal

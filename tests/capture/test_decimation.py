@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from services.capture.decimation import FrameDecimator, SequenceNumbers, source_is_live
 from services.runtime.backoff import Backoff
+from services.runtime.decimation import FrameDecimator, SequenceNumbers, source_is_live
 
 
 def kept_times(fps: float, times: list[float], tolerance: float = 0.25) -> list[float]:

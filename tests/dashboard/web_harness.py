@@ -16,6 +16,7 @@ from services.dashboard.__main__ import serve
 from services.dashboard.config import DashboardSettings
 from services.dashboard.jobs_api import JobsBackend
 from services.dashboard.server import DashboardServer, HistoryReader
+from services.runtime.capture_settings import CaptureSettings
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg"
 Client = httpx.AsyncClient
@@ -28,6 +29,7 @@ def run(
     config: FacilityConfig | None = None,
     history_reader: HistoryReader | None = None,
     jobs: JobsBackend | None = None,
+    capture: CaptureSettings | None = None,
     **settings: object,
 ) -> None:
     """Serve the app on 127.0.0.1 (free port) in this event loop; ``test`` gets a client.
@@ -46,6 +48,7 @@ def run(
         registry=CollectorRegistry(),
         history_reader=history_reader,
         jobs=jobs,
+        capture=capture,
     )
 
     async def main() -> None:

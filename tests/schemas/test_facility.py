@@ -183,7 +183,7 @@ SQUARE = [
     {"pixel": [1100, 650], "floor": [10, 0]},
     {"pixel": [100, 650], "floor": [0, 0]},
 ]
-SCHEMES = "use one of rtsp://, rtsps://, http://, https://, file://"
+SCHEMES = "use one of rtsp://, rtsps://, http://, https://, file://, webrtc://"
 OTHER_TRACKS = "use one of ['T1', 'T3'] or add the track"
 
 BAD_CONFIGS = [
@@ -543,3 +543,35 @@ def test_a_bad_source_url_is_refused_without_showing_its_password() -> None:
     (problem,) = err.value.problems
     assert problem.startswith("cameras[0].source: URL 'rtsp://***@192.0.2.7:99999/s1' has a bad")
     assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("webrtc://cam-other", "names another camera; a browser camera's source is webrtc://<its"),
+        ("webrtc://cam-s1:8000", "a browser camera is named by its id alone"),
+        ("webrtc://cam-s1/stream", "a browser camera is named by its id alone"),
+        ("webrtc://u:p@cam-s1", "a browser camera is named by its id alone"),
+        ("webrtc://", "has no host"),
+    ],
+)
+def test_a_browser_camera_source_names_its_own_camera(source: str, says: str) -> None:
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    data["cameras"][0]["source"] = source
+    with pytest.raises(ConfigError) as err:
+        parse_facility(data)
+    (problem,) = err.value.problems
+    assert problem.startswith("cameras[0]")
+    assert says in problem
+    assert ":p@" not in problem
+
+
+def test_browser_cameras_are_enabled_but_not_read_by_a_capture_process() -> None:
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    cid = data["cameras"][0]["id"]
+    data["cameras"][0]["source"] = f"webrtc://{cid}"
+    cfg = parse_facility(data)
+    assert cfg.cameras[0].webrtc
+    assert cid in {c.id for c in cfg.enabled_cameras}
+    assert cid not in {c.id for c in cfg.captured_cameras}
+    assert len(cfg.captured_cameras) == len(cfg.enabled_cameras) - 1

@@ -73,6 +73,15 @@ def test_missing_commands_are_skipped_not_fatal(cfg: FacilityConfig) -> None:
     assert len(run) + len(skip) == len(specs)
 
 
+def test_browser_cameras_get_no_capture_process(cfg: FacilityConfig) -> None:
+    phone = _with_camera(cfg, "cam-s1", source="webrtc://cam-s1")
+    names = [s.name for s in plan_services(phone, PlanOptions(config_path=Path("f.yaml")))]
+    assert "capture/cam-s1" not in names
+    assert "capture/cam-n1" in names
+    # Turning a camera into a browser camera stops its capture process.
+    assert camera_changes(cfg, phone).removed == ["cam-s1"]
+
+
 def test_camera_changes(cfg: FacilityConfig) -> None:
     data = cfg.model_dump()
     new_cam = dict(data["cameras"][0], id="cam-x")

@@ -6,6 +6,7 @@ trained weights and shows locomotives from the simulator on the dashboard.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,15 +21,21 @@ from typing import Any
 
 import pytest
 import yaml
+from chromium_cdp import Chromium, chromium_binary
 from rtsp_server import NEEDS_RTSP_SERVER
 
+from schemas.facility import load_facility
 from services.infra import settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
 from services.infra.processes import free_port
+from services.simulator.world import load_scenario
+from services.simulator.y4m import render_clip
 
 REPO = Path(__file__).resolve().parents[2]
 # DEPOTWATCH_TEST_WEIGHTS runs the full test against a checkpoint (e.g. one still training).
 WEIGHTS = Path(os.environ.get("DEPOTWATCH_TEST_WEIGHTS", REPO / "models" / "depot-yolo.pt"))
+PHONE = "cam-phone"
+TOKEN = "up-test-token"
 
 pytestmark = [
     pytest.mark.integration,
@@ -107,19 +114,25 @@ class Up:
         return None
 
 
-def _write_config(path: Path, rtsp_port: int, enabled: set[str]) -> None:
+def _write_config(path: Path, rtsp_port: int, enabled: set[str], phone: bool = False) -> None:
     data = yaml.safe_load((REPO / "facility.yaml").read_text())
     data["flows"] = {"prod": data["flows"]["prod"]}
     data["flows"]["prod"]["position_estimator"]["weights"] = str(WEIGHTS)
     for cam in data["cameras"]:
         cam["enabled"] = cam["id"] in enabled
         cam["source"] = cam["source"].replace(":8554/", f":{rtsp_port}/")
+    if phone:
+        # A browser camera with cam-s1's pose: its page streams a render of that view.
+        s1 = next(c for c in data["cameras"] if c["id"] == "cam-s1")
+        data["cameras"].append({**s1, "id": PHONE, "source": f"webrtc://{PHONE}"})
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def _start_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
+def _start_up(
+    tmp_path: Path, *extra: str, phone: bool = False, env_extra: dict[str, str] | None = None
+) -> Iterator[Up]:
     config = tmp_path / "facility.yaml"
-    _write_config(config, free_port(), {"cam-s1", "cam-s2"})
+    _write_config(config, free_port(), {"cam-s1", "cam-s2", PHONE}, phone)
     data = tmp_path / "data"
     infra = settings_on_free_ports(data).infra
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOTWATCH_")}
@@ -127,6 +140,7 @@ def _start_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
         for name in PORT_FIELDS[component]:
             env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(infra, name))
     env["DEPOTWATCH_HTTP_PORT"] = "0"
+    env.update(env_extra or {})
     port = free_port()
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -254,10 +268,46 @@ def test_up_runs_hot_adds_a_camera_and_leaves_nothing_behind(up_without_estimato
 
 @pytest.fixture
 def up_full(tmp_path: Path) -> Iterator[Up]:
-    yield from _start_up(tmp_path)
+    # A token, for the browser camera's offer (a change); reads stay open for the checks.
+    yield from _start_up(
+        tmp_path,
+        phone=True,
+        env_extra={
+            "DEPOTWATCH_DASHBOARD_TOKEN": TOKEN,
+            "DEPOTWATCH_DASHBOARD_READ_TOKEN_REQUIRED": "false",
+        },
+    )
+
+
+async def _stream_phone(up: Up, clip: Path) -> dict[str, Any]:
+    """Stream ``clip`` from headless Chromium's fake camera on /webrtc until the page draws
+    the pipeline's boxes; returns the dashboard snapshot seen then."""
+    args = (
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+    )
+    async with Chromium(1000, 800, extra_args=args) as page:
+        await page.navigate(f"{up.dashboard}/webrtc?token={TOKEN}&camera={PHONE}")
+        await page.wait_for(f"document.getElementById('camera')?.value === '{PHONE}'", 20)
+        await page.evaluate("document.getElementById('start').click()")
+        await page.wait_for("document.getElementById('connection').textContent === 'streaming'", 30)
+        # Boxes of the position estimator, for this camera's frames, over the live video.
+        boxes = await page.wait_for("document.querySelectorAll('#boxes .det-box').length", 120)
+        assert boxes >= 1
+        classes = await page.evaluate(
+            "[...document.querySelectorAll('#boxes .det-box')].map(b => b.dataset.cls)"
+        )
+        assert set(classes) <= {"head", "tail", "plate"}, classes
+        snap = _json(f"{up.dashboard}/api/snapshot")
+        assert snap is not None
+        await page.screenshot(up.log.parent / "webrtc-page.png")
+        return dict(snap)
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason=f"needs trained detector weights at {WEIGHTS}")
+@pytest.mark.skipif(chromium_binary() is None, reason="needs chromium (apt-get install chromium)")
 def test_up_dashboard_shows_simulated_locomotives(up_full: Up) -> None:
     up = up_full
     snap = _wait(
@@ -298,3 +348,17 @@ def test_up_dashboard_shows_simulated_locomotives(up_full: Up) -> None:
     )
     plated = [lo for lo in snap["states"]["prod"]["locomotives"] if lo["plate"]]
     assert all(lo["plate"].startswith(f"{lo['model']}-") for lo in plated), plated
+
+    # A browser camera: the page streams a render of cam-s1's view over WebRTC; its frames
+    # go through the aggregator (S3 + frames.v1) and the estimators like any camera's.
+    assert up.service(f"capture/{PHONE}") is None  # no capture process of its own
+    clip = up.log.parent / "phone.y4m"
+    render_clip(
+        load_facility(up.config), load_scenario("depot-day"), 1, PHONE, clip, 3, 10, (640, 360)
+    )
+    snap = asyncio.run(_stream_phone(up, clip))
+    ref = snap["frames"][PHONE]  # a FrameRef of the phone's on frames.v1
+    assert (ref["width"], ref["height"]) == (1280, 720)
+    with urllib.request.urlopen(f"{up.dashboard}/{ref['url']}", timeout=10) as resp:
+        assert resp.read(2) == b"\xff\xd8"  # its JPEG, read back from S3
+    assert snap["detections"][f"{PHONE}/prod"]["boxes"]  # position estimates of its frames

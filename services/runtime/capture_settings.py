@@ -1,4 +1,5 @@
-"""Capture settings (``DEPOTWATCH_CAPTURE__*``); the camera itself comes from facility.yaml."""
+"""Capture settings (``DEPOTWATCH_CAPTURE__*``), shared by capture processes (RTSP, files) and
+the web app's browser cameras (WebRTC); the camera itself comes from facility.yaml."""
 
 from __future__ import annotations
 

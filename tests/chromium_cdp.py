@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,11 @@ def chromium_binary() -> str | None:
 class Chromium:
     """One headless Chromium with one page; use as an async context manager."""
 
-    def __init__(self, width: int = 1400, height: int = 1000) -> None:
+    def __init__(
+        self, width: int = 1400, height: int = 1000, extra_args: Sequence[str] = ()
+    ) -> None:
         self.width, self.height = width, height
+        self.extra_args = list(extra_args)
         self._profile = tempfile.mkdtemp(prefix="depotwatch-chromium-")
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -61,6 +65,7 @@ class Chromium:
                 "--remote-debugging-port=0",
                 f"--user-data-dir={self._profile}",
                 f"--window-size={self.width},{self.height}",
+                *self.extra_args,
                 "about:blank",
             ],
             stdout=subprocess.DEVNULL,
