@@ -242,12 +242,12 @@ class WebRtcIngest:
 
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-                if not any(t.kind == "video" for t in pc.getTransceivers()):
+                if not stream.tasks:  # "track" fires in setRemoteDescription
                     raise OfferRefusedError(
                         422,
                         "bad_offer",
-                        "the offer has no video track; add the camera's track "
-                        "(getUserMedia) to the connection before createOffer()",
+                        "the offer sends no video; add the camera's track (getUserMedia) to "
+                        "the connection, direction sendonly or sendrecv, before createOffer()",
                     )
                 await pc.setLocalDescription(await pc.createAnswer())
             except OfferRefusedError:

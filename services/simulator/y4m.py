@@ -53,6 +53,21 @@ def render_clip(
     """Render ``seconds`` of one posed camera's view at ``fps`` into a y4m clip at ``size``
     (default: the camera's own); returns frames written. The camera may be a browser camera:
     the clip is what a phone at its pose would film."""
+    frames = clip_frames(facility, scenario, seed, camera_id, seconds, fps, size)
+    return write_y4m(frames, path, fps)
+
+
+def clip_frames(
+    facility: FacilityConfig,
+    scenario: Scenario,
+    seed: int,
+    camera_id: str,
+    seconds: float,
+    fps: int = 15,
+    size: tuple[int, int] | None = None,
+) -> Iterator[npt.NDArray[np.uint8]]:
+    """``seconds`` of one posed camera's view at ``fps`` (BGR frames at ``size``); raises
+    ValueError at once when the camera has no pose."""
     from services.simulator.frames import FrameSource
 
     cams = [c for c in facility.cameras if c.id == camera_id]
@@ -89,4 +104,4 @@ def render_clip(
             if last is not None:
                 yield last
 
-    return write_y4m(frames(), path, fps)
+    return frames()

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from chromium_cdp import Chromium, chromium_binary
 from dashboard_builders import REPO, loco, positions, service_env, state, true_loco, truth
 
 from schemas.facility_state import CameraHealth
 from schemas.frames import FrameRef
+from services.benchmarks.chromium import Chromium, chromium_binary
 from services.infra.processes import free_port
 from services.runtime.kafka import MessageProducer
 from services.runtime.settings import Settings

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
@@ -25,15 +24,15 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
-from chromium_cdp import Chromium, chromium_binary
 from dashboard_builders import REPO
 from web_harness import Client, run
 
 from schemas.facility import FacilityConfig, parse_facility
+from services.benchmarks.chromium import Chromium, chromium_binary
+from services.benchmarks.webrtc import Receiver
 from services.dashboard.server import DashboardServer
 from services.runtime.capture_settings import CaptureSettings
-from services.runtime.frame_transport import FrameReceiver
-from services.runtime.frame_wire import EncodedFrame, decode_frame
+from services.runtime.frame_wire import EncodedFrame
 from services.simulator.y4m import write_y4m
 
 pytestmark = [
@@ -77,49 +76,26 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-class Collector:
-    """The aggregator's place: a bound PULL socket whose frames are kept, on a thread."""
-
-    def __init__(self) -> None:
-        self.receiver = FrameReceiver("tcp://127.0.0.1:*")
-        self.frames: list[EncodedFrame] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            parts = self.receiver.receive(0.1)
-            if parts is not None:
-                self.frames.append(decode_frame(parts))
-
-    def of(self, camera_id: str) -> list[EncodedFrame]:
-        return [f for f in self.frames if f.header.camera_id == camera_id]
-
-    async def wait(self, n: int, timeout_s: float) -> list[EncodedFrame]:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(self.of(CAMERA)) < n:
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"{len(self.of(CAMERA))} of {n} frames after {timeout_s:.0f}s"
-            )
-            await asyncio.sleep(0.1)
-        return self.of(CAMERA)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.receiver.close()
+async def wait_frames(rx: Receiver, n: int, timeout_s: float) -> list[EncodedFrame]:
+    """The phone's frames once there are ``n``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(rx.of(CAMERA)) < n:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{len(rx.of(CAMERA))} of {n} frames after {timeout_s:.0f}s"
+        )
+        await asyncio.sleep(0.1)
+    return rx.of(CAMERA)
 
 
 @pytest.fixture
-def collector() -> Iterator[Collector]:
-    c = Collector()
-    yield c
-    c.close()
+def collector() -> Iterator[Receiver]:
+    rx = Receiver(keep=True)
+    yield rx
+    rx.close()
 
 
-def capture_settings(collector: Collector) -> CaptureSettings:
-    return CaptureSettings(aggregator_endpoint=collector.receiver.endpoint, watchdog_s=3.0)
+def capture_settings(collector: Receiver) -> CaptureSettings:
+    return CaptureSettings(aggregator_endpoint=collector.endpoint, watchdog_s=3.0)
 
 
 async def aiortc_offer() -> tuple[RTCPeerConnection, str]:
@@ -130,7 +106,7 @@ async def aiortc_offer() -> tuple[RTCPeerConnection, str]:
     return pc, pc.localDescription.sdp
 
 
-def test_a_browser_streams_its_camera_and_reconnects(clip: Path, collector: Collector) -> None:
+def test_a_browser_streams_its_camera_and_reconnects(clip: Path, collector: Receiver) -> None:
     async def body(client: Client, server: DashboardServer) -> None:
         args = (*FAKE_CAMERA_ARGS, f"--use-file-for-fake-video-capture={clip}")
         async with Chromium(1000, 800, extra_args=args) as page:
@@ -139,7 +115,7 @@ def test_a_browser_streams_its_camera_and_reconnects(clip: Path, collector: Coll
             # The token moved from the address bar into the page's session storage.
             assert "token" not in await page.evaluate("location.href")
             await page.evaluate("document.getElementById('start').click()")
-            frames = await collector.wait(6, 30)
+            frames = await wait_frames(collector, 6, 30)
             await page.wait_for("document.getElementById('connection').textContent", 5)
             assert await page.evaluate("document.getElementById('connection').textContent") == (
                 "streaming"
@@ -187,10 +163,10 @@ def test_a_browser_streams_its_camera_and_reconnects(clip: Path, collector: Coll
             # Take it back; then the server drops the connection and the page reconnects.
             before = len(collector.of(CAMERA))
             await page.evaluate("document.getElementById('takeover').click()")
-            await collector.wait(before + 3, 30)
+            await wait_frames(collector, before + 3, 30)
             assert await server.webrtc.stop(CAMERA, None)
             dropped = len(collector.of(CAMERA))
-            resumed = await collector.wait(dropped + 3, 40)
+            resumed = await wait_frames(collector, dropped + 3, 40)
             assert resumed[-1].header.reconnects >= 2  # page, takeover, page again, reconnect
             await page.wait_for(
                 "document.getElementById('connection').textContent === 'streaming'", 10

@@ -94,9 +94,11 @@ def test_a_malformed_ice_server_setting_is_one_clear_error(monkeypatch: pytest.M
     assert "DEPOTWATCH_DASHBOARD_ICE_SERVERS__0__URLS: Field required" in str(err.value)
 
 
-async def offer_sdp(video: bool = True) -> str:
+async def offer_sdp(video: bool = True, receive_only: bool = False) -> str:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    if video:
+    if receive_only:
+        pc.addTransceiver("video", direction="recvonly")
+    elif video:
         from aiortc import VideoStreamTrack
 
         pc.addTrack(VideoStreamTrack())
@@ -133,7 +135,12 @@ def test_offers_are_refused_with_one_line_naming_the_fix() -> None:
             assert problem["problem"].startswith(f"body.sdp: not a usable SDP offer ({why}")
         r = await client.post(url, json={**good, "sdp": await offer_sdp(video=False)}, headers=AUTH)
         assert r.status_code == 422
-        assert "the offer has no video track" in r.json()["problems"][0]["problem"]
+        assert "the offer sends no video" in r.json()["problems"][0]["problem"]
+        r = await client.post(
+            url, json={**good, "sdp": await offer_sdp(receive_only=True)}, headers=AUTH
+        )
+        assert r.status_code == 422
+        assert "the offer sends no video" in r.json()["problems"][0]["problem"]
         r = await client.post(url, json={**good, "client_id": "x"}, headers=AUTH)
         assert r.status_code == 422
         assert [p["field"] for p in r.json()["problems"]] == ["body.client_id"]

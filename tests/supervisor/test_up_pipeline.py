@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chromium_cdp import Chromium, chromium_binary
 from rtsp_server import NEEDS_RTSP_SERVER
 
 from schemas.facility import load_facility
+from services.benchmarks.chromium import Chromium, chromium_binary
 from services.infra import settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
 from services.infra.processes import free_port

@@ -1,4 +1,4 @@
-"""A minimal Chrome DevTools Protocol client for headless Chromium (tests only).
+"""A minimal Chrome DevTools Protocol client for headless Chromium (tests and benchmarks).
 
 Starts Debian's ``chromium`` headless with a DevTools port, attaches to its page over a
 WebSocket (aiohttp) and offers navigate / evaluate / screenshot. No Selenium, no npm.
@@ -86,6 +86,12 @@ class Chromium:
         await self.send("Page.enable")
         await self.send("Runtime.enable")
         return self
+
+    @property
+    def pid(self) -> int:
+        """The browser's process id (its helpers are its children)."""
+        assert self._proc is not None, "not started"
+        return self._proc.pid
 
     def _devtools_port(self) -> int:
         assert self._proc is not None
