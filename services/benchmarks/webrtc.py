@@ -299,6 +299,11 @@ def _latency(
     base = next(c for c in data["cameras"] if c["id"] == camera)
     data["cameras"] = [{**base, "id": BROWSER, "source": f"webrtc://{BROWSER}", "fps": 2.0}]
     data["flows"] = {"prod": data["flows"]["prod"]}
+    # The config is written elsewhere: weights are found relative to the original file.
+    est = data["flows"]["prod"].setdefault("position_estimator", {})
+    weights = Path(est.get("weights", "models/depot-yolo.pt"))
+    if not weights.is_absolute():
+        est["weights"] = str((config_path.resolve().parent / weights).resolve())
     config = data_dir / "latency-facility.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
 
