@@ -13,12 +13,10 @@ from urllib.parse import unquote, urlparse
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from schemas.facility import redact_url
 from services.runtime.decimation import source_is_live
-
-Image = npt.NDArray[np.uint8]
+from services.runtime.frame_outlet import Image
 
 # FFmpeg reads this when a capture is opened; set before the first open.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")

@@ -183,15 +183,7 @@ class WebRtcIngest:
                     frames=s.frames if s else 0,
                 )
             )
-        ice = [
-            IceServer(
-                urls=list(i.urls),
-                username=i.username,
-                credential=i.credential.get_secret_value() if i.credential else None,
-            )
-            for i in self.ice_servers
-        ]
-        return BrowserCameras(cameras=cams, ice_servers=ice)
+        return BrowserCameras(cameras=cams, ice_servers=self._ice())
 
     def streaming(self) -> dict[str, BrowserStream]:
         """Streams now, by camera id."""
@@ -282,15 +274,19 @@ class WebRtcIngest:
             local = pc.localDescription
             return WebRtcAnswer(sdp=local.sdp, type=local.type)
 
-    def _rtc_ice_servers(self) -> list[RTCIceServer]:
+    def _ice(self) -> list[IceServer]:
+        """The configured ICE servers, TURN passwords in clear (the page needs them)."""
         return [
-            RTCIceServer(
+            IceServer(
                 urls=list(i.urls),
                 username=i.username,
                 credential=i.credential.get_secret_value() if i.credential else None,
             )
             for i in self.ice_servers
         ]
+
+    def _rtc_ice_servers(self) -> list[RTCIceServer]:
+        return [RTCIceServer(i.urls, i.username, i.credential) for i in self._ice()]
 
     # -- frames --------------------------------------------------------------------------
     async def _pump(self, stream: BrowserStream, track: MediaStreamTrack) -> None:
