@@ -155,6 +155,10 @@ class BrowserCamera(StrictModel):
     height: int = Field(gt=0, description="Frames are stored at this height, pixels.")
     tracks: list[str] = Field(description="Tracks the camera looks at.")
     enabled: bool = Field(description="Disabled cameras refuse streams.")
+    calibrated: bool = Field(
+        description="False without calibration: its detections are shown but not placed on "
+        "tracks or fused into the facility state."
+    )
     streaming: bool = Field(description="A browser is streaming this camera now.")
     since: UtcDatetime | None = Field(default=None, description="When that stream started.")
     frames: int = Field(ge=0, description="Frames kept from that stream so far.")

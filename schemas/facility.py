@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from schemas.base import FLOW_NAME_PATTERN, IDENTIFIER_PATTERN, Identifier, StrictModel
 from schemas.geometry import (
@@ -135,8 +135,10 @@ class Camera(StrictModel):
         default_factory=list, description="Tracks this camera looks at (for health and docs)."
     )
     calibration: list[CalibrationPoint] = Field(
-        description="At least 4 pixel <-> floor point pairs, not all on one line.",
-        json_schema_extra={"minItems": 4},
+        default_factory=list,
+        description="At least 4 pixel <-> floor point pairs, not all on one line. Only a "
+        "browser camera (webrtc://) may have none: its detections are then shown in the web "
+        "app but not placed on tracks or fused into the facility state.",
     )
     pose: CameraPose | None = Field(
         default=None, description="Camera pose, used by the simulator to render this view."
@@ -192,7 +194,12 @@ class Camera(StrictModel):
 
     @field_validator("calibration")
     @classmethod
-    def _enough_points(cls, v: list[CalibrationPoint]) -> list[CalibrationPoint]:
+    def _enough_points(
+        cls, v: list[CalibrationPoint], info: ValidationInfo
+    ) -> list[CalibrationPoint]:
+        source = str(info.data.get("source", ""))
+        if not v and source.startswith("webrtc://"):
+            return v  # an uncalibrated browser camera: shown, not fused
         if len(v) < 4:
             raise ValueError(
                 f"has {len(v)} point pairs; measure at least 4 pixel <-> floor pairs "
@@ -200,8 +207,15 @@ class Camera(StrictModel):
             )
         return v
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether its pixels map to the floor (only a browser camera may lack calibration)."""
+        return bool(self.calibration)
+
     @model_validator(mode="after")
     def _usable_homography(self) -> Camera:
+        if not self.calibrated:
+            return self
         pixels = [p.pixel for p in self.calibration]
         floor = [p.floor for p in self.calibration]
         try:
@@ -230,6 +244,11 @@ class Camera(StrictModel):
     @cached_property
     def pixel_to_floor(self) -> FloatArray:
         """Homography from image pixels to facility floor metres."""
+        if not self.calibrated:
+            raise ValueError(
+                f"camera {self.id!r} has no calibration, so its pixels cannot be placed on "
+                "the floor; add at least 4 pixel <-> floor pairs to its calibration"
+            )
         return fit_homography(
             [p.pixel for p in self.calibration], [p.floor for p in self.calibration]
         )
@@ -635,7 +654,7 @@ def cross_reference_problems(cfg: FacilityConfig) -> list[str]:
     """Problems that involve several fields, each as ``field: problem; fix``."""
     problems = reference_problems(cfg.model_dump())
     for i, cam in enumerate(cfg.cameras):
-        if cam.pose is not None:
+        if cam.pose is not None and cam.calibrated:
             problems += _pose_agreement(i, cam)
     return problems
 

@@ -41,6 +41,11 @@ class CameraHealth(WireModel):
     camera_id: Identifier = Field(description="Camera id.")
     status: CameraStatus = Field(description="ok, stale (silent), or disabled in config.")
     last_frame_at: UtcDatetime | None = Field(default=None, description="Latest frame event time.")
+    calibrated: bool = Field(
+        default=True,
+        description="False for a browser camera without calibration: its detections are "
+        "shown in the web app but not placed on tracks, so it adds nothing to this state.",
+    )
 
 
 class UpdateTimes(WireModel):
@@ -90,8 +95,9 @@ class FacilityState(Message):
 
     TOPIC: ClassVar[str] = "facility-state.{flow}.v1"
     KEY_FIELD: ClassVar[str] = "facility_id"
-    SCHEMA_VERSION: ClassVar[int] = 2
-    """2: ``latency`` (when a change's estimate passed each stage) added."""
+    SCHEMA_VERSION: ClassVar[int] = 3
+    """2: ``latency`` (when a change's estimate passed each stage) added; 3: cameras'
+    ``calibrated`` added."""
 
     facility_id: Identifier = Field(description="Facility id (the Kafka key; topic is compacted).")
     flow: FlowName = Field(description="Flow that produced this state.")

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
+from schemas.facility import FacilityConfig, parse_facility
 from services.infra import EmbeddedInfra, settings_on_free_ports
 from services.runtime.settings import Settings
 
@@ -65,3 +68,14 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def uncalibrated_facility() -> FacilityConfig:
+    """The shipped facility with cam-s1 turned into a browser camera without calibration."""
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "facility.yaml").read_text())
+    cam = data["cameras"][0]
+    assert cam["id"] == "cam-s1"
+    cam["source"] = "webrtc://cam-s1"
+    del cam["calibration"]
+    return parse_facility(data)

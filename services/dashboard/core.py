@@ -65,6 +65,7 @@ def facility_layout(cfg: FacilityConfig) -> dict[str, Any]:
             {
                 "id": c.id,
                 "enabled": c.enabled,
+                "calibrated": c.calibrated,
                 "width": c.width,
                 "height": c.height,
                 "tracks": list(c.tracks),

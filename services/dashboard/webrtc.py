@@ -178,6 +178,7 @@ class WebRtcIngest:
                     height=cam.height,
                     tracks=list(cam.tracks),
                     enabled=cam.enabled,
+                    calibrated=cam.calibrated,
                     streaming=s is not None,
                     since=s.since if s else None,
                     frames=s.frames if s else 0,

@@ -64,7 +64,10 @@ def centre_from_homography(h: FloatArray, width: int, height: int) -> FloatArray
 def plate_floor_point(
     det: Detection, camera: Camera, scale: tuple[float, float] = (1.0, 1.0)
 ) -> tuple[float, float] | None:
-    """Floor (x, y) under the plate's lower edge, corrected for its height when possible."""
+    """Floor (x, y) under the plate's lower edge, corrected for its height when possible;
+    None for a camera without calibration."""
+    if not camera.calibrated:
+        return None
     pixel = ((det.bbox.x1 + det.bbox.x2) / 2.0 * scale[0], det.bbox.y2 * scale[1])
     floor = apply_homography(camera.pixel_to_floor, [pixel])[0]
     if not np.all(np.isfinite(floor)):

@@ -65,7 +65,10 @@ def observations(
     tracks: Sequence[Track],
     scale: tuple[float, float] = (1.0, 1.0),
 ) -> list[TrackObservation]:
-    """Track observations of every head/tail detection (plates are not placed)."""
+    """Track observations of every head/tail detection (plates are not placed); none for a
+    camera without calibration (its detections are shown, not placed)."""
+    if not camera.calibrated:
+        return []
     out = []
     for det in detections:
         if det.cls not in PLACED_CLASSES:

@@ -49,10 +49,12 @@ def track_coverage(camera: Camera, track: Track, step_m: float = SAMPLE_STEP_M) 
 
 
 def facility_coverage(cfg: FacilityConfig) -> dict[str, dict[str, list[Interval]]]:
-    """camera_id -> track_id -> visible intervals, for every camera and track of the facility."""
+    """camera_id -> track_id -> visible intervals, for every calibrated camera and track of
+    the facility (a camera without calibration sees nothing the fusion can use)."""
     return {
         cam.id: {t.id: cov for t in cfg.tracks if (cov := track_coverage(cam, t))}
         for cam in cfg.cameras
+        if cam.calibrated
     }
 
 
@@ -129,8 +131,13 @@ def track_in_image(
 
 
 def facility_sightlines(cfg: FacilityConfig) -> dict[str, dict[str, TrackInImage]]:
-    """camera_id -> track_id -> where that track lies in the camera's image."""
-    return {cam.id: {t.id: track_in_image(cam, t) for t in cfg.tracks} for cam in cfg.cameras}
+    """camera_id -> track_id -> where that track lies in the camera's image (calibrated
+    cameras only)."""
+    return {
+        cam.id: {t.id: track_in_image(cam, t) for t in cfg.tracks}
+        for cam in cfg.cameras
+        if cam.calibrated
+    }
 
 
 def hidden_behind(

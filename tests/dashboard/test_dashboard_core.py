@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from dashboard_builders import T0, facility, frame, loco, positions, state, true_loco, truth
 
-from schemas.facility import Track
+from schemas.facility import FacilityConfig, Track
 from services.dashboard.core import (
     DashboardState,
     accuracy,
@@ -47,6 +47,13 @@ def test_layout_covers_tracks_and_cameras() -> None:
     assert [t["id"] for t in layout["tracks"]] == ["T1", "T2", "T3"]
     assert layout["flows"] == ["prod", "dev"]
     assert {c["id"] for c in layout["cameras"]} >= {"cam-s1", "cam-n4"}
+    assert all(c["calibrated"] for c in layout["cameras"])
+
+
+def test_layout_marks_a_camera_without_calibration(uncalibrated_facility: FacilityConfig) -> None:
+    cams = {c["id"]: c for c in facility_layout(uncalibrated_facility)["cameras"]}
+    assert cams["cam-s1"]["calibrated"] is False
+    assert cams["cam-s2"]["calibrated"] is True
 
 
 def test_state_view_draws_locomotives_to_scale_on_their_track() -> None:

@@ -45,6 +45,7 @@ pytestmark = [
 TOKEN = "webrtc-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CAMERA = "cam-phone"
+UNCALIBRATED = "cam-phone-2"
 FAKE_CAMERA_ARGS = (
     "--use-fake-ui-for-media-stream",  # grant camera access without asking
     "--use-fake-device-for-media-stream",
@@ -54,11 +55,13 @@ FAKE_CAMERA_ARGS = (
 
 
 def phone_facility(fps: float = 4.0) -> FacilityConfig:
-    """The repository's facility plus a browser camera ``cam-phone`` (cam-s1's view)."""
+    """The repository's facility plus a browser camera ``cam-phone`` (cam-s1's view) and one
+    without calibration."""
     data = yaml.safe_load((REPO / "facility.yaml").read_text())
     phone = {**data["cameras"][0], "id": CAMERA, "source": f"webrtc://{CAMERA}", "fps": fps}
     phone.pop("pose", None)
     data["cameras"].append(phone)
+    data["cameras"].append({"id": UNCALIBRATED, "source": f"webrtc://{UNCALIBRATED}"})
     return parse_facility(data)
 
 
@@ -112,6 +115,12 @@ def test_a_browser_streams_its_camera_and_reconnects(clip: Path, collector: Rece
         async with Chromium(1000, 800, extra_args=args) as page:
             await page.navigate(f"{client.base_url}/webrtc?token={TOKEN}&camera={CAMERA}")
             await page.wait_for("document.getElementById('camera')?.value === 'cam-phone'", 15)
+            labels = await page.evaluate(
+                "Array.from(document.querySelectorAll('#camera option'), (o) => o.textContent)"
+            )
+            assert [label.split(" ")[0] for label in labels] == [CAMERA, UNCALIBRATED]
+            assert "not calibrated" not in labels[0]
+            assert "(not calibrated)" in labels[1]
             # The token moved from the address bar into the page's session storage.
             assert "token" not in await page.evaluate("location.href")
             await page.evaluate("document.getElementById('start').click()")
@@ -139,7 +148,10 @@ def test_a_browser_streams_its_camera_and_reconnects(clip: Path, collector: Rece
             phone = next(c for c in listed["cameras"] if c["id"] == CAMERA)
             assert phone["streaming"]
             assert phone["frames"] >= 6
-            assert [c["id"] for c in listed["cameras"]] == [CAMERA]
+            assert [(c["id"], c["calibrated"]) for c in listed["cameras"]] == [
+                (CAMERA, True),
+                (UNCALIBRATED, False),
+            ]
 
             # Another sender is refused while the page streams, and may take over.
             other, sdp = await aiortc_offer()

@@ -161,6 +161,7 @@ def test_offers_are_refused_with_one_line_naming_the_fix() -> None:
                     "height": 720,
                     "tracks": listed["cameras"][0]["tracks"],
                     "enabled": True,
+                    "calibrated": True,
                     "streaming": False,
                     "since": None,
                     "frames": 0,
@@ -187,3 +188,12 @@ def test_turn_credentials_reach_the_page_but_not_the_logs() -> None:
     assert "pw" not in repr(setting)
     cams = WebRtcIngest(facility, CaptureSettings(), [setting]).cameras()
     assert cams.ice_servers[0].credential == "pw"
+
+
+def test_a_browser_camera_without_calibration_may_stream_and_is_listed_as_such() -> None:
+    def uncalibrated() -> FacilityConfig:
+        return facility(calibration=[])
+
+    assert browser_camera(uncalibrated(), "cam-phone").id == "cam-phone"
+    (cam,) = WebRtcIngest(uncalibrated, CaptureSettings(), []).cameras().cameras
+    assert cam.calibrated is False

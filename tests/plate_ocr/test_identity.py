@@ -23,7 +23,7 @@ from schemas.frames import FrameRef
 from services.plate_ocr.identity import IdentityEstimator, PlateWork, decide, needs_frame
 from services.plate_ocr.livery import livery_model, nearest_livery
 from services.plate_ocr.ocr_engine import RapidTextRecogniser
-from services.plate_ocr.plate_position import centre_from_homography
+from services.plate_ocr.plate_position import centre_from_homography, plate_observation
 from services.plate_ocr.plate_text import PlateReading
 from services.runtime.frames import REDUCED_DECODE, DecodedFrame, Image, Rejected
 from services.simulator.render import PLATE_CENTRE_A_M
@@ -309,3 +309,12 @@ def test_the_self_test_passes_on_the_real_engine_and_fails_on_a_broken_one(
 
     with pytest.raises(RuntimeError, match="session gone"):
         reader(facility, Broken()).self_test()
+
+
+def test_a_plate_seen_by_a_camera_without_calibration_is_not_placed(
+    uncalibrated_facility: FacilityConfig,
+) -> None:
+    box = Detection(cls="plate", bbox=BoundingBox(x1=600, y1=300, x2=700, y2=330), confidence=0.9)
+    tracks = uncalibrated_facility.tracks
+    assert plate_observation(box, uncalibrated_facility.camera("cam-s1"), tracks) is None
+    assert plate_observation(box, uncalibrated_facility.camera("cam-s2"), tracks) is not None

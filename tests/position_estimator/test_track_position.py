@@ -168,6 +168,20 @@ def test_frame_at_another_resolution_is_scaled_to_the_calibration(facility: Faci
     assert outcome[0].detections[0].bbox == half  # type: ignore[attr-defined]
 
 
+def test_a_camera_without_calibration_keeps_its_detections_but_places_none(
+    uncalibrated_facility: FacilityConfig,
+) -> None:
+    # cam-s1 is a browser camera with no calibration; cam-s2 is calibrated as ever.
+    head = Detection(cls="head", bbox=BoundingBox(x1=600, y1=500, x2=660, y2=540), confidence=0.9)
+    handle = estimator(uncalibrated_facility, {"cam-s1": [head], "cam-s2": [head]})
+    s1, s2 = handle([decoded(uncalibrated_facility, frame_ref(c)) for c in ("cam-s1", "cam-s2")])
+    assert isinstance(s1, list)
+    assert isinstance(s2, list)
+    assert s1[0].detections == [head]  # type: ignore[union-attr]
+    assert s1[0].observations == []  # type: ignore[union-attr]
+    assert len(s2[0].observations) == 1  # type: ignore[union-attr]
+
+
 def test_unknown_camera_is_rejected_with_the_fix(facility: FacilityConfig) -> None:
     handle = estimator(facility, {})
     (outcome,) = handle([decoded(facility, frame_ref("cam-x9"))])

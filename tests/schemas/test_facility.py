@@ -575,3 +575,25 @@ def test_browser_cameras_are_enabled_but_not_read_by_a_capture_process() -> None
     assert cid in {c.id for c in cfg.enabled_cameras}
     assert cid not in {c.id for c in cfg.captured_cameras}
     assert len(cfg.captured_cameras) == len(cfg.enabled_cameras) - 1
+
+
+def test_only_a_browser_camera_may_go_without_calibration() -> None:
+    data = yaml.safe_load((REPO / "facility.yaml").read_text())
+    cid = data["cameras"][0]["id"]
+    del data["cameras"][0]["calibration"]
+    with pytest.raises(ConfigError) as err:
+        parse_facility(data)
+    (problem,) = err.value.problems
+    assert problem.startswith("cameras[0].calibration: has 0 point pairs; measure at least 4")
+
+    data["cameras"][0]["source"] = f"webrtc://{cid}"
+    cfg = parse_facility(data)  # its pose needs no calibration to agree with
+    cam = cfg.cameras[0]
+    assert not cam.calibrated
+    assert cfg.cameras[1].calibrated
+    with pytest.raises(ValueError, match=f"camera '{cid}' has no calibration.*add at least 4"):
+        _ = cam.pixel_to_floor
+
+    data["cameras"][0]["calibration"] = data["cameras"][1]["calibration"][:2]
+    with pytest.raises(ConfigError, match="calibration: has 2 point pairs"):
+        parse_facility(data)

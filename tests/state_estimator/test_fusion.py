@@ -8,7 +8,7 @@ import pytest
 from state_builders import FACILITY, OFFSET, end, identity, position
 
 from schemas.base import Message
-from schemas.facility import load_facility
+from schemas.facility import FacilityConfig, load_facility
 from schemas.facility_state import FacilityState, LocomotiveState
 from services.state_estimator.fusion import FusionConfig, FusionCore, FusionState
 
@@ -225,6 +225,23 @@ def test_render_lists_every_track_and_camera(core: FusionCore) -> None:
     assert [t.track_id for t in out.tracks] == ["T1", "T2", "T3"]
     assert len(out.cameras) == 8
     assert all(c.status == "stale" for c in out.cameras)
+
+
+def test_a_camera_without_calibration_is_reported_but_sees_no_track(
+    uncalibrated_facility: FacilityConfig,
+) -> None:
+    config = FusionConfig.from_facility(uncalibrated_facility, "prod")
+    assert "cam-s1" not in config.coverage
+    assert "cam-s1" not in config.sightlines
+    assert "cam-s2" in config.coverage
+    core = FusionCore(config)
+    # Its frames arrive (detections shown in the web app, no track observations): it is alive.
+    state = feed(core, frames(3, {"cam-s1": [], "cam-s2": TEM2_VIEWS["cam-s2"]}))
+    out = core.render(state)
+    health = {c.camera_id: c for c in out.cameras}
+    assert health["cam-s1"].calibrated is False
+    assert health["cam-s1"].status == "ok"
+    assert all(c.calibrated for c in out.cameras if c.camera_id != "cam-s1")
 
 
 def test_no_locomotive_is_placed_beyond_a_buffer_stop() -> None:

@@ -124,7 +124,8 @@ function drawHealth() {
     const status = c.enabled ? (health[c.id] || "unknown") : "disabled";
     const f = model.frames[c.id];
     html("li", { class: status }, ul).textContent =
-      `${c.id}: ${status}${f ? ` · frame ${f.seq} at ${f.captured_at.slice(11, 19)}` : ""}`;
+      `${c.id}: ${status}${f ? ` · frame ${f.seq} at ${f.captured_at.slice(11, 19)}` : ""}` +
+      (c.calibrated ? "" : " · not calibrated: detections not fused");
   }
 }
 

@@ -12,6 +12,8 @@ const INSECURE =
   "For a trial on a trusted LAN, Chrome can treat this address as secure: " +
   "chrome://flags/#unsafely-treat-insecure-origin-as-secure, add " + location.origin + ".";
 const RECONNECT_MAX_MS = 10000;
+const UNCALIBRATED = "not calibrated: its detections are shown here but not placed on tracks " +
+  "or counted in the facility state (add 4+ pixel <-> floor calibration points to fuse it)";
 
 // A random id for this page: its own reconnects replace its stream; other pages must take over.
 const clientId = Array.from(crypto.getRandomValues(new Uint8Array(12)),
@@ -74,12 +76,14 @@ async function loadCameras() {
     const opt = document.createElement("option");
     opt.value = cam.id;
     opt.textContent = cam.id + (cam.enabled ? "" : " (disabled)") +
+      (cam.calibrated ? "" : " (not calibrated)") +
       (cam.streaming ? " (streaming elsewhere)" : "") + " · " + cam.fps + " fps";
     select.append(opt);
   }
   if (!info.cameras.length) {
     showError("No browser cameras are configured. Add a camera with source: webrtc://<id> " +
-      "(and its calibration) to the facility config, e.g. with POST /api/v1/cameras.");
+      "(with calibration, to fuse its detections) to the facility config, e.g. with POST " +
+      "/api/v1/cameras.");
   }
   const wantedCam = new URLSearchParams(location.search).get("camera");
   if (wantedCam && info.cameras.some((c) => c.id === wantedCam)) select.value = wantedCam;
@@ -122,6 +126,7 @@ async function start(takeover) {
     showError("Pick a camera first.");
     return;
   }
+  $("camera-health").textContent = camera.calibrated ? "" : "camera " + UNCALIBRATED;
   if (!media) {
     try {
       media = await navigator.mediaDevices.getUserMedia({
@@ -320,7 +325,7 @@ function onState(s) {
   const health = s.cameras ? s.cameras[camera.id] : undefined;
   $("camera-health").textContent = "flow " + s.flow + ": camera " +
     (health === undefined ? "not in this state yet" : health) + " · state of " +
-    new Date(s.as_of).toLocaleTimeString();
+    new Date(s.as_of).toLocaleTimeString() + (camera.calibrated ? "" : " · " + UNCALIBRATED);
   const list = $("state");
   list.replaceChildren();
   const here = s.locomotives.filter((l) => l.cameras.includes(camera.id) ||

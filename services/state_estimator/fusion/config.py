@@ -33,6 +33,8 @@ class FusionConfig:
     """track -> its ends ("start", "end") locomotives can pass; absent: both."""
     camera_ids: tuple[str, ...] = ()
     disabled_cameras: frozenset[str] = frozenset()
+    uncalibrated_cameras: frozenset[str] = frozenset()
+    """Browser cameras without calibration: their estimates place nothing."""
     tuning: StateEstimatorSettings = field(default_factory=StateEstimatorSettings)
 
     @classmethod
@@ -52,6 +54,7 @@ class FusionConfig:
             gates={t.id: frozenset(t.gates) for t in cfg.tracks},
             camera_ids=tuple(c.id for c in cfg.cameras),
             disabled_cameras=frozenset(c.id for c in cfg.cameras if not c.enabled),
+            uncalibrated_cameras=frozenset(c.id for c in cfg.cameras if not c.calibrated),
             tuning=settings or StateEstimatorSettings(),
         )
 

@@ -81,7 +81,14 @@ def render(
             status = "ok"
         else:
             status = "stale"
-        cameras.append(CameraHealth(camera_id=cam, status=status, last_frame_at=seen))
+        cameras.append(
+            CameraHealth(
+                camera_id=cam,
+                status=status,
+                last_frame_at=seen,
+                calibrated=cam not in config.uncalibrated_cameras,
+            )
+        )
     return FacilityState(
         facility_id=config.facility_id,
         flow=config.flow,
