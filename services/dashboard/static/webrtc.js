@@ -29,6 +29,7 @@ let retryMs = 1000;
 let retryTimer = null;
 let flow = null;        // the flow whose detections are drawn (the first to answer)
 const lags = [];        // seconds, frame captured -> boxes drawn (last 200)
+const drawn = [];       // [frame seq, Date.now() when its boxes were drawn] (last 200)
 
 function takeToken() {
   const q = new URLSearchParams(location.search);
@@ -308,9 +309,12 @@ function onDetections(d) {
     li.textContent = b.cls + " " + b.confidence.toFixed(2);
     list.append(li);
   }
-  const lag = (Date.now() - Date.parse(d.captured_at)) / 1000;
+  const now = Date.now();
+  const lag = (now - Date.parse(d.captured_at)) / 1000;
   lags.push(lag);
+  drawn.push([d.seq, now]);
   if (lags.length > 200) lags.shift();
+  if (drawn.length > 200) drawn.shift();
   const sorted = [...lags].sort((a, b) => a - b);
   const p = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
   $("lag").textContent = d.boxes.length + " boxes (" + flow + ", frame " + d.seq + "), " +
