@@ -240,15 +240,17 @@ def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return wait_or_kill(proc, time.monotonic() + timeout)
 
 
-def stop_process(pid: int, timeout: float) -> tuple[bool, float]:
-    """SIGTERM the process group, wait up to ``timeout`` s, then SIGKILL it.
+def stop_process(
+    pid: int, timeout: float, sig: signal.Signals = signal.SIGTERM
+) -> tuple[bool, float]:
+    """Send ``sig`` (SIGTERM) to the process group, wait up to ``timeout`` s, then SIGKILL it.
 
-    Returns (killed, seconds taken); ``killed`` is True when SIGTERM was not enough.
+    Returns (killed, seconds taken); ``killed`` is True when ``sig`` was not enough.
     """
     start = time.monotonic()
     if not pid_alive(pid):
         return False, 0.0
-    signal_group(pid, signal.SIGTERM)
+    signal_group(pid, sig)
     deadline = start + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):

@@ -113,6 +113,12 @@ class InfraSettings(_Frozen):
     redis_bin: Path | None = Field(default=None, description="Override the redis-server binary.")
     start_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=40.0, gt=0)
+    s3_stop_grace_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="SeaweedFS is killed this long after SIGTERM: its filer waits 15 s for its "
+        "own S3 gateway's subscription before it stops; what it acknowledged is on disk already.",
+    )
 
 
 class TopicSettings(_Frozen):

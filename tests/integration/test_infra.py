@@ -230,3 +230,54 @@ def test_cli_up_twice_status_down_leaves_nothing_running(tmp_path: Path) -> None
     after = _cli(["status"], env, timeout=30)
     assert after.returncode == 1
     assert "NOT answering" in after.stdout
+
+
+@pytest.mark.integration
+def test_down_takes_seconds_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    # Tansu drains for 5 s on SIGTERM and SeaweedFS's filer waits 15 s for its own S3 gateway:
+    # down stops the broker with SIGINT and kills SeaweedFS after a short grace, which must
+    # lose nothing either had acknowledged.
+    settings = settings_on_free_ports(tmp_path / "data")
+    stack = EmbeddedInfra(settings)
+    stack.up()
+    try:
+        store = ObjectStore(settings.s3, timeout_s=5.0, retries=0)
+        store.ensure_bucket()
+        store.put("kept/frame.jpg", b"jpeg bytes")
+        TopicAdmin(settings.kafka).ensure([TopicSpec("kept", FrameRef, 2)])
+        producer = MessageProducer(settings.kafka, client_id="down-test")
+        sent = [frame_ref(seq=i) for i in range(50)]
+        try:
+            for message in sent:
+                producer.publish(message, topic="kept")
+            assert producer.flush(15) == 0
+        finally:
+            producer.close(5)
+        started = time.monotonic()
+        lines = stack.down()
+        took = time.monotonic() - started
+        assert took < 10, lines
+        assert any(line.startswith("stopped Tansu broker") for line in lines), lines
+        assert any(line.startswith("stopped SeaweedFS S3") for line in lines), lines
+
+        stack.up()
+        assert store.get("kept/frame.jpg") == b"jpeg bytes"
+        dead_letters = MessageProducer(settings.kafka, client_id="down-test-dead-letters")
+        consumer = MessageConsumer(
+            settings.kafka,
+            group_id="after-down",
+            topics={"kept": FrameRef},
+            service="down-test",
+            dead_letters=dead_letters,
+        )
+        got: list[FrameRef] = []
+        deadline = time.monotonic() + 60
+        try:
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got.extend(r.message for r in consumer.poll_batch(100, 0.5))
+        finally:
+            consumer.close()
+            dead_letters.close(5)
+        assert sorted(got, key=lambda m: m.seq) == sent
+    finally:
+        stack.down()
