@@ -35,6 +35,7 @@ from services.infra.processes import (
     log_tail,
     port_answers,
     port_in_use,
+    ports_still_in_use,
     process_start_ticks,
     spawn,
     stop_process,
@@ -44,6 +45,9 @@ from services.runtime.settings import InfraSettings, Settings
 from services.runtime.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
+
+# How long down waits for a stopped server's ports to be released, so that up can follow at once.
+PORT_RELEASE_S = 5.0
 
 Component = Literal["s3", "kafka", "redis"]
 COMPONENTS: tuple[Component, ...] = ("s3", "kafka", "redis")
@@ -650,6 +654,17 @@ class EmbeddedInfra:
 
     def _stop(
         self, component: Component, state: dict[Component, ProcessRecord], force: bool = False
+    ) -> str:
+        line = self._stop_process(component, state, force)
+        taken = ports_still_in_use(
+            self.infra.host, list(self._ports(component).values()), PORT_RELEASE_S
+        )
+        if taken:
+            line += f"; port(s) {', '.join(map(str, taken))} still taken after {PORT_RELEASE_S:g}s"
+        return line
+
+    def _stop_process(
+        self, component: Component, state: dict[Component, ProcessRecord], force: bool
     ) -> str:
         record = state.pop(component)
         label = f"{LABELS[component]} (pid {record.pid})"

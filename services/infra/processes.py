@@ -82,6 +82,21 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def ports_still_in_use(host: str, ports: list[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` s for ``ports`` to be free; returns those still taken.
+
+    A killed server's sockets close with its process, but the kernel may hold a port a moment
+    longer (orphaned connections finishing their close), and ``up`` right after ``down`` must
+    not find it taken.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        taken = [port for port in ports if port_in_use(host, port)]
+        if not taken or time.monotonic() >= deadline:
+            return taken
+        time.sleep(0.05)
+
+
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
     """Whether a TCP connection to ``host:port`` is accepted."""
     try:
