@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -253,25 +253,41 @@ def wait_until(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.
     return None
 
 
+def absolute_weights(config: dict[str, Any], base: Path) -> None:
+    """Make the flows' weight paths absolute: facility.yaml's are relative to it, and a copy
+    written elsewhere would not find them."""
+    for stages in config.get("flows", {}).values():
+        for stage in (stages or {}).values():
+            if isinstance(stage, dict) and "weights" in stage:
+                stage["weights"] = str((base / stage["weights"]).resolve())
+
+
 class Pipeline:
     """``depotwatch up`` in a temporary directory, and where its processes are."""
 
-    def __init__(self, work: Path, cameras: int, flow: str) -> None:
-
+    def __init__(
+        self,
+        work: Path,
+        cameras: int,
+        flow: str,
+        config: dict[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """The shipped facility with its first ``cameras`` simulated cameras and one flow, or
+        ``config`` as given (its cameras' own sources, flows and weights) with ``extra_args``
+        for ``up`` (e.g. ``--no-sim``)."""
         self.work, self.flow = work, flow
         self.data = work / "data"
         settings = settings_on_free_ports(self.data)
         self.infra = EmbeddedInfra(settings)
-        config = yaml.safe_load((REPO / "facility.yaml").read_text())
-        config["flows"] = {flow: config["flows"][flow]}
-        for stage in config["flows"][flow].values():
-            # Paths in facility.yaml are relative to it; this copy lives elsewhere.
-            if isinstance(stage, dict) and "weights" in stage:
-                stage["weights"] = str((REPO / stage["weights"]).resolve())
-        rtsp = free_port()
-        for i, cam in enumerate(config["cameras"]):
-            cam["enabled"] = i < cameras
-            cam["source"] = cam["source"].replace(":8554/", f":{rtsp}/")
+        if config is None:
+            config = yaml.safe_load((REPO / "facility.yaml").read_text())
+            config["flows"] = {flow: config["flows"][flow]}
+            absolute_weights(config, REPO)
+            rtsp = free_port()
+            for i, cam in enumerate(config["cameras"]):
+                cam["enabled"] = i < cameras
+                cam["source"] = cam["source"].replace(":8554/", f":{rtsp}/")
         self.config = work / "facility.yaml"
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOTWATCH_")}
@@ -294,6 +310,7 @@ class Pipeline:
                 str(self.data),
                 "--no-dashboard",
                 "--no-live",
+                *extra_args,
             ],
             self.log,
             REPO,

@@ -70,6 +70,10 @@ class PipelineResult:
     seq_gaps: int
 
 
+BASELINE_WARM = 20
+"""Frames the bare put + produce loop sends before it measures."""
+
+
 @dataclass
 class BaselineResult:
     """A bare loop over the same payloads."""
@@ -379,12 +383,16 @@ def baseline_zmq(payloads: list[bytes], frames: int) -> BaselineResult:
 
 
 def baseline_put_produce(
-    settings: Settings, payloads: list[bytes], frames: int, rate: float | None
+    settings: Settings,
+    payloads: list[bytes],
+    frames: int,
+    rate: float | None,
+    prefix: str | None = None,
 ) -> BaselineResult:
     """Bare minio put_object + confluent produce (idempotent, acks=all), one thread.
 
     ``rate`` paces the loop (frames/s) like cameras do; None runs it flat out. The first 20
-    frames warm connections up and are not measured.
+    frames warm connections up and are not measured. Objects go to ``<prefix>/<i:06d>.jpg``.
     """
     from confluent_kafka import Producer
 
@@ -401,7 +409,7 @@ def baseline_put_produce(
         }
     )
     topic = FrameRef.topic_name()
-    prefix = f"bench-baseline/{uuid.uuid4().hex[:8]}"
+    prefix = prefix or f"bench-baseline/{uuid.uuid4().hex[:8]}"
     ref = FrameRef(
         camera_id="baseline",
         seq=0,
@@ -414,7 +422,7 @@ def baseline_put_produce(
         sha256="0" * 64,
     )
     value = ref.model_dump_json().encode()
-    warm = 20
+    warm = BASELINE_WARM
 
     def one(i: int) -> None:
         data = payloads[i % len(payloads)]

@@ -184,15 +184,7 @@ class ServiceProcess:
             _, body = self.http("/metrics")
         except OSError:
             return {}
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    continue
-        return out
+        return parse_metrics(body)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the process's log (for failure messages)."""
@@ -200,6 +192,47 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def parse_metrics(body: str) -> dict[str, float]:
+    """Prometheus text exposition -> value by ``name{labels}``."""
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
+    """The samples a service on this machine's ``port`` exports; empty if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+            return parse_metrics(r.read().decode())
+    except OSError:
+        return {}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its children so far; 0 when gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
 
 
 def metric_sum(samples: Mapping[str, float], name: str, **labels: str) -> float:

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from services.benchmarks.ingest_rig import ServiceProcess, metric_sum, service_env
+from services.benchmarks.ingest_rig import ServiceProcess, metric_sum, service_env, tree_cpu_seconds
 from services.infra.processes import free_port
 from services.runtime.frame_wire import EncodedFrame
 from services.runtime.settings import Settings
@@ -242,22 +242,6 @@ def glass_latency(
     return out
 
 
-def _write_h264(frames: list[npt.NDArray[np.uint8]], path: Path, fps: int) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(2 * fps), "preset": "veryfast"}  # a keyframe every 2 s
-        for image in frames:
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
 def _facility(config_path: Path, camera: str, clip_mp4: Path, fps: float, out: Path) -> Path:
     data = yaml.safe_load(config_path.read_text())
     base = next((c for c in data["cameras"] if c["id"] == camera), None)
@@ -269,24 +253,6 @@ def _facility(config_path: Path, camera: str, clip_mp4: Path, fps: float, out: P
     ]
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
-
-
-def _tree_cpu_s(pid: int) -> float:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
 
 
 def _dashboard(
@@ -399,10 +365,10 @@ def _webrtc_run(
                 await asyncio.sleep(3.0)
                 read = "depotwatch_capture_frames_read_total"
                 m0, c0 = dash.metrics(), dash.cpu_seconds()
-                s0, k0 = _tree_cpu_s(page.pid), rx.counts.get(BROWSER, 0)
+                s0, k0 = tree_cpu_seconds(page.pid), rx.counts.get(BROWSER, 0)
                 await asyncio.sleep(seconds)
                 m1, c1 = dash.metrics(), dash.cpu_seconds()
-                s1, k1 = _tree_cpu_s(page.pid), rx.counts.get(BROWSER, 0)
+                s1, k1 = tree_cpu_seconds(page.pid), rx.counts.get(BROWSER, 0)
                 decoded = metric_sum(m1, read, camera_id=BROWSER) - metric_sum(
                     m0, read, camera_id=BROWSER
                 )
@@ -529,6 +495,7 @@ def bench_command(
     """Browser camera intake vs a capture of the same 720p video; glass -> boxes drawn."""
     from schemas.facility import ConfigError, load_facility
     from services.benchmarks.chromium import chromium_binary
+    from services.simulator.clips import write_h264
     from services.simulator.world import load_scenario
     from services.simulator.y4m import clip_frames, write_y4m
 
@@ -547,7 +514,7 @@ def bench_command(
         frames = list(clip_frames(facility, load_scenario(scenario), 1, camera, 4, CLIP_FPS, SIZE))
         y4m, mp4 = tmp / "clip.y4m", tmp / "clip.mp4"
         write_y4m(frames, y4m, CLIP_FPS)
-        _write_h264(frames, mp4, CLIP_FPS)
+        write_h264(frames, mp4, CLIP_FPS)
         background = frames[len(frames) // 2]
         del frames
         settings = Settings()

@@ -122,7 +122,13 @@ def render_command(
 @SCENARIO_OPTION
 @SEED_OPTION
 @click.option("--camera", "camera_id", required=True, help="A camera with a pose.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .y4m file.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output file: .y4m (a browser's fake camera) or .mp4 (H.264, a keyframe every 2 s: "
+    "a camera source for capture, file:///...).",
+)
 @click.option("--seconds", type=click.FloatRange(0.1), default=10, show_default=True)
 @click.option("--fps", type=click.IntRange(1, 60), default=15, show_default=True)
 @click.option(
@@ -138,14 +144,18 @@ def clip_command(
     fps: int,
     size: str,
 ) -> None:
-    """Render one camera's view as a y4m clip: a fake camera for a browser.
+    """Render one camera's view as a clip: a fake camera for a browser (.y4m) or an IP
+    camera's stream for capture (.mp4).
 
-    Chromium plays it as its camera with --use-fake-device-for-media-stream
+    Chromium plays a .y4m as its camera with --use-fake-device-for-media-stream
     --use-file-for-fake-video-capture=OUT, so the /webrtc page streams a simulated view of the
-    depot (a browser camera with the pose of a real one) without a phone.
+    depot (a browser camera with the pose of a real one) without a phone. A .mp4 is H.264 with
+    a keyframe every 2 s; as a camera's source (file:///path.mp4) capture decodes it at its
+    own frame rate, looping, as it would a camera's RTSP stream.
     """
+    from services.simulator.clips import write_h264
     from services.simulator.world import ScenarioError, load_scenario
-    from services.simulator.y4m import render_clip
+    from services.simulator.y4m import clip_frames, write_y4m
 
     wh: tuple[int, int] | None = None
     if size:
@@ -154,10 +164,14 @@ def clip_command(
             wh = (w, h)
         except ValueError:
             raise click.BadParameter(f"{size!r}: write WIDTHxHEIGHT, e.g. 1280x720") from None
+    if out.suffix not in (".y4m", ".mp4"):
+        raise click.BadParameter(f"{out}: write a .y4m or .mp4 file", param_hint="--out")
+    write = write_h264 if out.suffix == ".mp4" else write_y4m
     try:
-        n = render_clip(
-            _facility(config_path), load_scenario(scenario), seed, camera_id, out, seconds, fps, wh
+        frames = clip_frames(
+            _facility(config_path), load_scenario(scenario), seed, camera_id, seconds, fps, wh
         )
+        n = write(frames, out, fps)
     except (ScenarioError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out}: {n} frames at {fps} fps")

@@ -1,0 +1,497 @@
+"""Sizing: the whole pipeline at N cameras x F fps, where the CPU and the time go.
+
+Each camera's view is rendered once and encoded as H.264 at the stream's frame rate (15 fps, a
+keyframe every 2 s; cached in ``<data dir>/clips``); the cameras' sources point at those files,
+which capture paces to their frame rate and loops, so every camera costs what a real one costs
+(decode every frame, keep F a second) and nothing is rendered or encoded while the pipeline
+runs. Cameras beyond the facility's posed ones replay a posed camera's clip under another id.
+
+``depotwatch up --no-sim`` then runs the real services on the embedded S3 and broker. After a
+warm-up, over ``--duration`` seconds, it samples each process's CPU and the services' counters
+and collects the facility states; then it measures, in this process, the bare-library floor of
+the same work on the same clip. It prints, per stage: share of a core, CPU ms per stored frame,
+and the floor beside it; frames stored and skipped; capture -> state latency p50/p95/p99 and
+each stage's p50/p95 (from the stage times every change carries). ``--find-max`` adds cameras
+``--step`` at a time until p95 exceeds the goal or frames are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from services.benchmarks.ingest_rig import metric_sum, scrape, tree_cpu_seconds
+from services.runtime.stats import percentile
+
+LATENCY_GOAL_S = 1.0
+STREAM_FPS = 15
+CLIP_SECONDS = 30.0
+
+STAGE_ORDER = (
+    "capture",
+    "aggregator",
+    "SeaweedFS",
+    "Tansu",
+    "Redis",
+    "position-estimator",
+    "plate-ocr",
+    "state-estimator",
+    "other",
+)
+
+
+def stage_of(service: str) -> str:
+    """The stage a service or infrastructure process belongs to (``capture/cam-s1`` ->
+    ``capture``, ``position-estimator/prod`` -> ``position-estimator``)."""
+    base = service.split("/", 1)[0]
+    return base if base in STAGE_ORDER else "other"
+
+
+def bench_cameras(
+    cameras: Sequence[Mapping[str, Any]], n: int, fps: float, clips: Mapping[str, Path]
+) -> list[dict[str, Any]]:
+    """``n`` camera entries streaming the clips: the posed cameras in turn, then again under
+    ids ``<id>-x2``, ``<id>-x3``... (the same view, decoded and estimated again)."""
+    posed = [c for c in cameras if c.get("pose") and c["id"] in clips]
+    if not posed:
+        raise ValueError("the facility has no posed camera with a clip to stream")
+    out = []
+    for i in range(n):
+        base = posed[i % len(posed)]
+        copy = i // len(posed)
+        out.append(
+            {
+                **base,
+                "id": base["id"] if copy == 0 else f"{base['id']}-x{copy + 1}",
+                "source": clips[base["id"]].resolve().as_uri(),
+                "fps": fps,
+                "enabled": True,
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The bare library doing one part of a stage's work: CPU ms per stored frame."""
+
+    stage: str
+    what: str
+    ms: float
+
+
+def floor_for(stage: str, floors: Sequence[Floor] | None) -> str:
+    """The floor column of one stage: the sum of its parts, and what they are."""
+    parts = [f for f in floors or () if f.stage == stage]
+    if not parts:
+        return "-"
+    return f"{sum(f.ms for f in parts):6.1f}  " + " + ".join(f.what for f in parts)
+
+
+@dataclass
+class RunFigures:
+    """What one run at ``cameras`` x ``fps`` measured."""
+
+    cameras: int
+    fps: float
+    flows: list[str]
+    seconds: float
+    cpu_s: dict[str, float]
+    """Stage -> CPU seconds over the window (all its processes)."""
+    stored: float
+    skipped: dict[str, float]
+    """Estimator service -> frames skipped (live mode) over the window."""
+    latencies: list[float]
+    stages: dict[str, list[float]] = field(default_factory=dict)
+
+    def p(self, q: float) -> float | None:
+        return percentile(self.latencies, q)
+
+    @property
+    def held(self) -> bool:
+        """p95 within the goal and no frame skipped."""
+        p95 = self.p(0.95)
+        return p95 is not None and p95 <= LATENCY_GOAL_S and sum(self.skipped.values()) == 0
+
+    def slowest_stage(self) -> str | None:
+        """The stage with the largest p95 (what holds the latency back)."""
+        p95 = {name: percentile(v, 0.95) or 0.0 for name, v in self.stages.items() if v}
+        return max(p95, key=lambda k: p95[k]) if p95 else None
+
+
+def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
+    """The table and figures of one run."""
+    offered = run.cameras * run.fps
+    lines = [
+        f"{run.cameras} cameras x {run.fps:g} fps from {STREAM_FPS} fps H.264 streams, flows "
+        f"{', '.join(run.flows)}, {run.seconds:.0f} s measured",
+        f"frames stored {run.stored / run.seconds:.2f}/s (offered {offered:g}/s); skipped: "
+        + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.skipped.items())) or "none"),
+        "",
+        f"{'stage':20} {'CPU':>6} {'ms/frame':>9}  floor ms/frame (bare library, same work)",
+        f"{'-' * 20} {'-' * 6} {'-' * 9}  {'-' * 40}",
+    ]
+    total = 0.0
+    for stage in STAGE_ORDER:
+        if stage not in run.cpu_s:
+            continue
+        cpu = run.cpu_s[stage]
+        total += cpu
+        per_frame = 1000 * cpu / run.stored if run.stored else float("nan")
+        share = 100 * cpu / run.seconds
+        lines.append(f"{stage:20} {share:5.0f}% {per_frame:9.1f}  {floor_for(stage, floors)}")
+    per_total = 1000 * total / run.stored if run.stored else float("nan")
+    floor_total = f"{sum(f.ms for f in floors):6.1f}" if floors else "     -"
+    lines.append(
+        f"{'total':20} {100 * total / run.seconds:5.0f}% {per_total:9.1f}  {floor_total}"
+        f"  ({os.cpu_count() or 1} cores: {100 * (os.cpu_count() or 1)}%)"
+    )
+    lines.append("")
+    p50, p95, p99 = run.p(0.5), run.p(0.95), run.p(0.99)
+    if p50 is None or p95 is None or p99 is None:
+        lines.append("capture -> state latency: no change published in the window (MISSED)")
+        return lines
+    verdict = "met" if run.held else "MISSED"
+    lines.append(
+        f"capture -> state latency over {len(run.latencies)} changes: p50 {p50:.2f} s, "
+        f"p95 {p95:.2f} s, p99 {p99:.2f} s (goal p95 <= {LATENCY_GOAL_S:g} s and 0 skipped: "
+        f"{verdict})"
+    )
+    if run.stages:
+        parts = [
+            f"{name} {percentile(v, 0.5) or 0:.2f} / {percentile(v, 0.95) or 0:.2f}"
+            for name, v in run.stages.items()
+        ]
+        lines.append("  by stage, p50 / p95 s: " + ", ".join(parts))
+        slowest = run.slowest_stage()
+        if not run.held and slowest is not None:
+            lines.append(f"  held back most by: {slowest}")
+    return lines
+
+
+def media_floors(
+    clip: Path,
+    fps: float,
+    jpeg_quality: int,
+    weights: Path,
+    imgsz: int,
+    batch: int,
+    device: str,
+) -> tuple[list[Floor], list[bytes]]:
+    """cv2 (FFmpeg) decode, JPEG encode and reduced decode, bare ultralytics, on the clip.
+
+    Returns the floors and the JPEGs (the frames a camera at ``fps`` keeps).
+    """
+    import cv2
+    import numpy as np
+
+    from services.position_estimator.detector import YoloDetector
+    from services.runtime.frames import REDUCED_DECODE, decode_reduction
+
+    every = max(1, round(STREAM_FPS / fps))
+    kept: list[Any] = []  # the frames a camera at ``fps`` keeps (others are dropped at once)
+    decoded = 0
+    started = time.process_time()
+    cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)  # what capture reads streams with
+    try:
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                break
+            if decoded % every == 0 and len(kept) < 48:
+                kept.append(image)
+            decoded += 1
+    finally:
+        cap.release()
+    decode_ms = 1000 * (time.process_time() - started) / max(1, decoded)
+    if not kept:
+        raise click.ClickException(f"no frame could be decoded from {clip}")
+    started = time.process_time()
+    jpegs = [
+        bytes(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1]) for f in kept
+    ]
+    encode_ms = 1000 * (time.process_time() - started) / len(kept)
+    h, w = kept[0].shape[:2]
+    flag = REDUCED_DECODE[decode_reduction(w, h, imgsz)]
+    started = time.process_time()
+    images = [np.asarray(cv2.imdecode(np.frombuffer(j, np.uint8), flag)) for j in jpegs]
+    jpeg_decode_ms = 1000 * (time.process_time() - started) / len(images)
+    detector = YoloDetector(weights, imgsz, 0.35, device, batch)
+    detector.warm_up()
+    model = detector._model  # the bare loop calls ultralytics directly
+    started = time.process_time()
+    for i in range(0, len(images), batch):
+        model.predict(images[i : i + batch], imgsz=imgsz, device=device, verbose=False)
+    inference_ms = 1000 * (time.process_time() - started) / len(images)
+    ratio = STREAM_FPS / fps
+    return [
+        Floor("capture", f"cv2 H.264 decode x{ratio:g}", decode_ms * ratio),
+        Floor("capture", "JPEG encode", encode_ms),
+        Floor("position-estimator", "JPEG decode", jpeg_decode_ms),
+        Floor("position-estimator", f"bare YOLO (batch {batch})", inference_ms),
+    ], jpegs
+
+
+def store_floors(jpegs: Sequence[bytes], work: Path, frames: int = 200) -> list[Floor]:
+    """Bare minio put + confluent produce, then minio get, on a fresh embedded S3 and broker;
+    the client's CPU and the servers' CPU per frame (their share of the same work)."""
+    from services.benchmarks.ingest import BASELINE_WARM, baseline_put_produce
+    from services.infra.embedded import EmbeddedInfra, settings_on_free_ports
+    from services.runtime.storage import ObjectStore
+
+    settings = settings_on_free_ports(work)
+    stack = EmbeddedInfra(settings)
+    stack.up()
+    try:
+        client = stack.client_settings
+        pids = {c.component: c.pid for c in stack.status().components if c.pid}
+
+        def servers() -> dict[str, float]:
+            return {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+
+        before = servers()
+        put = baseline_put_produce(client, list(jpegs), frames, None, prefix="floor")
+        after_put = servers()
+        store = ObjectStore(client.s3)
+        started = time.process_time()
+        for i in range(BASELINE_WARM, BASELINE_WARM + frames):
+            store.get(f"floor/{i:06d}.jpg")
+        get_ms = 1000 * (time.process_time() - started) / frames
+        after_get = servers()
+    finally:
+        stack.down()
+
+    def server_ms(name: str, a: Mapping[str, float], b: Mapping[str, float]) -> float:
+        return 1000 * (b.get(name, 0.0) - a.get(name, 0.0)) / frames
+
+    return [
+        Floor("aggregator", "minio put + confluent produce (1 message)", put.cpu_ms_per_frame),
+        Floor("SeaweedFS", "serving 1 put (+ its log)", server_ms("s3", before, after_put)),
+        Floor("SeaweedFS", "serving 1 get", server_ms("s3", after_put, after_get)),
+        Floor("Tansu", "serving 1 produce", server_ms("kafka", before, after_put)),
+        Floor("position-estimator", "minio get", get_ms),
+    ]
+
+
+def fusion_floor(facility: Any, scenario: Any, seed: int, fps: float) -> Floor:
+    """The fusion core in-process (no Faust, no broker) on modelled estimates of the same
+    scenario and cameras: CPU per stored frame."""
+    from services.evaluation.fusion_eval import DetectorModel, fuse, modelled_run
+
+    run = modelled_run(facility, scenario, seed, DetectorModel(), fps=fps)
+    fused = fuse(facility, run.arrivals)
+    frames = max(1, len(run.truths) * len(facility.cameras))
+    return Floor("state-estimator", "fusion core in-process", 1000 * fused.cpu_s / frames)
+
+
+def _sample(pipe: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """CPU seconds so far per stage, and each service's counters."""
+    cpu: dict[str, float] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    for svc in pipe.services():
+        if svc.get("pid"):
+            stage = stage_of(svc["name"])
+            cpu[stage] = cpu.get(stage, 0.0) + tree_cpu_seconds(int(svc["pid"]))
+        if svc.get("metrics_port"):
+            metrics[svc["name"]] = scrape(int(svc["metrics_port"]))
+    for c in pipe.infra.status().components:
+        if c.pid:
+            name = {"s3": "SeaweedFS", "kafka": "Tansu", "redis": "Redis"}[c.component]
+            cpu[name] = cpu.get(name, 0.0) + tree_cpu_seconds(c.pid)
+    return cpu, metrics
+
+
+def _delta(
+    m0: Mapping[str, Mapping[str, float]], m1: Mapping[str, Mapping[str, float]], name: str
+) -> dict[str, float]:
+    return {
+        svc: metric_sum(m1[svc], name) - metric_sum(m0.get(svc, {}), name)
+        for svc in m1
+        if metric_sum(m1[svc], name) > 0
+    }
+
+
+def run_once(
+    base: dict[str, Any],
+    cameras: int,
+    fps: float,
+    flows: list[str],
+    clips: Mapping[str, Path],
+    duration_s: float,
+    warmup_s: float,
+    work: Path,
+    say: Callable[[str], None],
+) -> RunFigures:
+    """One run of ``depotwatch up --no-sim`` at ``cameras`` x ``fps``."""
+    from schemas.facility_state import FacilityState
+    from services.benchmarks.faults import Pipeline, wait_until
+    from services.evaluation.pipeline import collect_live, pipeline_figures
+
+    config = dict(base)
+    config["cameras"] = bench_cameras(base["cameras"], cameras, fps, clips)
+    config["flows"] = {f: base["flows"][f] for f in flows}
+    extra = ["--no-sim", *(a for f in flows[1:] for a in ("--flow", f))]
+    pipe = Pipeline(work, cameras, flows[0], config=config, extra_args=extra)
+    try:
+        if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
+            raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
+        say(f"{cameras} cameras: up; warming up {warmup_s:g} s ...")
+        time.sleep(warmup_s)
+        kafka = pipe.infra.client_settings.kafka
+        cpu0, m0 = _sample(pipe)
+        t0 = time.monotonic()
+        topics = [FacilityState.topic_name(f) for f in flows]
+        got = collect_live(kafka, topics, duration_s)
+        cpu1, m1 = _sample(pipe)
+        seconds = time.monotonic() - t0
+    finally:
+        pipe.stop()
+    states = [r for t in topics for r in got[t]]
+    figures = pipeline_figures(states, [], warmup_s=0.0)
+    stored = sum(_delta(m0, m1, "depotwatch_aggregator_frames_stored_total").values())
+    return RunFigures(
+        cameras=cameras,
+        fps=fps,
+        flows=flows,
+        seconds=seconds,
+        cpu_s={k: max(0.0, cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) for k in cpu1},
+        stored=stored,
+        skipped=_delta(m0, m1, "depotwatch_frames_skipped_total"),
+        latencies=figures.latencies_s,
+        stages=dict(figures.stages_s),
+    )
+
+
+@click.command("pipeline")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default="facility.yaml")
+@click.option("--cameras", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--fps", type=click.FloatRange(0.1, STREAM_FPS), default=2.0, show_default=True)
+@click.option("--flows", default="prod", show_default=True, help="Comma-separated flows to run.")
+@click.option("--duration", type=click.FloatRange(10), default=60, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0), default=30, show_default=True)
+@click.option("--scenario", default="depot-day", show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--find-max", is_flag=True, help="Add cameras --step at a time until the goal is missed."
+)
+@click.option("--step", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--floors/--no-floors", default=True, show_default=True)
+@click.option(
+    "--clips-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".depotwatch/clips"),
+    show_default=True,
+    help="Cache of the rendered, encoded camera clips.",
+)
+def bench_command(
+    config_path: Path,
+    cameras: int,
+    fps: float,
+    flows: str,
+    duration: float,
+    warmup: float,
+    scenario: str,
+    seed: int,
+    find_max: bool,
+    step: int,
+    floors: bool,
+    clips_dir: Path,
+) -> None:
+    """Sizing: the whole pipeline at N cameras x F fps from pre-encoded 15 fps H.264 streams.
+
+    Per stage: share of a core, CPU ms per stored frame beside the bare-library floor; frames
+    skipped; capture -> facility-state latency p50/p95/p99 and by stage. --find-max: the most
+    cameras that hold p95 <= 1 s with no skipped frame.
+    """
+    from schemas.facility import ConfigError, load_facility
+    from services.benchmarks.faults import absolute_weights
+    from services.runtime.settings import Settings
+    from services.simulator.clips import cached_clip
+    from services.simulator.world import ScenarioError, load_scenario
+
+    try:
+        facility = load_facility(config_path)
+        wanted = [f.strip() for f in flows.split(",") if f.strip()]
+        unknown = [f for f in wanted if f not in facility.flows]
+        if not wanted or unknown:
+            raise click.BadParameter(
+                f"unknown flow(s) {unknown}; the config has {list(facility.flows)}",
+                param_hint="--flows",
+            )
+        scene = load_scenario(scenario)
+    except (ConfigError, ScenarioError) as exc:
+        raise click.ClickException(str(exc)) from None
+    base = yaml.safe_load(config_path.read_text())
+    absolute_weights(base, config_path.resolve().parent)
+    posed = [c for c in facility.cameras if c.pose is not None and c.calibrated]
+    if not posed:
+        raise click.ClickException("the facility has no posed camera to render a clip from")
+    clips: dict[str, Path] = {}
+    for cam in posed[: max(cameras, 1)]:
+        size = (cam.width, cam.height)
+        click.echo(f"clip {cam.id}: {CLIP_SECONDS:g} s at {STREAM_FPS} fps, {size[0]}x{size[1]}")
+        clips[cam.id], rendered = cached_clip(
+            facility, scene, seed, cam.id, CLIP_SECONDS, STREAM_FPS, size, clips_dir
+        )
+        click.echo(f"  {'rendered' if rendered else 'cached'}: {clips[cam.id]}")
+
+    runs: list[RunFigures] = []
+    n = cameras
+    with tempfile.TemporaryDirectory(prefix="depotwatch-bench-pipeline-") as tmp:
+        while True:
+            work = Path(tmp) / f"n{n}"
+            work.mkdir()
+            run = run_once(base, n, fps, wanted, clips, duration, warmup, work, click.echo)
+            runs.append(run)
+            for line in report(run, None):
+                click.echo(line)
+            click.echo("")
+            shutil.rmtree(work, ignore_errors=True)
+            if not find_max or not run.held:
+                break
+            n += step
+
+        floor_figures: list[Floor] | None = None
+        if floors:
+            click.echo("bare-library floors on the same clip, S3 and broker ...")
+            floor_figures = []
+            jpegs: list[bytes] = []
+            settings = facility.flow(wanted[0]).position_estimator
+            if settings is not None:
+                weights = Path(settings.weights)
+                if not weights.is_absolute():
+                    weights = config_path.resolve().parent / weights
+                media, jpegs = media_floors(
+                    next(iter(clips.values())),
+                    fps,
+                    posed[0].jpeg_quality,
+                    weights,
+                    settings.imgsz,
+                    settings.max_batch,
+                    Settings().device,
+                )
+                floor_figures += media
+            if jpegs:
+                floor_figures += store_floors(jpegs, Path(tmp) / "floors")
+            floor_figures.append(fusion_floor(facility, scene, seed, fps))
+    click.echo("")
+    for line in report(runs[0], floor_figures):
+        click.echo(line)
+    if find_max:
+        held = [r.cameras for r in runs if r.held]
+        click.echo("")
+        click.echo(
+            f"find-max: {max(held)} cameras x {fps:g} fps held p95 <= {LATENCY_GOAL_S:g} s with "
+            f"no skipped frame (tried {', '.join(str(r.cameras) for r in runs)})"
+            if held
+            else f"find-max: no camera count held the goal (tried {runs[0].cameras})"
+        )

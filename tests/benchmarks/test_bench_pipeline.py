@@ -1,0 +1,95 @@
+"""The sizing benchmark's pure parts: which cameras stream what, stages, the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.benchmarks.pipeline import (
+    Floor,
+    RunFigures,
+    bench_cameras,
+    report,
+    stage_of,
+)
+
+CAMERAS = [
+    {"id": "cam-a", "source": "rtsp://127.0.0.1:8554/a", "pose": {"x": 1}, "fps": 2},
+    {"id": "cam-b", "source": "rtsp://127.0.0.1:8554/b", "pose": {"x": 2}, "fps": 2},
+    {"id": "cam-phone", "source": "webrtc://cam-phone"},  # no pose, no clip: not streamed
+]
+CLIPS = {"cam-a": Path("/clips/a.mp4"), "cam-b": Path("/clips/b.mp4")}
+
+
+def test_cameras_beyond_the_posed_ones_replay_a_posed_view_under_another_id() -> None:
+    cams = bench_cameras(CAMERAS, 5, 4.0, CLIPS)
+    assert [c["id"] for c in cams] == ["cam-a", "cam-b", "cam-a-x2", "cam-b-x2", "cam-a-x3"]
+    assert [c["source"] for c in cams] == [
+        "file:///clips/a.mp4",
+        "file:///clips/b.mp4",
+        "file:///clips/a.mp4",
+        "file:///clips/b.mp4",
+        "file:///clips/a.mp4",
+    ]
+    assert all(c["fps"] == 4.0 and c["enabled"] and c["pose"] for c in cams)
+    with pytest.raises(ValueError, match="no posed camera"):
+        bench_cameras(CAMERAS[2:], 1, 2.0, CLIPS)
+
+
+@pytest.mark.parametrize(
+    ("service", "stage"),
+    [
+        ("capture/cam-s1", "capture"),
+        ("position-estimator/prod", "position-estimator"),
+        ("plate-ocr/dev", "plate-ocr"),
+        ("state-estimator/prod", "state-estimator"),
+        ("aggregator", "aggregator"),
+        ("worker", "other"),
+    ],
+)
+def test_each_service_belongs_to_its_stage(service: str, stage: str) -> None:
+    assert stage_of(service) == stage
+
+
+def run(latencies: list[float], skipped: float = 0.0) -> RunFigures:
+    return RunFigures(
+        cameras=8,
+        fps=2.0,
+        flows=["prod"],
+        seconds=10.0,
+        cpu_s={"capture": 2.0, "position-estimator": 1.6, "SeaweedFS": 4.0},
+        stored=160.0,
+        skipped={"position-estimator/prod": skipped} if skipped else {},
+        latencies=latencies,
+        stages={"ingest": [0.05, 0.1], "estimate": [0.3, 1.4], "fuse": [0.1, 0.2]},
+    )
+
+
+def test_the_report_shows_cpu_per_stored_frame_beside_the_floor_and_the_verdict() -> None:
+    floors = [
+        Floor("capture", "H.264 decode x7.5", 15.0),
+        Floor("capture", "JPEG encode", 5.0),
+        Floor("position-estimator", "JPEG decode", 1.0),
+        Floor("position-estimator", "bare YOLO", 9.0),
+        Floor("state-estimator", "fusion core", 0.5),  # a stage that did not run: not shown
+    ]
+    text = "\n".join(report(run([0.4] * 19 + [0.9]), floors))
+    assert "frames stored 16.00/s (offered 16/s); skipped: none" in text
+    assert "capture                 20%      12.5    20.0  H.264 decode x7.5 + JPEG encode" in text
+    assert "position-estimator      16%      10.0    10.0  JPEG decode + bare YOLO" in text
+    assert "SeaweedFS               40%      25.0  -" in text
+    assert "total                   76%      47.5    30.5" in text
+    assert "(goal p95 <= 1 s and 0 skipped: met)" in text
+    assert "held back most by" not in text
+
+
+def test_a_run_that_skips_frames_or_is_late_misses_and_names_the_slowest_stage() -> None:
+    late = run([0.5] * 10 + [2.0] * 10)
+    assert not late.held
+    assert late.slowest_stage() == "estimate"
+    assert "held back most by: estimate" in "\n".join(report(late, None))
+    skipping = run([0.4] * 20, skipped=12)
+    assert not skipping.held
+    assert "skipped: position-estimator/prod 12" in "\n".join(report(skipping, None))
+    assert "no change published" in "\n".join(report(run([]), None))
