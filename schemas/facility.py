@@ -278,6 +278,12 @@ class PlateOcrSettings(StrictModel):
     """Settings of a flow's plate reader."""
 
     min_plate_confidence: float = Field(default=0.6, ge=0, le=1, description="Below: unreadable.")
+    reread_after_s: float = Field(
+        default=10,
+        ge=0,
+        description="A plate that stands where a camera read it is read again this often "
+        "(its frames in between are not fetched, the reading is reused); 0 reads every frame.",
+    )
 
 
 class StateEstimatorSettings(StrictModel):

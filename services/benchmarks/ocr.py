@@ -3,6 +3,7 @@ JPEG decode + rapidocr recognition of the same plate boxes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -151,6 +152,8 @@ def bench_command(
 
             topic = bench_topic(settings, schema=PositionEstimate)
             config = plate_ocr_config(watch.config, path, BENCH_FLOW, "replay", batch, topic)
+            # The service reads every plate box, as the bare loop does (no reading is reused).
+            config = dataclasses.replace(config, reread_after_s=0.0)
             stream = plate_stream(settings, config, watch, recogniser)
 
             def publish(r: int) -> None:

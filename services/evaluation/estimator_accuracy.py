@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from schemas.estimates import BoundingBox, Detection, IdentityEstimate, TrackObservation
-from services.runtime.matching import optimal_pairs
+from services.runtime.matching import iou, optimal_pairs
 from services.runtime.stats import percentile
 
 MIN_IOU = 0.3
@@ -62,15 +62,6 @@ def reason_category(reason: str) -> str:
         if category in reason:
             return category
     return reason.split(" (")[0][:40] or "unknown"
-
-
-def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _xyxy(box: BoundingBox) -> tuple[float, float, float, float]:

@@ -187,7 +187,12 @@ def build_handlers(config_path: Path, flow: str, settings: object) -> list[Handl
         return [positions]
     oc = plate_ocr_config(facility, config_path, flow, "replay")
     plates = IdentityEstimator(
-        lambda: facility, RapidTextRecogniser(), flow, OCR_VERSION, oc.min_plate_confidence
+        lambda: facility,
+        RapidTextRecogniser(),
+        flow,
+        OCR_VERSION,
+        oc.min_plate_confidence,
+        reread_after_s=oc.reread_after_s,
     )
     return [with_plates(positions, plates)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +22,21 @@ class PlateOcrConfig:
 
     flow: str
     min_plate_confidence: float
+    reread_after_s: float
+    """A standing plate is read again this often (the reading is reused in between)."""
     max_batch: int
     max_wait_ms: int
     mode: Mode
     positions_topic: str
     """The flow's position estimates (their plate boxes are what is read)."""
 
-    def source(self) -> FrameSource[PositionEstimate]:
-        """Position estimates in; a frame is fetched only where a plate box is."""
+    def source(
+        self, needs_image: Callable[[PositionEstimate], bool] = needs_frame
+    ) -> FrameSource[PositionEstimate]:
+        """Position estimates in; a frame is fetched only where a plate box is (that was not
+        read recently: the handler's ``needs_frame``)."""
         return FrameSource(
-            self.positions_topic, PositionEstimate, lambda e: e.frame, needs_image=needs_frame
+            self.positions_topic, PositionEstimate, lambda e: e.frame, needs_image=needs_image
         )
 
     def stream(self) -> FrameStreamConfig:
@@ -74,6 +80,7 @@ def plate_ocr_config(
     return PlateOcrConfig(
         flow=flow,
         min_plate_confidence=spec.plate_ocr.min_plate_confidence,
+        reread_after_s=spec.plate_ocr.reread_after_s,
         max_batch=max_batch or detector.max_batch,
         max_wait_ms=detector.max_wait_ms,
         mode=mode,

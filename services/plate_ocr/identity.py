@@ -28,6 +28,7 @@ from services.plate_ocr.livery import LiveryMatch, livery_model
 from services.plate_ocr.plate_position import plate_observation
 from services.plate_ocr.plate_text import PlateNormaliser, PlateReading
 from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected, to_image_pixels
+from services.runtime.matching import iou
 
 MIN_PLATE_HEIGHT_PX = 12
 """Plates fewer pixels high than this are not sent to OCR: the glyphs are not resolved."""
@@ -37,6 +38,10 @@ CORRECTION_PENALTY = 0.9
 """Plate confidence is multiplied by this per look-alike correction the text needed."""
 LIVERY_DISAGREES = 0.6
 """Model confidence is multiplied by this when the livery says another model than the plate."""
+SAME_PLATE_IOU = 0.7
+"""A plate box overlapping a box read before by at least this much (IoU) is the same plate
+standing still: boxes of a standing plate jitter by a pixel or two, a plate that moved half its
+width has IoU 0.33."""
 
 
 PlateWork = tuple[PositionEstimate, DecodedFrame | None]
@@ -148,8 +153,62 @@ def decide(
     )
 
 
+@dataclass(frozen=True)
+class _Reading:
+    box: tuple[float, float, float, float]
+    decision: PlateDecision
+    at: datetime
+
+
+class ReadingMemory:
+    """Plates each camera read recently, so that a standing plate is not read again every frame.
+
+    A plate box at the same place (IoU >= ``SAME_PLATE_IOU``) as a plate the same camera read
+    at most ``reread_after_s`` earlier (by capture time) takes that reading; its frame is then
+    not fetched. Only confident readings are kept, and a reading is not renewed by reuse: every
+    plate in view is read again at least every ``reread_after_s``. 0 turns the memory off.
+    """
+
+    def __init__(self, reread_after_s: float) -> None:
+        self.reread_after_s = reread_after_s
+        self._read: dict[str, list[_Reading]] = {}
+
+    def recall(self, camera_id: str, det: Detection, at: datetime) -> PlateDecision | None:
+        """The reading of the same plate, if this camera read it recently enough."""
+        box = _xyxy(det)
+        for reading in self._read.get(camera_id, ()):
+            age = (at - reading.at).total_seconds()
+            if 0 <= age <= self.reread_after_s and iou(box, reading.box) >= SAME_PLATE_IOU:
+                return reading.decision
+        return None
+
+    def remember(
+        self, camera_id: str, det: Detection, decision: PlateDecision, at: datetime
+    ) -> None:
+        """Keep a confident reading (others are read again on the next frame)."""
+        if self.reread_after_s <= 0 or decision.plate_text is None:
+            return
+        box = _xyxy(det)
+        kept = [
+            r
+            for r in self._read.get(camera_id, ())
+            if abs((at - r.at).total_seconds()) <= self.reread_after_s
+            and iou(box, r.box) < SAME_PLATE_IOU
+        ]
+        self._read[camera_id] = [*kept, _Reading(box, decision, at)]
+
+
+def _xyxy(det: Detection) -> tuple[float, float, float, float]:
+    b = det.bbox
+    return (b.x1, b.y1, b.x2, b.y2)
+
+
 class IdentityEstimator:
-    """Reads the plates a batch of position estimates found and decides locomotive models."""
+    """Reads the plates a batch of position estimates found and decides locomotive models.
+
+    With ``reread_after_s`` > 0 a standing plate is read once per that many seconds per camera
+    (:class:`ReadingMemory`); :meth:`needs_frame` then says which frames must be fetched.
+    """
 
     def __init__(
         self,
@@ -159,8 +218,10 @@ class IdentityEstimator:
         estimator: str,
         min_plate_confidence: float,
         clock: Callable[[], datetime] = utc_now,
+        reread_after_s: float = 0.0,
     ) -> None:
         self._facility = facility
+        self.memory = ReadingMemory(reread_after_s)
         self.recogniser = recogniser
         self.flow = flow
         self.estimator = estimator
@@ -180,24 +241,38 @@ class IdentityEstimator:
             self._normaliser = (key, PlateNormaliser(facility.locomotive_models))
         return self._normaliser[1]
 
+    def needs_frame(self, estimate: PositionEstimate) -> bool:
+        """Whether the frame must be fetched: a plate box in it that was not read recently."""
+        at = estimate.frame.captured_at
+        return any(
+            d.cls == "plate" and self.memory.recall(estimate.frame.camera_id, d, at) is None
+            for d in estimate.detections
+        )
+
     def __call__(self, work: Sequence[PlateWork]) -> list[FrameOutcome]:
         """One outcome per estimate: an IdentityEstimate per plate box (or one saying none is
         seen), or Rejected for an unknown camera or a plate box without its frame."""
         facility = self._facility()
         cameras = {c.id: c for c in facility.cameras}
-        # Each plate box in the pixels of the frame (published) and of its decoded image (read).
-        plates: list[list[tuple[Detection, Detection]]] = []
+        # Each plate box in the pixels of the frame (published) and of its decoded image (read,
+        # None without the frame), and the recent reading of that plate, if any. Every recall
+        # is made before any reading is remembered: as when the frames were fetched.
+        plates: list[list[tuple[Detection, Detection | None, PlateDecision | None]]] = []
         for estimate, frame in work:
+            ref = estimate.frame
             boxes = [d for d in estimate.detections if d.cls == "plate"]
-            on_image = to_image_pixels(boxes, frame.scale) if frame is not None else []
-            plates.append(list(zip(boxes, on_image, strict=False)))
+            on_image = (
+                to_image_pixels(boxes, frame.scale) if frame is not None else [None] * len(boxes)
+            )
+            recalled = [self.memory.recall(ref.camera_id, b, ref.captured_at) for b in boxes]
+            plates.append(list(zip(boxes, on_image, recalled, strict=True)))
         # All plates of the batch go to the recogniser at once (it batches internally).
         jobs: list[tuple[Image, Detection]] = []
         for (estimate, frame), found in zip(work, plates, strict=True):
             if frame is None or estimate.frame.camera_id not in cameras:
                 continue
-            for _, det in found:
-                if readable_size(det, frame.image):
+            for _, det, known in found:
+                if known is None and det is not None and readable_size(det, frame.image):
                     jobs.append((frame.image, det))
         texts = self.recogniser.recognise([plate_crop(i, d) for i, d in jobs]) if jobs else []
         read = {id(d): t for (_, d), t in zip(jobs, texts, strict=True)}
@@ -214,18 +289,22 @@ class IdentityEstimator:
                     )
                 )
                 continue
-            if not found and needs_frame(estimate):
+            if frame is None and any(known is None for _, _, known in found):
                 outcomes.append(Rejected("the frame of a plate box was not fetched"))
                 continue
             if not found:
                 outcomes.append([self._estimate(ref, _NO_PLATE, None, None)])
                 continue
-            assert frame is not None  # found is empty without it
             estimates = []
             # Boxes are in the frame's pixels; the camera's calibration may be at another size.
             scale = (camera.width / ref.width, camera.height / ref.height)
-            for box, det in found:
-                decision = self._decide(frame, det, read.get(id(det)), normaliser, facility)
+            for box, det, known in found:
+                decision = known
+                if decision is None:
+                    assert frame is not None  # rejected above otherwise
+                    assert det is not None
+                    decision = self._decide(frame, det, read.get(id(det)), normaliser, facility)
+                    self.memory.remember(ref.camera_id, box, decision, ref.captured_at)
                 obs = plate_observation(box, camera, facility.tracks, scale)
                 estimates.append(self._estimate(ref, decision, box, obs))
             outcomes.append(estimates)

@@ -28,7 +28,13 @@ def plate_stream(
         flow=config.flow,
         estimator=ESTIMATOR_VERSION,
         min_plate_confidence=config.min_plate_confidence,
+        reread_after_s=config.reread_after_s,
     )
     return connect_frame_stream(
-        settings, config.stream(), config.source(), handler, consumer_overrides, handler.self_test
+        settings,
+        config.stream(),
+        config.source(handler.needs_frame),
+        handler,
+        consumer_overrides,
+        handler.self_test,
     )

@@ -8,7 +8,7 @@ method, ``scipy.optimize.linear_sum_assignment``): as many pairs as possible, th
 total centre distance. A greedy nearest-first pass can take the one pair that leaves a
 neighbour without a partner; the assignment cannot.
 
-:func:`optimal_pairs` is the assignment itself, for other costs (image boxes by IoU).
+:func:`optimal_pairs` is the assignment itself, for other costs (image boxes by :func:`iou`).
 Pure: no I/O.
 """
 
@@ -28,6 +28,15 @@ quarter of the shortest model's length, so two coupled locomotives are never con
 
 LocoSpan = tuple[str, float, float]
 """(track_id, one end, other end) in metres along the track; the order of the ends is free."""
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def optimal_pairs(cost: FloatArray) -> list[tuple[int, int]]:

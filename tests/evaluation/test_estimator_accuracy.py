@@ -14,11 +14,11 @@ from schemas.frames import FrameRef
 from services.evaluation.estimator_accuracy import (
     EstimatorScore,
     TrueObject,
-    iou,
     match,
     reason_category,
     verdicts,
 )
+from services.runtime.matching import iou
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = FrameRef(
