@@ -185,6 +185,10 @@ class FrameStreamConfig:
     max_wait_ms: int = 50
     live_window: int = 256
     """Refs looked at per poll in live mode, to find the newest frame of each camera."""
+    live_skip_after_s: float = 1.0
+    """Live mode: a frame with a newer one of its camera waiting is skipped once it is this old
+    (since capture); a younger one is still estimated, batched with the newer one, so a short
+    backlog is worked off instead of dropped. 0 skips every superseded frame."""
     fetch_threads: int = 4
     detector_input_px: int | None = None
     """Long side the handler's model resizes frames to; frames are decoded no larger than
@@ -210,10 +214,20 @@ class Selection(Generic[In]):
     skipped: list[Received[In]]
 
 
+def late(frame: FrameRef, now: datetime | None, skip_after_s: float) -> bool:
+    """Whether a superseded frame is old enough to skip (``now`` None: always)."""
+    return now is None or (now - frame.captured_at).total_seconds() >= skip_after_s
+
+
 def select_frames(
-    received: Sequence[Received[In]], mode: Mode, ref: Callable[[In], FrameRef]
+    received: Sequence[Received[In]],
+    mode: Mode,
+    ref: Callable[[In], FrameRef],
+    now: datetime | None = None,
+    skip_after_s: float = 0.0,
 ) -> Selection[In]:
-    """Replay keeps everything in order; live keeps only the newest frame of each camera."""
+    """Replay keeps everything in order; live keeps the newest frame of each camera, and an
+    older one only while it is younger than ``skip_after_s`` at ``now`` (None: never)."""
     if mode == "replay":
         return Selection(keep=list(received), skipped=[])
     newest: dict[str, Received[In]] = {}
@@ -223,6 +237,7 @@ def select_frames(
         if cur is None or (frame.seq, r.offset) > (ref(cur.message).seq, cur.offset):
             newest[frame.camera_id] = r
     kept = {id(r) for r in newest.values()}
+    kept |= {id(r) for r in received if not late(ref(r.message), now, skip_after_s)}
     return Selection(
         keep=[r for r in received if id(r) in kept],
         skipped=[r for r in received if id(r) not in kept],
@@ -289,7 +304,9 @@ class FrameStream(Generic[In]):
         received = self.consumer.poll_batch(want, timeout)
         if not received:
             return None
-        selection = select_frames(received, cfg.mode, self.source.ref)
+        selection = select_frames(
+            received, cfg.mode, self.source.ref, utc_now(), cfg.live_skip_after_s
+        )
         futures = [self._pool.submit(self._fetch_one, r) for r in selection.keep]
         return _Polled(received, selection.keep, selection.skipped, futures)
 
@@ -308,7 +325,9 @@ class FrameStream(Generic[In]):
             return 0
         self._ahead = self._poll(0.0)
         if self.config.mode == "live" and self._ahead is not None:
-            self._skip_superseded(current, self._ahead, self.source.ref)
+            self._skip_superseded(
+                current, self._ahead, self.source.ref, utc_now(), self.config.live_skip_after_s
+            )
         for r in current.skipped:
             FRAMES_SKIPPED.labels(*self._labels, self.source.ref(r.message).camera_id).inc()
         self.skipped += len(current.skipped)
@@ -387,14 +406,19 @@ class FrameStream(Generic[In]):
 
     @staticmethod
     def _skip_superseded(
-        current: _Polled[In], ahead: _Polled[In], ref: Callable[[In], FrameRef]
+        current: _Polled[In],
+        ahead: _Polled[In],
+        ref: Callable[[In], FrameRef],
+        now: datetime | None = None,
+        skip_after_s: float = 0.0,
     ) -> None:
-        """Live mode: a camera with a newer frame already read ahead is not processed now."""
+        """Live mode: a frame of a camera with a newer frame already read ahead is not processed
+        now, once it is ``skip_after_s`` old at ``now`` (None: at once)."""
         newest = {ref(r.message).camera_id: ref(r.message).seq for r in ahead.keep}
         keep, futures = [], []
         for r, fut in zip(current.keep, current.futures, strict=True):
             frame = ref(r.message)
-            if frame.seq < newest.get(frame.camera_id, -1):
+            if frame.seq < newest.get(frame.camera_id, -1) and late(frame, now, skip_after_s):
                 current.skipped.append(r)
                 fut.cancel()
             else:
