@@ -112,6 +112,8 @@ class RunFigures:
     """Estimator service -> frames skipped (live mode) over the window."""
     latencies: list[float]
     stages: dict[str, list[float]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    """Service -> restarts by the supervisor over the window (a restart replays a backlog)."""
 
     def p(self, q: float) -> float | None:
         return percentile(self.latencies, q)
@@ -135,7 +137,9 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
         f"{run.cameras} cameras x {run.fps:g} fps from {STREAM_FPS} fps H.264 streams, flows "
         f"{', '.join(run.flows)}, {run.seconds:.0f} s measured",
         f"frames stored {run.stored / run.seconds:.2f}/s (offered {offered:g}/s); skipped: "
-        + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.skipped.items())) or "none"),
+        + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.skipped.items())) or "none")
+        + "; restarts: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(run.restarts.items())) or "none"),
         "",
         f"{'stage':20} {'CPU':>6} {'ms/frame':>9}  floor ms/frame (bare library, same work)",
         f"{'-' * 20} {'-' * 6} {'-' * 9}  {'-' * 40}",
@@ -348,10 +352,12 @@ def run_once(
         time.sleep(warmup_s)
         kafka = pipe.infra.client_settings.kafka
         cpu0, m0 = _sample(pipe)
+        r0 = {svc["name"]: int(svc.get("restarts", 0)) for svc in pipe.services()}
         t0 = time.monotonic()
         topics = [FacilityState.topic_name(f) for f in flows]
         got = collect_live(kafka, topics, duration_s)
         cpu1, m1 = _sample(pipe)
+        r1 = {svc["name"]: int(svc.get("restarts", 0)) for svc in pipe.services()}
         seconds = time.monotonic() - t0
     finally:
         pipe.stop()
@@ -366,6 +372,7 @@ def run_once(
         cpu_s={k: max(0.0, cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) for k in cpu1},
         stored=stored,
         skipped=_delta(m0, m1, "depotwatch_frames_skipped_total"),
+        restarts={k: n - r0.get(k, 0) for k, n in r1.items() if n > r0.get(k, 0)},
         latencies=figures.latencies_s,
         stages=dict(figures.stages_s),
     )
