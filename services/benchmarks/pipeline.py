@@ -112,6 +112,8 @@ class RunFigures:
     """Estimator service -> frames skipped (live mode) over the window."""
     latencies: list[float]
     stages: dict[str, list[float]] = field(default_factory=dict)
+    processed: dict[str, float] = field(default_factory=dict)
+    """Estimator service -> frames it estimated over the window."""
     restarts: dict[str, int] = field(default_factory=dict)
     """Service -> restarts by the supervisor over the window (a restart replays a backlog)."""
 
@@ -138,6 +140,8 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
         f"{', '.join(run.flows)}, {run.seconds:.0f} s measured",
         f"frames stored {run.stored / run.seconds:.2f}/s (offered {offered:g}/s); skipped: "
         + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.skipped.items())) or "none")
+        + "; estimated: "
+        + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.processed.items())) or "none")
         + "; restarts: "
         + (", ".join(f"{k} {v}" for k, v in sorted(run.restarts.items())) or "none"),
         "",
@@ -372,6 +376,7 @@ def run_once(
         cpu_s={k: max(0.0, cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) for k in cpu1},
         stored=stored,
         skipped=_delta(m0, m1, "depotwatch_frames_skipped_total"),
+        processed=_delta(m0, m1, "depotwatch_frames_processed_total"),
         restarts={k: n - r0.get(k, 0) for k, n in r1.items() if n > r0.get(k, 0)},
         latencies=figures.latencies_s,
         stages=dict(figures.stages_s),

@@ -75,7 +75,10 @@ def test_the_report_shows_cpu_per_stored_frame_beside_the_floor_and_the_verdict(
         Floor("state-estimator", "fusion core", 0.5),  # a stage that did not run: not shown
     ]
     text = "\n".join(report(run([0.4] * 19 + [0.9]), floors))
-    assert "frames stored 16.00/s (offered 16/s); skipped: none; restarts: none" in text
+    assert (
+        "frames stored 16.00/s (offered 16/s); skipped: none; estimated: none; restarts: none"
+        in text
+    )
     assert "capture                 20%      12.5    20.0  H.264 decode x7.5 + JPEG encode" in text
     assert "position-estimator      16%      10.0    10.0  JPEG decode + bare YOLO" in text
     assert "SeaweedFS               40%      25.0  -" in text
@@ -92,7 +95,8 @@ def test_a_run_that_skips_frames_or_is_late_misses_and_names_the_slowest_stage()
     skipping = run([0.4] * 20, skipped=12)
     skipping.restarts = {"position-estimator/prod": 1}
     assert not skipping.held
-    assert "skipped: position-estimator/prod 12; restarts: position-estimator/prod 1" in "\n".join(
-        report(skipping, None)
+    assert (
+        "skipped: position-estimator/prod 12; estimated: none; restarts: position-estimator/prod 1"
+        in "\n".join(report(skipping, None))
     )
     assert "no change published" in "\n".join(report(run([]), None))
