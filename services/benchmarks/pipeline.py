@@ -132,6 +132,20 @@ class RunFigures:
         return max(p95, key=lambda k: p95[k]) if p95 else None
 
 
+def backlog_notes(run: RunFigures) -> list[str]:
+    """A line per estimator that disposed of clearly more frames than were stored in the
+    window: it was still working off what waited when the window began."""
+    notes = []
+    for name in sorted(set(run.processed) | set(run.skipped)):
+        handled = run.processed.get(name, 0.0) + run.skipped.get(name, 0.0)
+        if run.stored and handled > 1.1 * run.stored:
+            notes.append(
+                f"note: {name} handled {handled:.0f} frames while {run.stored:.0f} were stored: "
+                "it was still working off a backlog from the warm-up (try a longer --warmup)"
+            )
+    return notes
+
+
 def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
     """The table and figures of one run."""
     offered = run.cameras * run.fps
@@ -144,6 +158,7 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
         + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.processed.items())) or "none")
         + "; restarts: "
         + (", ".join(f"{k} {v}" for k, v in sorted(run.restarts.items())) or "none"),
+        *backlog_notes(run),
         "",
         f"{'stage':20} {'CPU':>6} {'ms/frame':>9}  floor ms/frame (bare library, same work)",
         f"{'-' * 20} {'-' * 6} {'-' * 9}  {'-' * 40}",

@@ -100,3 +100,13 @@ def test_a_run_that_skips_frames_or_is_late_misses_and_names_the_slowest_stage()
         in "\n".join(report(skipping, None))
     )
     assert "no change published" in "\n".join(report(run([]), None))
+
+
+def test_an_estimator_still_working_off_the_warm_ups_backlog_is_pointed_out() -> None:
+    behind = run([0.4] * 20, skipped=100)
+    behind.processed = {"position-estimator/prod": 100.0}  # 200 handled, 160 stored
+    text = "\n".join(report(behind, None))
+    assert "note: position-estimator/prod handled 200 frames while 160 were stored" in text
+    caught_up = run([0.4] * 20, skipped=10)
+    caught_up.processed = {"position-estimator/prod": 150.0}
+    assert "note:" not in "\n".join(report(caught_up, None))
