@@ -399,19 +399,57 @@ def run_once(
 
 
 @click.command("pipeline")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default="facility.yaml")
-@click.option("--cameras", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--fps", type=click.FloatRange(0.1, STREAM_FPS), default=2.0, show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default="facility.yaml",
+    show_default=True,
+    help="Facility config: its posed cameras are rendered, its flows run.",
+)
+@click.option(
+    "--cameras",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Cameras to run (beyond the posed ones, their clips again under other ids).",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(0.1, STREAM_FPS),
+    default=2.0,
+    show_default=True,
+    help=f"Frames a second each camera keeps from its {STREAM_FPS} fps stream.",
+)
 @click.option("--flows", default="prod", show_default=True, help="Comma-separated flows to run.")
-@click.option("--duration", type=click.FloatRange(10), default=60, show_default=True)
-@click.option("--warmup", type=click.FloatRange(0), default=30, show_default=True)
-@click.option("--scenario", default="depot-day", show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(10),
+    default=60,
+    show_default=True,
+    help="Seconds measured per run.",
+)
+@click.option(
+    "--warmup",
+    type=click.FloatRange(0),
+    default=30,
+    show_default=True,
+    help="Seconds after start before measuring (two flows want ~90 on 2 cores).",
+)
+@click.option("--scenario", default="depot-day", show_default=True, help="Scene of the clips.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Scenario seed.")
 @click.option(
     "--find-max", is_flag=True, help="Add cameras --step at a time until the goal is missed."
 )
-@click.option("--step", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--floors/--no-floors", default=True, show_default=True)
+@click.option(
+    "--step", type=click.IntRange(1), default=4, show_default=True, help="Cameras added per run."
+)
+@click.option(
+    "--floors/--no-floors",
+    default=True,
+    show_default=True,
+    help="Measure the bare libraries on the same work (~30 s).",
+)
 @click.option(
     "--clips-dir",
     type=click.Path(path_type=Path),
