@@ -13,6 +13,7 @@ unreadable instead of guessing it. The plate itself is placed on the floor and t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,8 @@ CORRECTION_PENALTY = 0.9
 """Plate confidence is multiplied by this per look-alike correction the text needed."""
 LIVERY_DISAGREES = 0.6
 """Model confidence is multiplied by this when the livery says another model than the plate."""
+MAX_PROMISED = 4096
+"""Readings kept for frames not fetched, until they are handled (skipped ones fall out)."""
 SAME_PLATE_IOU = 0.7
 """A plate box overlapping a box read before by at least this much (IoU) is the same plate
 standing still: boxes of a standing plate jitter by a pixel or two, a plate that moved half its
@@ -192,7 +195,7 @@ class ReadingMemory:
         kept = [
             r
             for r in self._read.get(camera_id, ())
-            if abs((at - r.at).total_seconds()) <= self.reread_after_s
+            if (at - r.at).total_seconds() <= self.reread_after_s  # newer ones stay too
             and iou(box, r.box) < SAME_PLATE_IOU
         ]
         self._read[camera_id] = [*kept, _Reading(box, decision, at)]
@@ -222,6 +225,11 @@ class IdentityEstimator:
     ) -> None:
         self._facility = facility
         self.memory = ReadingMemory(reread_after_s)
+        # Frames not fetched because every plate box in them was recalled: the recalled
+        # readings, kept for __call__ (the memory may have moved on by then). Written by the
+        # fetch threads, read by the loop.
+        self._promised: dict[tuple[str, int, datetime], list[PlateDecision]] = {}
+        self._promised_lock = threading.Lock()
         self.recogniser = recogniser
         self.flow = flow
         self.estimator = estimator
@@ -242,12 +250,36 @@ class IdentityEstimator:
         return self._normaliser[1]
 
     def needs_frame(self, estimate: PositionEstimate) -> bool:
-        """Whether the frame must be fetched: a plate box in it that was not read recently."""
-        at = estimate.frame.captured_at
-        return any(
-            d.cls == "plate" and self.memory.recall(estimate.frame.camera_id, d, at) is None
-            for d in estimate.detections
-        )
+        """Whether the frame must be fetched: a plate box in it that was not read recently.
+
+        When every plate box is recalled, those readings are what :meth:`__call__` will use
+        for the frame (the decision made here binds, whatever the memory learns meanwhile).
+        """
+        boxes = [d for d in estimate.detections if d.cls == "plate"]
+        if not boxes:
+            return False
+        ref = estimate.frame
+        recalled = [self.memory.recall(ref.camera_id, d, ref.captured_at) for d in boxes]
+        known = [r for r in recalled if r is not None]
+        if len(known) < len(recalled):
+            return True
+        with self._promised_lock:
+            self._promised[(ref.camera_id, ref.seq, ref.captured_at)] = known
+            while len(self._promised) > MAX_PROMISED:  # frames skipped after the decision
+                self._promised.pop(next(iter(self._promised)))
+        return False
+
+    def _recalled(
+        self, estimate: PositionEstimate, boxes: Sequence[Detection], fetched: bool
+    ) -> list[PlateDecision | None]:
+        """Each plate box's recent reading: the one promised at fetch time for a frame that
+        was not fetched, else what the memory holds now."""
+        ref = estimate.frame
+        with self._promised_lock:
+            promised = self._promised.pop((ref.camera_id, ref.seq, ref.captured_at), None)
+        if not fetched and promised is not None and len(promised) == len(boxes):
+            return list(promised)
+        return [self.memory.recall(ref.camera_id, b, ref.captured_at) for b in boxes]
 
     def __call__(self, work: Sequence[PlateWork]) -> list[FrameOutcome]:
         """One outcome per estimate: an IdentityEstimate per plate box (or one saying none is
@@ -264,7 +296,7 @@ class IdentityEstimator:
             on_image = (
                 to_image_pixels(boxes, frame.scale) if frame is not None else [None] * len(boxes)
             )
-            recalled = [self.memory.recall(ref.camera_id, b, ref.captured_at) for b in boxes]
+            recalled = self._recalled(estimate, boxes, frame is not None)
             plates.append(list(zip(boxes, on_image, recalled, strict=True)))
         # All plates of the batch go to the recogniser at once (it batches internally).
         jobs: list[tuple[Image, Detection]] = []

@@ -100,6 +100,23 @@ def test_a_run_that_skips_frames_or_is_late_misses_and_names_the_slowest_stage()
         in "\n".join(report(skipping, None))
     )
     assert "no change published" in "\n".join(report(run([]), None))
+    assert "note: a restarted service's CPU counts only from its restart" in "\n".join(
+        report(skipping, None)
+    )
+    two = run([0.4] * 20)
+    two.flows = ["prod", "dev"]
+    assert "floors are one flow's work; estimator stages here run 2" in "\n".join(
+        report(two, [Floor("capture", "decode", 1.0)])
+    )
+
+
+def test_a_counter_reset_by_a_restart_counts_from_zero() -> None:
+    from services.benchmarks.pipeline import _delta
+
+    name = "depotwatch_frames_skipped_total"
+    before = {"a": {f'{name}{{camera_id="c"}}': 50.0}, "b": {f'{name}{{camera_id="c"}}': 10.0}}
+    after = {"a": {f'{name}{{camera_id="c"}}': 80.0}, "b": {f'{name}{{camera_id="c"}}': 4.0}}
+    assert _delta(before, after, name) == {"a": 30.0, "b": 4.0}
 
 
 def test_an_estimator_still_working_off_the_warm_ups_backlog_is_pointed_out() -> None:

@@ -20,7 +20,7 @@ from schemas.facility import load_facility
 from services.plate_ocr.config import PlateOcrConfig
 from services.plate_ocr.identity import IdentityEstimator
 from services.runtime.frame_stream import FrameStream
-from services.runtime.frames import Image
+from services.runtime.frames import Image, Rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 JPEG = bytes(cv2.imencode(".jpg", np.full((720, 1280, 3), 90, np.uint8))[1])
@@ -135,6 +135,35 @@ def test_a_standing_plate_is_read_again_only_every_reread_after_s_and_not_fetche
     assert sorted(consumer.done_offsets) == list(range(len(messages)))
 
 
+def test_a_frame_not_fetched_keeps_the_reading_it_was_promised() -> None:
+    """Review finding: whether a frame is fetched is decided at fetch time (read ahead, in
+    another thread), and the memory may move on before the frame is handled. Here the plate
+    read at 0 s is recalled for the frame at 9 s (not fetched); then a frame at 11 s, a little
+    further along, is read and replaces that reading. The 9 s frame must still be read as
+    promised, not rejected as a plate box without its frame."""
+    from services.runtime.frames import decode_frame
+
+    facility = load_facility(ROOT / "facility.yaml")
+    reader = Reads()
+    handler = IdentityEstimator(
+        lambda: facility, reader, "prod", "plate-ocr/test", 0.6, reread_after_s=10.0
+    )
+    nudged = {"x1": 112.0, "y1": 100.0, "x2": 212.0, "y2": 130.0}  # IoU 0.79 with PLATE
+    further = {"x1": 124.0, "y1": 100.0, "x2": 224.0, "y2": 130.0}  # IoU 0.62 with nudged
+    first, promised, later = estimate(0, PLATE), estimate(9, nudged), estimate(11, further)
+
+    def frame(e: PositionEstimate) -> Any:
+        return decode_frame(e.frame, JPEG)
+
+    handler([(first, frame(first))])
+    assert not handler.needs_frame(promised)
+    handler([(later, frame(later))])
+    (outcome,) = handler([(promised, None)])
+    assert not isinstance(outcome, Rejected), outcome
+    assert [e.plate_text for e in outcome] == ["TEM2-0001"]
+    assert reader.crops == 2
+
+
 def test_without_the_memory_every_plate_frame_is_read() -> None:
     messages = [estimate(seq, PLATE) for seq in range(4)]
     reader = Reads()
@@ -189,3 +218,22 @@ def test_without_a_self_test_too_many_failures_a_minute_stop_the_service() -> No
     stream, *_ = rig(messages, messages, reader, self_test=False, max_failures_per_minute=2)
     with pytest.raises(RuntimeError, match="cannot take this crop"):
         stream.run_once()
+
+
+def test_remembering_an_older_reading_keeps_the_newer_ones() -> None:
+    """Review finding: a frame redelivered late (an upstream restart) is read and remembered;
+    that must not drop what the camera read since."""
+    from datetime import timedelta
+
+    from services.plate_ocr.identity import PlateDecision, ReadingMemory
+
+    memory = ReadingMemory(reread_after_s=10.0)
+    read = PlateDecision("TEM2-0001", 0.9, None, "TEM2", 0.9)
+    plate = Detection(cls="plate", bbox=BoundingBox(**PLATE), confidence=0.9)
+    elsewhere = Detection(
+        cls="plate", bbox=BoundingBox(x1=600, y1=100, x2=700, y2=130), confidence=0.9
+    )
+    memory.remember("cam-s1", plate, read, AT + timedelta(seconds=20))
+    memory.remember("cam-s1", elsewhere, read, AT + timedelta(seconds=5))
+    assert memory.recall("cam-s1", plate, AT + timedelta(seconds=21)) == read
+    assert memory.recall("cam-s1", plate, AT + timedelta(seconds=31)) is None  # too old
