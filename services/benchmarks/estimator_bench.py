@@ -143,14 +143,19 @@ def bench_settings(use_settings: bool, say: Callable[[str], None]) -> Iterator[S
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def absolute_weights(config: dict[str, Any], base: Path) -> None:
+    """Make the flows' weight paths absolute: facility.yaml's are relative to it, and a copy
+    written elsewhere would not find them."""
+    for stages in config.get("flows", {}).values():
+        for stage in (stages or {}).values():
+            if isinstance(stage, dict) and "weights" in stage:
+                stage["weights"] = str((base / stage["weights"]).resolve())
+
+
 def bench_facility(facility_path: Path, workdir: Path) -> Path:
     """The facility file with a ``bench`` flow (a copy of prod) for the benchmark's outputs."""
     data = yaml.safe_load(facility_path.read_text())
-    for flow in data["flows"].values():
-        stage = flow.get("position_estimator")
-        if isinstance(stage, dict) and not Path(stage["weights"]).is_absolute():
-            # Weights are relative to the config file, which the copy no longer sits beside.
-            stage["weights"] = str((facility_path.parent / stage["weights"]).resolve())
+    absolute_weights(data, facility_path.parent)
     data["flows"][BENCH_FLOW] = dict(data["flows"]["prod"])
     path = workdir / "facility.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -47,6 +47,7 @@ from confluent_kafka import KafkaException
 from schemas.base import MessageDecodeError, decode
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
+from services.benchmarks.estimator_bench import absolute_weights
 from services.infra import EmbeddedInfra, settings_on_free_ports
 from services.infra.embedded import COMPONENTS, PORT_FIELDS
 from services.infra.processes import free_port, spawn, stop_child
@@ -251,15 +252,6 @@ def wait_until(predicate: Callable[[], bool], limit_s: float, step_s: float = 0.
             return time.monotonic() - started
         time.sleep(step_s)
     return None
-
-
-def absolute_weights(config: dict[str, Any], base: Path) -> None:
-    """Make the flows' weight paths absolute: facility.yaml's are relative to it, and a copy
-    written elsewhere would not find them."""
-    for stages in config.get("flows", {}).values():
-        for stage in (stages or {}).values():
-            if isinstance(stage, dict) and "weights" in stage:
-                stage["weights"] = str((base / stage["weights"]).resolve())
 
 
 class Pipeline:

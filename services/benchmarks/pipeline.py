@@ -491,7 +491,7 @@ def bench_command(
     cameras that hold p95 <= 1 s with no skipped frame.
     """
     from schemas.facility import ConfigError, load_facility
-    from services.benchmarks.faults import absolute_weights
+    from services.benchmarks.estimator_bench import absolute_weights
     from services.runtime.settings import Settings
     from services.simulator.clips import cached_clip
     from services.simulator.world import ScenarioError, load_scenario
@@ -514,7 +514,7 @@ def bench_command(
     if not posed:
         raise click.ClickException("the facility has no posed camera to render a clip from")
     clips: dict[str, Path] = {}
-    for cam in posed[: max(cameras, 1)]:
+    for cam in posed[:cameras]:
         size = (cam.width, cam.height)
         click.echo(f"clip {cam.id}: {CLIP_SECONDS:g} s at {STREAM_FPS} fps, {size[0]}x{size[1]}")
         clips[cam.id], rendered = cached_clip(
@@ -545,14 +545,11 @@ def bench_command(
             jpegs: list[bytes] = []
             settings = facility.flow(wanted[0]).position_estimator
             if settings is not None:
-                weights = Path(settings.weights)
-                if not weights.is_absolute():
-                    weights = config_path.resolve().parent / weights
                 media, jpegs = media_floors(
                     next(iter(clips.values())),
                     fps,
                     posed[0].jpeg_quality,
-                    weights,
+                    Path(base["flows"][wanted[0]]["position_estimator"]["weights"]),
                     settings.imgsz,
                     settings.max_batch,
                     Settings().device,

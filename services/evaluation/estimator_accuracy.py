@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from schemas.estimates import BoundingBox, Detection, IdentityEstimate, TrackObservation
-from services.runtime.matching import iou, optimal_pairs
+from schemas.estimates import Detection, IdentityEstimate, TrackObservation
+from services.runtime.matching import iou, optimal_pairs, xyxy
 from services.runtime.stats import percentile
 
 MIN_IOU = 0.3
@@ -62,10 +62,6 @@ def reason_category(reason: str) -> str:
         if category in reason:
             return category
     return reason.split(" (")[0][:40] or "unknown"
-
-
-def _xyxy(box: BoundingBox) -> tuple[float, float, float, float]:
-    return (box.x1, box.y1, box.x2, box.y2)
 
 
 def match(
@@ -117,7 +113,7 @@ class EstimatorScore:
         for cls in ("head", "tail"):
             true = [t for t in truth if t.cls == cls]
             pairs = [(d, o) for d, o in ends if d.cls == cls]
-            matched = match([t.box for t in true], [_xyxy(d.bbox) for d, _ in pairs])
+            matched = match([t.box for t in true], [xyxy(d.bbox) for d, _ in pairs])
             self.ends_true += len(true)
             self.ends_matched += len(matched)
             self.ends_false += len(pairs) - len(matched)
@@ -137,7 +133,7 @@ class EstimatorScore:
         read = [e for e in estimates if e.plate_box is not None]
         matched = match(
             [t.box for t in true],
-            [_xyxy(e.plate_box.bbox) for e in read if e.plate_box is not None],
+            [xyxy(e.plate_box.bbox) for e in read if e.plate_box is not None],
         )
         self.plates_true += len(true)
         self.plates_whole += sum(1 for t in true if t.visible_fraction >= WHOLE_PLATE)

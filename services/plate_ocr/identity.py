@@ -29,7 +29,7 @@ from services.plate_ocr.livery import LiveryMatch, livery_model
 from services.plate_ocr.plate_position import plate_observation
 from services.plate_ocr.plate_text import PlateNormaliser, PlateReading
 from services.runtime.frames import DecodedFrame, FrameOutcome, Image, Rejected, to_image_pixels
-from services.runtime.matching import iou
+from services.runtime.matching import iou, xyxy
 
 MIN_PLATE_HEIGHT_PX = 12
 """Plates fewer pixels high than this are not sent to OCR: the glyphs are not resolved."""
@@ -178,7 +178,7 @@ class ReadingMemory:
 
     def recall(self, camera_id: str, det: Detection, at: datetime) -> PlateDecision | None:
         """The reading of the same plate, if this camera read it recently enough."""
-        box = _xyxy(det)
+        box = xyxy(det.bbox)
         for reading in self._read.get(camera_id, ()):
             age = (at - reading.at).total_seconds()
             if 0 <= age <= self.reread_after_s and iou(box, reading.box) >= SAME_PLATE_IOU:
@@ -191,7 +191,7 @@ class ReadingMemory:
         """Keep a confident reading (others are read again on the next frame)."""
         if self.reread_after_s <= 0 or decision.plate_text is None:
             return
-        box = _xyxy(det)
+        box = xyxy(det.bbox)
         kept = [
             r
             for r in self._read.get(camera_id, ())
@@ -199,11 +199,6 @@ class ReadingMemory:
             and iou(box, r.box) < SAME_PLATE_IOU
         ]
         self._read[camera_id] = [*kept, _Reading(box, decision, at)]
-
-
-def _xyxy(det: Detection) -> tuple[float, float, float, float]:
-    b = det.bbox
-    return (b.x1, b.y1, b.x2, b.y2)
 
 
 class IdentityEstimator:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from schemas.estimates import BoundingBox
 from schemas.geometry import FloatArray
 
 SAME_LOCOMOTIVE_M = 4.0
@@ -28,6 +29,11 @@ quarter of the shortest model's length, so two coupled locomotives are never con
 
 LocoSpan = tuple[str, float, float]
 """(track_id, one end, other end) in metres along the track; the order of the ends is free."""
+
+
+def xyxy(box: BoundingBox) -> tuple[float, float, float, float]:
+    """A box as the (x1, y1, x2, y2) tuple :func:`iou` takes."""
+    return (box.x1, box.y1, box.x2, box.y2)
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
