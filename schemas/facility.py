@@ -518,6 +518,14 @@ class StateEstimatorSettings(StrictModel):
         "seen for this long after the other was is a stale copy (the locomotive moved on "
         "unseen) and is dropped. Two seen about the same time are both kept.",
     )
+    departed_keep_s: float = Field(
+        default=180.0,
+        ge=0,
+        description="A locomotive that left through a gate is no longer counted, but it may "
+        "still stand just outside, in view of cameras inside, hiding ends on farther tracks: "
+        "for this long it is kept as something that may hide them (between where it left and "
+        "where its speed would have taken it), unless a locomotive is tracked there. 0: off.",
+    )
 
 
 class Flow(StrictModel):

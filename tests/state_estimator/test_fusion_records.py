@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from faust.types import TP
-from state_builders import FACILITY, OFFSET, end, identity, position
+from state_builders import FACILITY, OFFSET, T0, end, identity, position
 
 from schemas.base import Message
 from schemas.facility import load_facility
@@ -16,6 +16,7 @@ from services.runtime.settings import Settings
 from services.state_estimator.app import StateEstimatorApp
 from services.state_estimator.config import StateEstimatorServiceSettings
 from services.state_estimator.fusion import FusionCore, FusionState, records
+from services.state_estimator.fusion.state import Departed
 
 HEAD, TAIL = 2.0, 18.97
 
@@ -49,6 +50,7 @@ def run(core: FusionCore, seconds: float) -> FusionState:
 def test_split_and_join_give_back_the_same_state(core: FusionCore) -> None:
     state = run(core, 5)
     assert state.locomotives, "the scene must start a locomotive"
+    state.departed.append(Departed(track_id="T2", low_m=-20.0, high_m=-0.5, left_at=T0))
     parts = records.split(state)
     assert set(parts) >= {"meta", "cameras", "track/T1"}
     back = records.join(parts)

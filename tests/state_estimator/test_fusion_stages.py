@@ -608,3 +608,76 @@ def test_a_lone_end_driving_through_a_gate_needs_no_wait(
     assert (chosen is not None and chosen.direction == 1.0) is decided
     if not decided:
         assert chosen is None
+
+
+def test_a_locomotive_that_left_through_a_gate_may_still_hide_what_lies_behind_it() -> None:
+    # gen-d107-s4: a ChME3 left T2 through its start gate and stood 3 m outside, where
+    # cam-02 looks past it at the tail of a ChME3 standing still on T4 (tail at 4.4 m). The
+    # tracker had dropped the departed ChME3 and with it what hid that tail: the standing
+    # locomotive lost its existence to cam-02's empty views and went uncounted for 10 s.
+    from services.simulator.generated_depot import generate_depot
+    from services.state_estimator.fusion import FusionConfig
+
+    facility = generate_depot(107).facility
+    core = FusionCore(FusionConfig.from_facility(facility, "prod"))
+    standing = TrackedLocomotive(
+        locomotive_id="loco-9",
+        track_id="T4",
+        head_m=-12.9,
+        tail_m=4.4,
+        updated_at=T0,
+        first_seen=T0,
+        last_seen=T0,
+        head_seen_at=T0,
+        tail_seen_at=T0,
+        existence=1.0,
+    )
+    # Driving out at 0.8 m/s, its body just past the gate: dropped from the count...
+    leaving = TrackedLocomotive(
+        locomotive_id="loco-7",
+        track_id="T2",
+        head_m=-16.3,
+        tail_m=-0.1,
+        updated_at=T0,
+        first_seen=T0,
+        last_seen=T0,
+        head_seen_at=T0,
+        tail_seen_at=T0,
+        velocity_mps=-0.8,
+        velocity_at=T0,
+        existence=1.0,
+    )
+
+    def after_empty_views(remember: bool) -> FusionState:
+        state = FusionState(locomotives=[standing, leaving])
+        state, _ = core.apply(state, position("cam-01", 1, 0.0))
+        assert [x.locomotive_id for x in state.locomotives] == ["loco-9"]
+        if not remember:
+            state.departed = []
+        for tick in range(1, 13):
+            state, _ = core.apply(state, position("cam-02", tick, tick * 0.5))
+        return state
+
+    remembered = after_empty_views(remember=True)
+    # ...but kept as what may stand outside: from where it left to where its speed takes it.
+    (gone,) = remembered.departed
+    assert (gone.track_id, gone.high_m) == ("T2", pytest.approx(-0.1))
+    assert gone.low_m < -16.3 - 3.0
+    assert [x.locomotive_id for x in remembered.locomotives] == ["loco-9"]
+    assert not after_empty_views(remember=False).locomotives
+
+
+def test_a_departed_locomotive_is_forgotten_in_time_or_where_one_stands_again(
+    core: FusionCore,
+) -> None:
+    from services.state_estimator.fusion.state import Departed
+
+    gone = Departed(track_id="T1", low_m=-20.0, high_m=0.0, left_at=T0)
+    keep = core.config.tuning.departed_keep_s
+    later = T0 + timedelta(seconds=keep - 1)
+    assert core._still_outside([gone], [], later) == [gone]
+    assert core._still_outside([gone], [], T0 + timedelta(seconds=keep + 1)) == []
+    back = _on_t1(-17.0, 0.5)  # tracked there again: it drove on, or this is it
+    assert core._still_outside([gone], [back], later) == []
+    elsewhere = _on_t1(20.0, 37.0)
+    assert core._still_outside([gone], [elsewhere], later) == [gone]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility_state import FacilityState
@@ -33,6 +33,7 @@ from services.state_estimator.fusion.output import render
 from services.state_estimator.fusion.state import (
     END_KINDS,
     CameraClock,
+    Departed,
     EndKind,
     FusionState,
     LooseEnd,
@@ -53,6 +54,9 @@ from services.state_estimator.fusion.visibility import (
 LOOSE_END_BIAS_M = 0.1
 """Extra cost of explaining a detection by an unexplained end: a known locomotive's end at
 the same distance is the better explanation."""
+
+MAX_DEPARTED = 16
+"""Departed locomotives remembered as possible occluders (the newest win)."""
 
 IDENTITY_KEYS_KEPT = 64
 """Reading keys remembered per camera to recognise redeliveries (several frames' worth)."""
@@ -210,7 +214,10 @@ class FusionCore:
         )
         per_loco: dict[str, dict[EndKind, Detection]] = defaultdict(dict)
         matched: set[int] = set(matches.values())
-        occluders = occluders_of(loco for loco in state.locomotives if loco.track_id != track_id)
+        occluders = occluders_of(
+            (loco for loco in state.locomotives if loco.track_id != track_id),
+            (gone for gone in state.departed if gone.track_id != track_id),
+        )
         for i, j in matches.items():
             owner, kind = owners[j]
             det = detected[i]
@@ -382,9 +389,12 @@ class FusionCore:
         for loco in state.locomotives:
             lo, hi = loco.span
             length = cfg.track_lengths.get(loco.track_id, float("inf"))
-            if hi < 0.0 or lo > length or loco.existence < t.existence_drop:
+            if loco.existence < t.existence_drop:
                 continue
-            if tracking.drove_out(cfg, loco, at):
+            if hi < 0.0 or lo > length or tracking.drove_out(cfg, loco, at):
+                gone = self._departure(loco, at)
+                if gone is not None:
+                    state.departed.append(gone)
                 continue
             kept.append(loco)
 
@@ -401,6 +411,7 @@ class FusionCore:
                 survivors.append(loco)
         order = {id(loco): i for i, loco in enumerate(state.locomotives)}
         state.locomotives = sorted(survivors, key=lambda loco: order[id(loco)])
+        state.departed = self._still_outside(state.departed, survivors, at)
         state.loose_ends = [
             e
             for e in self._merged(state.loose_ends)
@@ -408,6 +419,54 @@ class FusionCore:
             and not (e.from_plate_only and self._on_a_body(state, e))
             and (at - e.last_seen).total_seconds() <= t.pairing_window_s
         ]
+
+    def _departure(self, loco: TrackedLocomotive, at: datetime) -> Departed | None:
+        """Where a locomotive that left through a gate may stand outside: from where it is
+        now to where its fading speed would take it, the part beyond the gate (it may have
+        stopped anywhere in between, unseen; standing there it hides ends on farther tracks
+        from cameras inside: gen-d107-s4, a ChME3 standing 3 m out of the gate of T2 hid a
+        standing locomotive's tail on T4, and that locomotive was dropped)."""
+        cfg = self.config
+        if cfg.tuning.departed_keep_s <= 0:
+            return None
+        length = cfg.track_lengths.get(loco.track_id)
+        if length is None:
+            return None
+        lo, hi = loco.span
+        ref = max(loco.updated_at, loco.velocity_at or loco.updated_at)
+        rest = tracking.travel(
+            cfg,
+            loco.velocity_mps,
+            loco.velocity_at,
+            loco.updated_at,
+            ref + timedelta(seconds=cfg.tuning.velocity_memory_s),
+        )
+        low, high = min(lo, lo + rest), max(hi, hi + rest)
+        if lo + hi < length:  # out through the start
+            low, high = low, min(high, 0.0)
+        else:
+            low, high = max(low, length), high
+        if high <= low:
+            return None
+        return Departed(track_id=loco.track_id, low_m=low, high_m=high, left_at=at)
+
+    def _still_outside(
+        self, departed: list[Departed], locos: list[TrackedLocomotive], at: datetime
+    ) -> list[Departed]:
+        """Departed locomotives that may still stand outside: not for longer than
+        ``departed_keep_s``, and not where a tracked locomotive stands now (it drove on, or
+        that is it, back again)."""
+        t = self.config.tuning
+        return [
+            gone
+            for gone in departed
+            if (at - gone.left_at).total_seconds() <= t.departed_keep_s
+            and not any(
+                loco.track_id == gone.track_id
+                and births.overlap(loco.span, (gone.low_m, gone.high_m)) > t.overlap_m
+                for loco in locos
+            )
+        ][-MAX_DEPARTED:]
 
     def _fits(self, loco: TrackedLocomotive, survivors: list[TrackedLocomotive]) -> bool:
         """Whether ``loco`` can stand beside the stronger ``survivors`` of its track.

@@ -9,7 +9,8 @@ Instead the state is split into records that change independently:
 - ``cameras``: per camera, the newest frame applied and the latest plate-reading keys (what
   makes a redelivered estimate recognisable, hence ignored); one record, as every camera
   moves on every second;
-- ``track/<id>``: the locomotives, unexplained ends and waiting plate readings of one track.
+- ``track/<id>``: the locomotives, unexplained ends, waiting plate readings and departed
+  locomotives (still in view outside a gate) of one track.
 
 :func:`diff` gives only the records that changed since the last checkpoint (``None``: the
 record is gone), so a checkpoint writes a few hundred bytes per changed track, not the state.
@@ -32,6 +33,7 @@ from pydantic import Field
 from schemas.base import UtcDatetime
 from services.state_estimator.fusion.state import (
     CameraClock,
+    Departed,
     FusionState,
     LooseEnd,
     PlateVote,
@@ -72,6 +74,7 @@ class TrackRecord(Record):
     locomotives: list[TrackedLocomotive] = Field(default_factory=list)
     loose_ends: list[LooseEnd] = Field(default_factory=list)
     pending_votes: list[PlateVote] = Field(default_factory=list)
+    departed: list[Departed] = Field(default_factory=list)
 
 
 def split(state: FusionState) -> dict[str, bytes]:
@@ -103,6 +106,8 @@ def split(state: FusionState) -> dict[str, bytes]:
         tracks.setdefault(end.track_id, TrackRecord()).loose_ends.append(end)
     for vote in state.pending_votes:
         tracks.setdefault(vote.track_id, TrackRecord()).pending_votes.append(vote)
+    for gone in state.departed:
+        tracks.setdefault(gone.track_id, TrackRecord()).departed.append(gone)
     for track_id in sorted(tracks):
         out[TRACK_PREFIX + track_id] = tracks[track_id].model_dump_json().encode()
     return out
@@ -130,6 +135,7 @@ def join(records: Mapping[str, bytes]) -> FusionState:
             state.locomotives.extend(t.locomotives)
             state.loose_ends.extend(t.loose_ends)
             state.pending_votes.extend(t.pending_votes)
+            state.departed.extend(t.departed)
     # Records restored from different checkpoints: ids must stay unique.
     used = [_id_number(lo.locomotive_id) + 1 for lo in state.locomotives]
     state.next_id = max([state.next_id, *used])

@@ -171,6 +171,18 @@ class LooseEnd(Record):
         return "head" if self.head_votes >= self.tail_votes else "tail"
 
 
+class Departed(Record):
+    """A locomotive that left the depot through a gate: no longer counted, but it may stand
+    just outside, in view of cameras inside, and hide ends on farther tracks."""
+
+    track_id: str
+    low_m: float
+    high_m: float
+    """Where it may stand: from where it left to where its speed would have taken it, the
+    part outside the depot."""
+    left_at: UtcDatetime
+
+
 class FusionState(Record):
     """Everything the tracker remembers; serialisable as JSON (Faust table value)."""
 
@@ -182,6 +194,7 @@ class FusionState(Record):
     pending_votes: list[PlateVote] = Field(default_factory=list)
     locomotives: list[TrackedLocomotive] = Field(default_factory=list)
     loose_ends: list[LooseEnd] = Field(default_factory=list)
+    departed: list[Departed] = Field(default_factory=list)
     next_id: int = 1
     next_end_id: int = 1
     watermark: UtcDatetime | None = None

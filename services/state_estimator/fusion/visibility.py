@@ -14,15 +14,26 @@ from datetime import datetime
 
 from services.state_estimator.coverage import hidden_behind, hiders, in_view
 from services.state_estimator.fusion.config import FusionConfig
-from services.state_estimator.fusion.state import EndKind, SeenThrough, TrackedLocomotive
+from services.state_estimator.fusion.state import (
+    Departed,
+    EndKind,
+    SeenThrough,
+    TrackedLocomotive,
+)
 
 Occluder = tuple[str, float, float]
 """(track_id, low_m, high_m) of a locomotive that may hide what stands behind it."""
 
 
-def occluders_of(locomotives: Iterable[TrackedLocomotive]) -> list[Occluder]:
-    """The spans of ``locomotives``: what may hide ends on farther tracks."""
-    return [(loco.track_id, *loco.span) for loco in locomotives]
+def occluders_of(
+    locomotives: Iterable[TrackedLocomotive], departed: Iterable[Departed] = ()
+) -> list[Occluder]:
+    """The spans of ``locomotives``, and where ``departed`` ones may stand outside the
+    depot: what may hide ends on farther tracks."""
+    return [
+        *((loco.track_id, *loco.span) for loco in locomotives),
+        *((gone.track_id, gone.low_m, gone.high_m) for gone in departed),
+    ]
 
 
 def covers_track(config: FusionConfig, camera_id: str, track_id: str) -> bool:
