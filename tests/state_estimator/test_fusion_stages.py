@@ -620,32 +620,19 @@ def test_a_locomotive_that_left_through_a_gate_may_still_hide_what_lies_behind_i
 
     facility = generate_depot(107).facility
     core = FusionCore(FusionConfig.from_facility(facility, "prod"))
-    standing = TrackedLocomotive(
-        locomotive_id="loco-9",
-        track_id="T4",
-        head_m=-12.9,
-        tail_m=4.4,
-        updated_at=T0,
-        first_seen=T0,
-        last_seen=T0,
-        head_seen_at=T0,
-        tail_seen_at=T0,
-        existence=1.0,
+    standing = _on_t1(
+        -12.9, 4.4, locomotive_id="loco-9", track_id="T4", head_seen_at=T0, tail_seen_at=T0
     )
     # Driving out at 0.8 m/s, its body just past the gate: dropped from the count...
-    leaving = TrackedLocomotive(
+    leaving = _on_t1(
+        -16.3,
+        -0.1,
         locomotive_id="loco-7",
         track_id="T2",
-        head_m=-16.3,
-        tail_m=-0.1,
-        updated_at=T0,
-        first_seen=T0,
-        last_seen=T0,
         head_seen_at=T0,
         tail_seen_at=T0,
         velocity_mps=-0.8,
         velocity_at=T0,
-        existence=1.0,
     )
 
     def after_empty_views(remember: bool) -> FusionState:

@@ -310,10 +310,7 @@ def hypotheses(
     t = config.tuning
     track = end.track_id
     off = inset(config, end)
-    occluders = occluders_of(
-        (loco for loco in state.locomotives if loco.track_id != track),
-        (gone for gone in state.departed if gone.track_id != track),
-    )
+    occluders = occluders_of(state, track)
     unexplained = [e for e in state.loose_ends if e.track_id == track and not e.from_plate_only]
     looked = [
         cam

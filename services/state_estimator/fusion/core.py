@@ -214,10 +214,7 @@ class FusionCore:
         )
         per_loco: dict[str, dict[EndKind, Detection]] = defaultdict(dict)
         matched: set[int] = set(matches.values())
-        occluders = occluders_of(
-            (loco for loco in state.locomotives if loco.track_id != track_id),
-            (gone for gone in state.departed if gone.track_id != track_id),
-        )
+        occluders = occluders_of(state, track_id)
         for i, j in matches.items():
             owner, kind = owners[j]
             det = detected[i]
@@ -443,9 +440,9 @@ class FusionCore:
         )
         low, high = min(lo, lo + rest), max(hi, hi + rest)
         if lo + hi < length:  # out through the start
-            low, high = low, min(high, 0.0)
+            high = min(high, 0.0)
         else:
-            low, high = max(low, length), high
+            low = max(low, length)
         if high <= low:
             return None
         return Departed(track_id=loco.track_id, low_m=low, high_m=high, left_at=at)

@@ -9,14 +9,14 @@ occlusion test errs towards "hidden": a hidden end that is not detected is no ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from services.state_estimator.coverage import hidden_behind, hiders, in_view
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.state import (
-    Departed,
     EndKind,
+    FusionState,
     SeenThrough,
     TrackedLocomotive,
 )
@@ -25,14 +25,16 @@ Occluder = tuple[str, float, float]
 """(track_id, low_m, high_m) of a locomotive that may hide what stands behind it."""
 
 
-def occluders_of(
-    locomotives: Iterable[TrackedLocomotive], departed: Iterable[Departed] = ()
-) -> list[Occluder]:
-    """The spans of ``locomotives``, and where ``departed`` ones may stand outside the
-    depot: what may hide ends on farther tracks."""
+def occluders_of(state: FusionState, track_id: str) -> list[Occluder]:
+    """What may hide ends on ``track_id``: the locomotives on other tracks, and where those
+    that left through a gate may stand outside it."""
     return [
-        *((loco.track_id, *loco.span) for loco in locomotives),
-        *((gone.track_id, gone.low_m, gone.high_m) for gone in departed),
+        *((loco.track_id, *loco.span) for loco in state.locomotives if loco.track_id != track_id),
+        *(
+            (gone.track_id, gone.low_m, gone.high_m)
+            for gone in state.departed
+            if gone.track_id != track_id
+        ),
     ]
 
 
