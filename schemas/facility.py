@@ -457,20 +457,6 @@ class StateEstimatorSettings(StrictModel):
         description="An end this close to an image edge is often cut off and missed: such a "
         "spot does not count as shown.",
     )
-    body_width_m: float = Field(
-        default=3.0,
-        gt=0,
-        le=6,
-        description="Width of a locomotive body, metres: a body on a nearer track hides what "
-        "the line from a camera (where its calibration says it hangs) to an end passes "
-        "behind.",
-    )
-    body_height_m: float = Field(
-        default=4.5,
-        gt=0,
-        le=8,
-        description="Height of a locomotive body above the rail, metres (see body_width_m).",
-    )
     occluder_margin_m: float = Field(
         default=0.5,
         description="Locomotives on nearer tracks are widened by this when deciding what they "

@@ -1,8 +1,7 @@
-"""Geometry shared by config validation, the simulator and the estimators.
+"""Plane geometry shared by config validation, the simulator and the estimators.
 
-Pure numpy: homographies between image pixels and the facility floor (metres), positions
-along track polylines, where a calibrated camera hangs, and sight lines past locomotive
-bodies.
+Pure numpy: homographies between image pixels and the facility floor (metres), and
+positions along track polylines.
 """
 
 from __future__ import annotations
@@ -217,46 +216,6 @@ def pinhole_extrinsics(
     return k, r, -r @ c
 
 
-def camera_centre(
-    floor_to_pixel: FloatArray, width: int, height: int
-) -> tuple[float, float, float] | None:
-    """Where a calibrated camera hangs (x, y, z metres), from its floor homography alone.
-
-    A floor homography is K [r1 r2 t] up to scale. With the principal point at the image
-    centre and square pixels, the focal length is the one that makes r1 and r2 orthonormal
-    (searched over fields of view of 10-160 degrees); then the camera centre is -R^T t, above
-    the floor. None when no focal length fits (a homography that is no pinhole view of a
-    plane, e.g. hand-made calibration points).
-    """
-    shift = np.array([[1.0, 0.0, -width / 2.0], [0.0, 1.0, -height / 2.0], [0.0, 0.0, 1.0]])
-    g = shift @ np.asarray(floor_to_pixel, dtype=np.float64)
-
-    def misfit(hfov: FloatArray) -> FloatArray:
-        f = (width / 2.0) / np.tan(np.radians(hfov) / 2.0)
-        m1 = g[:, 0][None, :] / np.c_[f, f, np.ones_like(f)]
-        m2 = g[:, 1][None, :] / np.c_[f, f, np.ones_like(f)]
-        n1, n2 = np.linalg.norm(m1, axis=1), np.linalg.norm(m2, axis=1)
-        cos = (m1 * m2).sum(axis=1) / (n1 * n2)
-        return np.asarray(cos**2 + ((n1 - n2) / (n1 + n2)) ** 2)
-
-    coarse = np.linspace(10.0, 160.0, 301)
-    best = float(coarse[int(np.argmin(misfit(coarse)))])
-    fine = np.linspace(best - 0.5, best + 0.5, 201)
-    cost = misfit(fine)
-    if float(cost.min()) > 1e-3:
-        return None
-    f = (width / 2.0) / np.tan(np.radians(float(fine[int(np.argmin(cost))])) / 2.0)
-    m = np.diag([1.0 / f, 1.0 / f, 1.0]) @ g
-    scale = 2.0 / (np.linalg.norm(m[:, 0]) + np.linalg.norm(m[:, 1]))
-    r1, r2, t = m[:, 0] * scale, m[:, 1] * scale, m[:, 2] * scale
-    r = np.c_[r1, r2, np.cross(r1, r2)]
-    u, _, vt = np.linalg.svd(r)
-    r = u @ vt
-    c = -r.T @ t
-    # The floor seen from below gives the same homography: the camera hangs above it.
-    return float(c[0]), float(c[1]), abs(float(c[2]))
-
-
 def stretches(
     positions: Sequence[float] | FloatArray, mask: Sequence[bool] | NDArray[np.bool_], step_m: float
 ) -> list[tuple[float, float]]:
@@ -276,91 +235,3 @@ def stretches(
     if start is not None and len(positions):
         out.append((start, float(positions[-1])))
     return out
-
-
-# Locomotive bodies in 3-D: what a camera can physically see past them. A locomotive is a
-# box standing on its track (the chord between its ends); a point is hidden from a camera
-# when the straight line from the camera to it passes through another locomotive's box.
-
-BODY_WIDTH_M = 3.0
-"""Width of a typical mainline or shunting locomotive body (gauge 1520: 3.0-3.4 m)."""
-BODY_HEIGHT_M = 4.5
-"""Height of a typical locomotive body above the rail (4.4-5.1 m; cab roofs lower)."""
-
-
-def locomotive_box(
-    end_a: Sequence[float],
-    end_b: Sequence[float],
-    width_m: float = BODY_WIDTH_M,
-    height_m: float = BODY_HEIGHT_M,
-) -> FloatArray:
-    """A locomotive body between the floor points of its two ends, as one row of
-    ``(centre x, centre y, axis x, axis y, half length, half width, height)``.
-
-    On a curved track the body is the chord between its ends (a few cm off on gentle curves).
-    """
-    a = np.asarray(end_a, dtype=np.float64)
-    b = np.asarray(end_b, dtype=np.float64)
-    length = float(np.linalg.norm(b - a))
-    axis = (b - a) / length if length > 1e-9 else np.array([1.0, 0.0])
-    centre = (a + b) / 2
-    return np.array([centre[0], centre[1], axis[0], axis[1], length / 2, width_m / 2, height_m])
-
-
-def sightlines_blocked(
-    camera: Sequence[float],
-    targets: Sequence[Sequence[float]] | FloatArray,
-    boxes: Sequence[FloatArray] | FloatArray,
-    ignore: NDArray[np.bool_] | None = None,
-) -> NDArray[np.bool_]:
-    """For each 3-D target point, whether the segment from ``camera`` to it crosses a box.
-
-    ``boxes`` are rows made by :func:`locomotive_box`; ``ignore[i, j]`` leaves box ``j`` out
-    for target ``i`` (the locomotive the target belongs to).
-    """
-    hit = segments_through_boxes(camera, targets, boxes)
-    if ignore is not None and hit.size:
-        hit &= ~ignore
-    return np.asarray(hit.any(axis=1)) if hit.size else np.zeros(len(hit), dtype=bool)
-
-
-def segments_through_boxes(
-    camera: Sequence[float],
-    targets: Sequence[Sequence[float]] | FloatArray,
-    boxes: Sequence[FloatArray] | FloatArray,
-) -> NDArray[np.bool_]:
-    """``[i, j]``: whether the segment from ``camera`` to 3-D target ``i`` crosses box ``j``
-    (rows made by :func:`locomotive_box`). Slab test in each box's frame."""
-    pts = np.asarray(targets, dtype=np.float64).reshape(-1, 3)
-    bx = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    if len(pts) == 0 or len(bx) == 0:
-        return np.zeros((len(pts), len(bx)), dtype=bool)
-    c = np.asarray(camera, dtype=np.float64)
-    d = pts - c  # (T, 3): segment direction, parameter s in [0, 1]
-    axis = bx[:, 2:4]
-    normal = np.c_[-axis[:, 1], axis[:, 0]]
-    rel = c[:2] - bx[:, 0:2]  # (B, 2)
-    # Origin and direction of every segment in every box's frame: (T, B) each.
-    origins = [
-        (rel * axis).sum(1)[None, :],
-        (rel * normal).sum(1)[None, :],
-        np.full((1, len(bx)), c[2]),
-    ]
-    dirs = [d[:, :2] @ axis.T, d[:, :2] @ normal.T, np.repeat(d[:, 2:3], len(bx), axis=1)]
-    lows = [-bx[:, 4], -bx[:, 5], np.zeros(len(bx))]
-    highs = [bx[:, 4], bx[:, 5], bx[:, 6]]
-    enter = np.zeros((len(pts), len(bx)))
-    leave = np.ones((len(pts), len(bx)))
-    for o, v, lo, hi in zip(origins, dirs, lows, highs, strict=True):
-        flat = np.abs(v) < 1e-12
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t1 = (lo[None, :] - o) / v
-            t2 = (hi[None, :] - o) / v
-        near = np.where(flat, -np.inf, np.minimum(t1, t2))
-        far = np.where(flat, np.inf, np.maximum(t1, t2))
-        # A segment parallel to a slab is inside it everywhere or nowhere.
-        outside = flat & ((o < lo[None, :]) | (o > hi[None, :]))
-        near = np.where(outside, np.inf, near)
-        enter = np.maximum(enter, near)
-        leave = np.minimum(leave, far)
-    return np.asarray(enter < leave)

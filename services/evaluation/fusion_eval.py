@@ -29,16 +29,15 @@ from schemas.estimates import IdentityEstimate, PositionEstimate, TrackObservati
 from schemas.facility import Camera, FacilityConfig
 from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
-from schemas.geometry import (
-    BODY_HEIGHT_M,
-    BODY_WIDTH_M,
-    FloatArray,
-    locomotive_box,
-    point_at_position,
-    sightlines_blocked,
-)
+from schemas.geometry import FloatArray, point_at_position
 from schemas.ground_truth import GroundTruth
 from services.evaluation.compare import AgreementSummary, summarise
+from services.evaluation.observability import (
+    BODY_HEIGHT_M,
+    BODY_WIDTH_M,
+    locomotive_box,
+    sightlines_blocked,
+)
 from services.plate_ocr.identity import TextRecogniser
 from services.runtime.ports import BatchDetector
 from services.state_estimator.coverage import in_view

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from schemas.geometry import locomotive_box, sightlines_blocked
 from schemas.ground_truth import GroundTruth, TrueLocomotive
 from services.evaluation.compare import Placed, compare_placed, placed_from_truth
+from services.evaluation.observability import locomotive_box, sightlines_blocked
 from services.state_estimator.coverage import in_view
 
 # A locomotive along x on the line y = 5 (x from 0 to 18), 3 m wide and 4.5 m tall.

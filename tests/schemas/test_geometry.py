@@ -10,7 +10,6 @@ import pytest
 from schemas.geometry import (
     DegenerateHomographyError,
     apply_homography,
-    camera_centre,
     fit_homography,
     least_consistent_point,
     locate_on_polyline,
@@ -239,22 +238,3 @@ def test_stretches_are_the_runs_where_the_mask_holds(
 ) -> None:
     positions = [0.5 * i for i in range(len(mask))]
     assert stretches(positions, mask, 0.5) == expected
-
-
-@pytest.mark.parametrize("camera", PINHOLE_CAMERAS)
-def test_camera_centre_comes_back_from_the_floor_homography_alone(camera: tuple) -> None:
-    position, _, _, width, height = camera
-    floor_to_pixel = pinhole_floor_homography(*camera)
-    # As calibration gives it: fitted from point pairs, scaled arbitrarily.
-    floor = _floor_points_near(camera[1])
-    fitted = fit_homography(apply_homography(floor_to_pixel, floor), floor)
-
-    centre = camera_centre(np.linalg.inv(fitted) * -3.0, width, height)
-
-    assert centre == pytest.approx(position, abs=0.05)
-
-
-def test_no_camera_centre_for_a_map_no_pinhole_camera_makes() -> None:
-    # Metres stretched ten times more across than along: no focal length makes that a view.
-    stretched = np.array([[100.0, 0.0, 640.0], [0.0, 10.0, 360.0], [0.0, 0.0, 1.0]])
-    assert camera_centre(stretched, 1280, 720) is None

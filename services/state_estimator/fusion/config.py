@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import pairwise
-from math import hypot
 
 from schemas.facility import FacilityConfig, StateEstimatorSettings
-from schemas.geometry import Point, camera_centre
 from services.state_estimator.coverage import (
     Interval,
     TrackInImage,
@@ -40,11 +36,6 @@ class FusionConfig:
     uncalibrated_cameras: frozenset[str] = frozenset()
     """Browser cameras without calibration: their estimates place nothing."""
     tuning: StateEstimatorSettings = field(default_factory=StateEstimatorSettings)
-    centres: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    """camera -> where it hangs (x, y, z metres), derived from its calibration: sight lines
-    past the 3-D bodies of locomotives on nearer tracks."""
-    polylines: dict[str, tuple[Point, ...]] = field(default_factory=dict)
-    """track -> its centre line on the floor."""
 
     @classmethod
     def from_facility(
@@ -65,41 +56,7 @@ class FusionConfig:
             disabled_cameras=frozenset(c.id for c in cfg.cameras if not c.enabled),
             uncalibrated_cameras=frozenset(c.id for c in cfg.cameras if not c.calibrated),
             tuning=settings or StateEstimatorSettings(),
-            centres={
-                c.id: centre
-                for c in cfg.cameras
-                if c.calibrated
-                and (centre := camera_centre(c.floor_to_pixel, c.width, c.height)) is not None
-            },
-            polylines={t.id: tuple(t.polyline) for t in cfg.tracks},
         )
-
-    def floor_point(self, track_id: str, position_m: float) -> Point:
-        """The floor point (x, y metres) at ``position_m`` on the track (extrapolated past its
-        ends along the end segments, as :func:`point_at_position` does)."""
-        starts, segments = self._segments[track_id]
-        i = min(max(bisect_right(starts, position_m) - 1, 0), len(starts) - 1)
-        (x, y), (dx, dy) = segments[i]
-        along = position_m - starts[i]
-        return x + dx * along, y + dy * along
-
-    @cached_property
-    def _segments(self) -> dict[str, tuple[list[float], list[tuple[Point, Point]]]]:
-        """track -> (arc length where each segment starts, (start point, unit direction))."""
-        out: dict[str, tuple[list[float], list[tuple[Point, Point]]]] = {}
-        for track_id, line in self.polylines.items():
-            starts: list[float] = []
-            segments: list[tuple[Point, Point]] = []
-            along = 0.0
-            for (x0, y0), (x1, y1) in pairwise(line):
-                length = hypot(x1 - x0, y1 - y0)
-                if length <= 0.0:
-                    continue
-                starts.append(along)
-                segments.append(((x0, y0), ((x1 - x0) / length, (y1 - y0) / length)))
-                along += length
-            out[track_id] = (starts, segments)
-        return out
 
     @cached_property
     def plate_res(self) -> dict[str, re.Pattern[str]]:

@@ -2,12 +2,9 @@
 
 A camera shows a spot when the spot lies inside its image, not within ``view_edge_m`` of an
 image edge (an end cut by the edge is often missed; the track's own ends are not image
-edges), and not behind a locomotive on a nearer track: one standing on the floor in front of
-it in that image column, or one whose body (a box ``body_width_m`` x ``body_height_m`` on its
-track) the straight line from the camera to the spot passes through. Everything comes from
-the calibration alone (real cameras have no pose in the config; where a camera hangs is
-derived from its floor homography), and the test errs towards "hidden": a hidden end that is
-not detected is no evidence.
+edges), and not behind a locomotive standing on a track nearer to the camera in that image
+column. The sightlines come from the calibration alone (real cameras have no pose), so the
+occlusion test errs towards "hidden": a hidden end that is not detected is no evidence.
 """
 
 from __future__ import annotations
@@ -15,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from schemas.geometry import locomotive_box, segments_through_boxes
-from services.state_estimator.coverage import hiders, in_view
+from services.state_estimator.coverage import hidden_behind, hiders, in_view
 from services.state_estimator.fusion.config import FusionConfig
 from services.state_estimator.fusion.state import (
     EndKind,
@@ -68,7 +64,15 @@ def shows(
     near an edge, not behind a locomotive on a nearer track)."""
     if not in_image(config, camera_id, track_id, position_m):
         return False
-    return not occluders or not hiding(config, camera_id, track_id, position_m, occluders)
+    if not occluders:
+        return True
+    return not hidden_behind(
+        config.sightlines.get(camera_id, {}),
+        track_id,
+        position_m,
+        list(occluders),
+        config.tuning.occluder_margin_m,
+    )
 
 
 SEEN_THROUGH_KEPT = 4
@@ -94,12 +98,10 @@ def hiding(
     occluders: Sequence[Occluder],
 ) -> list[Occluder]:
     """The locomotives on nearer tracks that hide ``position_m`` from the camera (empty: in
-    plain sight, or not in its image at all): those standing on the floor in front of it in
-    its image column, and those whose body (``body_width_m`` x ``body_height_m``) the line
-    from the camera to the end's floor point passes through."""
+    plain sight, or not in its image at all)."""
     if not occluders:
         return []
-    found = list(
+    return list(
         hiders(
             config.sightlines.get(camera_id, {}),
             track_id,
@@ -108,38 +110,6 @@ def hiding(
             config.tuning.occluder_margin_m,
         )
     )
-    return found + [
-        o
-        for o in _bodies_hiding(config, camera_id, track_id, position_m, occluders)
-        if o not in found
-    ]
-
-
-def _bodies_hiding(
-    config: FusionConfig,
-    camera_id: str,
-    track_id: str,
-    position_m: float,
-    occluders: Sequence[Occluder],
-) -> list[Occluder]:
-    centre = config.centres.get(camera_id)
-    others = [o for o in occluders if o[0] != track_id and o[0] in config.polylines]
-    if centre is None or not others or track_id not in config.polylines:
-        return []
-    t = config.tuning
-    margin = t.occluder_margin_m
-    boxes = [
-        locomotive_box(
-            config.floor_point(other, lo - margin),
-            config.floor_point(other, hi + margin),
-            t.body_width_m,
-            t.body_height_m,
-        )
-        for other, lo, hi in others
-    ]
-    x, y = config.floor_point(track_id, position_m)
-    hit = segments_through_boxes(centre, [(x, y, 0.0)], boxes)[0]
-    return [o for o, h in zip(others, hit, strict=True) if h]
 
 
 def _same_occluder(a: Occluder, b: Occluder, tolerance_m: float) -> bool:
@@ -196,14 +166,9 @@ def shows_end(
 ) -> bool:
     """Whether the camera would detect ``loco``'s end at ``position_m``: :func:`shows`, except
     that an end this camera has detected there before (``SEEN_THROUGH_MIN_HITS`` times), past
-    the same locomotives, is shown (the floor model hides too much; detections proved it).
-    Not past a body standing in the line of sight: detections there were made at the body's
-    edge (gen-d316-s3: a tail seen twice while it moved, then standing 0.3 m further behind
-    the body, was taken for shown empty and a coupled TE33A was dropped)."""
+    the same locomotives, is shown (the sightline model hides too much; detections proved
+    it)."""
     if not in_image(config, camera_id, loco.track_id, position_m):
-        return False
-    bodies = _bodies_hiding(config, camera_id, loco.track_id, position_m, occluders)
-    if bodies:
         return False
     hidden_by = hiding(config, camera_id, loco.track_id, position_m, occluders)
     if not hidden_by:
