@@ -1,7 +1,9 @@
 """Adapters around the frame source: RTSP cameras (GStreamer child process) and video files.
 
 ``RtspCameraServer`` starts :mod:`services.simulator.rtsp_server` under the system python
-(where ``gi`` lives) with one pipe per camera and writes raw BGR frames into the pipes.
+(where ``gi`` lives) with one pipe per camera and writes raw BGR frames into the pipes (or,
+for cameras served from pre-encoded clips, H.264 access units: see
+:mod:`services.simulator.clips`).
 ``run_realtime`` paces a :class:`FrameSource` against the wall clock and hands each tick to
 callbacks (frames to the server, ground truth to Kafka). ``write_videos`` renders a scenario
 to one MP4 per camera plus label and ground-truth JSONL files.
@@ -16,15 +18,15 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from schemas.facility import Camera
 from services.simulator.frames import FrameSource, SimTick
 
 log = logging.getLogger(__name__)
@@ -33,22 +35,41 @@ SYSTEM_PYTHON = os.environ.get("DEPOTWATCH_SIM_GST_PYTHON", "/usr/bin/python3")
 """Interpreter with PyGObject and GstRtspServer (Debian: python3-gi, gir1.2-gst-rtsp-server-1.0)."""
 
 
+class StreamSpec(Protocol):
+    """What the RTSP server needs of a camera (a facility :class:`Camera` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def fps(self) -> float: ...
+
+
 class RtspServerError(RuntimeError):
     """The GStreamer RTSP child could not start; the message says what to install or change."""
 
 
 class RtspCameraServer:
-    """GStreamer RTSP server child process fed with raw frames, one pipe per camera."""
+    """GStreamer RTSP server child process fed with raw frames, one pipe per camera; the
+    cameras in ``encoded`` are fed H.264 access units instead (:meth:`push_encoded`)."""
 
     def __init__(
         self,
-        cameras: list[Camera],
+        cameras: Sequence[StreamSpec],
         host: str = "127.0.0.1",
         port: int = 8554,
         python: str = SYSTEM_PYTHON,
         start_timeout_s: float = 20.0,
+        encoded: Collection[str] = (),
     ) -> None:
         self.cameras = {c.id: c for c in cameras}
+        unknown = sorted(set(encoded) - set(self.cameras))
+        if unknown:
+            raise ValueError(f"encoded cameras {unknown} are not among {sorted(self.cameras)}")
+        self.encoded = frozenset(encoded)
         self.host = host
         self.requested_port = port
         self.python = python
@@ -79,7 +100,8 @@ class RtspCameraServer:
             fps = Fraction(cam.fps).limit_denominator(1000)
             args += [
                 "--camera",
-                f"{cam.id}:{cam.width}:{cam.height}:{fps.numerator}/{fps.denominator}:{r}",
+                f"{cam.id}:{cam.width}:{cam.height}:{fps.numerator}/{fps.denominator}:{r}"
+                + (":h264" if cam.id in self.encoded else ""),
             ]
         self._proc = subprocess.Popen(
             args,
@@ -121,8 +143,24 @@ class RtspCameraServer:
             del self._stderr[:-50]
             log.debug("rtsp server: %s", text)
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (for CPU accounting)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def push_encoded(self, camera_id: str, unit: bytes) -> None:
+        """Send one H.264 access unit (Annex B, SPS/PPS before each keyframe) to the stream of
+        a camera served pre-encoded."""
+        if camera_id not in self.encoded:
+            raise ValueError(f"{camera_id} is served from raw frames; use push()")
+        if not self.alive:
+            raise RtspServerError("the GStreamer RTSP server exited; see the log for its error")
+        _write_all(self._pipes[camera_id], len(unit).to_bytes(4, "big") + unit)
+
     def push(self, camera_id: str, image: np.ndarray) -> None:
         """Send one BGR frame of the camera's size to its stream."""
+        if camera_id in self.encoded:
+            raise ValueError(f"{camera_id} is served pre-encoded; use push_encoded()")
         cam = self.cameras[camera_id]
         if image.shape != (cam.height, cam.width, 3):
             raise ValueError(
@@ -130,7 +168,7 @@ class RtspCameraServer:
             )
         if not self.alive:
             raise RtspServerError("the GStreamer RTSP server exited; see the log for its error")
-        os.write(self._pipes[camera_id], np.ascontiguousarray(image).tobytes())
+        _write_all(self._pipes[camera_id], np.ascontiguousarray(image).tobytes())
 
     @property
     def alive(self) -> bool:
@@ -166,6 +204,13 @@ class RtspCameraServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a pipe (a write may take only part of a large buffer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def run_realtime(
