@@ -1,10 +1,14 @@
 """Sizing: the whole pipeline at N cameras x F fps, where the CPU and the time go.
 
 Each camera's view is rendered once and encoded as H.264 at the stream's frame rate (15 fps, a
-keyframe every 2 s; cached in ``<data dir>/clips``); the cameras' sources point at those files,
-which capture paces to their frame rate and loops, so every camera costs what a real one costs
-(decode every frame, keep F a second) and nothing is rendered or encoded while the pipeline
-runs. Cameras beyond the facility's posed ones replay a posed camera's clip under another id.
+keyframe every 2 s, no B-frames; cached in ``<data dir>/clips``). With ``--streams rtsp`` (the
+default) the clips are served over RTSP by the GStreamer server, which only packetises them
+(:class:`services.simulator.clips.ClipStreams`); with ``--streams file`` the cameras' sources
+point at the files, which capture paces to their frame rate and loops. Either way every camera
+costs what a real one costs (decode every frame, keep F a second) and nothing is rendered or
+encoded while the pipeline runs; the RTSP server's own CPU is shown apart (it is the test bed,
+not the pipeline). Cameras beyond the facility's posed ones replay a posed camera's stream under
+another id.
 
 ``depotwatch up --no-sim`` then runs the real services on the embedded S3 and broker. After a
 warm-up, over ``--duration`` seconds, it samples each process's CPU and the services' counters
@@ -33,6 +37,8 @@ from services.benchmarks.ingest_rig import metric_sum, scrape, tree_cpu_seconds
 from services.runtime.stats import percentile
 
 LATENCY_GOAL_S = 1.0
+MIN_CHANGES = 30
+"""Fewer state changes than this in a window: the latency figures are flagged as thin."""
 STREAM_FPS = 15
 CLIP_SECONDS = 30.0
 
@@ -56,12 +62,17 @@ def stage_of(service: str) -> str:
     return base if base in STAGE_ORDER else "other"
 
 
+TEST_BED = "RTSP server (test bed)"
+"""The clip server's row: shown, not counted in the pipeline's total."""
+
+
 def bench_cameras(
-    cameras: Sequence[Mapping[str, Any]], n: int, fps: float, clips: Mapping[str, Path]
+    cameras: Sequence[Mapping[str, Any]], n: int, fps: float, sources: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    """``n`` camera entries streaming the clips: the posed cameras in turn, then again under
-    ids ``<id>-x2``, ``<id>-x3``... (the same view, decoded and estimated again)."""
-    posed = [c for c in cameras if c.get("pose") and c["id"] in clips]
+    """``n`` camera entries streaming ``sources`` (posed camera id -> its clip's URL): the
+    posed cameras in turn, then again under ids ``<id>-x2``, ``<id>-x3``... (the same view,
+    decoded and estimated again)."""
+    posed = [c for c in cameras if c.get("pose") and c["id"] in sources]
     if not posed:
         raise ValueError("the facility has no posed camera with a clip to stream")
     out = []
@@ -72,7 +83,7 @@ def bench_cameras(
             {
                 **base,
                 "id": base["id"] if copy == 0 else f"{base['id']}-x{copy + 1}",
-                "source": clips[base["id"]].resolve().as_uri(),
+                "source": sources[base["id"]],
                 "fps": fps,
                 "enabled": True,
             }
@@ -116,6 +127,8 @@ class RunFigures:
     """Estimator service -> frames it estimated over the window."""
     restarts: dict[str, int] = field(default_factory=dict)
     """Service -> restarts by the supervisor over the window (a restart replays a backlog)."""
+    streams: str = "streams"
+    """What the cameras read: "RTSP streams" or "files"."""
 
     def p(self, q: float) -> float | None:
         return percentile(self.latencies, q)
@@ -150,7 +163,7 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
     """The table and figures of one run."""
     offered = run.cameras * run.fps
     lines = [
-        f"{run.cameras} cameras x {run.fps:g} fps from {STREAM_FPS} fps H.264 streams, flows "
+        f"{run.cameras} cameras x {run.fps:g} fps from {STREAM_FPS} fps H.264 {run.streams}, flows "
         f"{', '.join(run.flows)}, {run.seconds:.0f} s measured",
         f"frames stored {run.stored / run.seconds:.2f}/s (offered {offered:g}/s); skipped: "
         + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.skipped.items())) or "none")
@@ -170,25 +183,35 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
         f"{'-' * 20} {'-' * 6} {'-' * 9}  {'-' * 40}",
     ]
     total = 0.0
+
+    def row(stage: str, cpu: float, floor: str) -> str:
+        per_frame = 1000 * cpu / run.stored if run.stored else float("nan")
+        return f"{stage:20} {100 * cpu / run.seconds:5.0f}% {per_frame:9.1f}  {floor}"
+
     for stage in STAGE_ORDER:
         if stage not in run.cpu_s:
             continue
-        cpu = run.cpu_s[stage]
-        total += cpu
-        per_frame = 1000 * cpu / run.stored if run.stored else float("nan")
-        share = 100 * cpu / run.seconds
-        lines.append(f"{stage:20} {share:5.0f}% {per_frame:9.1f}  {floor_for(stage, floors)}")
+        total += run.cpu_s[stage]
+        lines.append(row(stage, run.cpu_s[stage], floor_for(stage, floors)))
     per_total = 1000 * total / run.stored if run.stored else float("nan")
     floor_total = f"{sum(f.ms for f in floors):6.1f}" if floors else "     -"
     lines.append(
         f"{'total':20} {100 * total / run.seconds:5.0f}% {per_total:9.1f}  {floor_total}"
         f"  ({os.cpu_count() or 1} cores: {100 * (os.cpu_count() or 1)}%)"
     )
+    if TEST_BED in run.cpu_s:
+        lines.append(row(TEST_BED, run.cpu_s[TEST_BED], "(not in the total: the cameras)"))
     lines.append("")
     p50, p95, p99 = run.p(0.5), run.p(0.95), run.p(0.99)
     if p50 is None or p95 is None or p99 is None:
         lines.append("capture -> state latency: no change published in the window (MISSED)")
         return lines
+    if len(run.latencies) < MIN_CHANGES:
+        lines.append(
+            f"note: only {len(run.latencies)} state changes in the window: the clips show little "
+            "movement, so the latency figures rest on few samples (pick a --clip-start or "
+            "--scenario where locomotives move)"
+        )
     verdict = "met" if run.held else "MISSED"
     lines.append(
         f"capture -> state latency over {len(run.latencies)} changes: p50 {p50:.2f} s, "
@@ -366,33 +389,59 @@ def run_once(
     warmup_s: float,
     work: Path,
     say: Callable[[str], None],
+    streams: str = "rtsp",
 ) -> RunFigures:
-    """One run of ``depotwatch up --no-sim`` at ``cameras`` x ``fps``."""
+    """One run of ``depotwatch up --no-sim`` at ``cameras`` x ``fps``, the cameras reading
+    the clips over RTSP (``streams="rtsp"``) or from the files (``"file"``)."""
     from schemas.facility_state import FacilityState
     from services.benchmarks.faults import Pipeline, wait_until
     from services.evaluation.pipeline import collect_live, pipeline_figures
+    from services.simulator.clips import ClipStreams
+    from services.simulator.serve import RtspServerError
 
+    server = ClipStreams(clips) if streams == "rtsp" else None
+    if server is not None:
+        try:
+            server.start()
+        except RtspServerError as exc:
+            raise click.ClickException(f"{exc}; or run with --streams file") from None
+        sources = {cam: server.url(cam) for cam in clips}
+    else:
+        sources = {cam: path.resolve().as_uri() for cam, path in clips.items()}
     config = dict(base)
-    config["cameras"] = bench_cameras(base["cameras"], cameras, fps, clips)
+    config["cameras"] = bench_cameras(base["cameras"], cameras, fps, sources)
     config["flows"] = {f: base["flows"][f] for f in flows}
     extra = ["--no-sim", *(a for f in flows[1:] for a in ("--flow", f))]
-    pipe = Pipeline(work, cameras, flows[0], config=config, extra_args=extra)
+
+    def sample(pipe: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        cpu, metrics = _sample(pipe)
+        if server is not None and server.server is not None and server.server.pid:
+            cpu[TEST_BED] = tree_cpu_seconds(server.server.pid)
+        return cpu, metrics
+
     try:
-        if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
-            raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
-        say(f"{cameras} cameras: up; warming up {warmup_s:g} s ...")
-        time.sleep(warmup_s)
-        kafka = pipe.infra.client_settings.kafka
-        cpu0, m0 = _sample(pipe)
-        r0 = {svc["name"]: int(svc.get("restarts", 0)) for svc in pipe.services()}
-        t0 = time.monotonic()
-        topics = [FacilityState.topic_name(f) for f in flows]
-        got = collect_live(kafka, topics, duration_s)
-        cpu1, m1 = _sample(pipe)
-        r1 = {svc["name"]: int(svc.get("restarts", 0)) for svc in pipe.services()}
-        seconds = time.monotonic() - t0
+        pipe = Pipeline(work, cameras, flows[0], config=config, extra_args=extra)
+        try:
+            if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
+                raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
+            say(f"{cameras} cameras: up; warming up {warmup_s:g} s ...")
+            time.sleep(warmup_s)
+            kafka = pipe.infra.client_settings.kafka
+            cpu0, m0 = sample(pipe)
+            r0 = {svc["name"]: int(svc.get("restarts", 0)) for svc in pipe.services()}
+            t0 = time.monotonic()
+            topics = [FacilityState.topic_name(f) for f in flows]
+            got = collect_live(kafka, topics, duration_s)
+            cpu1, m1 = sample(pipe)
+            r1 = {svc["name"]: int(svc.get("restarts", 0)) for svc in pipe.services()}
+            seconds = time.monotonic() - t0
+            if server is not None and not server.alive:
+                raise click.ClickException("the RTSP clip server stopped during the run")
+        finally:
+            pipe.stop()
     finally:
-        pipe.stop()
+        if server is not None:
+            server.stop()
     states = [r for t in topics for r in got[t]]
     figures = pipeline_figures(states, [], warmup_s=0.0)
     stored = sum(_delta(m0, m1, "depotwatch_aggregator_frames_stored_total").values())
@@ -408,6 +457,7 @@ def run_once(
         restarts={k: n - r0.get(k, 0) for k, n in r1.items() if n > r0.get(k, 0)},
         latencies=figures.latencies_s,
         stages=dict(figures.stages_s),
+        streams="RTSP streams" if streams == "rtsp" else "files",
     )
 
 
@@ -452,6 +502,14 @@ def run_once(
 @click.option("--scenario", default="depot-day", show_default=True, help="Scene of the clips.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Scenario seed.")
 @click.option(
+    "--clip-start",
+    type=click.FloatRange(0),
+    default=20,
+    show_default=True,
+    help="Seconds into the scenario where the clips start (depot-day: a locomotive starts "
+    "moving in at 20 s, so the state changes and its latency can be measured).",
+)
+@click.option(
     "--find-max", is_flag=True, help="Add cameras --step at a time until the goal is missed."
 )
 @click.option(
@@ -462,6 +520,14 @@ def run_once(
     default=True,
     show_default=True,
     help="Measure the bare libraries on the same work (~30 s).",
+)
+@click.option(
+    "--streams",
+    type=click.Choice(["rtsp", "file"]),
+    default="rtsp",
+    show_default=True,
+    help="How cameras read the clips: served over RTSP (packetised only, no encoding) or "
+    "straight from the files.",
 )
 @click.option(
     "--clips-dir",
@@ -479,12 +545,15 @@ def bench_command(
     warmup: float,
     scenario: str,
     seed: int,
+    clip_start: float,
     find_max: bool,
     step: int,
     floors: bool,
+    streams: str,
     clips_dir: Path,
 ) -> None:
-    """Sizing: the whole pipeline at N cameras x F fps from pre-encoded 15 fps H.264 streams.
+    """Sizing: the whole pipeline at N cameras x F fps from pre-encoded 15 fps H.264 streams
+    (served over RTSP, or read from the files with --streams file).
 
     Per stage: share of a core, CPU ms per stored frame beside the bare-library floor; frames
     skipped; capture -> facility-state latency p50/p95/p99 and by stage. --find-max: the most
@@ -516,10 +585,16 @@ def bench_command(
     clips: dict[str, Path] = {}
     for cam in posed[:cameras]:
         size = (cam.width, cam.height)
-        click.echo(f"clip {cam.id}: {CLIP_SECONDS:g} s at {STREAM_FPS} fps, {size[0]}x{size[1]}")
-        clips[cam.id], rendered = cached_clip(
-            facility, scene, seed, cam.id, CLIP_SECONDS, STREAM_FPS, size, clips_dir
+        click.echo(
+            f"clip {cam.id}: {CLIP_SECONDS:g} s from {clip_start:g} s at {STREAM_FPS} fps, "
+            f"{size[0]}x{size[1]}"
         )
+        try:
+            clips[cam.id], rendered = cached_clip(
+                facility, scene, seed, cam.id, CLIP_SECONDS, STREAM_FPS, size, clips_dir, clip_start
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"  {'rendered' if rendered else 'cached'}: {clips[cam.id]}")
 
     runs: list[RunFigures] = []
@@ -528,7 +603,7 @@ def bench_command(
         while True:
             work = Path(tmp) / f"n{n}"
             work.mkdir()
-            run = run_once(base, n, fps, wanted, clips, duration, warmup, work, click.echo)
+            run = run_once(base, n, fps, wanted, clips, duration, warmup, work, click.echo, streams)
             runs.append(run)
             for line in report(run, None):
                 click.echo(line)

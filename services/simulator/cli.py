@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,6 +135,13 @@ def render_command(
 @click.option(
     "--size", default="", help="WIDTHxHEIGHT of the clip, e.g. 1280x720 (default: the camera's)."
 )
+@click.option(
+    "--start",
+    type=click.FloatRange(0),
+    default=0,
+    show_default=True,
+    help="Seconds into the scenario where the clip starts.",
+)
 def clip_command(
     config_path: Path,
     scenario: str,
@@ -143,6 +151,7 @@ def clip_command(
     seconds: float,
     fps: int,
     size: str,
+    start: float,
 ) -> None:
     """Render one camera's view as a clip: a fake camera for a browser (.y4m) or an IP
     camera's stream for capture (.mp4).
@@ -168,9 +177,8 @@ def clip_command(
         raise click.BadParameter(f"{out}: write a .y4m or .mp4 file", param_hint="--out")
     write = write_h264 if out.suffix == ".mp4" else write_y4m
     try:
-        frames = clip_frames(
-            _facility(config_path), load_scenario(scenario), seed, camera_id, seconds, fps, wh
-        )
+        facility, scene = _facility(config_path), load_scenario(scenario)
+        frames = clip_frames(facility, scene, seed, camera_id, seconds, fps, wh, start)
         n = write(frames, out, fps)
     except (ScenarioError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -234,6 +242,34 @@ def bench_render_command(
     show_default=True,
     help="Publish GroundTruth to ground-truth.v1 (DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS).",
 )
+@click.option(
+    "--from-clips",
+    is_flag=True,
+    help="Serve each camera from a 15 fps H.264 clip rendered once (cached in --clips-dir) and "
+    "only packetised while serving, as IP cameras stream: the test bed costs almost no CPU. "
+    "The clip (and the ground truth with it) loops every --clip-seconds.",
+)
+@click.option(
+    "--clip-seconds",
+    type=click.FloatRange(1),
+    default=60,
+    show_default=True,
+    help="Length of each camera's clip (--from-clips).",
+)
+@click.option(
+    "--clip-start",
+    type=click.FloatRange(0),
+    default=0,
+    show_default=True,
+    help="Seconds into the scenario where each clip starts (--from-clips).",
+)
+@click.option(
+    "--clips-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".depotwatch/clips"),
+    show_default=True,
+    help="Cache of the rendered, encoded clips (--from-clips).",
+)
 def serve_command(
     config_path: Path,
     scenario: str,
@@ -244,8 +280,17 @@ def serve_command(
     speed: float,
     loop: bool,
     publish: bool,
+    from_clips: bool,
+    clip_seconds: float,
+    clip_start: float,
+    clips_dir: Path,
 ) -> None:
-    """Serve every simulated camera as H.264 RTSP and publish ground truth, in real time."""
+    """Serve every simulated camera as H.264 RTSP and publish ground truth, in real time.
+
+    Live (the default), every frame is rendered and encoded as it is served, at each camera's
+    fps. With --from-clips, each camera's view is rendered once at 15 fps, as a real camera's
+    stream, and replayed (capture then decimates it to the camera's fps).
+    """
     from urllib.parse import urlparse
 
     from schemas.base import utc_now
@@ -257,6 +302,12 @@ def serve_command(
 
     settings = load_settings()
     configure_logging("simulator", settings.log_level, settings.log_format)
+    if from_clips:
+        if speed != 1.0:
+            raise click.BadParameter("clips play in real time; drop --speed", param_hint="--speed")
+        clip = (clip_seconds, clip_start, clips_dir)
+        _serve_clips(config_path, scenario, seed, cameras, host, port, loop, publish, clip)
+        return
     source = _frame_source(config_path, scenario, seed, cameras)
     if port is None:
         port = urlparse(source.cameras[0].source).port or 8554
@@ -307,6 +358,119 @@ def serve_command(
         )
     if not shutdown.requested:
         click.echo("scenario finished")
+
+
+CLIP_FPS = 15
+"""Frame rate of served clips: what IP cameras send; capture keeps each camera's fps of it."""
+
+
+def _serve_clips(
+    config_path: Path,
+    scenario: str,
+    seed: int,
+    cameras: str,
+    host: str,
+    port: int | None,
+    loop: bool,
+    publish: bool,
+    clip: tuple[float, float, Path],
+) -> None:
+    """``sim serve --from-clips``: render what is not cached, then serve the clips over RTSP
+    and publish the ground truth of the clip frame being shown. ``clip``: (seconds, start in
+    the scenario, cache directory)."""
+    from urllib.parse import urlparse
+
+    from schemas.base import utc_now
+    from services.runtime.settings import load_settings
+    from services.runtime.shutdown import ShutdownSignal
+    from services.simulator.clips import ClipStreams, cached_clip
+    from services.simulator.serve import RtspServerError
+    from services.simulator.world import ScenarioError, Simulation, load_scenario
+
+    facility = _facility(config_path)
+    try:
+        scene = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from None
+    posed = [c for c in facility.enabled_cameras if c.pose is not None and not c.webrtc]
+    wanted = [c.strip() for c in cameras.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - {c.id for c in posed})
+    if unknown:
+        raise click.ClickException(
+            f"cameras {unknown} are not enabled simulated cameras (with a pose); "
+            f"use some of {[c.id for c in posed]}"
+        )
+    chosen = [c for c in posed if not wanted or c.id in wanted]
+    if not chosen:
+        raise click.ClickException("no enabled camera has a pose; there is nothing to serve")
+    if port is None:
+        port = urlparse(chosen[0].source).port or 8554
+    clip_seconds, clip_start, clips_dir = clip
+    clips = {}
+    for cam in chosen:
+        click.echo(
+            f"clip {cam.id}: {clip_seconds:g} s from {clip_start:g} s at {CLIP_FPS} fps, "
+            f"{cam.width}x{cam.height}"
+        )
+        size = (cam.width, cam.height)
+        try:
+            clips[cam.id], rendered = cached_clip(
+                facility, scene, seed, cam.id, clip_seconds, CLIP_FPS, size, clips_dir, clip_start
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"  {'rendered' if rendered else 'cached'}: {clips[cam.id]}")
+
+    settings = load_settings()
+    producer = None
+    on_unit = None
+    if publish:
+        from services.runtime.kafka import MessageProducer
+
+        producer = MessageProducer(settings.kafka, client_id="depotwatch-simulator")
+        simulation = Simulation(facility, scene, seed, tick_s=1.0 / CLIP_FPS)
+        clock_camera = chosen[0].id
+        first_tick = round(clip_start * CLIP_FPS)
+
+        def on_unit(camera_id: str, index: int) -> None:
+            # Frame ``index`` of every clip shows scenario tick ``first_tick + index``: its
+            # truth, stamped with the wall clock as captures stamp frames.
+            if camera_id == clock_camera and producer is not None:
+                truth = simulation.ground_truth(simulation.state(first_tick + index))
+                producer.publish(truth.model_copy(update={"at": utc_now()}))
+                producer.poll(0)
+
+    shutdown = ShutdownSignal().install()
+    try:
+        streams = ClipStreams(clips, host=host, port=port, on_unit=on_unit)
+        streams.start()
+    except (RtspServerError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for cam in chosen:
+        played = streams.encoded[cam.id]
+        click.echo(
+            f"{cam.id}: {streams.url(cam.id)} ({played.fps:g} fps, {played.seconds:g} s loop, "
+            f"capture keeps {cam.fps:g} fps)"
+        )
+    pass_s = max(c.seconds for c in streams.encoded.values())
+    try:
+        deadline = None if loop else time.monotonic() + pass_s
+        while not shutdown.requested and streams.alive:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            shutdown.wait(0.5)
+    finally:
+        crashed = not shutdown.requested and not streams.alive
+        streams.stop()
+        if producer is not None:
+            producer.close(10)
+    if crashed:
+        raise click.ClickException(
+            "the GStreamer RTSP server exited unexpectedly; run with DEPOTWATCH_LOG_LEVEL=DEBUG "
+            "to see its output"
+        )
+    if not shutdown.requested:
+        click.echo("clips played once")
 
 
 @sim.command("calibrate")

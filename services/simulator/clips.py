@@ -92,8 +92,10 @@ def clip_key(
     seconds: float,
     fps: int,
     size: tuple[int, int],
+    start_s: float = 0.0,
 ) -> str:
-    """What a clip shows, hashed: the camera, the tracks and models, the scenario and seed."""
+    """What a clip shows, hashed: the camera, the tracks and models, the scenario and seed,
+    from when and for how long."""
     camera = facility.camera(camera_id)
     doc = {
         "format": CLIP_FORMAT,
@@ -105,6 +107,7 @@ def clip_key(
         "seconds": seconds,
         "fps": fps,
         "size": list(size),
+        **({"start_s": start_s} if start_s else {}),  # keys of clips from 0 s stay the same
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -118,17 +121,20 @@ def cached_clip(
     fps: int,
     size: tuple[int, int],
     cache_dir: Path,
+    start_s: float = 0.0,
 ) -> tuple[Path, bool]:
-    """The H.264 clip of one posed camera's view, rendered now only if not cached yet;
-    returns (path, rendered now). Raises ValueError when the camera has no pose."""
-    key = clip_key(facility, scenario, seed, camera_id, seconds, fps, size)
+    """The H.264 clip of one posed camera's view from ``start_s`` into the scenario, rendered
+    now only if not cached yet; returns (path, rendered now). Raises ValueError when the
+    camera has no pose or the start is outside the scenario."""
+    key = clip_key(facility, scenario, seed, camera_id, seconds, fps, size, start_s)
     path = cache_dir / f"{camera_id}-{key}.mp4"
     if path.is_file():
         return path, False
     cache_dir.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(f".{os.getpid()}.part.mp4")
     try:
-        write_h264(clip_frames(facility, scenario, seed, camera_id, seconds, fps, size), part, fps)
+        frames = clip_frames(facility, scenario, seed, camera_id, seconds, fps, size, start_s)
+        write_h264(frames, part, fps)
         part.replace(path)  # whole or absent: an interrupted render is never used
     finally:
         part.unlink(missing_ok=True)

@@ -65,9 +65,10 @@ def clip_frames(
     seconds: float,
     fps: int = 15,
     size: tuple[int, int] | None = None,
+    start_s: float = 0.0,
 ) -> Iterator[npt.NDArray[np.uint8]]:
-    """``seconds`` of one posed camera's view at ``fps`` (BGR frames at ``size``); raises
-    ValueError at once when the camera has no pose."""
+    """``seconds`` of one posed camera's view at ``fps`` from ``start_s`` into the scenario
+    (BGR frames at ``size``); raises ValueError at once when the camera has no pose."""
     from services.simulator.frames import FrameSource
 
     cams = [c for c in facility.cameras if c.id == camera_id]
@@ -87,11 +88,16 @@ def clip_frames(
     )
     source = FrameSource(fast, scenario, seed, cameras=[camera_id])
     width, height = size or (cams[0].width, cams[0].height)
-    n = min(source.ticks, max(1, round(seconds * fps)))
+    first = round(start_s * fps)
+    if start_s < 0 or first >= source.ticks:
+        raise ValueError(
+            f"start {start_s:g} s is outside the scenario ({scenario.duration_s:g} s long)"
+        )
+    n = min(source.ticks - first, max(1, round(seconds * fps)))
 
     def frames() -> Iterator[npt.NDArray[np.uint8]]:
         last: npt.NDArray[np.uint8] | None = None
-        for tick in range(n):
+        for tick in range(first, first + n):
             rendered = source.tick(tick).frames.get(camera_id)  # absent: camera down
             if rendered is not None:
                 image = rendered.image

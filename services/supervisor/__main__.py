@@ -139,6 +139,12 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Simulator scenario seed.")
 @click.option(
+    "--from-clips",
+    is_flag=True,
+    help="With --sim: serve each camera as a real one streams (15 fps H.264, rendered once into "
+    ".depotwatch/clips, looping every 60 s) instead of rendering every frame live.",
+)
+@click.option(
     "--restart-unhealthy-after",
     "unhealthy_restart_s",
     type=click.FloatRange(min=0),
@@ -159,6 +165,7 @@ def up_command(
     live: bool | None,
     scenario: str,
     seed: int,
+    from_clips: bool,
     unhealthy_restart_s: float,
 ) -> None:
     """Run the whole pipeline: infrastructure, cameras, captures, aggregator, estimators,
@@ -278,6 +285,7 @@ def up_command(
         skip=skip,
         scenario=scenario,
         seed=seed,
+        from_clips=from_clips,
     )
     supervisor = Supervisor(
         cfg,

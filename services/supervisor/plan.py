@@ -66,6 +66,8 @@ class PlanOptions:
     """Simulator scenario served when ``simulate``."""
     seed: int = 1
     """Seed of the simulator scenario."""
+    from_clips: bool = False
+    """Serve the simulated cameras from clips rendered once (``sim serve --from-clips``)."""
 
 
 def capture_spec(camera: Camera, config_path: Path) -> ServiceSpec:
@@ -92,6 +94,7 @@ def plan_services(cfg: FacilityConfig, opts: PlanOptions) -> list[ServiceSpec]:
             opts.scenario,
             "--seed",
             str(opts.seed),
+            *(("--from-clips",) if opts.from_clips else ()),
         )
         specs.append(ServiceSpec("sim", argv, "sim", metrics=False))
     specs.append(ServiceSpec("aggregator", ("aggregator", "--config", path), "aggregator"))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from services.benchmarks.pipeline import (
+    TEST_BED,
     Floor,
     RunFigures,
     bench_cameras,
@@ -19,22 +18,22 @@ CAMERAS = [
     {"id": "cam-b", "source": "rtsp://127.0.0.1:8554/b", "pose": {"x": 2}, "fps": 2},
     {"id": "cam-phone", "source": "webrtc://cam-phone"},  # no pose, no clip: not streamed
 ]
-CLIPS = {"cam-a": Path("/clips/a.mp4"), "cam-b": Path("/clips/b.mp4")}
+SOURCES = {"cam-a": "rtsp://127.0.0.1:9/cam-a", "cam-b": "file:///clips/b.mp4"}
 
 
 def test_cameras_beyond_the_posed_ones_replay_a_posed_view_under_another_id() -> None:
-    cams = bench_cameras(CAMERAS, 5, 4.0, CLIPS)
+    cams = bench_cameras(CAMERAS, 5, 4.0, SOURCES)
     assert [c["id"] for c in cams] == ["cam-a", "cam-b", "cam-a-x2", "cam-b-x2", "cam-a-x3"]
     assert [c["source"] for c in cams] == [
-        "file:///clips/a.mp4",
+        "rtsp://127.0.0.1:9/cam-a",
         "file:///clips/b.mp4",
-        "file:///clips/a.mp4",
+        "rtsp://127.0.0.1:9/cam-a",
         "file:///clips/b.mp4",
-        "file:///clips/a.mp4",
+        "rtsp://127.0.0.1:9/cam-a",
     ]
     assert all(c["fps"] == 4.0 and c["enabled"] and c["pose"] for c in cams)
     with pytest.raises(ValueError, match="no posed camera"):
-        bench_cameras(CAMERAS[2:], 1, 2.0, CLIPS)
+        bench_cameras(CAMERAS[2:], 1, 2.0, SOURCES)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +86,16 @@ def test_the_report_shows_cpu_per_stored_frame_beside_the_floor_and_the_verdict(
     assert "held back most by" not in text
 
 
+def test_the_rtsp_servers_cpu_is_shown_apart_from_the_pipelines_total() -> None:
+    served = run([0.4] * 20)
+    served.streams = "RTSP streams"
+    served.cpu_s = {**served.cpu_s, TEST_BED: 0.8}
+    text = "\n".join(report(served, None))
+    assert "8 cameras x 2 fps from 15 fps H.264 RTSP streams, flows prod" in text
+    assert "total                   76%      47.5" in text  # as without the server
+    assert "RTSP server (test bed)     8%       5.0  (not in the total: the cameras)" in text
+
+
 def test_a_run_that_skips_frames_or_is_late_misses_and_names_the_slowest_stage() -> None:
     late = run([0.5] * 10 + [2.0] * 10)
     assert not late.held
@@ -124,6 +133,13 @@ def test_an_estimator_still_working_off_the_warm_ups_backlog_is_pointed_out() ->
     behind.processed = {"position-estimator/prod": 100.0}  # 200 handled, 160 stored
     text = "\n".join(report(behind, None))
     assert "note: position-estimator/prod handled 200 frames while 160 were stored" in text
-    caught_up = run([0.4] * 20, skipped=10)
+    caught_up = run([0.4] * 40, skipped=10)
     caught_up.processed = {"position-estimator/prod": 150.0}
     assert "note:" not in "\n".join(report(caught_up, None))
+
+
+def test_latency_over_few_state_changes_is_flagged_as_thin() -> None:
+    thin = "\n".join(report(run([0.4, 0.5]), None))
+    assert "note: only 2 state changes in the window" in thin
+    assert "capture -> state latency over 2 changes" in thin
+    assert "state changes in the window" not in "\n".join(report(run([0.4] * 30), None))

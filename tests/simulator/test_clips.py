@@ -62,3 +62,20 @@ def test_sim_clip_writes_mp4_or_y4m_and_refuses_other_formats(tmp_path: Path) ->
     bad = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "v.avi")])
     assert bad.exit_code == 2
     assert "write a .y4m or .mp4 file" in bad.output
+
+
+def test_a_clip_can_start_later_in_the_scenario(facility: FacilityConfig) -> None:
+    import numpy as np
+
+    from services.simulator.y4m import clip_frames
+
+    scenario = load_scenario("depot-day")  # a locomotive drives in from 20 s
+    whole = list(clip_frames(facility, scenario, 1, "cam-s1", 23.0, 1, SIZE))
+    later = list(clip_frames(facility, scenario, 1, "cam-s1", 3.0, 1, SIZE, start_s=20.0))
+    assert len(later) == 3
+    for a, b in zip(whole[20:], later, strict=True):
+        assert np.array_equal(a, b)
+    key = clip_key(facility, scenario, 1, "cam-s1", 3.0, 1, SIZE)
+    assert clip_key(facility, scenario, 1, "cam-s1", 3.0, 1, SIZE, start_s=20.0) != key
+    with pytest.raises(ValueError, match="outside the scenario"):
+        next(iter(clip_frames(facility, scenario, 1, "cam-s1", 3.0, 1, SIZE, start_s=9999)))

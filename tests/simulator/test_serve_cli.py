@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -88,5 +89,87 @@ def test_serve_publishes_ground_truth_and_stops_cleanly(
             proc.kill()
             proc.wait()
     # The GStreamer child went with it: nothing listens on its port any more.
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(("127.0.0.1", port))
+
+
+@needs_gst
+def test_serve_from_clips_streams_each_clip_and_publishes_the_truth_it_shows(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    import cv2
+
+    scenario = {
+        "name": "serve-clips-test",
+        "duration_s": 4,
+        "locomotives": [
+            {
+                "id": "S1",
+                "model": "TEM2",
+                "track": "T1",
+                "keyframes": [{"at_s": 0, "head_m": 10}, {"at_s": 4, "head_m": 14}],
+            }
+        ],
+    }
+    scenario_file = tmp_path / "serve-clips-test.yaml"
+    scenario_file.write_text(yaml.safe_dump(scenario))
+    env = {
+        **os.environ,
+        "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
+        "DEPOTWATCH_LOG_FORMAT": "console",
+    }
+    cmd = [sys.executable, "-m", "services.cli", "sim", "serve", "--config",
+           str(REPO / "facility.yaml"), "--scenario", str(scenario_file), "--cameras", "cam-s1",
+           "--port", "0", "--from-clips", "--clip-seconds", "1", "--clip-start", "1",
+           "--clips-dir", str(tmp_path / "clips")]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url_line = _wait_for_line(proc, log, "rtsp://", 120)
+        assert "15 fps, 1 s loop, capture keeps 2 fps" in url_line
+        assert len(list((tmp_path / "clips").glob("cam-s1-*.mp4"))) == 1  # rendered once
+        url = url_line.split(": ", 1)[1].split(" ")[0]
+        port = int(url.split("rtsp://127.0.0.1:")[1].split("/")[0])
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        assert cap.isOpened(), url
+        decoded = 0
+        deadline = time.monotonic() + 30
+        while decoded < 5 and time.monotonic() < deadline:
+            ok, image = cap.read()
+            if ok:
+                assert image.shape == (720, 1280, 3)
+                decoded += 1
+        cap.release()
+        assert decoded == 5
+        consumer = KafkaConsumer(
+            bootstrap_servers=stack_settings.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            request_timeout_ms=15000,
+        )
+        partition = TopicPartition(GroundTruth.topic_name(), 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        ticks: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(ticks) < 40:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    msg = decode(GroundTruth, record.value)
+                    if msg.scenario == "serve-clips-test":
+                        ticks.append(msg.tick)
+        consumer.close()
+        # The truth follows the clip frame by frame (15 a second, from 1 s into the
+        # scenario: ticks 15-29) and loops with it.
+        assert len(ticks) >= 40, ticks
+        steps = {(b - a) % 15 for a, b in itertools.pairwise(ticks)}
+        assert steps == {1}, ticks
+        assert (min(ticks), max(ticks)) == (15, 29)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
         probe.connect(("127.0.0.1", port))

@@ -48,6 +48,15 @@ def test_plan_runs_every_stage_per_camera_and_flow(cfg: FacilityConfig) -> None:
     assert cap.argv == ("capture", "--camera", "cam-s1", "--config", "f.yaml")
 
 
+def test_the_simulator_serves_clips_when_asked(cfg: FacilityConfig) -> None:
+    live = plan_services(cfg, PlanOptions(config_path=Path("f.yaml")))[0]
+    assert "--from-clips" not in live.argv
+    opts = PlanOptions(config_path=Path("f.yaml"), from_clips=True, scenario="test-busy", seed=3)
+    sim = plan_services(cfg, opts)[0]
+    assert sim.argv == ("sim", "serve", "--config", "f.yaml", "--scenario", "test-busy",
+                        "--seed", "3", "--from-clips")  # fmt: skip
+
+
 def test_plan_without_sim_and_one_flow(cfg: FacilityConfig) -> None:
     specs = plan_services(
         cfg, PlanOptions(config_path=Path("f.yaml"), simulate=False, flows=["dev"], dashboard=False)
