@@ -562,7 +562,7 @@ def bench_command(
     from schemas.facility import ConfigError, load_facility
     from services.benchmarks.estimator_bench import absolute_weights
     from services.runtime.settings import Settings
-    from services.simulator.clips import cached_clip
+    from services.simulator.clips import cached_clips
     from services.simulator.world import ScenarioError, load_scenario
 
     try:
@@ -582,20 +582,13 @@ def bench_command(
     posed = [c for c in facility.cameras if c.pose is not None and c.calibrated]
     if not posed:
         raise click.ClickException("the facility has no posed camera to render a clip from")
-    clips: dict[str, Path] = {}
-    for cam in posed[:cameras]:
-        size = (cam.width, cam.height)
-        click.echo(
-            f"clip {cam.id}: {CLIP_SECONDS:g} s from {clip_start:g} s at {STREAM_FPS} fps, "
-            f"{size[0]}x{size[1]}"
-        )
-        try:
-            clips[cam.id], rendered = cached_clip(
-                facility, scene, seed, cam.id, CLIP_SECONDS, STREAM_FPS, size, clips_dir, clip_start
-            )
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"  {'rendered' if rendered else 'cached'}: {clips[cam.id]}")
+    try:
+        clips = cached_clips(
+            facility, scene, seed, posed[:cameras], CLIP_SECONDS, STREAM_FPS, clips_dir,
+            clip_start, click.echo,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
     runs: list[RunFigures] = []
     n = cameras

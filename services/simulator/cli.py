@@ -383,7 +383,7 @@ def _serve_clips(
     from schemas.base import utc_now
     from services.runtime.settings import load_settings
     from services.runtime.shutdown import ShutdownSignal
-    from services.simulator.clips import ClipStreams, cached_clip
+    from services.simulator.clips import ClipStreams, cached_clips
     from services.simulator.serve import RtspServerError
     from services.simulator.world import ScenarioError, Simulation, load_scenario
 
@@ -406,20 +406,12 @@ def _serve_clips(
     if port is None:
         port = urlparse(chosen[0].source).port or 8554
     clip_seconds, clip_start, clips_dir = clip
-    clips = {}
-    for cam in chosen:
-        click.echo(
-            f"clip {cam.id}: {clip_seconds:g} s from {clip_start:g} s at {CLIP_FPS} fps, "
-            f"{cam.width}x{cam.height}"
+    try:
+        clips = cached_clips(
+            facility, scene, seed, chosen, clip_seconds, CLIP_FPS, clips_dir, clip_start, click.echo
         )
-        size = (cam.width, cam.height)
-        try:
-            clips[cam.id], rendered = cached_clip(
-                facility, scene, seed, cam.id, clip_seconds, CLIP_FPS, size, clips_dir, clip_start
-            )
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"  {'rendered' if rendered else 'cached'}: {clips[cam.id]}")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
     settings = load_settings()
     producer = None

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from services.simulator.clips import ClipPlayer, ClipStreams, EncodedClip, read_clip, write_h264
+from tests.fakes import Clock
 from tests.simulator.test_rtsp import needs_gst
 
 W, H = 160, 96
@@ -37,25 +38,14 @@ def clip(units: int, fps: float) -> EncodedClip:
     return EncodedClip(Path("x.mp4"), fps, W, H, tuple(bytes([i]) for i in range(units)), (0,))
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.now += s
-
-
 def test_the_player_paces_each_clip_at_its_frame_rate_and_loops() -> None:
-    clock = FakeClock()
+    clock = Clock()
     pushed: list[tuple[float, str, int]] = []
     player = ClipPlayer(
-        lambda cam, unit: pushed.append((round(clock.now - 100.0, 3), cam, unit[0])),
+        lambda cam, unit: pushed.append((round(clock.now - 1000.0, 3), cam, unit[0])),
         {"a": clip(3, 10.0), "b": clip(2, 4.0)},
         clock=clock,
-        sleep=clock.sleep,
+        sleep=clock.advance,
     )
     assert player.run(lambda: False, max_units=10) == 10
     a = [(t, u) for t, cam, u in pushed if cam == "a"]
@@ -66,7 +56,7 @@ def test_the_player_paces_each_clip_at_its_frame_rate_and_loops() -> None:
 
 
 def test_a_player_that_fell_behind_carries_on_without_a_burst() -> None:
-    clock = FakeClock()
+    clock = Clock()
     times: list[float] = []
 
     def push(cam: str, unit: bytes) -> None:
@@ -74,7 +64,7 @@ def test_a_player_that_fell_behind_carries_on_without_a_burst() -> None:
         if len(times) == 3:
             clock.now += 5.0  # the process was stopped for 5 s
 
-    player = ClipPlayer(push, {"a": clip(50, 10.0)}, clock=clock, sleep=clock.sleep)
+    player = ClipPlayer(push, {"a": clip(50, 10.0)}, clock=clock, sleep=clock.advance)
     player.run(lambda: False, max_units=8)
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
     assert gaps == [0.1, 0.1, 5.0, 0.1, 0.1, 0.1, 0.1]  # no catch-up burst after the stall
@@ -82,14 +72,14 @@ def test_a_player_that_fell_behind_carries_on_without_a_burst() -> None:
 
 
 def test_the_player_reports_which_unit_of_the_clip_went_out() -> None:
-    clock = FakeClock()
+    clock = Clock()
     seen: list[tuple[str, int]] = []
     player = ClipPlayer(
         lambda cam, unit: None,
         {"a": clip(2, 1.0)},
         on_unit=lambda cam, i: seen.append((cam, i)),
         clock=clock,
-        sleep=clock.sleep,
+        sleep=clock.advance,
     )
     player.run(lambda: False, max_units=5)
     assert seen == [("a", 0), ("a", 1), ("a", 0), ("a", 1), ("a", 0)]

@@ -32,6 +32,28 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, needle: str, timeou
     raise AssertionError(f"serve never printed {needle!r}: {log.read_text()[-500:]}")
 
 
+def _ground_truths(settings: Settings, scenario: str, n: int) -> list[GroundTruth]:
+    """The first ``n`` ground-truth records of ``scenario`` on ground-truth.v1 (60 s at most)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=15000,
+    )
+    partition = TopicPartition(GroundTruth.topic_name(), 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    truths: list[GroundTruth] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(truths) < n:
+        for batch in consumer.poll(timeout_ms=500).values():
+            for record in batch:
+                msg = decode(GroundTruth, record.value)
+                if msg.scenario == scenario:
+                    truths.append(msg)
+    consumer.close()
+    return truths
+
+
 @needs_gst
 def test_serve_publishes_ground_truth_and_stops_cleanly(
     stack_settings: Settings, tmp_path: Path
@@ -59,23 +81,7 @@ def test_serve_publishes_ground_truth_and_stops_cleanly(
     try:
         url_line = _wait_for_line(proc, log, "rtsp://", 60)
         port = int(url_line.split("rtsp://127.0.0.1:")[1].split("/")[0])
-        consumer = KafkaConsumer(
-            bootstrap_servers=stack_settings.kafka.bootstrap_servers,
-            enable_auto_commit=False,
-            request_timeout_ms=15000,
-        )
-        partition = TopicPartition(GroundTruth.topic_name(), 0)
-        consumer.assign([partition])
-        consumer.seek_to_beginning(partition)
-        truths: list[GroundTruth] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(truths) < 3:
-            for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    msg = decode(GroundTruth, record.value)
-                    if msg.scenario == "serve-test":
-                        truths.append(msg)
-        consumer.close()
+        truths = _ground_truths(stack_settings, "serve-test", 3)
         assert len(truths) >= 3
         assert truths[0].locomotives[0].head_m == 10.0
         assert truths[0].facility_id == "depot-north"
@@ -142,23 +148,7 @@ def test_serve_from_clips_streams_each_clip_and_publishes_the_truth_it_shows(
                 decoded += 1
         cap.release()
         assert decoded == 5
-        consumer = KafkaConsumer(
-            bootstrap_servers=stack_settings.kafka.bootstrap_servers,
-            enable_auto_commit=False,
-            request_timeout_ms=15000,
-        )
-        partition = TopicPartition(GroundTruth.topic_name(), 0)
-        consumer.assign([partition])
-        consumer.seek_to_beginning(partition)
-        ticks: list[int] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(ticks) < 40:
-            for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    msg = decode(GroundTruth, record.value)
-                    if msg.scenario == "serve-clips-test":
-                        ticks.append(msg.tick)
-        consumer.close()
+        ticks = [t.tick for t in _ground_truths(stack_settings, "serve-clips-test", 40)]
         # The truth follows the clip frame by frame (15 a second, from 1 s into the
         # scenario: ticks 15-29) and loops with it.
         assert len(ticks) >= 40, ticks
