@@ -423,11 +423,15 @@ def _serve_clips(
         simulation = Simulation(facility, scene, seed, tick_s=1.0 / CLIP_FPS)
         clock_camera = chosen[0].id
         first_tick = round(clip_start * CLIP_FPS)
+        truth_hz = max(c.fps for c in chosen)  # as live: a truth per tick of the fastest camera
 
         def on_unit(camera_id: str, index: int) -> None:
             # Frame ``index`` of every clip shows scenario tick ``first_tick + index``: its
             # truth, stamped with the wall clock as captures stamp frames.
-            if camera_id == clock_camera and producer is not None:
+            due = index == 0 or int(index * truth_hz / CLIP_FPS + 1e-9) != int(
+                (index - 1) * truth_hz / CLIP_FPS + 1e-9
+            )
+            if camera_id == clock_camera and due and producer is not None:
                 truth = simulation.ground_truth(simulation.state(first_tick + index))
                 producer.publish(truth.model_copy(update={"at": utc_now()}))
                 producer.poll(0)
