@@ -247,14 +247,15 @@ def bench_render_command(
     is_flag=True,
     help="Serve each camera from a 15 fps H.264 clip rendered once (cached in --clips-dir) and "
     "only packetised while serving, as IP cameras stream: the test bed costs almost no CPU. "
-    "The clip (and the ground truth with it) loops every --clip-seconds.",
+    "Each clip plays --clip-seconds of the scenario forward, then back, in a loop (the scene "
+    "never jumps), and the ground truth follows it.",
 )
 @click.option(
     "--clip-seconds",
     type=click.FloatRange(1),
     default=60,
     show_default=True,
-    help="Length of each camera's clip (--from-clips).",
+    help="Seconds of the scenario each clip shows (--from-clips; played forward, then back).",
 )
 @click.option(
     "--clip-start",
@@ -386,6 +387,7 @@ def _serve_clips(
     from services.simulator.clips import ClipStreams, cached_clips
     from services.simulator.serve import RtspServerError
     from services.simulator.world import ScenarioError, Simulation, load_scenario
+    from services.simulator.y4m import clip_offsets
 
     facility = _facility(config_path)
     try:
@@ -407,45 +409,50 @@ def _serve_clips(
         port = urlparse(chosen[0].source).port or 8554
     clip_seconds, clip_start, clips_dir = clip
     try:
+        # Forward and back: looped, the scene never jumps (a jump back to the start would
+        # teleport every locomotive that moved, and the state could not follow).
         clips = cached_clips(
-            facility, scene, seed, chosen, clip_seconds, CLIP_FPS, clips_dir, clip_start, click.echo
-        )
+            facility, scene, seed, chosen, clip_seconds, CLIP_FPS, clips_dir, clip_start,
+            click.echo, palindrome=True,
+        )  # fmt: skip
+        streams = ClipStreams(clips, host=host, port=port)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
     settings = load_settings()
     producer = None
-    on_unit = None
     if publish:
         from services.runtime.kafka import MessageProducer
 
         producer = MessageProducer(settings.kafka, client_id="depotwatch-simulator")
         simulation = Simulation(facility, scene, seed, tick_s=1.0 / CLIP_FPS)
         clock_camera = chosen[0].id
-        first_tick = round(clip_start * CLIP_FPS)
+        played = len(streams.encoded[clock_camera].units)
+        ticks = [round(clip_start * CLIP_FPS) + o for o in clip_offsets((played + 2) // 2, True)]
         truth_hz = max(c.fps for c in chosen)  # as live: a truth per tick of the fastest camera
 
         def on_unit(camera_id: str, index: int) -> None:
-            # Frame ``index`` of every clip shows scenario tick ``first_tick + index``: its
-            # truth, stamped with the wall clock as captures stamp frames.
+            # Frame ``index`` of every clip shows scenario tick ``ticks[index]``: its truth,
+            # stamped with the wall clock as captures stamp frames.
             due = index == 0 or int(index * truth_hz / CLIP_FPS + 1e-9) != int(
                 (index - 1) * truth_hz / CLIP_FPS + 1e-9
             )
             if camera_id == clock_camera and due and producer is not None:
-                truth = simulation.ground_truth(simulation.state(first_tick + index))
+                truth = simulation.ground_truth(simulation.state(ticks[index % len(ticks)]))
                 producer.publish(truth.model_copy(update={"at": utc_now()}))
                 producer.poll(0)
 
+        streams.on_unit = on_unit
+
     shutdown = ShutdownSignal().install()
     try:
-        streams = ClipStreams(clips, host=host, port=port, on_unit=on_unit)
         streams.start()
-    except (RtspServerError, ValueError) as exc:
+    except RtspServerError as exc:
         raise click.ClickException(str(exc)) from None
     for cam in chosen:
-        played = streams.encoded[cam.id]
+        shown = streams.encoded[cam.id]
         click.echo(
-            f"{cam.id}: {streams.url(cam.id)} ({played.fps:g} fps, {played.seconds:g} s loop, "
+            f"{cam.id}: {streams.url(cam.id)} ({shown.fps:g} fps, {shown.seconds:.1f} s loop, "
             f"capture keeps {cam.fps:g} fps)"
         )
     pass_s = max(c.seconds for c in streams.encoded.values())

@@ -93,9 +93,10 @@ def clip_key(
     fps: int,
     size: tuple[int, int],
     start_s: float = 0.0,
+    palindrome: bool = False,
 ) -> str:
     """What a clip shows, hashed: the camera, the tracks and models, the scenario and seed,
-    from when and for how long."""
+    from when and for how long, and whether it plays back again."""
     camera = facility.camera(camera_id)
     doc = {
         "format": CLIP_FORMAT,
@@ -108,6 +109,7 @@ def clip_key(
         "fps": fps,
         "size": list(size),
         **({"start_s": start_s} if start_s else {}),  # keys of clips from 0 s stay the same
+        **({"palindrome": True} if palindrome else {}),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -122,18 +124,22 @@ def cached_clip(
     size: tuple[int, int],
     cache_dir: Path,
     start_s: float = 0.0,
+    palindrome: bool = False,
 ) -> tuple[Path, bool]:
-    """The H.264 clip of one posed camera's view from ``start_s`` into the scenario, rendered
-    now only if not cached yet; returns (path, rendered now). Raises ValueError when the
-    camera has no pose or the start is outside the scenario."""
-    key = clip_key(facility, scenario, seed, camera_id, seconds, fps, size, start_s)
+    """The H.264 clip of one posed camera's view from ``start_s`` into the scenario (and back
+    again when ``palindrome``), rendered now only if not cached yet; returns (path, rendered
+    now). Raises ValueError when the camera has no pose or the start is outside the
+    scenario."""
+    key = clip_key(facility, scenario, seed, camera_id, seconds, fps, size, start_s, palindrome)
     path = cache_dir / f"{camera_id}-{key}.mp4"
     if path.is_file():
         return path, False
     cache_dir.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(f".{os.getpid()}.part.mp4")
     try:
-        frames = clip_frames(facility, scenario, seed, camera_id, seconds, fps, size, start_s)
+        frames = clip_frames(
+            facility, scenario, seed, camera_id, seconds, fps, size, start_s, palindrome
+        )
         write_h264(frames, part, fps)
         part.replace(path)  # whole or absent: an interrupted render is never used
     finally:
@@ -151,15 +157,18 @@ def cached_clips(
     cache_dir: Path,
     start_s: float = 0.0,
     say: Callable[[str], None] = log.info,
+    palindrome: bool = False,
 ) -> dict[str, Path]:
     """:func:`cached_clip` of each camera at its own size, saying which were rendered now
-    (about 30 s a camera for 30 s of 1280x720) and which were found in the cache."""
+    (about 30 s a camera for 30 s of 1280x720; twice that played back too) and which were
+    found in the cache."""
     out = {}
     for cam in cameras:
         size = (cam.width, cam.height)
-        say(f"clip {cam.id}: {seconds:g} s from {start_s:g} s at {fps} fps, {size[0]}x{size[1]}")
+        span = f"{seconds:g} s from {start_s:g} s" + (" and back" if palindrome else "")
+        say(f"clip {cam.id}: {span} at {fps} fps, {size[0]}x{size[1]}")
         out[cam.id], rendered = cached_clip(
-            facility, scenario, seed, cam.id, seconds, fps, size, cache_dir, start_s
+            facility, scenario, seed, cam.id, seconds, fps, size, cache_dir, start_s, palindrome
         )
         say(f"  {'rendered' if rendered else 'cached'}: {out[cam.id]}")
     return out

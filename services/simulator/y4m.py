@@ -57,6 +57,14 @@ def render_clip(
     return write_y4m(frames, path, fps)
 
 
+def clip_offsets(n: int, palindrome: bool = False) -> list[int]:
+    """The scenario ticks of a clip's frames in play order, counted from its first tick:
+    forward, or forward then back again (played in a loop it never jumps: what drove in
+    drives back out, and the loop starts where it ended)."""
+    forward = list(range(n))
+    return forward + forward[-2:0:-1] if palindrome else forward
+
+
 def clip_frames(
     facility: FacilityConfig,
     scenario: Scenario,
@@ -66,9 +74,11 @@ def clip_frames(
     fps: int = 15,
     size: tuple[int, int] | None = None,
     start_s: float = 0.0,
+    palindrome: bool = False,
 ) -> Iterator[npt.NDArray[np.uint8]]:
     """``seconds`` of one posed camera's view at ``fps`` from ``start_s`` into the scenario
-    (BGR frames at ``size``); raises ValueError at once when the camera has no pose."""
+    (BGR frames at ``size``), then back again when ``palindrome`` (:func:`clip_offsets`);
+    raises ValueError at once when the camera has no pose."""
     from services.simulator.frames import FrameSource
 
     cams = [c for c in facility.cameras if c.id == camera_id]
@@ -97,7 +107,8 @@ def clip_frames(
 
     def frames() -> Iterator[npt.NDArray[np.uint8]]:
         last: npt.NDArray[np.uint8] | None = None
-        for tick in range(first, first + n):
+        for offset in clip_offsets(n, palindrome):
+            tick = first + offset
             rendered = source.tick(tick).frames.get(camera_id)  # absent: camera down
             if rendered is not None:
                 image = rendered.image

@@ -142,7 +142,8 @@ def _env_for_children(settings_env: dict[str, str]) -> dict[str, str]:
     "--from-clips",
     is_flag=True,
     help="With --sim: serve each camera as a real one streams (15 fps H.264, rendered once into "
-    ".depotwatch/clips, looping every 60 s) instead of rendering every frame live.",
+    ".depotwatch/clips: 60 s of the scenario forward, then back, in a loop) instead of "
+    "rendering every frame live.",
 )
 @click.option(
     "--restart-unhealthy-after",

@@ -79,3 +79,28 @@ def test_a_clip_can_start_later_in_the_scenario(facility: FacilityConfig) -> Non
     assert clip_key(facility, scenario, 1, "cam-s1", 3.0, 1, SIZE, start_s=20.0) != key
     with pytest.raises(ValueError, match="outside the scenario"):
         next(iter(clip_frames(facility, scenario, 1, "cam-s1", 3.0, 1, SIZE, start_s=9999)))
+
+
+def test_a_palindrome_clip_plays_forward_then_back_and_loops_without_a_jump(
+    facility: FacilityConfig, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from services.simulator.y4m import clip_frames, clip_offsets
+
+    assert clip_offsets(4) == [0, 1, 2, 3]
+    assert clip_offsets(4, palindrome=True) == [0, 1, 2, 3, 2, 1]  # then 0 again: no jump
+    assert clip_offsets(1, palindrome=True) == [0]
+    scenario = load_scenario("depot-day")
+    forward = list(clip_frames(facility, scenario, 1, "cam-s1", 4.0, 1, SIZE, start_s=20.0))
+    both = list(
+        clip_frames(facility, scenario, 1, "cam-s1", 4.0, 1, SIZE, start_s=20.0, palindrome=True)
+    )
+    assert len(both) == 6
+    for shown, tick in zip(both, clip_offsets(4, palindrome=True), strict=True):
+        assert np.array_equal(shown, forward[tick])
+    assert clip_key(facility, scenario, 1, "cam-s1", 4.0, 1, SIZE, 20.0, True) != clip_key(
+        facility, scenario, 1, "cam-s1", 4.0, 1, SIZE, 20.0
+    )
+    path, _ = cached_clip(facility, scenario, 1, "cam-s1", 4.0, 1, SIZE, tmp_path, 20.0, True)
+    assert keyframes(path)[0] == 6
