@@ -418,6 +418,15 @@ def _serve_clips(
         streams = ClipStreams(clips, host=host, port=port)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    lengths = {cam: len(clip.units) for cam, clip in streams.encoded.items()}
+    short = sorted(cam for cam, n in lengths.items() if n != max(lengths.values()))
+    if short:
+        # A camera down when its clip starts has no frames until it is back: its loop would
+        # run out of step with the others and with the ground truth.
+        raise click.ClickException(
+            f"the clips of {short} are shorter than the others ({lengths}): those cameras are "
+            "down when the clip starts in this scenario; pick a --clip-start after they are up"
+        )
 
     settings = load_settings()
     producer = None
@@ -448,6 +457,8 @@ def _serve_clips(
     try:
         streams.start()
     except RtspServerError as exc:
+        if producer is not None:
+            producer.close(10)
         raise click.ClickException(str(exc)) from None
     for cam in chosen:
         shown = streams.encoded[cam.id]
@@ -467,6 +478,10 @@ def _serve_clips(
         streams.stop()
         if producer is not None:
             producer.close(10)
+    if crashed and streams.error is not None:
+        raise click.ClickException(
+            f"the clip streams stopped: {type(streams.error).__name__}: {streams.error}"
+        )
     if crashed:
         raise click.ClickException(
             "the GStreamer RTSP server exited unexpectedly; run with DEPOTWATCH_LOG_LEVEL=DEBUG "

@@ -341,9 +341,9 @@ class ClipStreams:
         assert self.player is not None
         try:
             self.player.run(self._stop.is_set)
-        except (OSError, RuntimeError) as exc:  # the server child died: the streams end
+        except Exception as exc:  # the server child died, or on_unit failed: the streams end
             self.error = exc
-            log.error("clip streams stopped", extra={"error": str(exc)})
+            log.error("clip streams stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     @property
     def alive(self) -> bool:
@@ -362,10 +362,14 @@ class ClipStreams:
         return self.server.url(stream_id)
 
     def stop(self) -> None:
-        """Stop the player, then the server child."""
+        """Stop the player, then the server child. A player blocked writing to a child that
+        no longer reads is freed by terminating the child first (its pipe then breaks)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(2)
+            if self._thread.is_alive() and self.server is not None:
+                self.server.terminate()
+                self._thread.join(10)
         if self.server is not None:
             self.server.stop()
 

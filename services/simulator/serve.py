@@ -175,6 +175,12 @@ class RtspCameraServer:
         """Whether the child is running."""
         return self._proc is not None and self._proc.poll() is None
 
+    def terminate(self) -> None:
+        """SIGTERM the child without closing the pipes (a writer blocked on a full pipe then
+        gets a broken pipe); :meth:`stop` still has to be called."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Close the pipes (the child exits on EOF), then SIGTERM, then SIGKILL."""
         for fd in self._pipes.values():

@@ -203,6 +203,11 @@ def up_command(
             if sim
             else "cameras: real (sources are not the local simulator; --sim forces it)"
         )
+    if from_clips and not sim:
+        raise click.UsageError(
+            "--from-clips serves the simulated cameras from clips; these cameras are real "
+            "(add --sim to simulate them, or drop --from-clips)"
+        )
     if sim:
         try:
             load_scenario(scenario)

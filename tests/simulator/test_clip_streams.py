@@ -162,3 +162,24 @@ def test_opencv_reads_a_clip_served_over_rtsp_in_order_and_looping(tmp_path: Pat
     assert 0 in shown[shown.index(29) :]
     assert pushed >= 2 * 40  # both streams were fed (nobody watched cam-b: drained anyway)
     assert not streams.alive
+
+
+@pytest.mark.integration
+@needs_gst
+def test_a_failing_truth_callback_ends_the_streams_and_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "bars.mp4"
+    write_h264(bar_frames(10), path, fps=15)
+
+    def on_unit(cam: str, index: int) -> None:
+        if index == 3:
+            raise ValueError("broker said no")
+
+    streams = ClipStreams({"cam-a": path}, on_unit=on_unit)
+    with streams:
+        deadline = time.monotonic() + 10
+        while streams.alive and time.monotonic() < deadline:
+            time.sleep(0.05)  # the player thread ends on its own: nothing to wait on but it
+        assert not streams.alive
+        assert isinstance(streams.error, ValueError)
+        assert streams.player is not None
+        assert streams.player.pushed == 3  # the 4th went out, its callback failed

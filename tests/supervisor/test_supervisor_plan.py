@@ -147,3 +147,17 @@ def test_cameras_are_simulated_when_they_point_at_the_local_simulator(cfg: Facil
     data = cfg.model_dump()
     data["cameras"][0]["source"] = "rtsp://192.0.2.10:554/stream1"
     assert not simulated_cameras(FacilityConfig.model_validate(data))
+
+
+def test_up_refuses_clips_for_real_cameras(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import cli
+
+    repo = Path(__file__).resolve().parents[2]
+    args = ["up", "--config", str(repo / "facility.yaml"), "--no-sim", "--from-clips",
+            "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "--from-clips serves the simulated cameras" in result.output
+    assert not (tmp_path / "data").exists()  # refused before anything started
