@@ -255,12 +255,11 @@ def media_floors(
     started = time.process_time()
     cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)  # what capture reads streams with
     try:
-        while True:
-            ok, image = cap.read()
-            if not ok:
-                break
-            if decoded % every == 0 and len(kept) < 48:
-                kept.append(image)
+        while cap.grab():  # every frame decoded, only the kept ones converted to BGR
+            if decoded % every == 0:
+                ok, image = cap.retrieve()
+                if ok and len(kept) < 48:
+                    kept.append(image)
             decoded += 1
     finally:
         cap.release()

@@ -73,14 +73,27 @@ class StreamReader:
 
     def read(self) -> Image | None:
         """The next decoded frame, or None when the stream failed, timed out or ended."""
+        return self.retrieve() if self.grab() else None
+
+    def grab(self) -> bool:
+        """Take the next frame off the stream (decoded, not yet converted to BGR); False when
+        the stream failed, timed out or ended. A camera sends more frames than are kept: only
+        the kept ones need :meth:`retrieve`, which saves the colour conversion of the rest."""
         if self._cap is None:
-            return None
+            return False
         if not self.live:
             self._pace_file()
-        ok, frame = self._cap.read()
+        ok = self._cap.grab()
         if not ok and not self.live and self.loop_files:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self._cap.read()
+            ok = self._cap.grab()
+        return bool(ok)
+
+    def retrieve(self) -> Image | None:
+        """The frame last grabbed, as BGR; None if it cannot be converted."""
+        if self._cap is None:
+            return None
+        ok, frame = self._cap.retrieve()
         if not ok or frame is None:
             return None
         return np.asarray(frame, dtype=np.uint8)
