@@ -385,6 +385,7 @@ def _serve_clips(
     from services.runtime.settings import load_settings
     from services.runtime.shutdown import ShutdownSignal
     from services.simulator.clips import ClipStreams, cached_clips
+    from services.simulator.frames import due
     from services.simulator.serve import RtspServerError
     from services.simulator.world import ScenarioError, Simulation, load_scenario
     from services.simulator.y4m import clip_offsets
@@ -443,10 +444,8 @@ def _serve_clips(
         def on_unit(camera_id: str, index: int) -> None:
             # Frame ``index`` of every clip shows scenario tick ``ticks[index]``: its truth,
             # stamped with the wall clock as captures stamp frames.
-            due = index == 0 or int(index * truth_hz / CLIP_FPS + 1e-9) != int(
-                (index - 1) * truth_hz / CLIP_FPS + 1e-9
-            )
-            if camera_id == clock_camera and due and producer is not None:
+            shown = camera_id == clock_camera and due(truth_hz, index, 1.0 / CLIP_FPS)
+            if shown and producer is not None:
                 truth = simulation.ground_truth(simulation.state(ticks[index % len(ticks)]))
                 producer.publish(truth.model_copy(update={"at": utc_now()}))
                 producer.poll(0)

@@ -28,6 +28,15 @@ class SimTick:
     frames: dict[str, RenderedFrame]
 
 
+def due(camera_fps: float, tick: int, tick_s: float) -> bool:
+    """Whether a camera with ``camera_fps`` takes a frame at ``tick`` of a clock ticking every
+    ``tick_s`` (its own clock advanced since the tick before)."""
+    if tick == 0:
+        return True
+    t, prev = tick * tick_s, (tick - 1) * tick_s
+    return int(t * camera_fps + 1e-9) != int(prev * camera_fps + 1e-9)
+
+
 class FrameSource:
     """Frames of every simulated camera, at each camera's own fps.
 
@@ -71,10 +80,7 @@ class FrameSource:
 
     def due(self, camera_fps: float, tick: int) -> bool:
         """Whether a camera with ``camera_fps`` takes a frame at ``tick``."""
-        if tick == 0:
-            return True
-        t, prev = tick * self.tick_s, (tick - 1) * self.tick_s
-        return int(t * camera_fps + 1e-9) != int(prev * camera_fps + 1e-9)
+        return due(camera_fps, tick, self.tick_s)
 
     def frame(self, state: WorldState, camera_id: str) -> RenderedFrame:
         """One camera's frame at a state (cached clean image when the scene did not change)."""

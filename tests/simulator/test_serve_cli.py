@@ -31,6 +31,27 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, needle: str, timeou
     raise AssertionError(f"serve never printed {needle!r}: {log.read_text()[-500:]}")
 
 
+def _start_serve(
+    settings: Settings, tmp_path: Path, scenario: dict[str, object], extra: list[str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`depotwatch sim serve` of ``scenario`` for cam-s1 on a free port, publishing to the
+    test broker; returns the process and its log file."""
+    scenario_file = tmp_path / f"{scenario['name']}.yaml"
+    scenario_file.write_text(yaml.safe_dump(scenario))
+    env = {
+        **os.environ,
+        "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "DEPOTWATCH_LOG_FORMAT": "console",
+    }
+    cmd = [sys.executable, "-m", "services.cli", "sim", "serve", "--config",
+           str(REPO / "facility.yaml"), "--scenario", str(scenario_file), "--cameras", "cam-s1",
+           "--port", "0", *extra]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:  # a file, not a pipe: nobody has to drain it
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
 def _ground_truths(settings: Settings, scenario: str, n: int) -> list[GroundTruth]:
     """The first ``n`` ground-truth records of ``scenario`` on ground-truth.v1 (60 s at most)."""
     consumer = KafkaConsumer(
@@ -64,19 +85,7 @@ def test_serve_publishes_ground_truth_and_stops_cleanly(
             {"id": "S1", "model": "TEM2", "track": "T1", "keyframes": [{"at_s": 0, "head_m": 10}]}
         ],
     }
-    scenario_file = tmp_path / "serve-test.yaml"
-    scenario_file.write_text(yaml.safe_dump(scenario))
-    env = {
-        **os.environ,
-        "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
-        "DEPOTWATCH_LOG_FORMAT": "console",
-    }
-    cmd = [sys.executable, "-m", "services.cli", "sim", "serve", "--config",
-           str(REPO / "facility.yaml"), "--scenario", str(scenario_file), "--cameras", "cam-s1",
-           "--port", "0", "--speed", "4"]  # fmt: skip
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:  # a file, not a pipe: nobody has to drain it
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, log = _start_serve(stack_settings, tmp_path, scenario, ["--speed", "4"])
     try:
         url_line = _wait_for_line(proc, log, "rtsp://", 60)
         port = int(url_line.split("rtsp://127.0.0.1:")[1].split("/")[0])
@@ -116,20 +125,9 @@ def test_serve_from_clips_streams_each_clip_and_publishes_the_truth_it_shows(
             }
         ],
     }
-    scenario_file = tmp_path / "serve-clips-test.yaml"
-    scenario_file.write_text(yaml.safe_dump(scenario))
-    env = {
-        **os.environ,
-        "DEPOTWATCH_KAFKA__BOOTSTRAP_SERVERS": stack_settings.kafka.bootstrap_servers,
-        "DEPOTWATCH_LOG_FORMAT": "console",
-    }
-    cmd = [sys.executable, "-m", "services.cli", "sim", "serve", "--config",
-           str(REPO / "facility.yaml"), "--scenario", str(scenario_file), "--cameras", "cam-s1",
-           "--port", "0", "--from-clips", "--clip-seconds", "1", "--clip-start", "1",
-           "--clips-dir", str(tmp_path / "clips")]  # fmt: skip
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    clips = ["--from-clips", "--clip-seconds", "1", "--clip-start", "1",
+             "--clips-dir", str(tmp_path / "clips")]  # fmt: skip
+    proc, log = _start_serve(stack_settings, tmp_path, scenario, clips)
     try:
         url_line = _wait_for_line(proc, log, "rtsp://", 120)
         # 1 s of the scenario forward (15 frames), then back (13): a 28-frame loop.
