@@ -39,10 +39,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEYFRAME_EVERY_S = 2.0
-CLIP_FORMAT = 2
+CLIP_FORMAT = 3
 """Bumped when the rendering or encoding of a clip changes (cached clips are then redone).
 2: no B-frames and no scene-cut keyframes (IP cameras send a fixed GOP of I and P frames;
-served over RTSP, frames go out in decode order)."""
+served over RTSP, frames go out in decode order). 3: each picture is CLIP_SLICES slices on any
+machine (it was one slice per encoder thread, so per core)."""
+CLIP_SLICES = 2
+"""Slices per picture: as x264 codes 720p on two threads and as many cameras send, so that the
+capture is served pictures of several slices every time the test bed runs."""
 
 
 def write_h264(
@@ -50,9 +54,10 @@ def write_h264(
     path: Path,
     fps: int,
     keyframe_every_s: float = KEYFRAME_EVERY_S,
+    slices: int = 1,
 ) -> int:
     """Encode BGR frames (one even size) as H.264 in an MP4 at ``fps``, a keyframe every
-    ``keyframe_every_s``; returns frames written."""
+    ``keyframe_every_s``, each picture coded as ``slices`` slices; returns frames written."""
     import av
 
     n = 0
@@ -66,6 +71,9 @@ def write_h264(
                 stream = out.add_stream("libx264", rate=fps)
                 stream.width, stream.height = w, h
                 stream.pix_fmt = "yuv420p"
+                # Frame threads: PyAV's default (slice threads) makes one slice a core, so
+                # what a clip is would depend on the machine that rendered it.
+                stream.codec_context.thread_type = "FRAME"
                 gop = max(1, round(keyframe_every_s * fps))
                 stream.options = {
                     "g": str(gop),
@@ -73,6 +81,7 @@ def write_h264(
                     "bf": "0",  # as IP cameras: decode order is display order
                     "sc_threshold": "0",  # and a fixed keyframe interval, no scene cuts
                     "preset": "veryfast",
+                    "slices": str(slices),
                 }
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
                 out.mux(packet)
@@ -140,7 +149,7 @@ def cached_clip(
         frames = clip_frames(
             facility, scenario, seed, camera_id, seconds, fps, size, start_s, palindrome
         )
-        write_h264(frames, part, fps)
+        write_h264(frames, part, fps, slices=CLIP_SLICES)
         part.replace(path)  # whole or absent: an interrupted render is never used
     finally:
         part.unlink(missing_ok=True)

@@ -89,14 +89,17 @@ def main() -> int:
         den = int(fps.split("/")[1])
         gop = max(1, round(2 * num / den))  # a keyframe every ~2 s: new clients start fast
         # Pre-encoded: access units as they come (a dropped one would corrupt the picture up
-        # to the next keyframe, so nothing leaks here); SPS/PPS go out with every keyframe.
+        # to the next keyframe, so nothing leaks here). Each keyframe unit already starts with
+        # its SPS/PPS, so the payloader adds none (config-interval=0): with -1 it put them
+        # before every IDR slice, and a client took each slice of a picture coded as several
+        # for a picture of its own (half of every picture frozen until the next keyframe).
         launch = (
             (
                 f"( appsrc name=src is-live=true format=time do-timestamp=true block=false "
                 f"max-bytes={8 << 20} "
                 f"caps=video/x-h264,stream-format=byte-stream,alignment=au,"
                 f"width={width},height={height},framerate={fps} "
-                f"! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+                f"! rtph264pay name=pay0 pt=96 config-interval=0 )"
             )
             if encoded
             else (

@@ -29,9 +29,9 @@ def bar_frames(n: int) -> list[np.ndarray]:
     return frames
 
 
-def bar_index(image: np.ndarray) -> int:
-    """The frame number a decoded bar picture shows."""
-    return round(int((image[H // 2, :, 1] > 128).sum()) / 4) - 1
+def bar_index(image: np.ndarray, row: int = H // 2) -> int:
+    """The frame number a decoded bar picture shows (read along one pixel row)."""
+    return round(int((image[row, :, 1] > 128).sum()) / 4) - 1
 
 
 def clip(units: int, fps: float) -> EncodedClip:
@@ -162,6 +162,35 @@ def test_opencv_reads_a_clip_served_over_rtsp_in_order_and_looping(tmp_path: Pat
     assert 0 in shown[shown.index(29) :]
     assert pushed >= 2 * 40  # both streams were fed (nobody watched cam-b: drained anyway)
     assert not streams.alive
+
+
+@pytest.mark.integration
+@needs_gst
+def test_pictures_coded_as_several_slices_arrive_whole(tmp_path: Path) -> None:
+    """Field failure (session 37): clips whose pictures are two slices (as x264 and many
+    cameras code 720p) decoded with the top half frozen, hiding the far track, because the
+    payloader put SPS/PPS before each slice and the client took each slice for a picture."""
+    path = tmp_path / "bars.mp4"
+    write_h264(bar_frames(30), path, fps=15, keyframe_every_s=1.0, slices=2)
+    keyframe = read_clip(path).units[0]
+    assert [b & 0x1F for b in _nal_headers(keyframe)].count(5) == 2  # two IDR slices
+    with ClipStreams({"cam-a": path}) as streams:
+        cap = cv2.VideoCapture(streams.url("cam-a"), cv2.CAP_FFMPEG)
+        assert cap.isOpened(), f"OpenCV could not open {streams.url('cam-a')}"
+        top: list[int] = []
+        bottom: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(top) < 40 and time.monotonic() < deadline:
+            ok, image = cap.read()
+            if ok:
+                top.append(bar_index(image, row=4))
+                bottom.append(bar_index(image, row=H - 4))
+        cap.release()
+    assert len(top) == 40, top
+    # From the first keyframe on, both slices of every picture show the same frame.
+    first = next(i for i, b in enumerate(bottom) if b in (0, 15))
+    assert top[first:] == bottom[first:], list(zip(top, bottom, strict=True))
+    assert {(b - a) % 30 for a, b in itertools.pairwise(bottom[first:])} == {1}, bottom
 
 
 @pytest.mark.integration
