@@ -129,6 +129,11 @@ class RunFigures:
     """Service -> restarts by the supervisor over the window (a restart replays a backlog)."""
     streams: str = "streams"
     """What the cameras read: "RTSP streams" or "files"."""
+    s3_requests: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    """(bucket, request type) -> (requests, seconds spent serving them) over the window, from
+    SeaweedFS's own metrics."""
+    s3_roles: dict[str, str] = field(default_factory=dict)
+    """Bucket -> what it holds, for the report ("frames", "broker log")."""
 
     def p(self, q: float) -> float | None:
         return percentile(self.latencies, q)
@@ -143,6 +148,62 @@ class RunFigures:
         """The stage with the largest p95 (what holds the latency back)."""
         p95 = {name: percentile(v, 0.95) or 0.0 for name, v in self.stages.items() if v}
         return max(p95, key=lambda k: p95[k]) if p95 else None
+
+
+S3_SECONDS = "SeaweedFS_s3_request_seconds"
+
+
+def s3_requests(
+    before: Mapping[str, float], after: Mapping[str, float]
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """SeaweedFS's requests over a window from two scrapes of its metrics: (bucket, type) ->
+    (requests, seconds spent serving them). A counter that went down (a restart) counts from
+    zero."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, count in after.items():
+        base, _, rest = key.partition("{")
+        if base != f"{S3_SECONDS}_count":
+            continue
+        labels = dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if "=" in part)
+        bucket, kind = labels.get("bucket", "").strip('"'), labels.get("type", "").strip('"')
+        total = after.get(f"{S3_SECONDS}_sum{{{rest}", 0.0)
+        c0, t0 = before.get(key, 0.0), before.get(f"{S3_SECONDS}_sum{{{rest}", 0.0)
+        n, t = (count - c0, total - t0) if count >= c0 else (count, total)
+        if n > 0:
+            out[(bucket, kind)] = (n, t)
+    return out
+
+
+def s3_lines(
+    requests: Mapping[tuple[str, str], tuple[float, float]],
+    roles: Mapping[str, str],
+    seconds: float,
+) -> list[str]:
+    """What SeaweedFS's CPU served: requests a second and share of its request time, per
+    bucket (frames, the broker's log) and request type."""
+    if not requests or seconds <= 0:
+        return []
+    n_all = sum(n for n, _ in requests.values())
+    t_all = sum(t for _, t in requests.values()) or 1.0
+    lines = [f"SeaweedFS requests, {n_all / seconds:.0f}/s in all (share of requests / of time):"]
+    buckets = sorted(
+        {b for b, _ in requests},
+        key=lambda b: -sum(n for (bb, _), (n, _) in requests.items() if bb == b),
+    )
+    for bucket in buckets:
+        mine = {k: v for (b, k), v in requests.items() if b == bucket}
+        n = sum(c for c, _ in mine.values())
+        t = sum(x for _, x in mine.values())
+        kinds = ", ".join(
+            f"{k} {c / seconds:.1f}/s"
+            for k, (c, _) in sorted(mine.items(), key=lambda kv: -kv[1][0])
+        )
+        role = roles.get(bucket, "other")
+        lines.append(
+            f"  {role:10} ({bucket}): {n / seconds:6.1f}/s, {100 * n / n_all:3.0f}% / "
+            f"{100 * t / t_all:3.0f}%  ({kinds})"
+        )
+    return lines
 
 
 def backlog_notes(run: RunFigures) -> list[str]:
@@ -201,6 +262,8 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
     )
     if TEST_BED in run.cpu_s:
         lines.append(row(TEST_BED, run.cpu_s[TEST_BED], "(not in the total: the cameras)"))
+    split = s3_lines(run.s3_requests, run.s3_roles, run.seconds)
+    lines += ["", *split] if split else []
     lines.append("")
     p50, p95, p99 = run.p(0.5), run.p(0.95), run.p(0.99)
     if p50 is None or p95 is None or p99 is None:
@@ -362,6 +425,7 @@ def _sample(pipe: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         if c.pid:
             name = {"s3": "SeaweedFS", "kafka": "Tansu", "redis": "Redis"}[c.component]
             cpu[name] = cpu.get(name, 0.0) + tree_cpu_seconds(c.pid)
+    metrics["SeaweedFS"] = scrape(pipe.infra.infra.weed_metrics_port)
     return cpu, metrics
 
 
@@ -457,6 +521,11 @@ def run_once(
         latencies=figures.latencies_s,
         stages=dict(figures.stages_s),
         streams="RTSP streams" if streams == "rtsp" else "files",
+        s3_requests=s3_requests(m0.get("SeaweedFS", {}), m1.get("SeaweedFS", {})),
+        s3_roles={
+            pipe.infra.settings.s3.bucket: "frames",
+            pipe.infra.infra.broker_bucket: "broker log",
+        },
     )
 
 

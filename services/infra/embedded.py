@@ -70,6 +70,7 @@ PORT_FIELDS: dict[Component, tuple[str, ...]] = {
         "weed_volume_grpc_port",
         "weed_filer_port",
         "weed_filer_grpc_port",
+        "weed_metrics_port",
     ),
     "kafka": ("kafka_port",),
     "redis": ("redis_port",),
@@ -474,6 +475,9 @@ class EmbeddedInfra:
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 f"-s3.config={self._write_s3_identities()}",
+                # Requests and their time per bucket: frames vs the broker's log.
+                f"-metricsPort={i.weed_metrics_port}",
+                f"-metricsIp={i.host}",
                 # Every bucket is a collection that grows several volumes: let the disk, not a
                 # fixed count of 8 x 30 GB volumes, bound them, with small volumes.
                 "-volume.max=0",

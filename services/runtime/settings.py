@@ -97,6 +97,12 @@ class InfraSettings(_Frozen):
     weed_master_grpc_port: int = Field(default=29333, ge=1, le=65535)
     weed_volume_grpc_port: int = Field(default=28080, ge=1, le=65535)
     weed_filer_grpc_port: int = Field(default=28888, ge=1, le=65535)
+    weed_metrics_port: int = Field(
+        default=19327,
+        ge=1,
+        le=65535,
+        description="SeaweedFS's Prometheus metrics (requests and their time per bucket).",
+    )
     redis_port: int = Field(default=16390, ge=1, le=65535, description="Redis (the job engine).")
     broker_bucket: str = Field(default="tansu", description="Bucket holding the broker's data.")
     broker_max_batches: int = Field(

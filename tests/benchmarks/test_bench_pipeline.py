@@ -10,6 +10,7 @@ from services.benchmarks.pipeline import (
     RunFigures,
     bench_cameras,
     report,
+    s3_requests,
     stage_of,
 )
 
@@ -143,3 +144,52 @@ def test_latency_over_few_state_changes_is_flagged_as_thin() -> None:
     assert "note: only 2 state changes in the window" in thin
     assert "capture -> state latency over 2 changes" in thin
     assert "state changes in the window" not in "\n".join(report(run([0.4] * 30), None))
+
+
+def _seaweed(counts: dict[tuple[str, str], tuple[float, float]]) -> dict[str, float]:
+    """Samples as SeaweedFS exports them: request time histogram per bucket and type."""
+    out = {}
+    for (bucket, kind), (n, t) in counts.items():
+        labels = f'{{bucket="{bucket}",type="{kind}"}}'
+        out[f"SeaweedFS_s3_request_seconds_count{labels}"] = n
+        out[f"SeaweedFS_s3_request_seconds_sum{labels}"] = t
+        out[f'SeaweedFS_s3_request_seconds_bucket{{bucket="{bucket}",type="{kind}",le="1"}}'] = n
+    return out
+
+
+def test_seaweedfs_requests_are_split_between_the_frames_and_the_brokers_log() -> None:
+    before = _seaweed({("frames", "PUT"): (100, 1.0), ("tansu", "LIST"): (50, 2.0)})
+    after = _seaweed(
+        {
+            ("frames", "PUT"): (260, 2.6),  # 160 in 10 s
+            ("frames", "GET"): (160, 0.4),  # new in the window
+            ("tansu", "LIST"): (950, 8.0),  # 900, 6 s
+            ("tansu", "PUT"): (1280, 3.0),
+            ("idle", "GET"): (7, 0.1),  # unchanged: left out
+        }
+    )
+    after['SeaweedFS_s3_in_flight_requests{type="GET"}'] = 3.0  # not a request count
+    before[_key := 'SeaweedFS_s3_request_seconds_count{bucket="idle",type="GET"}'] = 7
+    before[_key.replace("_count", "_sum")] = 0.1
+    requests = s3_requests(before, after)
+    assert requests == {
+        ("frames", "PUT"): (160, pytest.approx(1.6)),
+        ("frames", "GET"): (160, 0.4),
+        ("tansu", "LIST"): (900, 6.0),
+        ("tansu", "PUT"): (1280, 3.0),
+    }
+    served = run([0.4] * 20)
+    served.s3_requests = requests
+    served.s3_roles = {"frames": "frames", "tansu": "broker log"}
+    text = "\n".join(report(served, None))
+    assert "SeaweedFS requests, 250/s in all (share of requests / of time):" in text
+    assert "  broker log (tansu):  218.0/s,  87% /  82%  (PUT 128.0/s, LIST 90.0/s)" in text
+    assert "  frames     (frames):   32.0/s,  13% /  18%  (PUT 16.0/s, GET 16.0/s)" in text
+
+
+def test_a_seaweedfs_restart_counts_its_requests_from_zero() -> None:
+    before = _seaweed({("tansu", "GET"): (5000, 50.0)})
+    after = _seaweed({("tansu", "GET"): (40, 0.5)})
+    assert s3_requests(before, after) == {("tansu", "GET"): (40, 0.5)}
+    assert report(run([0.4] * 20), None) == report(run([0.4] * 20), None)  # no split: no lines
+    assert not any("SeaweedFS requests" in line for line in report(run([0.4] * 20), None))

@@ -87,6 +87,7 @@ def test_settings_on_free_ports_point_clients_at_the_stack(tmp_path: Path) -> No
         i.weed_volume_grpc_port,
         i.weed_filer_port,
         i.weed_filer_grpc_port,
+        i.weed_metrics_port,
     ]
     assert len(set(ports)) == len(ports)
     assert settings.kafka.bootstrap_servers == f"127.0.0.1:{i.kafka_port}"

@@ -16,6 +16,8 @@ from message_samples import frame_ref
 
 from schemas import FrameRef
 from schemas.topics import TopicSpec, topics_for
+from services.benchmarks.ingest_rig import scrape
+from services.benchmarks.pipeline import s3_requests
 from services.infra import EmbeddedInfra, InfraError, initialise, settings_on_free_ports
 from services.infra.cli import infra
 from services.infra.processes import pid_alive, port_answers
@@ -54,6 +56,19 @@ def test_frames_bucket_expires_frames(stack_settings: Settings) -> None:
     store = ObjectStore(stack_settings.s3)
     assert store.ping()[0]
     assert store.expiry_days() == stack_settings.s3.frame_retention_days
+
+
+def test_seaweedfs_counts_requests_per_bucket_for_the_sizing_benchmark(
+    embedded_stack: EmbeddedInfra, stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    port = embedded_stack.infra.weed_metrics_port
+    before = s3_requests({}, scrape(port))
+    store = ObjectStore(stack_settings.s3)
+    for i in range(3):
+        store.put(unique_name("metrics") + f"/{i}.jpg", b"jpeg bytes")
+    after = s3_requests({}, scrape(port))
+    puts = after.get((stack_settings.s3.bucket, "PUT"), (0, 0.0))[0]
+    assert puts - before.get((stack_settings.s3.bucket, "PUT"), (0, 0.0))[0] >= 3, after
 
 
 def test_up_again_reuses_the_running_processes(embedded_stack: EmbeddedInfra) -> None:
