@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -264,13 +264,19 @@ class Pipeline:
         flow: str,
         config: dict[str, Any] | None = None,
         extra_args: Sequence[str] = (),
+        infra: Mapping[str, Any] | None = None,
     ) -> None:
         """The shipped facility with its first ``cameras`` simulated cameras and one flow, or
         ``config`` as given (its cameras' own sources, flows and weights) with ``extra_args``
-        for ``up`` (e.g. ``--no-sim``)."""
+        for ``up`` (e.g. ``--no-sim``); ``infra`` sets embedded-infra settings besides the
+        ports (e.g. ``broker_max_batches``)."""
         self.work, self.flow = work, flow
         self.data = work / "data"
         settings = settings_on_free_ports(self.data)
+        if infra:
+            settings = settings.model_copy(
+                update={"infra": settings.infra.model_copy(update=dict(infra))}
+            )
         self.infra = EmbeddedInfra(settings)
         if config is None:
             config = yaml.safe_load((REPO / "facility.yaml").read_text())
@@ -286,6 +292,8 @@ class Pipeline:
         for component in COMPONENTS:
             for name in PORT_FIELDS[component]:
                 env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(settings.infra, name))
+        for name in infra or {}:
+            env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(settings.infra, name))
         env["DEPOTWATCH_HTTP_PORT"] = "0"
         self.log = work / "up.log"
         self.proc = spawn(

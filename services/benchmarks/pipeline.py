@@ -197,11 +197,12 @@ def s3_lines(
         kinds = ", ".join(
             f"{k} {c / seconds:.1f}/s"
             for k, (c, _) in sorted(mine.items(), key=lambda kv: -kv[1][0])
+            if c / seconds >= 0.05
         )
         role = roles.get(bucket, "other")
         lines.append(
-            f"  {role:10} ({bucket}): {n / seconds:6.1f}/s, {100 * n / n_all:3.0f}% / "
-            f"{100 * t / t_all:3.0f}%  ({kinds})"
+            f"  {role:10} {n / seconds:6.1f}/s {100 * n / n_all:4.0f}% / {100 * t / t_all:3.0f}%"
+            f"  bucket {bucket or '(none)'}: {kinds}"
         )
     return lines
 
@@ -453,6 +454,7 @@ def run_once(
     work: Path,
     say: Callable[[str], None],
     streams: str = "rtsp",
+    infra: Mapping[str, Any] | None = None,
 ) -> RunFigures:
     """One run of ``depotwatch up --no-sim`` at ``cameras`` x ``fps``, the cameras reading
     the clips over RTSP (``streams="rtsp"``) or from the files (``"file"``)."""
@@ -483,7 +485,7 @@ def run_once(
         return cpu, metrics
 
     try:
-        pipe = Pipeline(work, cameras, flows[0], config=config, extra_args=extra)
+        pipe = Pipeline(work, cameras, flows[0], config=config, extra_args=extra, infra=infra)
         try:
             if wait_until(lambda: pipe.infra.status().healthy, 120) is None:
                 raise click.ClickException(f"the embedded infra did not start; see {pipe.log}")
@@ -604,6 +606,15 @@ def run_once(
     show_default=True,
     help="Cache of the rendered, encoded camera clips.",
 )
+@click.option(
+    "--broker-max-batches",
+    type=click.IntRange(2),
+    default=None,
+    help="Batches the embedded broker keeps per partition (DEPOTWATCH_INFRA__BROKER_MAX_"
+    "BATCHES; default: that setting). Every fetch lists a partition's batches, so the broker's "
+    "cost grows with it until the cap: measure at steady state with a --warmup long enough "
+    "to fill it.",
+)
 def bench_command(
     config_path: Path,
     cameras: int,
@@ -619,6 +630,7 @@ def bench_command(
     floors: bool,
     streams: str,
     clips_dir: Path,
+    broker_max_batches: int | None,
 ) -> None:
     """Sizing: the whole pipeline at N cameras x F fps from pre-encoded 15 fps H.264 streams
     (served over RTSP, or read from the files with --streams file).
@@ -664,7 +676,10 @@ def bench_command(
         while True:
             work = Path(tmp) / f"n{n}"
             work.mkdir()
-            run = run_once(base, n, fps, wanted, clips, duration, warmup, work, click.echo, streams)
+            run = run_once(
+                base, n, fps, wanted, clips, duration, warmup, work, click.echo, streams,
+                {"broker_max_batches": broker_max_batches} if broker_max_batches else None,
+            )  # fmt: skip
             runs.append(run)
             for line in report(run, None):
                 click.echo(line)

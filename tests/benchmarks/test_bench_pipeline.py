@@ -183,8 +183,8 @@ def test_seaweedfs_requests_are_split_between_the_frames_and_the_brokers_log() -
     served.s3_roles = {"frames": "frames", "tansu": "broker log"}
     text = "\n".join(report(served, None))
     assert "SeaweedFS requests, 250/s in all (share of requests / of time):" in text
-    assert "  broker log (tansu):  218.0/s,  87% /  82%  (PUT 128.0/s, LIST 90.0/s)" in text
-    assert "  frames     (frames):   32.0/s,  13% /  18%  (PUT 16.0/s, GET 16.0/s)" in text
+    assert "  broker log  218.0/s   87% /  82%  bucket tansu: PUT 128.0/s, LIST 90.0/s" in text
+    assert "  frames       32.0/s   13% /  18%  bucket frames: PUT 16.0/s, GET 16.0/s" in text
 
 
 def test_a_seaweedfs_restart_counts_its_requests_from_zero() -> None:
