@@ -49,7 +49,7 @@ from schemas.facility_state import FacilityState
 from schemas.frames import FrameRef
 from services.benchmarks.estimator_bench import absolute_weights
 from services.infra import EmbeddedInfra, settings_on_free_ports
-from services.infra.embedded import COMPONENTS, PORT_FIELDS
+from services.infra.embedded import COMPONENTS, PORT_FIELDS, env_var
 from services.infra.processes import free_port, spawn, stop_child
 from services.runtime.settings import KafkaSettings
 from services.runtime.storage import ObjectStore, StorageError
@@ -273,10 +273,9 @@ class Pipeline:
         self.work, self.flow = work, flow
         self.data = work / "data"
         settings = settings_on_free_ports(self.data)
-        if infra:
-            settings = settings.model_copy(
-                update={"infra": settings.infra.model_copy(update=dict(infra))}
-            )
+        if infra:  # validated: a misspelt or out-of-range setting fails here, not in `up`
+            merged = type(settings.infra).model_validate({**settings.infra.model_dump(), **infra})
+            settings = settings.model_copy(update={"infra": merged})
         self.infra = EmbeddedInfra(settings)
         if config is None:
             config = yaml.safe_load((REPO / "facility.yaml").read_text())
@@ -288,12 +287,18 @@ class Pipeline:
                 cam["source"] = cam["source"].replace(":8554/", f":{rtsp}/")
         self.config = work / "facility.yaml"
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOTWATCH_")}
+        # The caller's endpoints and ports must not leak into the stack under test; its topic
+        # layout (partitions, retention: DEPOTWATCH_TOPICS__*) is what it asks to measure.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("DEPOTWATCH_") or k.startswith("DEPOTWATCH_TOPICS__")
+        }
         for component in COMPONENTS:
             for name in PORT_FIELDS[component]:
-                env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(settings.infra, name))
+                env[env_var(name)] = str(getattr(settings.infra, name))
         for name in infra or {}:
-            env[f"DEPOTWATCH_INFRA__{name.upper()}"] = str(getattr(settings.infra, name))
+            env[env_var(name)] = str(getattr(settings.infra, name))
         env["DEPOTWATCH_HTTP_PORT"] = "0"
         self.log = work / "up.log"
         self.proc = spawn(

@@ -9,7 +9,9 @@ the tests exercise the same entry points, settings and signals; nothing here imp
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -207,12 +209,21 @@ def parse_metrics(body: str) -> dict[str, float]:
     return out
 
 
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def sample_labels(key: str) -> tuple[str, dict[str, str]]:
+    """A sample key of :func:`parse_metrics` (``name{a="x",b="y"}``) -> (name, labels)."""
+    name, _, rest = key.partition("{")
+    return name, {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(rest)}
+
+
 def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
     """The samples a service on this machine's ``port`` exports; empty if it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
             return parse_metrics(r.read().decode())
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return {}
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import click
 import yaml
 
-from services.benchmarks.ingest_rig import metric_sum, scrape, tree_cpu_seconds
+from services.benchmarks.ingest_rig import metric_sum, sample_labels, scrape, tree_cpu_seconds
 from services.runtime.stats import percentile
 
 LATENCY_GOAL_S = 1.0
@@ -134,6 +134,8 @@ class RunFigures:
     SeaweedFS's own metrics."""
     s3_roles: dict[str, str] = field(default_factory=dict)
     """Bucket -> what it holds, for the report ("frames", "broker log")."""
+    s3_note: str = ""
+    """Why there is no split of SeaweedFS's requests (its metrics did not answer)."""
 
     def p(self, q: float) -> float | None:
         return percentile(self.latencies, q)
@@ -153,24 +155,32 @@ class RunFigures:
 S3_SECONDS = "SeaweedFS_s3_request_seconds"
 
 
+def _s3_totals(samples: Mapping[str, float]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(bucket, type) -> (requests, seconds) so far, summed over any other label."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, value in samples.items():
+        name, labels = sample_labels(key)
+        if name not in (f"{S3_SECONDS}_count", f"{S3_SECONDS}_sum"):
+            continue
+        where = (labels.get("bucket", ""), labels.get("type", ""))
+        n, t = out.get(where, (0.0, 0.0))
+        out[where] = (n + value, t) if name.endswith("_count") else (n, t + value)
+    return out
+
+
 def s3_requests(
     before: Mapping[str, float], after: Mapping[str, float]
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """SeaweedFS's requests over a window from two scrapes of its metrics: (bucket, type) ->
     (requests, seconds spent serving them). A counter that went down (a restart) counts from
     zero."""
+    then = _s3_totals(before)
     out: dict[tuple[str, str], tuple[float, float]] = {}
-    for key, count in after.items():
-        base, _, rest = key.partition("{")
-        if base != f"{S3_SECONDS}_count":
-            continue
-        labels = dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if "=" in part)
-        bucket, kind = labels.get("bucket", "").strip('"'), labels.get("type", "").strip('"')
-        total = after.get(f"{S3_SECONDS}_sum{{{rest}", 0.0)
-        c0, t0 = before.get(key, 0.0), before.get(f"{S3_SECONDS}_sum{{{rest}", 0.0)
+    for where, (count, total) in _s3_totals(after).items():
+        c0, t0 = then.get(where, (0.0, 0.0))
         n, t = (count - c0, total - t0) if count >= c0 else (count, total)
         if n > 0:
-            out[(bucket, kind)] = (n, t)
+            out[where] = (n, t)
     return out
 
 
@@ -264,7 +274,8 @@ def report(run: RunFigures, floors: Sequence[Floor] | None) -> list[str]:
     if TEST_BED in run.cpu_s:
         lines.append(row(TEST_BED, run.cpu_s[TEST_BED], "(not in the total: the cameras)"))
     split = s3_lines(run.s3_requests, run.s3_roles, run.seconds)
-    lines += ["", *split] if split else []
+    if split or run.s3_note:
+        lines += ["", *(split or [run.s3_note])]
     lines.append("")
     p50, p95, p99 = run.p(0.5), run.p(0.95), run.p(0.99)
     if p50 is None or p95 is None or p99 is None:
@@ -509,6 +520,7 @@ def run_once(
             server.stop()
     states = [r for t in topics for r in got[t]]
     figures = pipeline_figures(states, [], warmup_s=0.0)
+    weed0, weed1 = m0.get("SeaweedFS", {}), m1.get("SeaweedFS", {})
     stored = sum(_delta(m0, m1, "depotwatch_aggregator_frames_stored_total").values())
     return RunFigures(
         cameras=cameras,
@@ -523,7 +535,11 @@ def run_once(
         latencies=figures.latencies_s,
         stages=dict(figures.stages_s),
         streams="RTSP streams" if streams == "rtsp" else "files",
-        s3_requests=s3_requests(m0.get("SeaweedFS", {}), m1.get("SeaweedFS", {})),
+        s3_requests=s3_requests(weed0, weed1) if weed0 and weed1 else {},
+        s3_note=""
+        if weed0 and weed1
+        else f"SeaweedFS requests: its metrics (port {pipe.infra.infra.weed_metrics_port}) did "
+        "not answer at the start or the end of the window; no split",
         s3_roles={
             pipe.infra.settings.s3.bucket: "frames",
             pipe.infra.infra.broker_bucket: "broker log",
@@ -610,8 +626,8 @@ def run_once(
     "--broker-max-batches",
     type=click.IntRange(2),
     default=None,
-    help="Batches the embedded broker keeps per partition (DEPOTWATCH_INFRA__BROKER_MAX_"
-    "BATCHES; default: that setting). Every fetch lists a partition's batches, so the broker's "
+    help="Batches the embedded broker keeps per partition (default: DEPOTWATCH_INFRA__BROKER_"
+    "MAX_BATCHES or 3000). Every fetch lists a partition's batches, so the broker's "
     "cost grows with it until the cap: measure at steady state with a --warmup long enough "
     "to fill it.",
 )
@@ -670,6 +686,8 @@ def bench_command(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
+    cap = broker_max_batches or Settings().infra.broker_max_batches
+    click.echo(f"embedded broker: at most {cap} batches a partition (--broker-max-batches)")
     runs: list[RunFigures] = []
     n = cameras
     with tempfile.TemporaryDirectory(prefix="depotwatch-bench-pipeline-") as tmp:
@@ -678,7 +696,7 @@ def bench_command(
             work.mkdir()
             run = run_once(
                 base, n, fps, wanted, clips, duration, warmup, work, click.echo, streams,
-                {"broker_max_batches": broker_max_batches} if broker_max_batches else None,
+                {"broker_max_batches": cap},
             )  # fmt: skip
             runs.append(run)
             for line in report(run, None):

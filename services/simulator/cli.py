@@ -162,7 +162,9 @@ def clip_command(
     a keyframe every 2 s; as a camera's source (file:///path.mp4) capture decodes it at its
     own frame rate, looping, as it would a camera's RTSP stream.
     """
-    from services.simulator.clips import write_h264
+    from functools import partial
+
+    from services.simulator.clips import CLIP_SLICES, write_h264
     from services.simulator.world import ScenarioError, load_scenario
     from services.simulator.y4m import clip_frames, write_y4m
 
@@ -175,7 +177,8 @@ def clip_command(
             raise click.BadParameter(f"{size!r}: write WIDTHxHEIGHT, e.g. 1280x720") from None
     if out.suffix not in (".y4m", ".mp4"):
         raise click.BadParameter(f"{out}: write a .y4m or .mp4 file", param_hint="--out")
-    write = write_h264 if out.suffix == ".mp4" else write_y4m
+    # An .mp4 is coded as the served clips are (slices a picture included).
+    write = partial(write_h264, slices=CLIP_SLICES) if out.suffix == ".mp4" else write_y4m
     try:
         facility, scene = _facility(config_path), load_scenario(scenario)
         frames = clip_frames(facility, scene, seed, camera_id, seconds, fps, wh, start)

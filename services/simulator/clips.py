@@ -117,6 +117,7 @@ def clip_key(
         "seconds": seconds,
         "fps": fps,
         "size": list(size),
+        "slices": CLIP_SLICES,
         **({"start_s": start_s} if start_s else {}),  # keys of clips from 0 s stay the same
         **({"palindrome": True} if palindrome else {}),
     }

@@ -191,5 +191,20 @@ def test_a_seaweedfs_restart_counts_its_requests_from_zero() -> None:
     before = _seaweed({("tansu", "GET"): (5000, 50.0)})
     after = _seaweed({("tansu", "GET"): (40, 0.5)})
     assert s3_requests(before, after) == {("tansu", "GET"): (40, 0.5)}
-    assert report(run([0.4] * 20), None) == report(run([0.4] * 20), None)  # no split: no lines
-    assert not any("SeaweedFS requests" in line for line in report(run([0.4] * 20), None))
+
+
+def test_series_differing_in_other_labels_add_up_whatever_the_label_order() -> None:
+    after = {
+        'SeaweedFS_s3_request_seconds_count{type="PUT",bucket="a,b",code="200"}': 5.0,
+        'SeaweedFS_s3_request_seconds_sum{code="200",bucket="a,b",type="PUT"}': 1.0,
+        'SeaweedFS_s3_request_seconds_count{bucket="a,b",code="500",type="PUT"}': 3.0,
+        'SeaweedFS_s3_request_seconds_sum{type="PUT",code="500",bucket="a,b"}': 1.0,
+    }
+    assert s3_requests({}, after) == {("a,b", "PUT"): (8.0, 2.0)}
+
+
+def test_without_seaweedfs_metrics_the_report_says_so_instead_of_a_split() -> None:
+    plain = run([0.4] * 20)
+    assert not any("SeaweedFS requests" in line for line in report(plain, None))
+    plain.s3_note = "SeaweedFS requests: its metrics (port 9) did not answer; no split"
+    assert plain.s3_note in report(plain, None)

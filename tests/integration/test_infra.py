@@ -16,6 +16,7 @@ from message_samples import frame_ref
 
 from schemas import FrameRef
 from schemas.topics import TopicSpec, topics_for
+from services.benchmarks.faults import wait_until
 from services.benchmarks.ingest_rig import scrape
 from services.benchmarks.pipeline import s3_requests
 from services.infra import EmbeddedInfra, InfraError, initialise, settings_on_free_ports
@@ -62,13 +63,17 @@ def test_seaweedfs_counts_requests_per_bucket_for_the_sizing_benchmark(
     embedded_stack: EmbeddedInfra, stack_settings: Settings, unique_name: Callable[[str], str]
 ) -> None:
     port = embedded_stack.infra.weed_metrics_port
-    before = s3_requests({}, scrape(port))
+    before = scrape(port)
+    assert before, f"SeaweedFS exports no metrics on port {port}"
     store = ObjectStore(stack_settings.s3)
     for i in range(3):
         store.put(unique_name("metrics") + f"/{i}.jpg", b"jpeg bytes")
-    after = s3_requests({}, scrape(port))
-    puts = after.get((stack_settings.s3.bucket, "PUT"), (0, 0.0))[0]
-    assert puts - before.get((stack_settings.s3.bucket, "PUT"), (0, 0.0))[0] >= 3, after
+    where = (stack_settings.s3.bucket, "PUT")
+
+    def puts() -> bool:  # recorded just after each request is answered
+        return s3_requests(before, scrape(port)).get(where, (0.0, 0.0))[0] >= 3
+
+    assert wait_until(puts, 5) is not None, s3_requests(before, scrape(port))
 
 
 def test_up_again_reuses_the_running_processes(embedded_stack: EmbeddedInfra) -> None:

@@ -188,7 +188,8 @@ def test_pictures_coded_as_several_slices_arrive_whole(tmp_path: Path) -> None:
         cap.release()
     assert len(top) == 40, top
     # From the first keyframe on, both slices of every picture show the same frame.
-    first = next(i for i, b in enumerate(bottom) if b in (0, 15))
+    first = next((i for i, b in enumerate(bottom) if b in (0, 15)), None)
+    assert first is not None, f"no keyframe's picture among {bottom}"
     assert top[first:] == bottom[first:], list(zip(top, bottom, strict=True))
     assert {(b - a) % 30 for a, b in itertools.pairwise(bottom[first:])} == {1}, bottom
 
