@@ -71,10 +71,6 @@ class StreamReader:
             self._file_period = 1.0 / fps if 0 < fps <= 240 else 1.0 / 25
             self._next_file_frame = time.monotonic()
 
-    def read(self) -> Image | None:
-        """The next decoded frame, or None when the stream failed, timed out or ended."""
-        return self.retrieve() if self.grab() else None
-
     def grab(self) -> bool:
         """Take the next frame off the stream (decoded, not yet converted to BGR); False when
         the stream failed, timed out or ended. A camera sends more frames than are kept: only
