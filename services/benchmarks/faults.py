@@ -294,10 +294,8 @@ class Pipeline:
             for k, v in os.environ.items()
             if not k.startswith("DEPOTWATCH_") or k.startswith("DEPOTWATCH_TOPICS__")
         }
-        for component in COMPONENTS:
-            for name in PORT_FIELDS[component]:
-                env[env_var(name)] = str(getattr(settings.infra, name))
-        for name in infra or {}:
+        ports = [name for component in COMPONENTS for name in PORT_FIELDS[component]]
+        for name in [*ports, *(infra or {})]:
             env[env_var(name)] = str(getattr(settings.infra, name))
         env["DEPOTWATCH_HTTP_PORT"] = "0"
         self.log = work / "up.log"

@@ -196,14 +196,15 @@ def s3_lines(
     n_all = sum(n for n, _ in requests.values())
     t_all = sum(t for _, t in requests.values()) or 1.0
     lines = [f"SeaweedFS requests, {n_all / seconds:.0f}/s in all (share of requests / of time):"]
-    buckets = sorted(
-        {b for b, _ in requests},
-        key=lambda b: -sum(n for (bb, _), (n, _) in requests.items() if bb == b),
-    )
-    for bucket in buckets:
-        mine = {k: v for (b, k), v in requests.items() if b == bucket}
-        n = sum(c for c, _ in mine.values())
-        t = sum(x for _, x in mine.values())
+    by_bucket: dict[str, dict[str, tuple[float, float]]] = {}
+    for (bucket, kind), counted in requests.items():
+        by_bucket.setdefault(bucket, {})[kind] = counted
+    totals = {
+        bucket: (sum(c for c, _ in mine.values()), sum(x for _, x in mine.values()))
+        for bucket, mine in by_bucket.items()
+    }
+    for bucket in sorted(by_bucket, key=lambda b: -totals[b][0]):
+        mine, (n, t) = by_bucket[bucket], totals[bucket]
         kinds = ", ".join(
             f"{k} {c / seconds:.1f}/s"
             for k, (c, _) in sorted(mine.items(), key=lambda kv: -kv[1][0])
@@ -521,6 +522,7 @@ def run_once(
     states = [r for t in topics for r in got[t]]
     figures = pipeline_figures(states, [], warmup_s=0.0)
     weed0, weed1 = m0.get("SeaweedFS", {}), m1.get("SeaweedFS", {})
+    answered = bool(weed0 and weed1)
     stored = sum(_delta(m0, m1, "depotwatch_aggregator_frames_stored_total").values())
     return RunFigures(
         cameras=cameras,
@@ -535,9 +537,9 @@ def run_once(
         latencies=figures.latencies_s,
         stages=dict(figures.stages_s),
         streams="RTSP streams" if streams == "rtsp" else "files",
-        s3_requests=s3_requests(weed0, weed1) if weed0 and weed1 else {},
+        s3_requests=s3_requests(weed0, weed1) if answered else {},
         s3_note=""
-        if weed0 and weed1
+        if answered
         else f"SeaweedFS requests: its metrics (port {pipe.infra.infra.weed_metrics_port}) did "
         "not answer at the start or the end of the window; no split",
         s3_roles={

@@ -423,7 +423,8 @@ def _serve_clips(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     lengths = {cam: len(clip.units) for cam, clip in streams.encoded.items()}
-    short = sorted(cam for cam, n in lengths.items() if n != max(lengths.values()))
+    longest = max(lengths.values())
+    short = sorted(cam for cam, n in lengths.items() if n != longest)
     if short:
         # A camera down when its clip starts has no frames until it is back: its loop would
         # run out of step with the others and with the ground truth.
