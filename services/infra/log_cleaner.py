@@ -28,6 +28,13 @@ the outside, deleting batch objects:
 - **delete-policy** topics with ``retention.ms`` (frames, estimates): batches older than that,
   and all but the newest ``infra.broker_max_batches`` of a partition (Kafka's
   ``retention.bytes``, counted in batches: a partition's size is its read cost here);
+- of those, the **estimates** topics (positions, identities), which only live consumers read
+  (nothing reads them by time range): also what every live consumer group of the partition
+  has committed past, but for the newest ``infra.broker_read_tail`` batches. A group whose
+  commit has not moved for ``infra.broker_stale_group_s`` while it had more to read is gone
+  and holds nothing back. At steady state the size cap is reached on every capped partition,
+  and each fetch's listing then costs as much as 3,000 batches; these partitions stay at the
+  tail plus what is unread;
 - the **facility-state** topics (compacted, one key: the facility id): all but the newest
   ``infra.broker_max_batches`` batches, which hold what compaction keeps and a tail of history.
 
@@ -54,6 +61,7 @@ from itertools import pairwise
 
 from prometheus_client import Counter, Gauge
 
+from schemas.estimates import IdentityEstimate, PositionEstimate
 from schemas.facility_state import FacilityState
 from schemas.topics import TopicSpec, topics_for
 from services.runtime.kafka import TopicAdmin
@@ -74,7 +82,8 @@ LAST_PASS = Gauge(
 )
 UNREAD_DELETED = Counter(
     "depotwatch_broker_unread_batches_deleted_total",
-    "Batches the size cap deleted before a consumer group had read them (it lags too far)",
+    "Batches the size cap (or the read tail, for a stale group) deleted before a consumer group"
+    " had read them",
     ["topic", "group"],
 )
 CLEANER_ERRORS = Counter(
@@ -109,21 +118,33 @@ class Rule:
     max_batches: int | None = None
     """Only the newest this many batches stay (the embedded broker's ``retention.bytes``:
     every fetch lists all of a partition's batches, so its size is its read cost)."""
+    read_tail: int | None = None
+    """Batches that every live reader group has committed past go, except the newest this
+    many of them (topics only read live, as they arrive: the estimates)."""
 
 
 def doomed(
-    batches: Sequence[Batch], rule: Rule, now: float, committed: int | None
+    batches: Sequence[Batch],
+    rule: Rule,
+    now: float,
+    committed: int | None,
+    read_by_all: int | None = None,
 ) -> list[tuple[Batch, str]]:
     """The batches of one partition that ``rule`` deletes, each with its reason.
 
     ``batches`` in any order; ``committed``: the consuming group's committed offset (the next
-    record it will read), None when it has none. A batch counts as consumed only when the next
-    batch starts at or below ``committed`` (its records are contiguous up to there), and the
-    newest batch always stays.
+    record it will read), None when it has none; ``read_by_all``: the lowest committed offset
+    of the partition's live reader groups, None when it has none. A batch counts as consumed
+    (read) only when the next batch starts at or below that offset (its records are contiguous
+    up to there), and the newest batch always stays.
     """
     ordered = sorted(batches, key=lambda b: b.base_offset)
     out: list[tuple[Batch, str]] = []
     over = len(ordered) - rule.max_batches if rule.max_batches is not None else 0
+    read_over = 0
+    if rule.read_tail is not None and read_by_all is not None:
+        read = sum(1 for following in ordered[1:] if following.base_offset <= read_by_all)
+        read_over = read - rule.read_tail
     for index, (batch, following) in enumerate(pairwise(ordered)):
         if (
             rule.consumed_by is not None
@@ -136,6 +157,8 @@ def doomed(
             out.append((batch, "retention"))
         elif index < over:
             out.append((batch, "size"))
+        elif index < read_over:
+            out.append((batch, "read"))
     return out
 
 
@@ -164,6 +187,8 @@ def rules_for(
     consumed_by: Mapping[str, str],
     max_batches: int | None = None,
     single_key: Iterable[str] = (),
+    read_live: Iterable[str] = (),
+    read_tail: int | None = None,
 ) -> dict[str, Rule]:
     """Rules from the topic catalogue and the topics only one group reads (``consumed_by``:
     topic -> group).
@@ -175,9 +200,14 @@ def rules_for(
 
     ``single_key`` names compacted topics whose records all carry one key (the facility
     state): their newest batch holds what compaction would keep, so they get the size cap too,
-    which leaves that and a tail of history."""
+    which leaves that and a tail of history.
+
+    ``read_live`` names streams that nothing reads by time range, only live consumers as the
+    records arrive (the estimates): with ``read_tail``, what all their live groups have read
+    goes too, but for the newest ``read_tail`` batches a partition."""
     rules: dict[str, Rule] = {}
     one_key = set(single_key)
+    live = set(read_live)
     for spec in specs:
         if spec.config.get("cleanup.policy", "delete") != "delete":
             if spec.name in one_key and max_batches is not None:
@@ -185,7 +215,11 @@ def rules_for(
             continue
         ms = spec.config.get("retention.ms")
         if ms is not None and int(ms) > 0:
-            rules[spec.name] = Rule(retention_s=int(ms) / 1000.0, max_batches=max_batches)
+            rules[spec.name] = Rule(
+                retention_s=int(ms) / 1000.0,
+                max_batches=max_batches,
+                read_tail=read_tail if spec.name in live else None,
+            )
     for topic, group in consumed_by.items():
         rules[topic] = Rule(retention_s=rules.get(topic, Rule()).retention_s, consumed_by=group)
     return rules
@@ -227,16 +261,24 @@ class BrokerLogCleaner:
         committed: Callable[[str], Mapping[tuple[str, int], int]],
         clock: Callable[[], float] = time.time,
         groups: Callable[[], Iterable[str]] | None = None,
+        stale_group_s: float = 600.0,
     ) -> None:
         self.store = store
         """The broker's bucket."""
         self.rules = dict(rules)
         self.committed = committed
         self.groups = groups
-        """Every consumer group, to count what the size cap cuts ahead of one (None: not
-        counted)."""
+        """Every consumer group, to count what the size cap cuts ahead of one and to know the
+        live readers of ``read_tail`` topics (None: neither)."""
         self.clock = clock
+        self.stale_group_s = stale_group_s
+        """A group whose commit on a partition has not moved for this long while there was
+        more to read is gone (a stopped flow, an old tool's group): it no longer holds back
+        ``read_tail`` deletions. Kafka forgets such a group's offsets after a week; here it
+        only stops counting as a reader, and the size cap still bounds what it loses."""
         self._clusters: list[str] = []
+        self._moved: dict[tuple[str, int, str], tuple[int, float]] = {}
+        """(topic, partition, group) -> (committed offset, when this cleaner saw it change)."""
 
     def clusters(self) -> list[str]:
         """The broker's cluster folders in its bucket (``clusters/<id>/``)."""
@@ -273,8 +315,25 @@ class BrokerLogCleaner:
 
     def _capped(self) -> bool:
         return self.groups is not None and any(
-            r.max_batches is not None for r in self.rules.values()
+            r.max_batches is not None or r.read_tail is not None for r in self.rules.values()
         )
+
+    def read_by_all(
+        self, topic: str, partition: int, commits: Mapping[str, int], newest: int, now: float
+    ) -> int | None:
+        """The lowest committed offset among the live reader groups of a partition (None when
+        it has none), remembering when each group's commit last moved. ``newest``: base offset
+        of the partition's newest batch; a group committed at or past it has nothing to move
+        on to and is live."""
+        live: list[int] = []
+        for group, offset in commits.items():
+            key = (topic, partition, group)
+            seen = self._moved.get(key)
+            if seen is None or seen[0] != offset:
+                self._moved[key] = seen = (offset, now)
+            if offset >= newest or now - seen[1] <= self.stale_group_s:
+                live.append(offset)
+        return min(live) if live else None
 
     def _readers(self, report: CleanReport) -> dict[tuple[str, int], dict[str, int]]:
         """(topic, partition) -> group -> committed offset, over every consumer group."""
@@ -309,9 +368,15 @@ class BrokerLogCleaner:
         gone: list[tuple[Batch, str]] = []
         unread: dict[str, int] = {}
         for partition, batches in partitions.items():
-            cut = doomed(batches, rule, now, committed.get((topic, partition)))
+            read = None
+            if rule.read_tail is not None:
+                newest = max(b.base_offset for b in batches)
+                commits = readers.get((topic, partition), {})
+                read = self.read_by_all(topic, partition, commits, newest, now)
+            cut = doomed(batches, rule, now, committed.get((topic, partition)), read)
             gone += cut
-            sized = [b for b, reason in cut if reason == "size"]
+            # A live group has read what "read" cuts; a stale one may not have.
+            sized = [b for b, reason in cut if reason in ("size", "read")]
             if sized:
                 for group, n in unread_cut(
                     batches, sized, readers.get((topic, partition), {})
@@ -370,8 +435,10 @@ class CleanerThread:
             for (topic, group), n in report.unread.items():
                 log.warning(
                     "broker log cleaner cut %d batches of %s that consumer group %s had not read"
-                    " (it is over DEPOTWATCH_INFRA__BROKER_MAX_BATCHES batches behind: let it"
-                    " catch up, raise that setting, or delete the group if it is gone)",
+                    " (it is over DEPOTWATCH_INFRA__BROKER_MAX_BATCHES batches behind, or its"
+                    " commit on an estimates topic has not moved for"
+                    " DEPOTWATCH_INFRA__BROKER_STALE_GROUP_S: let it catch up, raise those"
+                    " settings, or delete the group if it is gone)",
                     n,
                     topic,
                     group,
@@ -393,9 +460,23 @@ def embedded_cleaner(settings: Settings, flows: Iterable[str]) -> BrokerLogClean
         {se.internal_topic(f): se.app_id(f) for f in flows},
         max_batches=settings.infra.broker_max_batches,
         single_key=[FacilityState.topic_name(f) for f in flows],
+        read_live=[t for f in flows for t in estimate_topics(f)],
+        read_tail=settings.infra.broker_read_tail,
     )
     admin = TopicAdmin(settings.kafka)
-    return BrokerLogCleaner(broker_store(settings), rules, admin.committed, groups=admin.groups)
+    return BrokerLogCleaner(
+        broker_store(settings),
+        rules,
+        admin.committed,
+        groups=admin.groups,
+        stale_group_s=settings.infra.broker_stale_group_s,
+    )
+
+
+def estimate_topics(flow: str) -> list[str]:
+    """A flow's estimates topics: consumed live (plate reader, state estimator, dashboard),
+    never read by time range (replay and comparisons read frames, truth and states)."""
+    return [PositionEstimate.topic_name(flow), IdentityEstimate.topic_name(flow)]
 
 
 def broker_store(settings: Settings) -> ObjectStore:

@@ -114,6 +114,25 @@ class InfraSettings(_Frozen):
             " partition's batches on every fetch, so more means slower reads for every consumer."
         ),
     )
+    broker_read_tail: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Batches the embedded broker keeps per partition of an estimates topic (positions,"
+            " identities: read only live) once every live consumer group has read them; the"
+            " rest goes, so the fetches that list these partitions stay as cheap as on a"
+            " young broker."
+        ),
+    )
+    broker_stale_group_s: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "A consumer group whose commit has not moved for this long while it had more to"
+            " read no longer holds back what broker_read_tail deletes (a stopped flow, an old"
+            " tool's group); broker_max_batches still bounds what it loses."
+        ),
+    )
     tansu_bin: Path | None = Field(default=None, description="Override the Tansu binary.")
     weed_bin: Path | None = Field(default=None, description="Override the SeaweedFS binary.")
     redis_bin: Path | None = Field(default=None, description="Override the redis-server binary.")

@@ -108,6 +108,70 @@ def test_the_size_cap_cuts_only_the_time_retained_streams() -> None:
     assert one_key["state"] == Rule(max_batches=100)
 
 
+def test_what_every_live_reader_has_read_goes_but_for_a_tail() -> None:
+    # Batches 0-9, one record each; the slowest live group reads 7 next: 0-6 are read.
+    ten = batches(*range(10))
+    out = doomed(ten, Rule(retention_s=3600, read_tail=2), NOW, None, read_by_all=7)
+    assert gone(out) == [0, 1, 2, 3, 4]  # 5 and 6 are the tail; 7-9 unread
+    assert {r for _, r in out} == {"read"}
+    # No live reader known: nothing is taken for read; no read_tail rule: the offset is moot.
+    assert doomed(ten, Rule(retention_s=3600, read_tail=2), NOW, None, read_by_all=None) == []
+    assert doomed(ten, Rule(retention_s=3600), NOW, None, read_by_all=7) == []
+    # A batch still holding unread records is not read: batches 0, 3 (3-5), 6; commit 4.
+    assert gone(doomed(batches(0, 3, 6), Rule(read_tail=0), NOW, None, read_by_all=4)) == [0]
+    # The newest batch stays even when all is read; age and the cap come first.
+    assert gone(doomed(ten, Rule(read_tail=0), NOW, None, read_by_all=99)) == list(range(9))
+    old = batches(0, 1, written=0.0) + batches(2, 3, 4)
+    out = doomed(old, Rule(retention_s=60, read_tail=1), NOW, None, read_by_all=4)
+    assert sorted((b.base_offset, r) for b, r in out) == [
+        (0, "retention"),
+        (1, "retention"),
+        (2, "read"),
+    ]  # 0-3 are read; 3 is the tail, 4 the newest
+
+
+def test_a_group_whose_commit_stopped_moving_is_no_longer_a_reader() -> None:
+    clock = [NOW]
+    cleaner = BrokerLogCleaner(
+        store=None,  # type: ignore[arg-type]  # only the reader bookkeeping is used
+        rules={},
+        committed=lambda group: {},
+        clock=lambda: clock[0],
+        stale_group_s=600,
+    )
+
+    def slowest(commits: dict[str, int]) -> int | None:
+        return cleaner.read_by_all("t", 0, commits, newest=50, now=clock[0])
+
+    assert slowest({"fuse": 40, "old-tool": 3}) == 3  # unknown so far: both count
+    clock[0] += 599
+    assert slowest({"fuse": 45, "old-tool": 3}) == 3
+    clock[0] += 2  # old-tool has not moved for 601 s with more to read: gone
+    assert slowest({"fuse": 48, "old-tool": 3}) == 48
+    clock[0] += 700  # fuse caught up (at the newest batch): live although it did not move
+    assert slowest({"fuse": 50, "old-tool": 3}) == 50
+    assert slowest({"old-tool": 3}) is None
+    clock[0] += 1
+    assert slowest({"old-tool": 4}) == 4  # it moved again: a reader again
+
+
+def test_only_the_named_live_streams_get_the_read_tail() -> None:
+    retained = {"cleanup.policy": "delete", "retention.ms": "7200000"}
+    specs = [
+        TopicSpec("frames", Message, 6, retained),
+        TopicSpec("positions", Message, 6, retained),
+        TopicSpec("state", Message, 1, {"cleanup.policy": "compact"}),
+    ]
+    rules = rules_for(
+        specs, {}, max_batches=100, single_key=["state"], read_live=["positions"], read_tail=5
+    )
+    assert rules == {
+        "frames": Rule(retention_s=7200.0, max_batches=100),  # replay reads it by time
+        "positions": Rule(retention_s=7200.0, max_batches=100, read_tail=5),
+        "state": Rule(max_batches=100),
+    }
+
+
 def test_batches_cut_before_a_group_read_them_are_counted_per_group() -> None:
     # Batches 0, 1, 2-4, 5 (the newest); the cap cuts 0, 1 and 2-4.
     all_ = batches(0, 1, 2, 5)
@@ -281,6 +345,42 @@ def test_the_size_cap_keeps_the_newest_batches_and_counts_what_a_lagging_group_l
     assert report.unread == {(topic, lagging): 3}  # records 3, 4 and 5 it never got
     assert read_all(stack_settings, topic, None, 0, 9) == [6, 7, 8, 9]
     assert read_all(stack_settings, topic, live, None, 9) == [9]
+
+
+@pytest.mark.integration
+def test_what_live_groups_read_of_an_estimates_topic_goes_and_a_stale_group_is_counted(
+    stack_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic, fuse, gone_group = unique_name("positions"), unique_name("fuse"), unique_name("old")
+    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "3600000"})
+    TopicAdmin(stack_settings.kafka).ensure([spec])
+    produce_one_batch_each(stack_settings, topic, 10)
+    commit(stack_settings, topic, fuse, 6)
+    commit(stack_settings, topic, gone_group, 2)
+    admin = TopicAdmin(stack_settings.kafka)
+    clock = [time.time()]
+    cleaner = BrokerLogCleaner(
+        broker_store(stack_settings),
+        rules_for([spec], {}, max_batches=1000, read_live=[topic], read_tail=2),
+        admin.committed,
+        clock=lambda: clock[0],
+        groups=admin.groups,
+        stale_group_s=600,
+    )
+
+    # Both groups are readers while their commits may still move: the slower one read 0-1.
+    report = cleaner.clean()
+    assert report.errors == []
+    assert report.deleted == {topic: 0}  # 0 and 1 are the tail
+    commit(stack_settings, topic, fuse, 8)  # the live group moves on; the other never does
+    clock[0] += 601
+    report = cleaner.clean()
+
+    assert report.errors == []
+    assert report.deleted == {topic: 6}  # 0-5: fuse read 0-7; 6 and 7 are the tail
+    assert report.unread == {(topic, gone_group): 4}  # records 2-5 it never got
+    assert read_all(stack_settings, topic, fuse, None, 9) == [8, 9]
+    assert read_all(stack_settings, topic, None, 0, 9) == [6, 7, 8, 9]
 
 
 @pytest.mark.integration
