@@ -633,6 +633,14 @@ def run_once(
     "cost grows with it until the cap: measure at steady state with a --warmup long enough "
     "to fill it.",
 )
+@click.option(
+    "--broker-read-tail",
+    type=click.IntRange(1),
+    default=None,
+    help="Batches the embedded broker keeps per partition of the estimates topics once their "
+    "live groups have read them (default: DEPOTWATCH_INFRA__BROKER_READ_TAIL or 100); as many "
+    "as --broker-max-batches measures the broker without it.",
+)
 def bench_command(
     config_path: Path,
     cameras: int,
@@ -649,6 +657,7 @@ def bench_command(
     streams: str,
     clips_dir: Path,
     broker_max_batches: int | None,
+    broker_read_tail: int | None,
 ) -> None:
     """Sizing: the whole pipeline at N cameras x F fps from pre-encoded 15 fps H.264 streams
     (served over RTSP, or read from the files with --streams file).
@@ -689,7 +698,11 @@ def bench_command(
         raise click.ClickException(str(exc)) from None
 
     cap = broker_max_batches or Settings().infra.broker_max_batches
-    click.echo(f"embedded broker: at most {cap} batches a partition (--broker-max-batches)")
+    tail = broker_read_tail or Settings().infra.broker_read_tail
+    click.echo(
+        f"embedded broker: at most {cap} batches a partition (--broker-max-batches); of the"
+        f" estimates topics, {tail} once read by their live groups (--broker-read-tail)"
+    )
     runs: list[RunFigures] = []
     n = cameras
     with tempfile.TemporaryDirectory(prefix="depotwatch-bench-pipeline-") as tmp:
@@ -698,7 +711,7 @@ def bench_command(
             work.mkdir()
             run = run_once(
                 base, n, fps, wanted, clips, duration, warmup, work, click.echo, streams,
-                {"broker_max_batches": cap},
+                {"broker_max_batches": cap, "broker_read_tail": tail},
             )  # fmt: skip
             runs.append(run)
             for line in report(run, None):

@@ -32,9 +32,9 @@ the outside, deleting batch objects:
   (nothing reads them by time range): also what every live consumer group of the partition
   has committed past, but for the newest ``infra.broker_read_tail`` batches. A group whose
   commit has not moved for ``infra.broker_stale_group_s`` while it had more to read is gone
-  and holds nothing back. At steady state the size cap is reached on every capped partition,
-  and each fetch's listing then costs as much as 3,000 batches; these partitions stay at the
-  tail plus what is unread;
+  and holds nothing back. These partitions grew by every estimate, and the state estimator's
+  fetches list each of them several times a second; now they hold the tail plus what is
+  unread;
 - the **facility-state** topics (compacted, one key: the facility id): all but the newest
   ``infra.broker_max_batches`` batches, which hold what compaction keeps and a tail of history.
 
@@ -274,8 +274,9 @@ class BrokerLogCleaner:
         self.stale_group_s = stale_group_s
         """A group whose commit on a partition has not moved for this long while there was
         more to read is gone (a stopped flow, an old tool's group): it no longer holds back
-        ``read_tail`` deletions. Kafka forgets such a group's offsets after a week; here it
-        only stops counting as a reader, and the size cap still bounds what it loses."""
+        ``read_tail`` deletions: it loses all but the tail and what live groups have not read
+        yet (counted in ``depotwatch_broker_unread_batches_deleted_total`` and logged). A group
+        at the end of a partition is not stale, however long no batch comes."""
         self._clusters: list[str] = []
         self._moved: dict[tuple[str, int, str], tuple[int, float]] = {}
         """(topic, partition, group) -> (committed offset, when this cleaner saw it change)."""
@@ -295,7 +296,7 @@ class BrokerLogCleaner:
         report = CleanReport()
         now = self.clock()
         offsets: dict[str, Mapping[tuple[str, int], int]] = {}
-        readers = self._readers(report) if self._capped() else {}
+        readers, complete = self._readers(report) if self._capped() else ({}, False)
         for topic, rule in sorted(self.rules.items()):
             group = rule.consumed_by
             if group is not None and group not in offsets:
@@ -307,7 +308,13 @@ class BrokerLogCleaner:
             try:
                 for cluster in self.clusters():
                     self._clean_topic(
-                        cluster, topic, rule, now, offsets.get(group or "", {}), readers, report
+                        cluster,
+                        topic,
+                        rule,
+                        now,
+                        offsets.get(group or "", {}),
+                        readers if complete or rule.read_tail is None else None,
+                        report,
                     )
             except Exception as exc:  # S3 down or restarting: the next pass tries again
                 report.errors.append(f"{topic}: {exc}")
@@ -329,14 +336,16 @@ class BrokerLogCleaner:
         for group, offset in commits.items():
             key = (topic, partition, group)
             seen = self._moved.get(key)
-            if seen is None or seen[0] != offset:
+            if seen is None or seen[0] != offset or offset >= newest:
+                # Moved, or caught up (nothing to move on to): its clock starts again.
                 self._moved[key] = seen = (offset, now)
-            if offset >= newest or now - seen[1] <= self.stale_group_s:
+            if now - seen[1] <= self.stale_group_s:
                 live.append(offset)
         return min(live) if live else None
 
-    def _readers(self, report: CleanReport) -> dict[tuple[str, int], dict[str, int]]:
-        """(topic, partition) -> group -> committed offset, over every consumer group."""
+    def _readers(self, report: CleanReport) -> tuple[dict[tuple[str, int], dict[str, int]], bool]:
+        """(topic, partition) -> group -> committed offset, over every consumer group, and
+        whether every group answered (when not, nobody can say what all live groups read)."""
         out: dict[tuple[str, int], dict[str, int]] = {}
         assert self.groups is not None
         try:
@@ -345,7 +354,10 @@ class BrokerLogCleaner:
                     out.setdefault(where, {})[group] = offset
         except Exception as exc:  # unknown readers: the cap still runs, uncounted
             report.errors.append(f"consumer groups: {exc}")
-        return out
+            return out, False
+        listed = {(t, p, g) for (t, p), commits in out.items() for g in commits}
+        self._moved = {k: v for k, v in self._moved.items() if k in listed}  # groups gone
+        return out, True
 
     def _clean_topic(
         self,
@@ -354,9 +366,11 @@ class BrokerLogCleaner:
         rule: Rule,
         now: float,
         committed: Mapping[tuple[str, int], int],
-        readers: Mapping[tuple[str, int], Mapping[str, int]],
+        readers: Mapping[tuple[str, int], Mapping[str, int]] | None,
         report: CleanReport,
     ) -> None:
+        """``readers``: every group's commits per partition; None when some group did not
+        answer, and then nothing goes for having been read."""
         prefix = f"{cluster}topics/{topic}/"
         partitions: dict[int, list[Batch]] = {}
         for obj in self.store.listing(f"{prefix}partitions/"):
@@ -369,7 +383,7 @@ class BrokerLogCleaner:
         unread: dict[str, int] = {}
         for partition, batches in partitions.items():
             read = None
-            if rule.read_tail is not None:
+            if rule.read_tail is not None and readers is not None:
                 newest = max(b.base_offset for b in batches)
                 commits = readers.get((topic, partition), {})
                 read = self.read_by_all(topic, partition, commits, newest, now)
@@ -379,7 +393,7 @@ class BrokerLogCleaner:
             sized = [b for b, reason in cut if reason in ("size", "read")]
             if sized:
                 for group, n in unread_cut(
-                    batches, sized, readers.get((topic, partition), {})
+                    batches, sized, (readers or {}).get((topic, partition), {})
                 ).items():
                     unread[group] = unread.get(group, 0) + n
         self.store.delete([b.key for b, _ in gone])

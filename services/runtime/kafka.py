@@ -469,8 +469,11 @@ class TopicAdmin:
         return created
 
     def groups(self, timeout: float = 5.0) -> list[str]:
-        """The ids of every consumer group the broker knows."""
+        """The ids of every consumer group the broker knows; raises when it could not list
+        them all (a caller deciding what every group has read must not miss one)."""
         listed = self._admin.list_consumer_groups(request_timeout=timeout).result(timeout)
+        if listed.errors:
+            raise RuntimeError(f"listing consumer groups failed: {listed.errors[0]}")
         return sorted(g.group_id for g in listed.valid)
 
     def committed(self, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:

@@ -130,7 +130,8 @@ class InfraSettings(_Frozen):
         description=(
             "A consumer group whose commit has not moved for this long while it had more to"
             " read no longer holds back what broker_read_tail deletes (a stopped flow, an old"
-            " tool's group); broker_max_batches still bounds what it loses."
+            " tool's group): it then loses all but the tail and what live groups have not read"
+            " (counted and logged)."
         ),
     )
     tansu_bin: Path | None = Field(default=None, description="Override the Tansu binary.")

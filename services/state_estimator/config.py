@@ -46,7 +46,9 @@ class StateEstimatorServiceSettings(BaseSettings):
     data_dir: str = Field(default=".depotwatch/state-estimator", description="Faust data dir.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest",
-        description="Where a new flow's consumer group starts: all retained estimates, or now.",
+        description="Where a new flow's consumer group starts: all retained estimates, or now"
+        " (on the embedded broker the estimates other groups have read are kept only for"
+        " DEPOTWATCH_INFRA__BROKER_READ_TAIL batches a partition).",
     )
     fetch_max_wait_ms: int = Field(
         default=100,

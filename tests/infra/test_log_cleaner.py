@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -28,6 +29,7 @@ from services.infra.log_cleaner import (
 )
 from services.runtime.kafka import TopicAdmin
 from services.runtime.settings import Settings
+from services.runtime.storage import ListedObject
 from services.state_estimator.config import StateEstimatorServiceSettings
 
 NOW = 1_000_000.0
@@ -140,19 +142,70 @@ def test_a_group_whose_commit_stopped_moving_is_no_longer_a_reader() -> None:
         stale_group_s=600,
     )
 
-    def slowest(commits: dict[str, int]) -> int | None:
-        return cleaner.read_by_all("t", 0, commits, newest=50, now=clock[0])
+    def slowest(commits: dict[str, int], newest: int = 50) -> int | None:
+        return cleaner.read_by_all("t", 0, commits, newest=newest, now=clock[0])
 
     assert slowest({"fuse": 40, "old-tool": 3}) == 3  # unknown so far: both count
     clock[0] += 599
     assert slowest({"fuse": 45, "old-tool": 3}) == 3
     clock[0] += 2  # old-tool has not moved for 601 s with more to read: gone
     assert slowest({"fuse": 48, "old-tool": 3}) == 48
-    clock[0] += 700  # fuse caught up (at the newest batch): live although it did not move
+    clock[0] += 100
     assert slowest({"fuse": 50, "old-tool": 3}) == 50
+    clock[0] += 700  # fuse sat at the end for 700 s: nothing to move on to, still live ...
+    assert slowest({"fuse": 50, "old-tool": 3}) == 50
+    clock[0] += 30  # ... and when a batch comes after the lull, it is live while it reads it
+    assert slowest({"fuse": 50, "old-tool": 3}, newest=51) == 50
     assert slowest({"old-tool": 3}) is None
     clock[0] += 1
     assert slowest({"old-tool": 4}) == 4  # it moved again: a reader again
+
+
+class FakeBrokerBucket:
+    """The broker's bucket, holding one partition's batch objects."""
+
+    def __init__(self, topic: str, offsets: range) -> None:
+        self.prefix = f"clusters/c/topics/{topic}/partitions/0000000000/records/"
+        self.objects = [
+            ListedObject(f"{self.prefix}{o:020d}.batch", datetime.fromtimestamp(NOW, UTC), 9)
+            for o in offsets
+        ]
+
+    def listing(self, prefix: str = "", recursive: bool = True) -> list[ListedObject]:
+        if not recursive:
+            return [ListedObject("clusters/c/", datetime.fromtimestamp(NOW, UTC), 0)]
+        return [o for o in self.objects if o.key.startswith(prefix)]
+
+    def delete(self, keys: list[str]) -> int:
+        self.objects = [o for o in self.objects if o.key not in keys]
+        return len(keys)
+
+
+def test_nothing_goes_for_having_been_read_when_a_group_does_not_answer() -> None:
+    """A group the broker could not say the commits of may be a live reader that is behind:
+    what the others read stays until every group answers (the size cap still runs)."""
+    rule = Rule(retention_s=3600, max_batches=8, read_tail=2)
+    answers = {"fuse": {("positions", 0): 9}, "plates": {("positions", 0): 9}}
+
+    def committed(group: str) -> dict[tuple[str, int], int]:
+        if group == "plates" and broken[0]:
+            raise RuntimeError("timed out")
+        return answers[group]
+
+    broken = [True]
+    bucket = FakeBrokerBucket("positions", range(10))
+    cleaner = BrokerLogCleaner(
+        bucket,  # type: ignore[arg-type]
+        {"positions": rule},
+        committed,
+        clock=lambda: NOW,
+        groups=lambda: ["fuse", "plates"],
+    )
+    report = cleaner.clean()
+    assert report.errors == ["consumer groups: timed out"]
+    assert report.deleted == {"positions": 2}  # the size cap only: 0 and 1
+    broken[0] = False
+    assert cleaner.clean().deleted == {"positions": 5}  # 2-6 read by both; 7, 8 the tail
 
 
 def test_only_the_named_live_streams_get_the_read_tail() -> None:

