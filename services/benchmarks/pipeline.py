@@ -697,8 +697,9 @@ def bench_command(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
-    cap = broker_max_batches or Settings().infra.broker_max_batches
-    tail = broker_read_tail or Settings().infra.broker_read_tail
+    infra = Settings().infra
+    cap = broker_max_batches or infra.broker_max_batches
+    tail = broker_read_tail or infra.broker_read_tail
     click.echo(
         f"embedded broker: at most {cap} batches a partition (--broker-max-batches); of the"
         f" estimates topics, {tail} once read by their live groups (--broker-read-tail)"

@@ -296,7 +296,7 @@ class BrokerLogCleaner:
         report = CleanReport()
         now = self.clock()
         offsets: dict[str, Mapping[tuple[str, int], int]] = {}
-        readers, complete = self._readers(report) if self._capped() else ({}, False)
+        readers, complete = self._readers(report) if self._wants_readers() else ({}, False)
         for topic, rule in sorted(self.rules.items()):
             group = rule.consumed_by
             if group is not None and group not in offsets:
@@ -320,7 +320,9 @@ class BrokerLogCleaner:
                 report.errors.append(f"{topic}: {exc}")
         return report
 
-    def _capped(self) -> bool:
+    def _wants_readers(self) -> bool:
+        """Whether a rule needs every group's commits (to count size cuts, or to know what
+        all live groups read)."""
         return self.groups is not None and any(
             r.max_batches is not None or r.read_tail is not None for r in self.rules.values()
         )

@@ -313,6 +313,20 @@ def commit(settings: Settings, topic: str, group: str, offset: int) -> None:
         consumer.close()
 
 
+def hour_retained_stream(
+    settings: Settings, topic: str, n: int, commits: dict[str, int]
+) -> tuple[TopicSpec, TopicAdmin]:
+    """A one-partition stream (retention 1 h) of ``n`` one-record batches, with each group of
+    ``commits`` committed at its offset; its spec and an admin client."""
+    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "3600000"})
+    admin = TopicAdmin(settings.kafka)
+    admin.ensure([spec])
+    produce_one_batch_each(settings, topic, n)
+    for group, offset in commits.items():
+        commit(settings, topic, group, offset)
+    return spec, admin
+
+
 def batch_objects(settings: Settings, topic: str) -> list[str]:
     return [
         k
@@ -378,12 +392,7 @@ def test_the_size_cap_keeps_the_newest_batches_and_counts_what_a_lagging_group_l
     stack_settings: Settings, unique_name: Callable[[str], str]
 ) -> None:
     topic, lagging, live = unique_name("frames"), unique_name("lagging"), unique_name("live")
-    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "3600000"})
-    TopicAdmin(stack_settings.kafka).ensure([spec])
-    produce_one_batch_each(stack_settings, topic, 10)
-    commit(stack_settings, topic, lagging, 3)
-    commit(stack_settings, topic, live, 9)
-    admin = TopicAdmin(stack_settings.kafka)
+    spec, admin = hour_retained_stream(stack_settings, topic, 10, {lagging: 3, live: 9})
     cleaner = BrokerLogCleaner(
         broker_store(stack_settings),
         rules_for([spec], {}, max_batches=4),
@@ -405,12 +414,7 @@ def test_what_live_groups_read_of_an_estimates_topic_goes_and_a_stale_group_is_c
     stack_settings: Settings, unique_name: Callable[[str], str]
 ) -> None:
     topic, fuse, gone_group = unique_name("positions"), unique_name("fuse"), unique_name("old")
-    spec = TopicSpec(topic, Message, 1, {"cleanup.policy": "delete", "retention.ms": "3600000"})
-    TopicAdmin(stack_settings.kafka).ensure([spec])
-    produce_one_batch_each(stack_settings, topic, 10)
-    commit(stack_settings, topic, fuse, 6)
-    commit(stack_settings, topic, gone_group, 2)
-    admin = TopicAdmin(stack_settings.kafka)
+    spec, admin = hour_retained_stream(stack_settings, topic, 10, {fuse: 6, gone_group: 2})
     clock = [time.time()]
     cleaner = BrokerLogCleaner(
         broker_store(stack_settings),
